@@ -1,0 +1,43 @@
+"""Settings shared by every entry point (WebUI, standalone app, CLI, API).
+
+The host adapters and the command line fill one :class:`EngineSettings`; the core never
+reads WebUI options or environment variables anywhere else.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Tuple
+
+MODEL_DIR_ENV = "SAM_MODEL_DIR"
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; far past any SD image, far below a bomb
+
+
+@dataclass
+class EngineSettings:
+    #: Searched first: a directory from a setting, a command-line flag or $SAM_MODEL_DIR.
+    user_model_dir: Optional[Path] = None
+    #: Then these, in order (the host's models/sam, then the extension's own models/sam).
+    default_model_dirs: Tuple[Path, ...] = ()
+    device: str = "auto"
+    half_precision: bool = False
+    offload_to_cpu: bool = False
+    model_cache_size: int = 1
+    embedding_cache_entries: int = 8
+    embedding_cache_bytes: int = 2 * 1024**3
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    extra: dict = field(default_factory=dict)
+
+    def model_dirs(self) -> Tuple[Path, ...]:
+        """Directories to search, highest priority first, without duplicates."""
+        ordered = []
+        env_dir = os.environ.get(MODEL_DIR_ENV)
+        candidates = [self.user_model_dir, Path(env_dir) if env_dir else None, *self.default_model_dirs]
+        for candidate in candidates:
+            if candidate is None:
+                continue
+            resolved = Path(candidate).expanduser().resolve()
+            if resolved not in ordered:
+                ordered.append(resolved)
+        return tuple(ordered)
