@@ -1,0 +1,211 @@
+"""Turning request strings into images and masks, and masks and images into response strings.
+
+Every failure here is a :class:`SamUserError` with a message a client can act on; nothing a
+client sends can make these functions raise anything else.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from sd_webui_sam.errors import ImageTooLargeError, InvalidImageError, InvalidPromptError, SamUserError
+
+_DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+_BASE64_BODY = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
+
+
+class ForbiddenPathError(SamUserError):
+    http_status = 403
+
+
+class NotFoundError(SamUserError):
+    http_status = 404
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """What an image string may be besides base64."""
+
+    #: Server directories whose files a client may name instead of sending the image; empty
+    #: (the default) accepts base64 only. The reference opened any path it was given.
+    allowed_roots: Tuple[Path, ...] = ()
+    #: Largest encoded image accepted, in bytes (before pixel limits are checked).
+    max_encoded_bytes: int = 128 * 1024 * 1024
+
+    def resolve_inside_roots(self, text: str) -> Optional[Path]:
+        """The file ``text`` names if it lies inside an allowed root, else None."""
+        if not self.allowed_roots or len(text) > 4096 or "\x00" in text:
+            return None
+        try:
+            candidate = Path(text).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            return None
+        for root in self.allowed_roots:
+            root = Path(root).expanduser().resolve()
+            if candidate == root or root in candidate.parents:
+                return candidate if candidate.is_file() else None
+        return None
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        text.startswith(("/", "~", "./", "../", "\\\\"))
+        or bool(re.match(r"^[A-Za-z]:[\\/]", text))
+        or bool(re.search(r"\.(png|jpe?g|webp|bmp|gif|tiff?)$", text, re.IGNORECASE))
+    )
+
+
+def decode_base64(text: Any, *, what: str = "image", max_bytes: int = 128 * 1024 * 1024) -> bytes:
+    """Bytes of a base64 string with an optional ``data:...;base64,`` prefix."""
+    if not isinstance(text, str):
+        raise InvalidImageError(f"The {what} must be a base64 string.")
+    body = _DATA_URL.sub("", text.strip(), count=1)
+    body = re.sub(r"\s+", "", body)
+    if not body:
+        raise InvalidImageError(f"The {what} is empty; send it as base64.")
+    if len(body) > (max_bytes * 4) // 3 + 4:
+        raise ImageTooLargeError(f"The {what} is larger than {max_bytes // (1024 * 1024)} MiB encoded; send a smaller one.")
+    if not _BASE64_BODY.match(body):
+        raise InvalidImageError(f"The {what} is not valid base64.")
+    body = body.replace("-", "+").replace("_", "/")
+    body += "=" * (-len(body) % 4)
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImageError(f"The {what} is not valid base64.") from None
+
+
+def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int) -> np.ndarray:
+    """An ``input_image``/``image`` field as an RGB uint8 array (H, W, 3)."""
+    from sd_webui_sam.images import load_image
+
+    if not isinstance(text, str):
+        raise InvalidImageError("The image must be a base64 string.")
+    stripped = text.strip()
+    if stripped.lower().startswith(("http://", "https://", "file:")):
+        raise InvalidImageError("Image URLs are not fetched; send the image itself as base64.")
+    path = policy.resolve_inside_roots(stripped)
+    if path is not None:
+        return load_image(path, max_pixels)
+    try:
+        raw = decode_base64(stripped, max_bytes=policy.max_encoded_bytes)
+    except InvalidImageError:
+        if _looks_like_path(stripped):
+            if policy.allowed_roots:
+                raise ForbiddenPathError(
+                    "That server path is not an image file inside the allowed folders; send the image as base64."
+                ) from None
+            raise ForbiddenPathError(
+                "Server file paths are not accepted; send the image as base64 "
+                "(or ask the server owner to allow a folder)."
+            ) from None
+        raise
+    return load_image(raw, max_pixels)
+
+
+def read_mask_image(text: Any, shape: Tuple[int, int], policy: SourcePolicy, *, what: str = "mask") -> np.ndarray:
+    """A base64 mask image as bool (H, W); white (or opaque, for masks with alpha) = selected."""
+    raw = decode_base64(text, what=what, max_bytes=policy.max_encoded_bytes)
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            if image.width * image.height > shape[0] * shape[1] * 16:
+                raise ImageTooLargeError(f"The {what} is far larger than the image.")
+            image.load()
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                alpha = np.asarray(rgba)[..., 3]
+                mask = alpha > 127 if alpha.min() < 255 else np.asarray(rgba.convert("L")) > 127
+            elif image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                values = np.asarray(image, dtype=np.float64)
+                mask = values > (values.max() / 2 if values.max() > 0 else 0)
+            else:
+                mask = np.asarray(image.convert("L")) > 127
+    except SamUserError:
+        raise
+    except Exception as error:  # PIL raises many types for damaged data
+        raise InvalidImageError(f"The {what} is not a readable image ({type(error).__name__}).") from None
+    if mask.shape != tuple(shape):
+        raise InvalidImageError(
+            f"The {what} is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}; they must match."
+        )
+    return mask
+
+
+def read_rle_mask(value: Mapping, shape: Tuple[int, int]) -> np.ndarray:
+    from sd_webui_sam import rle
+
+    try:
+        size = value.get("size")
+        if not isinstance(size, (list, tuple)) or len(size) != 2 or [int(s) for s in size] != list(shape):
+            raise InvalidPromptError(f"The RLE mask size must be [{shape[0]}, {shape[1]}] (height, width).")
+        mask = rle.decode(dict(value))
+    except SamUserError:
+        raise
+    except Exception:
+        raise InvalidPromptError("The RLE mask is not valid COCO RLE {'size': [h, w], 'counts': ...}.") from None
+    return np.asarray(mask, dtype=bool).reshape(shape)
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def array_png_base64(array: np.ndarray) -> str:
+    return png_base64(Image.fromarray(np.ascontiguousarray(array)))
+
+
+def bool_mask_png_base64(mask: np.ndarray, *, one_bit: bool = False) -> str:
+    """A bool mask as PNG: 1-bit (reference routes) or 8-bit 0/255."""
+    if one_bit:
+        return png_base64(Image.fromarray(np.ascontiguousarray(mask.astype(bool))))
+    return array_png_base64(mask.astype(np.uint8) * 255)
+
+
+def logits_base64(logits: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(logits, dtype="<f4").tobytes()).decode("ascii")
+
+
+def read_logits(text: Any, side: int = 256) -> np.ndarray:
+    raw = decode_base64(text, what="previous_logits", max_bytes=side * side * 4 + 16)
+    if len(raw) != side * side * 4:
+        raise InvalidPromptError(
+            f"previous_logits must be {side}x{side} float32 as returned with return_logits; got {len(raw)} bytes."
+        )
+    logits = np.frombuffer(raw, dtype="<f4").reshape(side, side).astype(np.float32)
+    if not np.isfinite(logits).all():
+        raise InvalidPromptError("previous_logits contains NaN or infinity.")
+    return logits
+
+
+def mask_box(mask: np.ndarray) -> Optional[list]:
+    """Tight [x1, y1, x2, y2] (end exclusive) of a bool mask, None if it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def finite_pairs(values: Sequence, *, width: int, name: str) -> list:
+    """Validate a list of fixed-width number lists (points or boxes): lengths and finiteness."""
+    if not isinstance(values, (list, tuple)):
+        raise InvalidPromptError(f"{name} must be a list.")
+    out = []
+    for index, item in enumerate(values):
+        if not isinstance(item, (list, tuple)) or len(item) != width:
+            raise InvalidPromptError(f"{name}[{index}] must have {width} numbers.")
+        numbers = [float(v) for v in item]
+        if not all(np.isfinite(numbers)):
+            raise InvalidPromptError(f"{name}[{index}] contains NaN or infinity.")
+        out.append(tuple(numbers))
+    return out

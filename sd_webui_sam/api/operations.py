@@ -1,0 +1,414 @@
+"""One method per route: validated request in, JSON-ready dict out (blocking; run in a worker thread)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Dict, List, Optional
+
+import numpy as np
+
+from sd_webui_sam.api import codec
+from sd_webui_sam.api.codec import ForbiddenPathError
+from sd_webui_sam.api.compat import model_to_dict
+from sd_webui_sam.api.service import (
+    ApiSettings,
+    DetectorAccess,
+    ImageStore,
+    NotImplementedYetError,
+    check_boxes,
+    check_caption,
+    check_mask_budget,
+    check_points,
+    check_threshold,
+    clock,
+    mask_to_low_res_logits,
+    resolve_model_name,
+)
+from sd_webui_sam.errors import InvalidPromptError, SamUserError
+
+MASK_FORMATS = ("png", "rle", "none")
+
+
+def _render():
+    from sd_webui_sam import render
+
+    return render
+
+
+def _masks():
+    from sd_webui_sam import masks
+
+    return masks
+
+
+def _prompts(**kwargs):
+    from sd_webui_sam.predictor import Prompts
+
+    return Prompts(**kwargs)
+
+
+class SamApi:
+    """The API's operations on one Engine; shared by the WebUI mount and the standalone server."""
+
+    def __init__(self, engine: Any, settings: Optional[ApiSettings] = None, *,
+                 detector: Optional[DetectorAccess] = None,
+                 gpu_lock: Optional[ContextManager] = None,
+                 autosam: Any = None,
+                 metrics: Any = None) -> None:
+        self.engine = engine
+        self.settings = settings or ApiSettings()
+        self.images = ImageStore(self.settings.image_store_entries, self.settings.image_store_bytes)
+        self.detector = detector or DetectorAccess()
+        self._gpu_lock = gpu_lock
+        self._autosam = autosam
+        self.metrics = metrics
+
+    # ---------------------------------------------------------------- helpers
+
+    def gpu(self) -> ContextManager:
+        """The host's GPU lock (A1111's queue_lock) around model work, if the host gave one."""
+        return self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext()
+
+    @property
+    def max_pixels(self) -> int:
+        return int(getattr(self.engine.settings, "max_image_pixels", 64_000_000))
+
+    def read_image(self, text: Any) -> np.ndarray:
+        return codec.read_image_source(text, self.settings.source_policy, self.max_pixels)
+
+    def image_from(self, image: Optional[str], image_id: Optional[str]):
+        if image is not None and image_id is not None:
+            raise InvalidPromptError("Give either image or image_id, not both.")
+        if image_id is not None:
+            array = self.images.get(image_id)
+            return image_id, array
+        if image is None:
+            raise InvalidPromptError("No image: send 'image' (base64) or an 'image_id' from /sam/v2/images.")
+        array = self.read_image(image)
+        return self.images.put(array), array
+
+    def segment(self, model: str, image: np.ndarray, prompts: Any, *, multimask: bool, options: Optional[dict] = None):
+        objects = max(1, len(prompts.boxes) + (1 if len(prompts.points) else 0))
+        check_mask_budget(objects, 3 if multimask else 1, image.shape[:2])
+        start = clock()
+        with self.gpu():
+            prediction = self.engine.segment(model, image, prompts, multimask_output=multimask, options=options or {})
+        if self.metrics is not None:
+            self.metrics.observe_segment(clock() - start)
+        return prediction
+
+    def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float, text_threshold: float = 0.25):
+        if model is not None and ("/" in model or "\\" in model or ".." in model):
+            raise InvalidPromptError("GroundingDINO model names are names, not paths.")
+        start = clock()
+        with self.gpu():
+            detections = self.detector.detect(image, text, model=model, box_threshold=box_threshold,
+                                              text_threshold=text_threshold)
+        if self.metrics is not None:
+            self.metrics.observe_detect(clock() - start)
+        return detections
+
+    # ---------------------------------------------------------------- reference routes
+
+    def list_models(self) -> List[str]:
+        return list(self.engine.list_models(refresh=True))
+
+    def sam_predict(self, request) -> Dict[str, Any]:
+        model = resolve_model_name(self.engine, request.sam_model_name)
+        image = self.read_image(request.input_image)
+        shape = image.shape[:2]
+        positive = check_points(request.sam_positive_points, shape, "sam_positive_points")
+        negative = check_points(request.sam_negative_points, shape, "sam_negative_points")
+        boxes: List = []
+        dino_enabled = bool(request.dino_enabled) and request.dino_text_prompt is not None
+        if dino_enabled:
+            threshold = check_threshold(0.3 if request.dino_box_threshold is None else request.dino_box_threshold,
+                                        "dino_box_threshold")
+            detections = self.detect(image, request.dino_text_prompt, model=request.dino_model_name,
+                                     box_threshold=threshold)
+            boxes = [d.box for d in detections]
+            selection = request.dino_preview_boxes_selection
+            if request.dino_preview_checkbox and selection is not None:
+                keep = sorted({int(i) for i in selection if 0 <= int(i) < len(boxes)})
+                boxes = [boxes[i] for i in keep]
+        if not boxes and not positive and not negative:
+            if dino_enabled and request.dino_preview_checkbox:
+                msg = ("GroundingDINO generated 0 box. Please lower the box threshold if you want any "
+                       "segmentation for this image.")
+            elif dino_enabled:
+                msg = "GroundingDINO found nothing for this prompt, and no point prompts were given."
+            else:
+                msg = "You neither added point prompts nor enabled GroundingDINO. Segmentation cannot be generated."
+            return {"msg": msg}
+        prompts = _prompts(points=positive + negative, labels=[1] * len(positive) + [0] * len(negative), boxes=boxes)
+        prediction = self.segment(model, image, prompts, multimask=True)
+        candidates = np.asarray(prediction.masks, dtype=bool).any(axis=0)  # objects merged per candidate
+        render = _render()
+        blends = [codec.png_base64(render.reference_blend(image, mask, boxes)) for mask in candidates]
+        mask_images = [codec.bool_mask_png_base64(mask, one_bit=True) for mask in candidates]
+        mattes = [codec.png_base64(render.cutout(image, mask)) for mask in candidates]
+        return {
+            "msg": (f"SAM inference with {len(boxes)} box(es), {len(positive)} positive prompts, "
+                    f"{len(negative)} negative prompts done."),
+            "blended_images": blends,
+            "masks": mask_images,
+            "masked_images": mattes,
+            "boxes": [[float(v) for v in box] for box in boxes],
+            "scores": np.asarray(prediction.scores, dtype=float).mean(axis=0).round(6).tolist(),
+        }
+
+    def dino_predict(self, request) -> Dict[str, Any]:
+        image = self.read_image(request.input_image)
+        threshold = check_threshold(request.box_threshold, "box_threshold")
+        detections = self.detect(image, request.text_prompt, model=request.dino_model_name, box_threshold=threshold)
+        boxes = [d.box for d in detections]
+        preview = _render().boxes_preview(image, boxes)
+        return {
+            "msg": "Done",
+            "image_with_box": codec.png_base64(preview),
+            "boxes": [[float(v) for v in box] for box in boxes],
+            "phrases": [d.phrase for d in detections],
+            "scores": [round(float(d.score), 6) for d in detections],
+        }
+
+    def dilate_mask(self, request) -> Dict[str, Any]:
+        image = self.read_image(request.input_image)
+        mask = codec.read_mask_image(request.mask, image.shape[:2], self.settings.source_policy)
+        amount = request.dilate_amount
+        if not 0 <= amount <= 2048:
+            raise InvalidPromptError("dilate_amount must be between 0 and 2048.")
+        if amount // 2 > 0:
+            mask = _masks().expand(mask, amount // 2)  # the reference's amount is a kernel diameter
+        render = _render()
+        return {
+            "blended_image": codec.png_base64(render.reference_blend(image, mask, [])),
+            "mask": codec.bool_mask_png_base64(mask, one_bit=True),
+            "masked_image": codec.png_base64(render.cutout(image, mask)),
+        }
+
+    def autosam(self, operation: str, payload, autosam_conf) -> Dict[str, Any]:
+        hooks = self._autosam
+        if hooks is None:
+            try:
+                from sd_webui_sam.autosam import api_hooks as hooks  # provided by the AutoSAM package
+            except ImportError:
+                hooks = None
+        handler = getattr(hooks, operation, None) if hooks is not None else None
+        if handler is None:
+            raise NotImplementedYetError(
+                f"/sam/{operation.replace('_', '-')} needs AutoSAM, which this version does not include yet."
+            )
+        resolve_model_name(self.engine, payload.sam_model_name)
+        image = self.read_image(payload.input_image)
+        if payload.pixel_perfect and (payload.target_W is None or payload.target_H is None):
+            raise InvalidPromptError("pixel_perfect needs target_W and target_H.")
+        if not 64 <= payload.processor_res <= 4096:
+            raise InvalidPromptError("processor_res must be between 64 and 4096.")
+        with self.gpu():
+            return handler(self.engine, image, model_to_dict(payload), model_to_dict(autosam_conf))
+
+    # ---------------------------------------------------------------- v2
+
+    def health(self) -> Dict[str, Any]:
+        stats = dict(self.engine.stats())
+        memory: Dict[str, Any] = {}
+        try:
+            import resource
+
+            memory["process_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        except ImportError:  # Windows
+            pass
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                memory["cuda_allocated_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+                memory["cuda_reserved_mib"] = round(torch.cuda.memory_reserved() / 2**20, 1)
+        except Exception:  # health must answer even when torch is unhappy
+            memory["cuda"] = "unavailable"
+        return {
+            "status": "ok",
+            "models_available": list(self.engine.list_models()),
+            "models_loaded": list(stats.get("loaded_models", stats.get("models_loaded", []))),
+            "device": str(stats.get("device", getattr(self.engine.settings, "device", "unknown"))),
+            "memory": memory,
+            "engine": {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+            "images_stored": len(self.images),
+            "python": platform.python_version(),
+            "pid": os.getpid(),
+        }
+
+    def models(self) -> Dict[str, Any]:
+        names = self.list_models()
+        return {"models": [{"name": name, "label": self._label(name)} for name in names]}
+
+    def _label(self, name: str) -> str:
+        try:
+            return str(self.engine.model_label(name))
+        except SamUserError:
+            return name
+
+    def upload_image(self, request) -> Dict[str, Any]:
+        image = self.read_image(request.image)
+        image_id = self.images.put(image)
+        encoded = False
+        if request.model is not None:
+            model = resolve_model_name(self.engine, request.model)
+            start = clock()
+            with self.gpu():
+                self.engine.predictor(model).encode(image)
+            if self.metrics is not None:
+                self.metrics.observe_encode(clock() - start)
+            encoded = True
+        return {"image_id": image_id, "width": int(image.shape[1]), "height": int(image.shape[0]), "encoded": encoded}
+
+    def delete_image(self, image_id: str) -> Dict[str, Any]:
+        return {"deleted": self.images.delete(image_id)}
+
+    def detect_v2(self, request) -> Dict[str, Any]:
+        image_id, image = self.image_from(request.image, request.image_id)
+        detections = self.detect(image, request.text, model=request.dino_model,
+                                 box_threshold=request.box_threshold, text_threshold=request.text_threshold)
+        return {
+            "image_id": image_id,
+            "detections": [{"box": [float(v) for v in d.box], "phrase": d.phrase, "score": float(d.score)}
+                           for d in detections],
+        }
+
+    def predict_v2(self, request) -> Dict[str, Any]:
+        if request.mask_format not in MASK_FORMATS:
+            raise InvalidPromptError(f"mask_format must be one of {', '.join(MASK_FORMATS)}.")
+        model = resolve_model_name(self.engine, request.model)
+        image_id, image = self.image_from(request.image, request.image_id)
+        shape = image.shape[:2]
+        points = check_points(request.points, shape)
+        labels = list(request.labels) if request.labels else [1] * len(points)
+        if len(labels) != len(points):
+            raise InvalidPromptError(f"{len(points)} points but {len(labels)} labels; give one label per point.")
+        if any(label not in (0, 1) for label in labels):
+            raise InvalidPromptError("Labels must be 1 (positive) or 0 (negative).")
+        boxes = check_boxes(request.boxes, shape)
+        detected: List = []
+        if request.text is not None:
+            detected = self.detect(image, request.text, model=request.dino_model,
+                                   box_threshold=request.box_threshold, text_threshold=request.text_threshold)
+        mask_input = None
+        if request.previous_logits is not None and request.previous_mask is not None:
+            raise InvalidPromptError("Give previous_mask or previous_logits, not both.")
+        if request.previous_logits is not None:
+            mask_input = codec.read_logits(request.previous_logits)
+        elif isinstance(request.previous_mask, dict):
+            mask_input = mask_to_low_res_logits(codec.read_rle_mask(request.previous_mask, shape))
+        elif request.previous_mask is not None:
+            previous = codec.read_mask_image(request.previous_mask, shape, self.settings.source_policy,
+                                             what="previous_mask")
+            mask_input = mask_to_low_res_logits(previous)
+        all_boxes = boxes + [d.box for d in detected]
+        base = {"image_id": image_id, "width": int(shape[1]), "height": int(shape[0]), "model": model}
+        if not points and not all_boxes:
+            if request.text is not None:
+                return {**base, "objects": [], "msg": "GroundingDINO found nothing for this text."}
+            raise InvalidPromptError("No prompt: give points, boxes, text, or points with a previous mask.")
+        prompts = _prompts(points=points, labels=labels, boxes=all_boxes, mask_input=mask_input)
+        options = {"hq_token_only": True} if request.hq_token_only else {}
+        prediction = self.segment(model, image, prompts, multimask=request.multimask, options=options)
+        objects = self._objects(request, image, prediction, boxes, detected)
+        return {**base, "objects": objects, "msg": "Done"}
+
+    def _objects(self, request, image, prediction, boxes, detected) -> List[Dict[str, Any]]:
+        masks = np.asarray(prediction.masks, dtype=bool)
+        scores = np.asarray(prediction.scores, dtype=np.float32)
+        logits = np.asarray(prediction.low_res_logits, dtype=np.float32)
+        object_boxes = list(getattr(prediction, "object_boxes", [None] * masks.shape[0]))
+        described = []
+        for k in range(masks.shape[0]):
+            prompt_box = object_boxes[k] if k < len(object_boxes) else None
+            phrase = score = None
+            if k >= len(boxes) and k < len(boxes) + len(detected):
+                phrase, score = detected[k - len(boxes)].phrase, float(detected[k - len(boxes)].score)
+            described.append({
+                "prompt_box": None if prompt_box is None else [float(v) for v in prompt_box],
+                "phrase": phrase, "detection_score": score,
+            })
+        if request.best_only:
+            best = scores.argmax(axis=1)
+            picks = np.arange(masks.shape[0])
+            masks, scores, logits = masks[picks, best][:, None], scores[picks, best][:, None], logits[picks, best][:, None]
+        if request.merge and masks.shape[0] > 1:
+            masks = masks.any(axis=0, keepdims=True)
+            scores = scores.mean(axis=0, keepdims=True)
+            logits = logits.max(axis=0, keepdims=True)
+            described = [{"prompt_box": None, "phrase": None, "detection_score": None}]
+        post = model_to_dict(request.postprocess)
+        objects = []
+        for k in range(masks.shape[0]):
+            candidates = []
+            for c in range(masks.shape[1]):
+                candidates.append(self._mask_out(request, image, masks[k, c], float(scores[k, c]), logits[k, c], post))
+            objects.append({**described[k], "masks": candidates})
+        return objects
+
+    def _mask_out(self, request, image, mask, score, logits, post) -> Dict[str, Any]:
+        soft = None
+        if any(post[key] for key in ("expand", "feather", "fill_holes", "remove_islands", "invert")):
+            processed = _masks().postprocess(mask, **post)
+            if processed.dtype != bool:  # feathered: float 0..1 alpha
+                soft = np.clip(processed, 0.0, 1.0)
+                mask = soft >= 0.5
+            else:
+                mask = processed
+        out: Dict[str, Any] = {"score": round(score, 6), "box": codec.mask_box(mask), "area": int(mask.sum())}
+        if request.mask_format == "png":
+            out["mask"] = (codec.array_png_base64((soft * 255 + 0.5).astype(np.uint8)) if soft is not None
+                           else codec.bool_mask_png_base64(mask))
+        elif request.mask_format == "rle":
+            from sd_webui_sam import rle
+
+            out["mask"] = rle.encode(mask)
+        if request.return_cutout:
+            out["cutout"] = codec.png_base64(_render().cutout(image, soft if soft is not None else mask))
+        if request.return_blend:
+            out["blend"] = codec.png_base64(_render().reference_blend(image, mask, []))
+        if request.return_logits:
+            out["logits"] = codec.logits_base64(logits)
+        return out
+
+    # ---------------------------------------------------------------- batch
+
+    def batch(self, request, *, interrupt: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+        from sd_webui_sam import batch as batch_module
+
+        roots = tuple(Path(r).expanduser().resolve() for r in self.settings.batch_roots)
+        if not roots:
+            raise ForbiddenPathError("Batch over the API is off on this server; the owner can allow folders for it.")
+
+        def inside(text: str, what: str) -> Path:
+            path = Path(text).expanduser()
+            if not path.is_absolute():
+                raise InvalidPromptError(f"The {what} {text!r} must be an absolute path.")
+            resolved = path.resolve()
+            if not any(resolved == root or root in resolved.parents for root in roots):
+                raise ForbiddenPathError(f"The {what} {text!r} is outside the folders allowed for batch.")
+            return resolved
+
+        if not request.inputs:
+            raise InvalidPromptError("inputs is empty; give folders or image files.")
+        inputs = [inside(item, "input") for item in request.inputs]
+        output_dir = inside(request.output_dir, "output folder")
+        options = batch_module.BatchOptions(
+            inputs=inputs, output_dir=output_dir, recursive=request.recursive,
+            model=resolve_model_name(self.engine, request.model),
+            text=check_caption(request.text) if request.text is not None else None,
+            dino_model=request.dino_model, box_threshold=request.box_threshold,
+            text_threshold=request.text_threshold,
+            points=[tuple(p) for p in codec.finite_pairs(request.points, width=2, name="points")],
+            labels=list(request.labels), boxes=[tuple(b) for b in codec.finite_pairs(request.boxes, width=4, name="boxes")],
+            everything=request.everything, multimask=request.multimask, per_object=request.per_object,
+            outputs=tuple(request.outputs), naming=request.naming, expand=request.expand, invert=request.invert,
+            overwrite=request.overwrite,
+        )
+        report = batch_module.run_batch(self.engine, options, detector=self.detector, interrupt=interrupt,
+                                        gpu_lock=self._gpu_lock)
+        return report.to_dict()

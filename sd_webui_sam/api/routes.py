@@ -1,0 +1,134 @@
+"""FastAPI routers: the reference-compatible ``/sam/*`` set and the ``/sam/v2/*`` set.
+
+Handlers are ``async`` only to hand the blocking work to a worker thread; nothing blocking
+runs on the event loop. Every user error becomes a 4xx JSON answer with both ``detail``
+(FastAPI's convention) and ``msg`` (the reference's key).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Optional
+
+from fastapi import APIRouter, Body, Depends
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from sd_webui_sam.api import models as m
+from sd_webui_sam.api.operations import SamApi
+from sd_webui_sam.api.service import clock
+from sd_webui_sam.errors import OutOfMemoryError, SamUserError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": message, "msg": message})
+
+
+async def run_operation(api: SamApi, route: str, operation: Callable[..., Any], *args: Any, **kwargs: Any):
+    """Run ``operation`` in a worker thread, turning user errors into 4xx and recording metrics."""
+    start = clock()
+    status = 200
+    try:
+        return await run_in_threadpool(operation, *args, **kwargs)
+    except SamUserError as error:
+        status = error.http_status
+        return error_response(status, str(error))
+    except MemoryError:
+        status = OutOfMemoryError.http_status
+        return error_response(status, "The server ran out of memory for this request; send a smaller image or fewer prompts.")
+    except Exception:
+        status = 500
+        log.exception("sd_webui_sam API: %s failed", route)
+        return error_response(500, f"Internal error in {route}; the server log has the details.")
+    finally:
+        if api.metrics is not None:
+            api.metrics.observe_request(route, status, clock() - start)
+
+
+def build_reference_router(api: SamApi, dependencies: list) -> APIRouter:
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything (reference-compatible)"])
+
+    @router.get("/heartbeat", summary="Is the SAM API up?")
+    async def heartbeat():
+        return {"msg": "Success!"}
+
+    @router.get("/sam-model", summary="SAM checkpoint file names (live list)")
+    async def sam_model():
+        return await run_operation(api, "/sam/sam-model", api.list_models)
+
+    @router.post("/sam-predict", summary="Segment with points and/or GroundingDINO boxes; 3 candidates")
+    async def sam_predict(payload: m.SamPredictRequest = Body(...)):
+        return await run_operation(api, "/sam/sam-predict", api.sam_predict, payload)
+
+    @router.post("/dino-predict", summary="GroundingDINO boxes for a text prompt")
+    async def dino_predict(payload: m.DINOPredictRequest = Body(...)):
+        return await run_operation(api, "/sam/dino-predict", api.dino_predict, payload)
+
+    @router.post("/dilate-mask", summary="Grow a mask")
+    async def dilate_mask(payload: m.DilateMaskRequest = Body(...)):
+        return await run_operation(api, "/sam/dilate-mask", api.dilate_mask, payload)
+
+    @router.post("/controlnet-seg", summary="AutoSAM semantic segmentation for ControlNet")
+    async def controlnet_seg(payload: m.ControlNetSegRequest = Body(...), autosam_conf: m.AutoSAMConfig = Body(...)):
+        return await run_operation(api, "/sam/controlnet-seg", api.autosam, "controlnet_seg", payload, autosam_conf)
+
+    @router.post("/category-mask", summary="AutoSAM mask of semantic categories")
+    async def category_mask(payload: m.CategoryMaskRequest = Body(...), autosam_conf: m.AutoSAMConfig = Body(...)):
+        return await run_operation(api, "/sam/category-mask", api.autosam, "category_mask", payload, autosam_conf)
+
+    return router
+
+
+def build_v2_router(api: SamApi, dependencies: list, *, batch_interrupt: Optional[Callable[[], bool]] = None) -> APIRouter:
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything v2"])
+
+    @router.get("/health", summary="Models available and loaded, device, memory")
+    async def health():
+        return await run_operation(api, "/sam/v2/health", api.health)
+
+    @router.get("/models", summary="SAM models with their labels")
+    async def models():
+        return await run_operation(api, "/sam/v2/models", api.models)
+
+    @router.post("/images", summary="Send an image once; get an id to prompt it many times",
+                 response_model=m.ImageUploadResponse)
+    async def upload_image(payload: m.ImageUploadRequest = Body(...)):
+        return await run_operation(api, "/sam/v2/images", api.upload_image, payload)
+
+    @router.delete("/images/{image_id}", summary="Forget a stored image")
+    async def delete_image(image_id: str):
+        return await run_operation(api, "/sam/v2/images/{id}", api.delete_image, image_id)
+
+    @router.post("/predict", summary="Segment with points, boxes, text and/or a previous mask",
+                 response_model=m.PredictV2Response)
+    async def predict(payload: m.PredictV2Request = Body(...)):
+        return await run_operation(api, "/sam/v2/predict", api.predict_v2, payload)
+
+    @router.post("/detect", summary="GroundingDINO boxes, phrases and scores", response_model=m.DetectV2Response)
+    async def detect(payload: m.DetectV2Request = Body(...)):
+        return await run_operation(api, "/sam/v2/detect", api.detect_v2, payload)
+
+    @router.post("/batch", summary="Segment a folder on the server (only inside the allowed folders)")
+    async def batch(payload: m.BatchV2Request = Body(...)):
+        return await run_operation(api, "/sam/v2/batch", api.batch, payload, interrupt=batch_interrupt)
+
+    return router
+
+
+def build_metrics_router(api: SamApi, dependencies: list, path: str) -> APIRouter:
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything v2"])
+
+    @router.get(path, summary="Prometheus metrics", include_in_schema=False)
+    async def metrics():
+        body, content_type = api.metrics.render(api.engine)
+        return Response(content=body, media_type=content_type)
+
+    return router
+
+
+class _MountGuard:
+    """Remembers which apps already carry our routes (on_app_started can run more than once)."""
+
+    lock = threading.Lock()

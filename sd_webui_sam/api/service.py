@@ -1,0 +1,266 @@
+"""The blocking work behind the routes: decode, prompt, segment, encode the answer.
+
+Routes call these methods through a worker thread (never on the event loop). The Engine
+serialises model access; the detector, which has no such guarantee, is serialised here.
+Nothing here keeps per-request state on ``self`` except the bounded image store, whose
+entries are immutable arrays keyed by their content, so concurrent requests on different
+images cannot see each other's data.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from sd_webui_sam.api import codec
+from sd_webui_sam.api.codec import NotFoundError, SourcePolicy
+from sd_webui_sam.errors import InvalidPromptError, ModelNotFoundError, SamUserError
+
+MAX_POINTS = 1024
+MAX_BOXES = 100
+MAX_CAPTION_CHARS = 1000
+#: Upper bound on K objects x C candidates x H x W full-resolution mask pixels one request
+#: may make the engine produce (bool bytes); beyond it the request is refused, not attempted.
+MAX_MASK_PIXELS = 1_500_000_000
+LOW_RES_SIDE = 256
+#: Logit magnitude given to a binary previous mask: confidently inside / outside, like the
+#: logits SAM itself produces for a clear mask.
+PREVIOUS_MASK_LOGIT = 10.0
+
+
+class NotImplementedYetError(SamUserError):
+    http_status = 501
+
+
+class ServiceUnavailableError(SamUserError):
+    http_status = 503
+
+
+@dataclass
+class ApiSettings:
+    """What a server owner decides about the API (filled by the host adapters)."""
+
+    source_policy: SourcePolicy = field(default_factory=SourcePolicy)
+    #: Folders the batch route may read from and write to; empty disables /sam/v2/batch.
+    batch_roots: Tuple[Path, ...] = ()
+    image_store_entries: int = 32
+    image_store_bytes: int = 512 * 1024 * 1024
+
+
+class ImageStore:
+    """Decoded images by id (a content hash), least recently used first out, bounded in bytes."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self._max_entries = max(1, max_entries)
+        self._max_bytes = max_bytes
+        self._images: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def image_id(image: np.ndarray) -> str:
+        digest = hashlib.sha256()
+        digest.update(repr(image.shape).encode())
+        digest.update(np.ascontiguousarray(image).data)
+        return digest.hexdigest()[:32]
+
+    def put(self, image: np.ndarray) -> str:
+        image_id = self.image_id(image)
+        frozen = np.array(image, copy=True)
+        frozen.setflags(write=False)
+        with self._lock:
+            if image_id in self._images:
+                self._images.move_to_end(image_id)
+                return image_id
+            self._images[image_id] = frozen
+            self._bytes += frozen.nbytes
+            while len(self._images) > 1 and (len(self._images) > self._max_entries or self._bytes > self._max_bytes):
+                _, evicted = self._images.popitem(last=False)
+                self._bytes -= evicted.nbytes
+        return image_id
+
+    def get(self, image_id: Any) -> np.ndarray:
+        if not isinstance(image_id, str) or not re.fullmatch(r"[0-9a-f]{32}", image_id):
+            raise InvalidPromptError("image_id must be the 32-character id returned by /sam/v2/images.")
+        with self._lock:
+            image = self._images.get(image_id)
+            if image is None:
+                raise NotFoundError("Unknown or expired image_id; send the image again (POST /sam/v2/images).")
+            self._images.move_to_end(image_id)
+            return image
+
+    def delete(self, image_id: str) -> bool:
+        with self._lock:
+            image = self._images.pop(image_id, None)
+            if image is not None:
+                self._bytes -= image.nbytes
+            return image is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._images)
+
+
+def validate_model_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidPromptError("The model name is empty; use a file name from GET /sam/sam-model.")
+    name = name.strip()
+    if "/" in name or "\\" in name or ".." in name or "\x00" in name or ":" in name:
+        raise InvalidPromptError("Model names are file names: no folders, '..' or drive letters.")
+    return name
+
+
+def resolve_model_name(engine: Any, name: Optional[str]) -> str:
+    """The model file a client means: exact file name, else case-insensitive, else a unique stem."""
+    available = list(engine.list_models())
+    if name is None:
+        if not available:
+            available = list(engine.list_models(refresh=True))
+        if not available:
+            raise ModelNotFoundError("No SAM model found; put a checkpoint (e.g. sam_vit_b_01ec64.pth) in the models/sam folder.")
+        return available[0]
+    name = validate_model_name(name)
+    for attempt in (0, 1):
+        if attempt:
+            available = list(engine.list_models(refresh=True))
+        if name in available:
+            return name
+        folded = [m for m in available if m.lower() == name.lower()]
+        if len(folded) == 1:
+            return folded[0]
+        stems = [m for m in available if Path(m).stem.lower() == Path(name).stem.lower()]
+        if len(stems) == 1:
+            return stems[0]
+    listed = ", ".join(available) if available else "none"
+    raise ModelNotFoundError(f"SAM model {name!r} not found. Available: {listed}.")
+
+
+def check_caption(text: Any) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidPromptError("The text prompt is empty; describe what to detect, e.g. 'dog . cat'.")
+    if len(text) > MAX_CAPTION_CHARS:
+        raise InvalidPromptError(f"The text prompt is longer than {MAX_CAPTION_CHARS} characters.")
+    return text.strip()
+
+
+def check_threshold(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidPromptError(f"{name} must be a number between 0 and 1.") from None
+    if not np.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise InvalidPromptError(f"{name} must be between 0 and 1.")
+    return number
+
+
+def check_points(points: Sequence, shape: Tuple[int, int], name: str = "points") -> List[Tuple[float, float]]:
+    height, width = shape
+    checked = codec.finite_pairs(points, width=2, name=name)
+    if len(checked) > MAX_POINTS:
+        raise InvalidPromptError(f"At most {MAX_POINTS} points per request.")
+    for index, (x, y) in enumerate(checked):
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise InvalidPromptError(f"{name}[{index}] = ({x:g}, {y:g}) is outside the {width}x{height} image.")
+    return checked
+
+
+def check_boxes(boxes: Sequence, shape: Tuple[int, int], name: str = "boxes") -> List[Tuple[float, float, float, float]]:
+    """Boxes clipped to the image; a box with no area inside it is an error."""
+    height, width = shape
+    checked = codec.finite_pairs(boxes, width=4, name=name)
+    if len(checked) > MAX_BOXES:
+        raise InvalidPromptError(f"At most {MAX_BOXES} boxes per request.")
+    clipped = []
+    for index, (x1, y1, x2, y2) in enumerate(checked):
+        x1, x2 = sorted((x1, x2))
+        y1, y2 = sorted((y1, y2))
+        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            raise InvalidPromptError(f"{name}[{index}] has no area inside the {width}x{height} image.")
+        clipped.append((x1, y1, x2, y2))
+    return clipped
+
+
+def mask_to_low_res_logits(mask: np.ndarray, side: int = LOW_RES_SIDE) -> np.ndarray:
+    """A full-size bool mask in the model's low-res prompt frame (longest side = ``side``, padded)."""
+    from PIL import Image
+
+    height, width = mask.shape
+    scale = side / max(height, width)
+    new_w, new_h = max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((new_w, new_h), Image.BILINEAR)
+    logits = np.full((side, side), -PREVIOUS_MASK_LOGIT, dtype=np.float32)
+    logits[:new_h, :new_w] = np.where(np.asarray(resized) >= 128, PREVIOUS_MASK_LOGIT, -PREVIOUS_MASK_LOGIT)
+    return logits
+
+
+def check_mask_budget(objects: int, candidates: int, shape: Tuple[int, int]) -> None:
+    if objects * candidates * shape[0] * shape[1] > MAX_MASK_PIXELS:
+        raise InvalidPromptError(
+            f"{objects} objects x {candidates} candidates at {shape[1]}x{shape[0]} is too much for one request; "
+            "send fewer boxes, turn multimask off, or use a smaller image."
+        )
+
+
+@dataclass
+class Detection:
+    box: Tuple[float, float, float, float]
+    phrase: str
+    score: float
+
+
+class DetectorAccess:
+    """GroundingDINO behind one lock, loaded through its own model store."""
+
+    def __init__(self, provider: Optional[Callable[[Optional[str]], Any]] = None, lock: Optional[threading.Lock] = None):
+        self._provider = provider
+        self._lock = lock or threading.Lock()
+
+    def _detector(self, model: Optional[str]) -> Any:
+        if self._provider is not None:
+            return self._provider(model)
+        try:
+            from local_groundingdino import detector as detector_module
+        except ImportError as error:
+            raise ServiceUnavailableError(f"GroundingDINO is not available on this server ({error}).") from None
+        return detector_module.load_detector(model) if model else detector_module.load_detector()
+
+    def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float,
+               text_threshold: float = 0.25) -> List[Detection]:
+        caption = check_caption(text)
+        height, width = image.shape[:2]
+        with self._lock:
+            detector = self._detector(model)
+            raw = detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold)
+        detections = []
+        for item in raw:
+            box = getattr(item, "box", None)
+            if box is None and isinstance(item, dict):
+                box = item["box"]
+            x1, y1, x2, y2 = (float(v) for v in box)
+            # GroundingDINO boxes can stick out of the image; SAM wants them inside.
+            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+            if x2 - x1 < 1 or y2 - y1 < 1:
+                continue
+            phrase = getattr(item, "phrase", None) if not isinstance(item, dict) else item.get("phrase")
+            score = getattr(item, "score", None) if not isinstance(item, dict) else item.get("score")
+            detections.append(Detection((x1, y1, x2, y2), str(phrase or ""), float(score if score is not None else 0.0)))
+        return detections
+
+
+def clock() -> float:
+    return time.perf_counter()
+
+
+def null_lock() -> ContextManager:
+    return contextlib.nullcontext()
