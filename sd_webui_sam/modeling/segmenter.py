@@ -1,0 +1,118 @@
+"""The interface every promptable segmentation model implements, and SAM's implementation of it."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class PromptableSegmenter(nn.Module):
+    """An image encoder run once per image, and a prompt decoder run per prompt.
+
+    ``pixel_mean`` / ``pixel_std`` are non-persistent (3, 1, 1) buffers on the 0..255 scale:
+    official checkpoints do not store them, and the predictor normalises with them.
+    """
+
+    image_size: int = 1024
+    mask_threshold: float = 0.0
+
+    def __init__(self, pixel_mean: Sequence[float] = SAM_PIXEL_MEAN, pixel_std: Sequence[float] = SAM_PIXEL_STD) -> None:
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def encode_image(self, pixels: Tensor) -> Dict[str, Tensor]:
+        """pixels: (B, 3, S, S), normalised and padded. Returns at least {"image_embeddings": (B, 256, 64, 64)}."""
+        raise NotImplementedError
+
+    def decode(
+        self,
+        features: Mapping[str, Tensor],
+        *,
+        point_coords: Optional[Tensor],
+        point_labels: Optional[Tensor],
+        boxes: Optional[Tensor],
+        mask_input: Optional[Tensor],
+        multimask_output: bool,
+        options: Optional[Mapping] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Returns (low-res logits (B, C, 256, 256), IoU predictions (B, C)); C is 3 or 1.
+
+        point_coords (B, N, 2) / boxes (B, 4) are in the input frame (resized, before padding);
+        point_labels (B, N): 1 foreground, 0 background, -1 padding; mask_input (B, 1, 256, 256).
+        ``features`` hold one image and are broadcast over the B prompts.
+        """
+        raise NotImplementedError
+
+
+class SamSegmenter(PromptableSegmenter):
+    """Segment Anything: ViT encoder + prompt encoder + two-way mask decoder."""
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: Sequence[float] = SAM_PIXEL_MEAN,
+        pixel_std: Sequence[float] = SAM_PIXEL_STD,
+    ) -> None:
+        super().__init__(pixel_mean, pixel_std)
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.image_size = int(getattr(image_encoder, "img_size", prompt_encoder.input_image_size[0]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.prompt_encoder.no_mask_embed.weight.dtype
+
+    def encode_image(self, pixels: Tensor) -> Dict[str, Tensor]:
+        return {"image_embeddings": self.image_encoder(pixels)}
+
+    def encode_prompts(
+        self,
+        point_coords: Optional[Tensor],
+        point_labels: Optional[Tensor],
+        boxes: Optional[Tensor],
+        mask_input: Optional[Tensor],
+    ) -> Tuple[Tensor, Tensor]:
+        points = (point_coords, point_labels) if point_coords is not None else None
+        if points is not None and point_labels is None:
+            raise ValueError("point_labels are required with point_coords.")
+        return self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+
+    def decode(
+        self,
+        features: Mapping[str, Tensor],
+        *,
+        point_coords: Optional[Tensor],
+        point_labels: Optional[Tensor],
+        boxes: Optional[Tensor],
+        mask_input: Optional[Tensor],
+        multimask_output: bool,
+        options: Optional[Mapping] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        sparse, dense = self.encode_prompts(point_coords, point_labels, boxes, mask_input)
+        return self.mask_decoder(
+            image_embeddings=features["image_embeddings"],
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
