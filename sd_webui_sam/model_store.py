@@ -1,0 +1,267 @@
+"""Finding checkpoints in the model folders and keeping a few loaded.
+
+Models are named by file name only. Folders are searched in :meth:`EngineSettings.model_dirs`
+order (user folder, the host's models/sam, the extension's models/sam); when two folders hold
+the same file name the first one wins. Loaded models live in a small LRU; with CPU offload they
+rest on the CPU and visit the GPU only inside :meth:`ModelStore.use`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from sd_webui_sam import checkpoints, devices
+from sd_webui_sam.devices import Placement
+from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
+from sd_webui_sam.model_registry import ModelSpec, build_model, identify
+from sd_webui_sam.settings import EngineSettings
+
+logger = logging.getLogger(__name__)
+
+#: (resolved path, size in bytes, modification time in ns): a file replaced in place gets a new key.
+FileKey = Tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a checkpoint file holds, or why it cannot be used."""
+
+    name: str
+    path: Path
+    size: int
+    spec: Optional[ModelSpec]
+    error: Optional[str] = None
+
+    @property
+    def usable(self) -> bool:
+        return self.spec is not None
+
+    @property
+    def label(self) -> str:
+        if self.spec is not None:
+            return f"{self.spec.label} ({self.name})"
+        return f"{self.name} (not usable: {self.error})"
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    spec: ModelSpec
+    model: torch.nn.Module
+    file_key: FileKey
+
+    @property
+    def model_id(self) -> str:
+        """Identifies these exact weights (for embedding cache keys); changes when the file does."""
+        _, size, mtime_ns = self.file_key
+        return f"{self.name}:{size}:{mtime_ns}"
+
+
+def is_candidate_file(path: Path) -> bool:
+    """A file that may be a checkpoint: right suffix, not hidden, not empty, a regular file.
+
+    Partial downloads (``*.part``, ``*.tmp``, ``*.crdownload``) and notes (``*.txt``) fail the
+    suffix test; ``.DS_Store`` and other dot files are hidden.
+    """
+    name = path.name
+    if name.startswith(".") or not checkpoints.is_checkpoint_name(name):
+        return False
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def validate_model_name(name: str) -> str:
+    """A bare file name, or SamUserError: models are never addressed by path."""
+    if not isinstance(name, str) or not name.strip():
+        raise SamUserError("No SAM model selected. Choose a model from the list (or put one in the models/sam folder).")
+    name = name.strip()
+    if "/" in name or "\\" in name or name in (".", "..") or ".." in name.split(os.sep) or os.path.isabs(name) or ":" in name or "\0" in name:
+        raise SamUserError(f"Invalid model name {name!r}: give a file name from the model list, not a path.")
+    return name
+
+
+def _file_key(path: Path) -> FileKey:
+    stat = path.stat()
+    return (str(path), stat.st_size, stat.st_mtime_ns)
+
+
+class ModelStore:
+    """Model discovery, descriptions and the LRU of loaded models. Thread-safe."""
+
+    def __init__(self, settings: EngineSettings, placement: Optional[Placement] = None):
+        self.settings = settings
+        self._placement = placement or devices.resolve_placement(
+            settings.device, offload_to_cpu=settings.offload_to_cpu, half=settings.half_precision
+        )
+        self._scan_lock = threading.Lock()
+        self._models_lock = threading.RLock()
+        self._listing: Optional[Dict[str, Path]] = None
+        self._descriptions: Dict[FileKey, ModelDescription] = {}
+        self._loaded: "OrderedDict[str, LoadedModel]" = OrderedDict()
+
+    # ------------------------------------------------------------------ discovery
+
+    @property
+    def placement(self) -> Placement:
+        return self._placement
+
+    def model_dirs(self) -> Tuple[Path, ...]:
+        return self.settings.model_dirs()
+
+    def list_models(self, refresh: bool = False) -> List[str]:
+        """Checkpoint file names across all model folders, sorted, first folder winning."""
+        return sorted(self._scan(refresh), key=lambda name: (name.lower(), name))
+
+    def _scan(self, refresh: bool) -> Dict[str, Path]:
+        with self._scan_lock:
+            if self._listing is None or refresh:
+                found: Dict[str, Path] = {}
+                for directory in self.model_dirs():
+                    try:
+                        entries = sorted(directory.iterdir())
+                    except OSError:
+                        continue  # a configured folder that does not exist (yet) is not an error
+                    for entry in entries:
+                        if entry.name not in found and is_candidate_file(entry):
+                            found[entry.name] = entry
+                self._listing = found
+                live = {str(path) for path in found.values()}
+                self._descriptions = {key: value for key, value in self._descriptions.items() if key[0] in live}
+            return dict(self._listing)
+
+    def resolve(self, name: str) -> Path:
+        """The file for a model name, searched only inside the model folders."""
+        name = validate_model_name(name)
+        path = self._scan(refresh=False).get(name)
+        if path is None or not is_candidate_file(path):
+            path = self._scan(refresh=True).get(name)
+        if path is None:
+            folders = ", ".join(str(directory) for directory in self.model_dirs()) or "(no model folder configured)"
+            raise ModelNotFoundError(
+                f"SAM model {name!r} was not found. Put the checkpoint in one of: {folders}, then refresh the model list."
+            )
+        return path
+
+    def describe(self, name: str) -> ModelDescription:
+        """Family, variant and label of a model file; cached until the file changes."""
+        path = self.resolve(name)
+        key = _file_key(path)
+        with self._scan_lock:
+            cached = self._descriptions.get(key)
+        if cached is not None:
+            return cached
+        try:
+            spec = identify(checkpoints.read_shapes(path))
+            description = ModelDescription(name=name, path=path, size=key[1], spec=spec)
+        except SamUserError as error:
+            description = ModelDescription(name=name, path=path, size=key[1], spec=None, error=str(error))
+        with self._scan_lock:
+            self._descriptions[key] = description
+        return description
+
+    def label(self, name: str) -> str:
+        return self.describe(name).label
+
+    # ------------------------------------------------------------------ loading
+
+    @property
+    def capacity(self) -> int:
+        return max(1, int(self.settings.model_cache_size or 1))
+
+    def loaded_names(self) -> List[str]:
+        with self._models_lock:
+            return list(self._loaded)
+
+    def get(self, name: str) -> LoadedModel:
+        """The loaded model (on its resting device), loading it through the LRU if needed."""
+        path = self.resolve(name)
+        key = _file_key(path)
+        with self._models_lock:
+            entry = self._loaded.get(name)
+            if entry is not None and entry.file_key == key:
+                self._loaded.move_to_end(name)
+                return entry
+            if entry is not None:  # the file was replaced on disk
+                self._drop(name)
+            # Free the least recently used models before loading, so that two large models
+            # never have to fit at once.
+            if len(self._loaded) >= self.capacity:
+                while len(self._loaded) >= self.capacity:
+                    self._drop(next(iter(self._loaded)))
+                devices.release_memory()
+            entry = self._load(name, path, key)
+            self._loaded[name] = entry
+            return entry
+
+    def _load(self, name: str, path: Path, key: FileKey) -> LoadedModel:
+        state_dict = checkpoints.load_state_dict(path)
+        spec = identify({tensor_name: tuple(tensor.shape) for tensor_name, tensor in state_dict.items()})
+        try:
+            model = build_model(spec, state_dict, source=name)
+            del state_dict
+            model.requires_grad_(False)
+            model.to(device=self._placement.storage_device, dtype=self._placement.dtype)
+        except Exception as error:
+            if devices.is_out_of_memory(error):
+                devices.release_memory()
+                raise OutOfMemoryError(
+                    f"Not enough memory to load {name} on {self._placement.storage_device}. "
+                    "Unload other models, choose a smaller SAM model, or enable CPU offload / use the CPU."
+                ) from error
+            raise
+        with self._scan_lock:
+            self._descriptions[key] = ModelDescription(name=name, path=path, size=key[1], spec=spec)
+        logger.info("Loaded %s (%s) on %s", name, spec.label, self._placement.storage_device)
+        return LoadedModel(name=name, path=path, spec=spec, model=model, file_key=key)
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[LoadedModel]:
+        """The model on the compute device for the duration of the block.
+
+        Holds the store's lock, so uses are serialised. With CPU offload the model goes to the
+        device on entry and back to the CPU on exit, even when the block fails.
+        """
+        with self._models_lock:
+            entry = self.get(name)
+            placement = self._placement
+            if placement.offload_to_cpu:
+                entry.model.to(placement.device)
+            try:
+                yield entry
+            finally:
+                if placement.offload_to_cpu and self._loaded.get(name) is entry:
+                    entry.model.to(placement.storage_device)
+
+    def unload(self, name: Optional[str] = None) -> None:
+        """Drop one loaded model, or all of them, and give the memory back."""
+        with self._models_lock:
+            names = [name] if name is not None else list(self._loaded)
+            for model_name in names:
+                self._drop(model_name)
+        devices.release_memory()
+
+    def _drop(self, name: str) -> None:
+        entry = self._loaded.pop(name, None)
+        if entry is not None:
+            logger.info("Unloaded %s", name)
+            # The LoadedModel may still be referenced by a caller; release the weights anyway.
+            entry.model = None  # type: ignore[assignment]
+
+    def set_placement(self, placement: Placement) -> None:
+        """Move loaded models to a new device/dtype (e.g. the user switched to the CPU)."""
+        with self._models_lock:
+            self._placement = placement
+            for entry in self._loaded.values():
+                entry.model.to(device=placement.storage_device, dtype=placement.dtype)
+        devices.release_memory()
