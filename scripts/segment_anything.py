@@ -1,0 +1,105 @@
+"""WebUI adapter: the 'Segment Anything' accordion in txt2img and img2img.
+
+Thin on purpose: everything it does lives in the ``sd_webui_sam`` package, which is imported
+by absolute name while the extension root is on ``sys.path`` (the WebUI imports every file in
+``scripts/`` as a top-level module, so nothing may import ``scripts.<x>``).
+"""
+import logging
+import os
+import sys
+from pathlib import Path
+
+from modules import script_callbacks, scripts, shared
+
+EXTENSION_ROOT = Path(scripts.basedir())  # only valid while the WebUI imports this file
+if not (EXTENSION_ROOT / "sd_webui_sam").is_dir():
+    EXTENSION_ROOT = Path(__file__).resolve().parents[1]
+if str(EXTENSION_ROOT) not in sys.path:
+    sys.path.insert(0, str(EXTENSION_ROOT))
+
+from sd_webui_sam.compat import generation, host_compat  # noqa: E402
+from sd_webui_sam.compat.gradio_compat import current_root_block  # noqa: E402
+from sd_webui_sam.errors import SamUserError  # noqa: E402
+from sd_webui_sam.ui.panel import TITLE, PanelOptions, build_panel  # noqa: E402
+
+LOG = logging.getLogger("sd_webui_sam")
+SESSION = host_compat.host_session()
+
+
+def _models_path():
+    path = getattr(shared, "models_path", None)
+    if path:
+        return path
+    try:
+        from modules import paths
+
+        return paths.models_path
+    except Exception:
+        return None
+
+
+SESSION.configure(lambda: host_compat.engine_settings(shared.opts, shared.cmd_opts, _models_path(), EXTENSION_ROOT))
+
+
+class SegmentAnythingScript(scripts.Script):
+    def title(self):
+        return TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        tab = "img2img" if is_img2img else "txt2img"
+        controlnet = host_compat.find_controlnet()
+        panel = build_panel(
+            PanelOptions(
+                prefix=f"{tab}_sam",
+                engine=SESSION.engine,
+                sd_controls=True,
+                is_img2img=is_img2img,
+                controlnet_units=controlnet.unit_count(shared.opts) if controlnet.available() else 0,
+                tools=host_compat.tool_defaults(shared.opts),
+            )
+        )
+        root = current_root_block()
+        SESSION.request_send_wiring(panel, root)
+        if is_img2img:
+            SESSION.flush(root)
+        return panel.script_args
+
+    def before_process(self, p, *args):
+        values = generation.ScriptArgs.from_values(args)
+        if not values.wanted:
+            return
+        controlnet = host_compat.find_controlnet() if values.controlnet_enabled else None
+        try:
+            for note in generation.apply(p, args, controlnet, is_img2img=bool(self.is_img2img)):
+                print(f"[Segment Anything] {note}")
+        except SamUserError as error:
+            print(f"[Segment Anything] {error}")
+        except RuntimeError as error:
+            print(f"[Segment Anything] ControlNet: {error}")
+
+
+def _on_after_component(component, **kwargs):
+    SESSION.capture_component(component, current_root_block())
+
+
+def _on_ui_settings():
+    import gradio as gr
+
+    host_compat.register_options(shared, gr)
+
+
+def _on_app_started(demo, app):
+    try:
+        from sd_webui_sam.api import mount_api
+    except ImportError as error:
+        print(f"[Segment Anything] HTTP API not available: {error}")
+        return
+    mount_api(app, SESSION.engine(), auth=getattr(shared.cmd_opts, "api_auth", None))
+
+
+script_callbacks.on_after_component(_on_after_component)
+script_callbacks.on_ui_settings(_on_ui_settings)
+script_callbacks.on_app_started(_on_app_started)

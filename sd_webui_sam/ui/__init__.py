@@ -1,0 +1,1 @@
+"""The gradio panel, shared by the WebUI script and the standalone app."""

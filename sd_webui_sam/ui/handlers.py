@@ -1,0 +1,312 @@
+"""What the panel's buttons do, as plain functions of plain values (no gradio in here).
+
+Every handler returns a status message instead of raising: the panel shows the message, the
+WebUI keeps working, and a traceback only ever reaches the console.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, ModelNotFoundError, OutOfMemoryError, SamUserError
+
+LOG = logging.getLogger("sd_webui_sam.ui")
+
+CANDIDATE_COUNT = 3
+THUMBNAIL_SIDE = 320
+
+
+@dataclass(frozen=True)
+class MaskTools:
+    """The live mask tools; ``expand`` < 0 shrinks."""
+
+    expand: int = 0
+    feather: float = 0.0
+    fill_holes: bool = False
+    min_island: int = 0
+    invert: bool = False
+
+
+@dataclass
+class Candidates:
+    """The last preview: what the mask tools and the send buttons work on."""
+
+    image: np.ndarray            # (H, W, 3) uint8, the picture the prompts were placed on
+    masks: np.ndarray            # (3, H, W) bool
+    scores: np.ndarray           # (3,) float32
+    image_digest: str = ""
+    prompt_summary: str = ""
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.scores))
+
+
+@dataclass(frozen=True)
+class ChosenOutputs:
+    overlay: Image.Image         # RGB: the picture with the mask tinted
+    mask: Image.Image            # L: 255 = selected (soft edge when feathered)
+    cutout: Image.Image          # RGBA: the picture, transparent outside the mask
+
+
+def image_digest(image: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=12).hexdigest()
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for the panel; the traceback goes to the console only."""
+    from sd_webui_sam.devices import is_out_of_memory
+
+    if isinstance(error, OutOfMemoryError) or is_out_of_memory(error):
+        return ("Out of memory while running Segment Anything. Choose a smaller model, set the device to "
+                "CPU in Settings > Segment Anything, or free memory and try again.")
+    if isinstance(error, SamUserError):
+        return str(error)
+    LOG.exception("Segment Anything failed")
+    return f"Segment Anything failed ({type(error).__name__}: {error}). Details are in the console."
+
+
+def guarded(function: Callable[..., Any], failure: Callable[[str], Any]) -> Callable[..., Any]:
+    """Wrap a handler so that any failure becomes ``failure(message)`` instead of a traceback."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001 - the page must never see a traceback
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
+            return failure(describe_failure(error))
+
+    run.__name__ = getattr(function, "__name__", "handler")
+    run.__doc__ = getattr(function, "__doc__", None)
+    return run
+
+
+# ----- inputs ----------------------------------------------------------------------------------
+
+
+def to_rgb_array(image: Any, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Any value an image control can hold (PIL, ndarray, path, base64 string) -> (H,W,3) uint8."""
+    from sd_webui_sam import images
+
+    if image is None:
+        raise InvalidImageError("No image: upload a picture into 'Image' first.")
+    if isinstance(image, str) and not _looks_like_path(image):
+        image = decode_base64_image(image)
+    if max_pixels is None:
+        return images.load_image(image)
+    return images.load_image(image, max_pixels)
+
+
+def _looks_like_path(text: str) -> bool:
+    return len(text) < 1024 and not text.startswith("data:") and ("/" in text[:1] or "\\" in text or text.endswith((".png", ".jpg", ".jpeg", ".webp")))
+
+
+def decode_base64_image(text: str) -> Image.Image:
+    """A base64 image as the WebUI API sends it (with or without a ``data:`` prefix)."""
+    import base64
+    import binascii
+    import io
+
+    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    try:
+        raw = base64.b64decode(payload, validate=False)
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (binascii.Error, ValueError, OSError) as error:
+        raise InvalidImageError(f"The image is not a valid base64-encoded picture ({error}).") from error
+    return image
+
+
+def parse_prompts(text: Optional[str], image_shape: Tuple[int, int]):
+    """The panel's prompt JSON -> ``Prompts``, checked against the image the prompts were placed on."""
+    from sd_webui_sam.predictor import Prompts
+
+    height, width = image_shape
+    try:
+        data = json.loads(text) if text else {}
+    except (TypeError, ValueError) as error:
+        raise InvalidPromptError("The prompts could not be read; click on the image again.") from error
+    points = data.get("points") or []
+    boxes = data.get("boxes") or []
+    if not points and not boxes:
+        raise InvalidPromptError(
+            "No prompt: left-click the object (positive point), right-click to exclude (negative point), "
+            "or drag a box around it, then press Preview."
+        )
+    placed_on = (int(data.get("height") or 0), int(data.get("width") or 0))
+    if placed_on != (0, 0) and placed_on != (height, width):
+        raise InvalidPromptError(
+            f"The prompts were placed on a {placed_on[1]}x{placed_on[0]} picture but the image is {width}x{height}; "
+            "clear them and click again."
+        )
+    coords: List[Tuple[float, float]] = []
+    labels: List[int] = []
+    for entry in points:
+        x, y, label = float(entry[0]), float(entry[1]), int(entry[2])
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise InvalidPromptError(f"Point ({x:.0f}, {y:.0f}) lies outside the {width}x{height} image.")
+        coords.append((x, y))
+        labels.append(1 if label == 1 else 0)
+    box_list: List[Tuple[float, float, float, float]] = []
+    for entry in boxes:
+        x0, y0, x1, y1 = (float(v) for v in entry[:4])
+        x0, x1 = sorted((max(0.0, min(width, x0)), max(0.0, min(width, x1))))
+        y0, y1 = sorted((max(0.0, min(height, y0)), max(0.0, min(height, y1))))
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            continue
+        box_list.append((x0, y0, x1, y1))
+    if not box_list and labels and not any(labels):
+        raise InvalidPromptError("Only negative points: add at least one positive point (left click) or a box.")
+    return Prompts(points=coords, labels=labels, boxes=box_list)
+
+
+def summarise(prompts) -> str:
+    positive = sum(1 for label in prompts.labels if label == 1)
+    negative = len(prompts.labels) - positive
+    parts = []
+    if positive:
+        parts.append(f"{positive} positive point{'s' if positive != 1 else ''}")
+    if negative:
+        parts.append(f"{negative} negative point{'s' if negative != 1 else ''}")
+    if prompts.boxes:
+        parts.append(f"{len(prompts.boxes)} box{'es' if len(prompts.boxes) != 1 else ''}")
+    return ", ".join(parts)
+
+
+# ----- segmentation ----------------------------------------------------------------------------
+
+
+def require_model(model_name: Optional[str]) -> str:
+    if not model_name:
+        raise ModelNotFoundError(
+            "No SAM model: put a checkpoint (e.g. sam_vit_b_01ec64.pth) in the model directory and press the "
+            "refresh button, or download one under 'Download official checkpoints'."
+        )
+    return model_name
+
+
+def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optional[str]) -> Candidates:
+    """Run the decoder on the (cached) embedding; several objects are merged per candidate."""
+    model_name = require_model(model_name)
+    pixels = to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    prompts = parse_prompts(prompts_json, pixels.shape[:2])
+    prediction = engine.segment(model_name, pixels, prompts, multimask_output=True)
+    masks = np.asarray(prediction.masks, dtype=bool)          # (K, C, H, W)
+    scores = np.asarray(prediction.scores, dtype=np.float32)  # (K, C)
+    if masks.ndim == 3:
+        masks, scores = masks[None], scores[None]
+    merged = masks.any(axis=0)
+    merged_scores = scores.mean(axis=0)
+    if merged.shape[0] == 1:  # single-output models: show the one mask three times is misleading
+        merged_scores = merged_scores[:1]
+    return Candidates(
+        image=pixels,
+        masks=merged,
+        scores=merged_scores,
+        image_digest=image_digest(pixels),
+        prompt_summary=summarise(prompts),
+    )
+
+
+def candidate_label(index: int, score: float) -> str:
+    return f"Mask {index + 1} (score {score:.3f})"
+
+
+def candidate_gallery(candidates: Candidates, side: int = THUMBNAIL_SIDE) -> List[Tuple[Image.Image, str]]:
+    """Small overlays, one per candidate, captioned with their predicted IoU."""
+    from sd_webui_sam import render
+
+    height, width = candidates.image.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    base = Image.fromarray(candidates.image).resize(size, Image.BILINEAR) if scale < 1 else Image.fromarray(candidates.image)
+    base_pixels = np.asarray(base)
+    items = []
+    for index, (mask, score) in enumerate(zip(candidates.masks, candidates.scores)):
+        small = mask if scale >= 1 else np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        items.append((render.overlay(base_pixels, small), candidate_label(index, float(score))))
+    return items
+
+
+def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.ndarray:
+    """The chosen candidate after the mask tools: (H, W) float32 in 0..1 (soft only when feathered)."""
+    from sd_webui_sam import masks as mask_ops
+
+    if not 0 <= index < len(candidates.masks):
+        index = candidates.best
+    mask = candidates.masks[index]
+    if tools.fill_holes:
+        mask = mask_ops.fill_holes(mask)
+    if tools.min_island > 0:
+        mask = mask_ops.remove_islands(mask, int(tools.min_island))
+    if tools.expand > 0:
+        mask = mask_ops.expand(mask, int(tools.expand))
+    elif tools.expand < 0:
+        mask = mask_ops.shrink(mask, int(-tools.expand))
+    if tools.invert:
+        mask = mask_ops.invert(mask)
+    if tools.feather > 0:
+        return np.asarray(mask_ops.feather(mask, float(tools.feather)), dtype=np.float32)
+    return mask.astype(np.float32)
+
+
+def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
+    from sd_webui_sam import render
+
+    alpha = processed_mask(candidates, index, tools)
+    mask_image = Image.fromarray(np.round(alpha * 255).astype(np.uint8), mode="L")
+    return ChosenOutputs(
+        overlay=render.overlay(candidates.image, alpha),
+        mask=mask_image,
+        cutout=render.cutout(candidates.image, alpha),
+    )
+
+
+# ----- send to img2img -------------------------------------------------------------------------
+
+LEAVE_SETTINGS = "Leave my settings"
+FIX_DETAIL = "Fix a detail (face, hand)"
+REPLACE_OBJECT = "Replace the object"
+INPAINT_PRESETS = (LEAVE_SETTINGS, FIX_DETAIL, REPLACE_OBJECT)
+
+#: img2img control elem_id -> value, for each preset. Only controls named here are changed.
+PRESET_VALUES: Mapping[str, Mapping[str, Any]] = {
+    LEAVE_SETTINGS: {},
+    FIX_DETAIL: {
+        "img2img_mask_blur": 4,
+        "img2img_inpaint_full_res": "Only masked",
+        "img2img_inpaint_full_res_padding": 32,
+        "img2img_inpainting_fill": "original",
+        "img2img_denoising_strength": 0.45,
+    },
+    REPLACE_OBJECT: {
+        "img2img_inpaint_full_res": "Whole picture",
+        "img2img_denoising_strength": 0.75,
+    },
+}
+PRESET_TARGETS: Sequence[str] = (
+    "img2img_mask_blur",
+    "img2img_inpaint_full_res",
+    "img2img_inpaint_full_res_padding",
+    "img2img_inpainting_fill",
+    "img2img_denoising_strength",
+)
+
+
+def inpaint_pair(image: Any, mask: Any) -> Tuple[Image.Image, Image.Image]:
+    """The picture and the processed mask as img2img's 'Inpaint upload' wants them."""
+    if mask is None:
+        raise SamUserError("No mask yet: press Preview and pick a mask before sending it.")
+    pixels = to_rgb_array(image)
+    mask_image = mask if isinstance(mask, Image.Image) else Image.fromarray(np.asarray(mask))
+    mask_image = mask_image.convert("L")
+    if mask_image.size != (pixels.shape[1], pixels.shape[0]):
+        raise SamUserError("The mask belongs to another picture: press Preview again for the current image.")
+    return Image.fromarray(pixels), mask_image
