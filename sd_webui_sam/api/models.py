@@ -101,11 +101,11 @@ class AutoSAMConfig(BaseModel):
 
 
 class MaskPostprocess(BaseModel):
-    """Applied to every returned mask, in this order: fill holes, remove islands, expand/shrink, invert, feather."""
+    """Applied to every returned mask, in this order: fill holes, remove islands, invert, expand/shrink, feather."""
 
-    expand: int = Field(0, ge=-512, le=512, description="Grow (positive) or shrink (negative) by this many pixels.")
+    expand: int = Field(0, ge=-512, le=512, description="Grow (positive) or shrink (negative) the final mask by this radius in pixels.")
     feather: float = Field(0.0, ge=0, le=256, description="Soft edge width in pixels (PNG output only; RLE stays binary).")
-    fill_holes: int = Field(0, ge=0, description="Fill holes smaller than this area in pixels (0 = off).")
+    fill_holes: bool = Field(False, description="Fill holes enclosed by the object.")
     remove_islands: int = Field(0, ge=0, description="Remove regions smaller than this area in pixels (0 = off).")
     invert: bool = Field(False, description="Select the background instead.")
 

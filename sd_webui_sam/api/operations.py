@@ -353,7 +353,9 @@ class SamApi:
     def _mask_out(self, request, image, mask, score, logits, post) -> Dict[str, Any]:
         soft = None
         if any(post[key] for key in ("expand", "feather", "fill_holes", "remove_islands", "invert")):
-            processed = _masks().postprocess(mask, **post)
+            processed = _masks().postprocess(mask, expand=post["expand"], feather=post["feather"],
+                                             fill_holes=post["fill_holes"], min_island=post["remove_islands"],
+                                             invert=post["invert"])
             if processed.dtype != bool:  # feathered: float 0..1 alpha
                 soft = np.clip(processed, 0.0, 1.0)
                 mask = soft >= 0.5

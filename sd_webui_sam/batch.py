@@ -1,0 +1,572 @@
+"""Batch segmentation of a folder or a list of files: one implementation for the command line
+(``python -m sd_webui_sam batch``), the ``/sam/v2/batch`` route and the panel's Batch tab.
+
+Guarantees: a source file is never written; each output is written atomically (temporary
+file + rename); an output that exists is kept unless ``overwrite``; a file that cannot be read
+or segmented is recorded in the report and the batch goes on; an interrupt (callable or
+Event) or Ctrl-C stops between files, after the pending writes, so a later run resumes where
+this one stopped. Reading the next images and writing outputs overlap with inference.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from sd_webui_sam.errors import InvalidPromptError, SamUserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+OUTPUT_KINDS = ("mask", "cutout", "blend", "coco")
+NAMINGS = ("reference", "inpaint")
+STATE_FILE = ".sam-batch-state.jsonl"
+REPORT_FILE = "batch_report.json"
+COCO_FILE = "annotations.json"
+#: Names the reference naming produces; never taken as inputs when outputs share the folder.
+_OUTPUT_NAME = re.compile(r"_\d+(_obj\d+)?_(mask|output|blend)\.png$")
+#: reference naming: what each output kind is called ({stem}_{idx}_{suffix}.png)
+_REFERENCE_SUFFIX = {"mask": "mask", "cutout": "output", "blend": "blend"}
+_INPAINT_FOLDER = {"mask": "masks", "cutout": "cutouts", "blend": "blends"}
+
+Interrupt = Union[None, Callable[[], bool], threading.Event]
+
+
+@dataclass
+class BatchOptions:
+    inputs: Sequence[Path]
+    output_dir: Path
+    model: str
+    recursive: bool = False
+    #: exactly one prompt mode: text (GroundingDINO), fixed points/boxes, or everything (AutoSAM)
+    text: Optional[str] = None
+    dino_model: Optional[str] = None
+    box_threshold: float = 0.3
+    text_threshold: float = 0.25
+    points: Sequence[Tuple[float, float]] = ()
+    labels: Sequence[int] = ()
+    boxes: Sequence[Tuple[float, float, float, float]] = ()
+    everything: bool = False
+    multimask: bool = True
+    per_object: bool = False
+    outputs: Sequence[str] = ("mask", "cutout", "blend")
+    naming: str = "reference"
+    expand: int = 0
+    invert: bool = False
+    overwrite: bool = False
+    max_pixels: Optional[int] = None
+    io_workers: int = 2
+
+
+@dataclass
+class FileResult:
+    source: str
+    status: str  # "done" | "skipped" | "failed" | "no_objects"
+    outputs: List[str] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+@dataclass
+class BatchProgress:
+    index: int  # files handled so far, this one included
+    total: int
+    source: str
+    status: str
+
+
+@dataclass
+class BatchReport:
+    output_dir: str
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    no_objects: int = 0
+    failed: List[Dict[str, str]] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+    outputs_written: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    coco: Optional[str] = None
+    report: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        text = (f"{self.done} done, {self.skipped} skipped (outputs exist), {self.no_objects} without objects, "
+                f"{len(self.failed)} failed, of {self.total} images in {self.seconds:.1f} s")
+        return text + (" - interrupted; run again to resume." if self.interrupted else ".")
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    relative: Path  # relative to its input folder (just the name for a listed file)
+
+
+def _is_interrupted(interrupt: Interrupt) -> bool:
+    if interrupt is None:
+        return False
+    if isinstance(interrupt, threading.Event):
+        return interrupt.is_set()
+    return bool(interrupt())
+
+
+def collect_sources(inputs: Sequence[Path], output_dir: Path, recursive: bool) -> Tuple[List[Source], List[str]]:
+    """(images to process, sorted; files ignored because they are not images by name)."""
+    output_dir = Path(output_dir).resolve()
+    input_dirs = {Path(p).resolve() for p in inputs if Path(p).is_dir()}
+    sources: List[Source] = []
+    ignored: List[str] = []
+    seen = set()
+
+    def is_our_output(path: Path) -> bool:
+        if output_dir != path.parent and output_dir not in path.parents:
+            return False
+        if output_dir not in input_dirs:
+            return True  # a separate output folder inside an input folder: nothing there is input
+        relative = path.relative_to(output_dir)
+        return bool(_OUTPUT_NAME.search(path.name)) or relative.parts[0] in _INPAINT_FOLDER.values()
+
+    for item in inputs:
+        item = Path(item).expanduser()
+        if item.is_dir():
+            walker = item.rglob("*") if recursive else item.glob("*")
+            for path in sorted(walker):
+                if not path.is_file() or path.name.startswith("."):
+                    continue
+                resolved = path.resolve()
+                if resolved in seen or is_our_output(resolved):
+                    continue
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    if path.name not in (STATE_FILE, REPORT_FILE, COCO_FILE):
+                        ignored.append(str(path))
+                    continue
+                seen.add(resolved)
+                sources.append(Source(resolved, path.relative_to(item)))
+        elif item.is_file():
+            resolved = item.resolve()
+            if resolved not in seen:
+                seen.add(resolved)
+                sources.append(Source(resolved, Path(item.name)))
+        else:
+            raise InvalidPromptError(f"Input {str(item)!r} is neither a folder nor a file.")
+    return sources, ignored
+
+
+def _output_stems(sources: Sequence[Source]) -> Dict[Path, Path]:
+    """Each source's output stem (relative folder + stem); 'a.png' and 'a.jpg' become a and a_jpg."""
+    counts: Dict[Path, int] = {}
+    for source in sources:
+        key = source.relative.with_suffix("")
+        counts[key] = counts.get(key, 0) + 1
+    stems = {}
+    for source in sources:
+        key = source.relative.with_suffix("")
+        if counts[key] > 1:
+            key = key.with_name(f"{key.name}_{source.relative.suffix.lstrip('.').lower()}")
+        stems[source.path] = key
+    return stems
+
+
+def output_path(output_dir: Path, stem: Path, kind: str, naming: str, candidate: int, obj: Optional[int]) -> Path:
+    if naming == "inpaint":
+        return output_dir / _INPAINT_FOLDER[kind] / stem.parent / f"{stem.name}.png"
+    object_part = f"_obj{obj}" if obj is not None else ""
+    return output_dir / stem.parent / f"{stem.name}_{candidate}{object_part}_{_REFERENCE_SUFFIX[kind]}.png"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def atomic_write_png(path: Path, image: Any) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class _State:
+    """Which sources are finished, with their outputs and COCO annotations (append-only JSON lines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: Dict[str, Dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    entry = json.loads(line)
+                    self.entries[str(entry["source"])] = entry
+
+    def finished(self, source: Path, output_dir: Path) -> bool:
+        entry = self.entries.get(str(source))
+        return entry is not None and all((output_dir / name).is_file() for name in entry.get("outputs", []))
+
+    def record(self, entry: Dict[str, Any]) -> None:
+        self.entries[entry["source"]] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+# ------------------------------------------------------------------------------- the batch
+
+
+def validate_options(options: BatchOptions) -> None:
+    modes = [options.text is not None, bool(options.points or options.boxes), options.everything]
+    if sum(modes) != 1:
+        raise InvalidPromptError("Choose one prompt mode: a text prompt, fixed points/boxes, or 'segment everything'.")
+    if options.text is not None and not options.text.strip():
+        raise InvalidPromptError("The text prompt is empty; describe what to detect, e.g. 'dog . cat'.")
+    unknown = [kind for kind in options.outputs if kind not in OUTPUT_KINDS]
+    if unknown or not options.outputs:
+        raise InvalidPromptError(f"Outputs must be some of {', '.join(OUTPUT_KINDS)}; got {list(options.outputs)}.")
+    if options.naming not in NAMINGS:
+        raise InvalidPromptError(f"Naming must be one of {', '.join(NAMINGS)}.")
+    if options.naming == "inpaint" and options.per_object:
+        raise InvalidPromptError("The inpaint naming gives one mask per image; turn per-object off or use reference naming.")
+    if options.labels and len(options.labels) != len(options.points):
+        raise InvalidPromptError("Give one label per point (or none for all positive).")
+    if options.everything:
+        raise SamUserError("'Segment everything' needs AutoSAM, which this version does not include yet.")
+
+
+def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, interrupt: Interrupt = None,
+              progress: Optional[Callable[[BatchProgress], None]] = None,
+              gpu_lock: Optional[ContextManager] = None) -> BatchReport:
+    """Segment every image of ``options.inputs``; see the module docstring for the guarantees."""
+    from sd_webui_sam.images import load_image
+
+    started = time.perf_counter()
+    validate_options(options)
+    output_dir = Path(options.output_dir).expanduser().resolve()
+    sources, ignored = collect_sources(options.inputs, output_dir, options.recursive)
+    source_paths = {s.path for s in sources}
+    stems = _output_stems(sources)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state = _State(output_dir / STATE_FILE)
+    report = BatchReport(output_dir=str(output_dir), total=len(sources), ignored=ignored)
+    max_pixels = options.max_pixels or int(getattr(engine.settings, "max_image_pixels", 64_000_000))
+    if options.text is not None and detector is None:
+        from sd_webui_sam.api.service import DetectorAccess
+
+        detector = DetectorAccess()
+    lock = gpu_lock if gpu_lock is not None else contextlib.nullcontext()
+
+    def key(source: Source) -> str:
+        return stems[source.path].as_posix()
+
+    todo = [s for s in sources if options.overwrite or not state.finished(Path(key(s)), output_dir)]
+    report.skipped = len(sources) - len(todo)
+    handled = report.skipped
+    if progress is not None and report.skipped:
+        progress(BatchProgress(handled, len(sources), "", "skipped"))
+
+    reader = ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-read")
+    writer = ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-write")
+    lookahead = max(2, options.io_workers)
+    reads: Dict[int, Future] = {}
+    pending: List[Tuple[Source, Dict[str, Any], List[Future]]] = []
+
+    def read(index: int) -> None:
+        if index < len(todo) and index not in reads:
+            reads[index] = reader.submit(load_image, todo[index].path, max_pixels)
+
+    def settle(wait: bool) -> None:
+        """Record sources whose writes have all finished (all, if ``wait``)."""
+        nonlocal handled
+        still = []
+        for source, entry, futures in pending:
+            if not wait and not all(f.done() for f in futures):
+                still.append((source, entry, futures))
+                continue
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                report.failed.append({"source": str(source.path), "error": f"writing outputs failed: {errors[0]}"})
+            else:
+                state.record(entry)
+                report.outputs_written += entry.pop("_written", 0)
+        pending[:] = still
+
+    try:
+        for index in range(min(lookahead, len(todo))):
+            read(index)
+        for index, source in enumerate(todo):
+            if _is_interrupted(interrupt):
+                report.interrupted = True
+                break
+            read(index + lookahead)
+            status = "done"
+            try:
+                image = reads.pop(index).result()
+                entry, futures = _process(engine, options, detector, lock, image, source, key(source),
+                                          stems[source.path], output_dir, source_paths, writer)
+                if not entry["outputs"] and not futures:
+                    status = "no_objects" if entry.get("objects") == 0 else "done"
+                pending.append((source, entry, futures))
+            except SamUserError as error:
+                status = "failed"
+                report.failed.append({"source": str(source.path), "error": str(error)})
+            except (OSError, ValueError) as error:
+                status = "failed"
+                report.failed.append({"source": str(source.path), "error": f"{type(error).__name__}: {error}"})
+            if status == "done":
+                report.done += 1
+            elif status == "no_objects":
+                report.no_objects += 1
+            settle(wait=False)
+            handled += 1
+            if progress is not None:
+                progress(BatchProgress(handled, len(sources), str(source.path), status))
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        for future in reads.values():
+            future.cancel()
+        reader.shutdown(wait=True)
+        writer.shutdown(wait=True)
+        settle(wait=True)
+        report.seconds = round(time.perf_counter() - started, 3)
+        if "coco" in options.outputs:
+            report.coco = str(_write_coco(output_dir, sources, stems, state, options))
+        report.report = str(output_dir / REPORT_FILE)
+        atomic_write_bytes(output_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=2).encode("utf-8"))
+    return report
+
+
+def _prompts_for(options: BatchOptions, image: np.ndarray, detector: Any, lock: ContextManager):
+    from sd_webui_sam.api.service import check_boxes, check_points
+    from sd_webui_sam.predictor import Prompts
+
+    shape = image.shape[:2]
+    if options.text is not None:
+        with lock:
+            detections = detector.detect(image, options.text, model=options.dino_model,
+                                         box_threshold=options.box_threshold, text_threshold=options.text_threshold)
+        return Prompts(boxes=[d.box for d in detections]), detections
+    points = check_points(list(options.points), shape)
+    labels = list(options.labels) if options.labels else [1] * len(points)
+    return Prompts(points=points, labels=labels, boxes=check_boxes(list(options.boxes), shape)), []
+
+
+def _finish_mask(mask: np.ndarray, options: BatchOptions) -> np.ndarray:
+    from sd_webui_sam import masks
+
+    # like the reference, inversion comes first, so a positive amount grows the background
+    return masks.postprocess(mask, expand=options.expand, invert=options.invert)
+
+
+def _process(engine, options, detector, lock, image, source, key, stem, output_dir, source_paths, writer):
+    from sd_webui_sam import render
+    from sd_webui_sam.api.codec import mask_box
+
+    prompts, detections = _prompts_for(options, image, detector, lock)
+    entry: Dict[str, Any] = {"source": key, "outputs": [], "annotations": [], "size": list(image.shape[:2]),
+                             "file": source.relative.as_posix()}
+    if not prompts.boxes and not prompts.points:
+        entry["objects"] = 0
+        return entry, []
+    with lock:
+        prediction = engine.segment(options.model, image, prompts, multimask_output=options.multimask)
+    masks = np.asarray(prediction.masks, dtype=bool)  # (K, C, H, W)
+    scores = np.asarray(prediction.scores, dtype=np.float32)
+    entry["objects"] = int(masks.shape[0])
+    boxes = list(prompts.boxes)
+    if options.per_object:
+        groups = [(k, masks[k], scores[k]) for k in range(masks.shape[0])]
+    else:
+        groups = [(None, masks.any(axis=0), scores.mean(axis=0))]
+    jobs: List[Tuple[Path, Callable[[], Any]]] = []
+    for obj, candidates, candidate_scores in groups:
+        order = [int(candidate_scores.argmax())] if options.naming == "inpaint" else range(candidates.shape[0])
+        for candidate in order:
+            raw = candidates[candidate]
+            final = _finish_mask(raw, options)
+            index = 0 if options.naming == "inpaint" else candidate
+            if "mask" in options.outputs:
+                jobs.append((output_path(output_dir, stem, "mask", options.naming, index, obj),
+                             lambda m=final: _mask_image(m)))
+            if "cutout" in options.outputs:
+                jobs.append((output_path(output_dir, stem, "cutout", options.naming, index, obj),
+                             lambda m=final: render.cutout(image, m)))
+            if "blend" in options.outputs:
+                shown = boxes if obj is None else boxes[obj:obj + 1]
+                jobs.append((output_path(output_dir, stem, "blend", options.naming, index, obj),
+                             lambda m=raw, b=shown: render.reference_blend(image, m, b)))
+        if "coco" in options.outputs:
+            best = int(candidate_scores.argmax())
+            entry["annotations"].append(_annotation(_finish_mask(candidates[best], options),
+                                                    float(candidate_scores[best]), obj, detections, mask_box))
+    futures = []
+    for path, make in jobs:
+        if path.resolve() in source_paths:
+            raise SamUserError(f"Output {path} would replace a source image; choose another output folder.")
+        entry["outputs"].append(path.relative_to(output_dir).as_posix())
+        if path.is_file() and not options.overwrite:
+            continue
+        futures.append(writer.submit(atomic_write_png, path, make()))
+    entry["_written"] = len(futures)
+    return entry, futures
+
+
+def _mask_image(mask: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(mask.astype(np.uint8) * 255)
+
+
+def _annotation(mask, score, obj, detections, mask_box) -> Dict[str, Any]:
+    from sd_webui_sam import rle
+
+    encoded = rle.encode(mask)
+    box = mask_box(mask)
+    annotation = {
+        "segmentation": encoded,
+        "area": int(mask.sum()),
+        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]] if box else [0, 0, 0, 0],
+        "score": round(score, 6),
+        "iscrowd": 0,
+    }
+    if obj is not None and obj < len(detections):
+        annotation["phrase"] = detections[obj].phrase
+    return annotation
+
+
+def _write_coco(output_dir: Path, sources, stems, state: _State, options: BatchOptions) -> Path:
+    category = options.text.strip() if options.text else "object"
+    coco: Dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": 1, "name": category}]}
+    for image_id, source in enumerate(sources, start=1):
+        entry = state.entries.get(stems[source.path].as_posix())
+        if entry is None:
+            continue
+        height, width = entry["size"]
+        coco["images"].append({"id": image_id, "file_name": entry.get("file", source.relative.as_posix()),
+                               "height": height, "width": width})
+        for annotation in entry.get("annotations", []):
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
+                                        "category_id": 1, **annotation})
+    path = output_dir / COCO_FILE
+    atomic_write_bytes(path, json.dumps(coco).encode("utf-8"))
+    return path
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sd_webui_sam batch",
+                                     description="Segment every image of folders or files with SAM.")
+    parser.add_argument("inputs", nargs="+", type=Path, help="folders and/or image files")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
+    parser.add_argument("-m", "--model", help="SAM checkpoint file name (default: the first found)")
+    parser.add_argument("--model-dir", type=Path, help="folder with SAM checkpoints")
+    parser.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument("--text", help="GroundingDINO prompt, e.g. 'dog . cat' (one prompt mode only)")
+    parser.add_argument("--point", action="append", metavar="X,Y[,LABEL]", help="a fixed point (repeatable)")
+    parser.add_argument("--box", action="append", metavar="X1,Y1,X2,Y2", help="a fixed box (repeatable)")
+    parser.add_argument("--everything", action="store_true", help="segment everything (AutoSAM)")
+    parser.add_argument("--dino-model", help="GroundingDINO model name")
+    parser.add_argument("--box-threshold", type=float, default=0.3)
+    parser.add_argument("--text-threshold", type=float, default=0.25)
+    parser.add_argument("--single", action="store_true", help="one candidate per image instead of 3")
+    parser.add_argument("--per-object", action="store_true", help="one mask per object instead of merged")
+    parser.add_argument("--outputs", default="mask,cutout,blend", help="comma list of mask,cutout,blend,coco")
+    parser.add_argument("--naming", choices=NAMINGS, default="reference",
+                        help="reference: {stem}_{idx}_mask.png; inpaint: masks/{stem}.png for A1111 batch inpaint")
+    parser.add_argument("--expand", type=int, default=0, help="grow (+) or shrink (-) masks by pixels")
+    parser.add_argument("--invert", action="store_true", help="save the background instead")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--device", default="auto")
+    return parser
+
+
+def _numbers(text: str, count: Tuple[int, ...], what: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"{what} {text!r}: expected comma-separated numbers") from None
+    if len(values) not in count:
+        raise SystemExit(f"{what} {text!r}: expected {' or '.join(map(str, count))} numbers")
+    return values
+
+
+def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sd_webui_sam.api.service import resolve_model_name
+
+    if engine is None:
+        from sd_webui_sam.engine import Engine
+        from sd_webui_sam.settings import EngineSettings
+
+        engine = Engine(EngineSettings(user_model_dir=args.model_dir, device=args.device))
+    points, labels = [], []
+    for text in args.point or []:
+        values = _numbers(text, (2, 3), "--point")
+        points.append((values[0], values[1]))
+        labels.append(int(values[2]) if len(values) == 3 else 1)
+    boxes = [tuple(_numbers(text, (4,), "--box")) for text in args.box or []]
+    try:
+        options = BatchOptions(
+            inputs=args.inputs, output_dir=args.output, model=resolve_model_name(engine, args.model),
+            recursive=args.recursive, text=args.text, dino_model=args.dino_model, box_threshold=args.box_threshold,
+            text_threshold=args.text_threshold, points=points, labels=labels, boxes=boxes,
+            everything=args.everything, multimask=not args.single, per_object=args.per_object,
+            outputs=tuple(k.strip() for k in args.outputs.split(",") if k.strip()), naming=args.naming,
+            expand=args.expand, invert=args.invert, overwrite=args.overwrite,
+        )
+        validate_options(options)
+        bar = None
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=None, unit="img")
+        except ImportError:
+            pass
+
+        def show(step: BatchProgress) -> None:
+            if bar is not None:
+                bar.total = step.total
+                bar.n = step.index
+                bar.set_postfix_str(Path(step.source).name if step.source else step.status)
+                bar.refresh()
+
+        try:
+            report = run_batch(engine, options, progress=show)
+        finally:
+            if bar is not None:
+                bar.close()
+    except SamUserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    for failure in report.failed:
+        print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
+    print(f"report: {report.report}")
+    return 130 if report.interrupted else (1 if report.failed else 0)
