@@ -1,0 +1,4 @@
+"""HQ-SAM and MobileSAM: our own implementations, loading the official checkpoints unchanged.
+
+The model registry finds them through ``sam_hq.families.FAMILIES``.
+"""
