@@ -101,9 +101,13 @@ PROMPT_CASES = {
 }
 
 
-@pytest.mark.parametrize("with_mask", [False, True], ids=["no-mask", "mask-input"])
-@pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
-@pytest.mark.parametrize("case", sorted(PROMPT_CASES))
+DECODER_CASES = [(case, multimask, False) for case in sorted(PROMPT_CASES) for multimask in (True, False)] + [
+    ("one point", True, True),
+    ("several boxes with padded points", False, True),
+]
+
+
+@pytest.mark.parametrize("case,multimask,with_mask", DECODER_CASES)
 def test_decoder_matches_reference(models, embeddings, case, multimask, with_mask):
     ours, reference = models
     _, expected_embedding, features = embeddings
