@@ -173,8 +173,8 @@ class ObjectOut(BaseModel):
 
 class PredictV2Response(BaseModel):
     image_id: str = Field(..., description="Reuse to prompt the same image again.")
-    width: int
-    height: int
+    width: int = Field(..., description="Image width in pixels.")
+    height: int = Field(..., description="Image height in pixels.")
     model: str = Field(..., description="The model file that answered.")
     objects: List[ObjectOut] = Field([], description="One per object (one in total when merge is true).")
     msg: str = Field("", description="Status text.")
@@ -196,8 +196,8 @@ class DetectionOut(BaseModel):
 
 
 class DetectV2Response(BaseModel):
-    image_id: str
-    detections: List[DetectionOut] = []
+    image_id: str = Field(..., description="Reuse to prompt the same image.")
+    detections: List[DetectionOut] = Field([], description="Boxes above the threshold, best first.")
 
 
 class BatchV2Request(BaseModel):
@@ -209,8 +209,8 @@ class BatchV2Request(BaseModel):
     model: Optional[str] = Field(None, description="SAM checkpoint file name; default: the first available.")
     text: Optional[str] = Field(None, description="GroundingDINO prompt (text mode).")
     dino_model: Optional[str] = Field(None, description="GroundingDINO model for 'text'.")
-    box_threshold: float = Field(0.3, ge=0, le=1)
-    text_threshold: float = Field(0.25, ge=0, le=1)
+    box_threshold: float = Field(0.3, ge=0, le=1, description="GroundingDINO box threshold for 'text'.")
+    text_threshold: float = Field(0.25, ge=0, le=1, description="GroundingDINO phrase threshold for 'text'.")
     points: List[List[float]] = Field([], description="Fixed points for every image (pixels).")
     labels: List[int] = Field([], description="Labels of the fixed points; empty = all positive.")
     boxes: List[List[float]] = Field([], description="Fixed boxes for every image (pixels).")

@@ -1,0 +1,316 @@
+"""Contract tests: the reference extension's request and response shapes, replayed against a
+real uvicorn server on 127.0.0.1 with a real HTTP client, plus the v2 routes."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.fixtures.api_fixtures import (  # noqa: F401  (fixtures)
+    FixedDetector,
+    ServerThread,
+    api_engine,
+    api_model_dir,
+    b64,
+    decode_png,
+    image_b64,
+    png_bytes,
+    sample_image,
+)
+
+H, W = 96, 128
+
+
+@pytest.fixture(scope="module")
+def allowed_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("allowed")
+    (root / "inside.png").write_bytes(png_bytes(sample_image(H, W)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(api_engine, allowed_root):
+    from fastapi import FastAPI
+
+    from sd_webui_sam.api import ApiSettings, DetectorAccess, SourcePolicy, mount_api
+    from sd_webui_sam.metrics import ApiMetrics
+
+    app = FastAPI()
+    detector = FixedDetector()
+    settings = ApiSettings(source_policy=SourcePolicy(allowed_roots=(allowed_root,)))
+    mount_api(app, api_engine, settings=settings, detector=DetectorAccess(provider=lambda name: detector),
+              metrics=ApiMetrics())
+    with ServerThread(app) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120, trust_env=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def image():
+    return sample_image(H, W)
+
+
+def test_heartbeat_and_model_list_is_live(client, api_model_dir):
+    assert client.get("/sam/heartbeat").json() == {"msg": "Success!"}
+    models = client.get("/sam/sam-model").json()
+    assert models == ["sam_vit_h_4b8939.pth", "tiny_sam.pth"]
+    extra = api_model_dir / "added_later.pth"
+    extra.write_bytes((api_model_dir / "tiny_sam.pth").read_bytes())
+    try:
+        assert "added_later.pth" in client.get("/sam/sam-model").json()  # the reference's list was frozen at import
+    finally:
+        extra.unlink()
+    assert "added_later.pth" not in client.get("/sam/sam-model").json()
+
+
+def test_sam_predict_reference_shape(client, image):
+    body = {"input_image": image_b64(image), "sam_positive_points": [[60, 48]], "sam_negative_points": [[5, 5]]}
+    answer = client.post("/sam/sam-predict", json=body)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["msg"] == "SAM inference with 0 box(es), 1 positive prompts, 1 negative prompts done."
+    for key in ("blended_images", "masks", "masked_images"):
+        assert len(data[key]) == 3
+    mask = decode_png(data["masks"][0])
+    assert mask.mode == "1" and mask.size == (W, H)
+    matte = decode_png(data["masked_images"][0])
+    assert matte.mode == "RGBA" and matte.size == (W, H)
+    alpha = np.asarray(matte)[..., 3] > 0
+    assert np.array_equal(alpha, np.asarray(mask, dtype=bool))  # the matte is the image inside the mask
+    assert decode_png(data["blended_images"][1]).size == (W, H)
+
+
+def test_sam_predict_matches_engine(client, api_engine, image):
+    from sd_webui_sam.predictor import Prompts
+
+    body = {"sam_model_name": "tiny_sam.pth", "input_image": image_b64(image), "sam_positive_points": [[60, 48]]}
+    data = client.post("/sam/sam-predict", json=body).json()
+    expected = api_engine.segment("tiny_sam.pth", image, Prompts(points=[(60, 48)], labels=[1]), multimask_output=True)
+    for index in range(3):
+        got = np.asarray(decode_png(data["masks"][index]), dtype=bool)
+        assert np.array_equal(got, expected.masks[:, index].any(axis=0))
+
+
+def test_sam_predict_without_prompts_is_a_status_message(client, image):
+    answer = client.post("/sam/sam-predict", json={"input_image": image_b64(image)})
+    assert answer.status_code == 200
+    assert answer.json() == {"msg": "You neither added point prompts nor enabled GroundingDINO. Segmentation cannot be generated."}
+
+
+def test_sam_predict_with_dino_boxes_returns_boxes(client, image):
+    body = {"input_image": image_b64(image), "dino_enabled": True, "dino_text_prompt": "dog . cat",
+            "dino_box_threshold": 0.3, "sam_positive_points": [[60, 48]]}
+    data = client.post("/sam/sam-predict", json=body).json()
+    assert data["msg"].startswith("SAM inference with 2 box(es), 1 positive prompts")
+    assert len(data["boxes"]) == 2 and all(len(b) == 4 for b in data["boxes"])
+    assert all(0 <= b[2] <= W for b in data["boxes"])  # detector boxes are clipped to the image
+    selected = client.post("/sam/sam-predict", json={**body, "dino_preview_checkbox": True,
+                                                      "dino_preview_boxes_selection": [1]}).json()
+    assert selected["boxes"] == [data["boxes"][1]]
+
+
+def test_dino_predict_reference_shape_plus_boxes(client, image):
+    body = {"input_image": image_b64(image), "text_prompt": "dog . cat . bird", "box_threshold": 0.6}
+    data = client.post("/sam/dino-predict", json=body).json()
+    assert data["msg"] == "Done"
+    assert decode_png(data["image_with_box"]).size == (W, H)
+    assert len(data["boxes"]) == 2  # the double scores 0.9, 0.7, 0.5
+    assert data["phrases"][:2] == ["dog", "cat"]
+
+
+def test_dilate_mask_grows_by_half_the_amount(client, image):
+    mask = np.zeros((H, W), dtype=np.uint8)
+    mask[40:50, 60:70] = 255
+    body = {"input_image": image_b64(image), "mask": b64(png_bytes(mask)), "dilate_amount": 10}
+    data = client.post("/sam/dilate-mask", json=body).json()
+    assert set(data) == {"blended_image", "mask", "masked_image"}
+    grown = np.asarray(decode_png(data["mask"]), dtype=bool)
+    rows = np.flatnonzero(grown.any(axis=1))
+    assert rows[0] == 35 and rows[-1] == 54  # radius 5 = half the reference's kernel diameter
+    unchanged = client.post("/sam/dilate-mask", json={**body, "dilate_amount": 0}).json()
+    assert np.array_equal(np.asarray(decode_png(unchanged["mask"]), dtype=bool), mask > 0)
+
+
+@pytest.mark.parametrize("route", ["/sam/controlnet-seg", "/sam/category-mask"])
+def test_autosam_routes_take_the_embedded_body(client, image, route):
+    payload = {"input_image": image_b64(image), "category": "7+12"}
+    flat = client.post(route, json=payload)
+    assert flat.status_code == 422  # both keys are required, as in the reference
+    answer = client.post(route, json={"payload": payload, "autosam_conf": {}})
+    assert answer.status_code in (200, 501), answer.text
+    if answer.status_code == 501:
+        assert "AutoSAM" in answer.json()["msg"]
+
+
+def test_user_errors_are_4xx_with_a_message(client, image, allowed_root, tmp_path):
+    good = image_b64(image)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(png_bytes(image))
+    cases = [
+        ({"input_image": "not base64 !!", "sam_positive_points": [[1, 1]]}, 400, "base64"),
+        ({"input_image": b64(b"hello, not an image"), "sam_positive_points": [[1, 1]]}, 400, "image"),
+        ({"input_image": b64(png_bytes(image)[:200]), "sam_positive_points": [[1, 1]]}, 400, "image"),
+        ({"input_image": good, "sam_positive_points": [[W + 10, 1]]}, 400, "outside"),
+        ({"input_image": good, "sam_model_name": "../../etc/passwd", "sam_positive_points": [[1, 1]]}, 400, "folders"),
+        ({"input_image": good, "sam_model_name": "missing.pth", "sam_positive_points": [[1, 1]]}, 404, "not found"),
+        ({"input_image": str(outside), "sam_positive_points": [[1, 1]]}, 403, "path"),
+        ({"input_image": "/etc/passwd", "sam_positive_points": [[1, 1]]}, 403, "path"),
+        ({"input_image": good, "dino_enabled": True, "dino_text_prompt": "", "sam_positive_points": [[1, 1]]}, 400, "empty"),
+        ({"input_image": good, "dino_enabled": True, "dino_text_prompt": "x" * 5000}, 400, "longer"),
+        ({"input_image": good, "dino_enabled": True, "dino_text_prompt": "dog", "dino_box_threshold": 7}, 400, "between"),
+    ]
+    for body, status, words in cases:
+        answer = client.post("/sam/sam-predict", json=body)
+        assert answer.status_code == status, (body.get("input_image", "")[:40], answer.text)
+        assert words in answer.json()["msg"]
+    nan = client.post("/sam/sam-predict", content=json.dumps({"input_image": good, "sam_positive_points": [[float("nan"), 1]]}),
+                      headers={"content-type": "application/json"})
+    assert nan.status_code in (400, 422)
+    inside = client.post("/sam/sam-predict", json={"input_image": str(allowed_root / "inside.png"),
+                                                    "sam_positive_points": [[10, 10]]})
+    assert inside.status_code == 200 and len(inside.json()["masks"]) == 3
+
+
+def test_pixel_limit_is_413(api_engine, image):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sd_webui_sam.api import mount_api
+
+    limit = api_engine.settings.max_image_pixels
+    api_engine.settings.max_image_pixels = H * W - 1
+    try:
+        app = FastAPI()
+        mount_api(app, api_engine)
+        answer = TestClient(app).post("/sam/sam-predict", json={"input_image": image_b64(image), "sam_positive_points": [[1, 1]]})
+    finally:
+        api_engine.settings.max_image_pixels = limit
+    assert answer.status_code == 413
+
+
+def test_v2_image_id_flow_and_outputs(client, image):
+    uploaded = client.post("/sam/v2/images", json={"image": image_b64(image), "model": "tiny_sam.pth"}).json()
+    assert uploaded["width"] == W and uploaded["height"] == H and uploaded["encoded"] is True
+    image_id = uploaded["image_id"]
+    base = {"model": "tiny_sam.pth", "image_id": image_id, "points": [[60, 48], [5, 5]], "labels": [1, 0]}
+    full = client.post("/sam/v2/predict", json=base).json()
+    assert full["image_id"] == image_id and len(full["objects"]) == 1
+    candidates = full["objects"][0]["masks"]
+    assert len(candidates) == 3
+    best = client.post("/sam/v2/predict", json={**base, "best_only": True, "mask_format": "rle", "return_logits": True}).json()
+    (only,) = best["objects"][0]["masks"]
+    assert only["score"] == max(c["score"] for c in candidates)
+    from sd_webui_sam import rle
+
+    decoded = np.asarray(rle.decode(only["mask"]), dtype=bool)
+    best_png = next(c for c in candidates if c["score"] == only["score"])
+    assert np.array_equal(decoded, np.asarray(decode_png(best_png["mask"])) > 127)
+    assert only["area"] == int(decoded.sum())
+    # refining with the returned logits is accepted and answers masks of the image's size
+    refined = client.post("/sam/v2/predict", json={**base, "previous_logits": only["logits"], "multimask": False}).json()
+    assert len(refined["objects"][0]["masks"]) == 1
+    # the same request with the image instead of its id answers the same masks
+    again = client.post("/sam/v2/predict", json={**{k: v for k, v in base.items() if k != "image_id"},
+                                                  "image": image_b64(image)}).json()
+    assert [m["mask"] for m in again["objects"][0]["masks"]] == [m["mask"] for m in candidates]
+
+
+def test_v2_boxes_per_object_and_merged(client, image):
+    body = {"model": "tiny_sam.pth", "image": image_b64(image), "boxes": [[10, 10, 60, 60], [70, 20, 120, 90]],
+            "best_only": True, "mask_format": "rle"}
+    per_object = client.post("/sam/v2/predict", json=body).json()
+    assert [o["prompt_box"] for o in per_object["objects"]] == [[10, 10, 60, 60], [70, 20, 120, 90]]
+    merged = client.post("/sam/v2/predict", json={**body, "merge": True}).json()
+    assert len(merged["objects"]) == 1
+    from sd_webui_sam import rle
+
+    union = np.zeros((H, W), dtype=bool)
+    for obj in per_object["objects"]:
+        union |= np.asarray(rle.decode(obj["masks"][0]["mask"]), dtype=bool)
+    assert np.array_equal(np.asarray(rle.decode(merged["objects"][0]["masks"][0]["mask"]), dtype=bool), union)
+
+
+def test_v2_postprocess_invert_and_text(client, image):
+    body = {"model": "tiny_sam.pth", "image": image_b64(image), "points": [[60, 48]], "best_only": True}
+    plain = client.post("/sam/v2/predict", json=body).json()["objects"][0]["masks"][0]
+    inverted = client.post("/sam/v2/predict", json={**body, "postprocess": {"invert": True}}).json()["objects"][0]["masks"][0]
+    assert plain["area"] + inverted["area"] == H * W
+    feathered = client.post("/sam/v2/predict", json={**body, "postprocess": {"feather": 4}}).json()["objects"][0]["masks"][0]
+    values = np.unique(np.asarray(decode_png(feathered["mask"])))
+    if 0 < plain["area"] < H * W:
+        assert len(values) > 2  # a soft edge
+    text = client.post("/sam/v2/predict", json={"model": "tiny_sam.pth", "image": image_b64(image), "text": "dog",
+                                               "best_only": True}).json()
+    assert text["objects"][0]["phrase"] == "dog" and text["objects"][0]["detection_score"] == pytest.approx(0.9)
+    nothing = client.post("/sam/v2/predict", json={"model": "tiny_sam.pth", "image": image_b64(image), "text": "dog",
+                                                  "box_threshold": 0.95})
+    assert nothing.status_code == 200 and nothing.json()["objects"] == []
+    assert client.post("/sam/v2/predict", json={"image": image_b64(image)}).status_code == 400
+
+
+def test_v2_health_models_detect_metrics(client, image):
+    health = client.get("/sam/v2/health").json()
+    assert health["status"] == "ok" and "tiny_sam.pth" in health["models_available"] and health["device"]
+    models = client.get("/sam/v2/models").json()["models"]
+    assert {m["name"] for m in models} == {"sam_vit_h_4b8939.pth", "tiny_sam.pth"}
+    detections = client.post("/sam/v2/detect", json={"image": image_b64(image), "text": "dog . cat"}).json()["detections"]
+    assert [d["phrase"] for d in detections] == ["dog", "cat"]
+    assert client.post("/sam/v2/predict", json={"image_id": "0" * 32, "points": [[1, 1]]}).status_code == 404
+    metrics = client.get("/metrics").text
+    assert 'sam_api_requests_total{route="/sam/v2/detect",status="200"}' in metrics
+    assert "sam_embedding_cache_hit_ratio" in metrics
+    assert 'sam_api_errors_total{kind="client",route="/sam/v2/predict"}' in metrics
+
+
+def test_v2_batch_is_off_by_default(client, tmp_path):
+    answer = client.post("/sam/v2/batch", json={"inputs": [str(tmp_path)], "output_dir": str(tmp_path / "out"),
+                                               "points": [[1, 1]]})
+    assert answer.status_code == 403 and "off" in answer.json()["detail"]
+
+
+def test_openapi_describes_every_request_field(client):
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for name in ("SamPredictRequest", "DINOPredictRequest", "DilateMaskRequest", "PredictV2Request",
+                 "ImageUploadRequest", "DetectV2Request", "BatchV2Request", "MaskPostprocess", "AutoSAMConfig"):
+        properties = components[name]["properties"]
+        assert properties, name
+        for field, spec in properties.items():
+            assert spec.get("description"), (name, field)
+    assert "/sam/v2/predict" in schema["paths"] and "/sam/sam-predict" in schema["paths"]
+
+
+def test_api_auth_protects_our_routes(api_engine, image):
+    from fastapi import FastAPI
+
+    from sd_webui_sam.api import mount_api
+
+    app = FastAPI()
+    mount_api(app, api_engine, auth="alice:secret,bob:pw")
+    with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=60, trust_env=False) as c:
+        assert c.get("/sam/heartbeat").status_code == 401
+        assert c.get("/sam/heartbeat", auth=("alice", "wrong")).status_code == 401
+        assert c.get("/sam/heartbeat", auth=("bob", "pw")).json() == {"msg": "Success!"}
+        assert c.post("/sam/v2/predict", json={}).status_code == 401
+        assert c.get("/sam/v2/health", auth=("alice", "secret")).status_code == 200
+
+
+def test_mounting_twice_adds_routes_once(api_engine):
+    from fastapi import FastAPI
+
+    from sd_webui_sam.api import mount_api
+
+    app = FastAPI()
+    first = mount_api(app, api_engine)
+    count = len(app.routes)
+    assert mount_api(app, api_engine) is first and len(app.routes) == count

@@ -1,0 +1,185 @@
+"""Batch: resume after an interrupt, bad files recorded without stopping, naming conventions,
+sources never touched, the command line and the API route's folder restrictions."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.fixtures.api_fixtures import api_engine, api_model_dir, png_bytes, sample_image  # noqa: F401
+
+
+def digest_tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def make_folder(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shapes = [(64, 80), (72, 64), (64, 64)]
+    for index in range(count):
+        h, w = shapes[index % len(shapes)]
+        (folder / f"img{index:02d}.png").write_bytes(png_bytes(sample_image(h, w, seed=index)))
+    return folder
+
+
+def options(inputs, output, **kwargs):
+    from sd_webui_sam.batch import BatchOptions
+
+    base = dict(inputs=[Path(p) for p in inputs], output_dir=Path(output), model="tiny_sam.pth",
+                points=[(20.0, 20.0)], outputs=("mask", "cutout", "blend", "coco"))
+    base.update(kwargs)
+    return BatchOptions(**base)
+
+
+def expected_reference_outputs(sources, candidates=3):
+    names = set()
+    for source in sources:
+        for index in range(candidates):
+            for suffix in ("mask", "output", "blend"):
+                names.add(f"{Path(source).stem}_{index}_{suffix}.png")
+    return names
+
+
+def test_interrupt_then_resume_writes_every_output_exactly_once(api_engine, tmp_path):
+    from sd_webui_sam.batch import run_batch
+
+    source_dir = make_folder(tmp_path / "in", 5)
+    before = digest_tree(source_dir)
+    out = tmp_path / "out"
+    stop = threading.Event()
+    seen = []
+
+    def progress(step):
+        seen.append(step.status)
+        if step.index == 2:
+            stop.set()
+
+    first = run_batch(api_engine, options([source_dir], out), interrupt=stop, progress=progress)
+    assert first.interrupted and first.done == 2 and not first.failed
+    assert digest_tree(source_dir) == before
+    second = run_batch(api_engine, options([source_dir], out))
+    assert not second.interrupted and second.skipped == 2 and second.done == 3 and not second.failed
+    assert digest_tree(source_dir) == before  # sources byte-identical
+    written = {p.name for p in out.iterdir() if p.suffix == ".png"}
+    assert written == expected_reference_outputs(sorted(p.name for p in source_dir.iterdir()))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    coco = json.loads((out / "annotations.json").read_text())
+    assert sorted(i["file_name"] for i in coco["images"]) == sorted(p.name for p in source_dir.iterdir())
+    assert len(coco["annotations"]) == 5 and len({a["id"] for a in coco["annotations"]}) == 5
+    # every mask written matches what the engine answers for that image
+    from sd_webui_sam.predictor import Prompts
+
+    image = np.asarray(Image.open(source_dir / "img03.png").convert("RGB"))
+    expected = api_engine.segment("tiny_sam.pth", image, Prompts(points=[(20.0, 20.0)], labels=[1]))
+    for index in range(3):
+        mask = np.asarray(Image.open(out / f"img03_{index}_mask.png")) > 127
+        assert np.array_equal(mask, expected.masks[:, index].any(axis=0))
+    third = run_batch(api_engine, options([source_dir], out))
+    assert third.skipped == 5 and third.done == 0 and third.outputs_written == 0
+
+
+def test_bad_files_are_reported_and_the_batch_goes_on(api_engine, tmp_path):
+    from sd_webui_sam.batch import run_batch
+
+    folder = make_folder(tmp_path / "in", 2)
+    (folder / "corrupt.png").write_bytes(png_bytes(sample_image(64, 64))[:150])
+    (folder / "fake.jpg").write_bytes(b"this is not a jpeg at all")
+    (folder / "notes.txt").write_text("hello")
+    deep = (np.arange(64 * 80, dtype=np.uint16).reshape(64, 80) * 13).astype(np.uint16)
+    Image.fromarray(deep, mode="I;16").save(folder / "deep16.png")
+    assert Image.open(folder / "deep16.png").mode.startswith("I")
+    out = tmp_path / "out"
+    report = run_batch(api_engine, options([folder], out, outputs=("mask",)))
+    failed = {Path(f["source"]).name for f in report.failed}
+    assert failed == {"corrupt.png", "fake.jpg"}
+    assert all(f["error"] for f in report.failed)
+    assert [Path(p).name for p in report.ignored] == ["notes.txt"]
+    assert report.done == 3 and report.total == 5
+    assert (out / "deep16_0_mask.png").is_file()
+    saved = json.loads((out / "batch_report.json").read_text())
+    assert {Path(f["source"]).name for f in saved["failed"]} == failed
+
+
+def test_inpaint_naming_and_per_object(api_engine, tmp_path):
+    from sd_webui_sam.batch import run_batch
+
+    folder = make_folder(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    report = run_batch(api_engine, options([folder], out, naming="inpaint", outputs=("mask", "cutout"),
+                                           points=[], boxes=[(5, 5, 40, 40), (30, 20, 60, 60)]))
+    assert report.done == 2
+    for name in ("img00", "img01"):
+        mask = Image.open(out / "masks" / f"{name}.png")
+        assert mask.size == Image.open(folder / f"{name}.png").size
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        assert Image.open(out / "cutouts" / f"{name}.png").mode == "RGBA"
+    per_object = run_batch(api_engine, options([folder], tmp_path / "obj", outputs=("mask",), multimask=False,
+                                               points=[], boxes=[(5, 5, 40, 40), (30, 20, 60, 60)], per_object=True))
+    assert per_object.done == 2
+    assert sorted(p.name for p in (tmp_path / "obj").glob("img00*")) == ["img00_0_obj0_mask.png", "img00_0_obj1_mask.png"]
+
+
+def test_outputs_beside_sources_never_touch_them_nor_become_inputs(api_engine, tmp_path):
+    from sd_webui_sam.batch import run_batch
+
+    folder = make_folder(tmp_path / "in", 2)
+    before = digest_tree(folder)
+    first = run_batch(api_engine, options([folder], folder, outputs=("mask",)))
+    second = run_batch(api_engine, options([folder], folder, outputs=("mask",), overwrite=True))
+    assert first.total == second.total == 2 and second.done == 2
+    after = digest_tree(folder)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_ctrl_c_stops_cleanly(api_engine, tmp_path):
+    from sd_webui_sam.batch import run_batch
+
+    folder = make_folder(tmp_path / "in", 3)
+
+    def progress(step):
+        raise KeyboardInterrupt
+
+    report = run_batch(api_engine, options([folder], tmp_path / "out", outputs=("mask",)), progress=progress)
+    assert report.interrupted and report.done == 1
+    assert (tmp_path / "out" / "batch_report.json").is_file()
+    assert not [p for p in (tmp_path / "out").rglob("*.tmp")]
+
+
+def test_command_line(api_model_dir, tmp_path, capsys):
+    from sd_webui_sam.batch import main
+
+    folder = make_folder(tmp_path / "in", 2)
+    code = main([str(folder), "-o", str(tmp_path / "out"), "--model-dir", str(api_model_dir), "-m", "tiny_sam.pth",
+                 "--point", "20,20", "--point", "5,5,0", "--single", "--outputs", "mask,coco", "--device", "cpu"])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["img00_0_mask.png", "img01_0_mask.png"]
+    assert "2 done" in capsys.readouterr().out
+    assert main([str(folder), "-o", str(tmp_path / "o2"), "--model-dir", str(api_model_dir)]) == 2  # no prompt mode
+
+
+def test_api_batch_only_inside_roots(api_engine, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sd_webui_sam.api import ApiSettings, mount_api
+
+    root = tmp_path / "root"
+    folder = make_folder(root / "in", 2)
+    app = FastAPI()
+    mount_api(app, api_engine, settings=ApiSettings(batch_roots=(root,)))
+    client = TestClient(app)
+    body = {"inputs": [str(folder)], "output_dir": str(root / "out"), "model": "tiny_sam.pth", "points": [[20, 20]],
+            "outputs": ["mask"], "multimask": False}
+    answer = client.post("/sam/v2/batch", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["done"] == 2 and (root / "out" / "img00_0_mask.png").is_file()
+    outside = client.post("/sam/v2/batch", json={**body, "output_dir": str(tmp_path / "elsewhere")})
+    assert outside.status_code == 403 and not (tmp_path / "elsewhere").exists()
+    escape = client.post("/sam/v2/batch", json={**body, "inputs": [str(root / ".." / "root" / ".." )]})
+    assert escape.status_code == 403
