@@ -14,7 +14,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -99,8 +99,16 @@ def _file_key(path: Path) -> FileKey:
 class ModelStore:
     """Model discovery, descriptions and the LRU of loaded models. Thread-safe."""
 
-    def __init__(self, settings: EngineSettings, placement: Optional[Placement] = None):
+    def __init__(
+        self,
+        settings: EngineSettings,
+        placement: Optional[Placement] = None,
+        on_drop: Optional[Callable[[LoadedModel], None]] = None,
+    ):
+        """``on_drop`` is told about every model leaving memory (evicted, unloaded, file replaced),
+        so caches keyed to it (embeddings) can go with it."""
         self.settings = settings
+        self._on_drop = on_drop
         self._placement = placement or devices.resolve_placement(
             settings.device, offload_to_cpu=settings.offload_to_cpu, half=settings.half_precision
         )
@@ -255,6 +263,8 @@ class ModelStore:
         entry = self._loaded.pop(name, None)
         if entry is not None:
             logger.info("Unloaded %s", name)
+            if self._on_drop is not None:
+                self._on_drop(entry)
             # The LoadedModel may still be referenced by a caller; release the weights anyway.
             entry.model = None  # type: ignore[assignment]
 

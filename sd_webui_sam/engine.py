@@ -1,0 +1,152 @@
+"""The Engine: the one explicit cache object.
+
+It owns the settings, the model store (discovery + loaded models) and the image-embedding
+cache, and is what the panel, the HTTP API, batch and AutoSAM call. Model use is serialised by
+one lock, so ``segment`` is safe to call from several threads (gradio queue, API workers).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+
+from sd_webui_sam import devices
+from sd_webui_sam.embedding_cache import EmbeddingCache
+from sd_webui_sam.errors import OutOfMemoryError, SamUserError
+from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore
+from sd_webui_sam.settings import EngineSettings
+
+
+class Engine:
+    def __init__(self, settings: Optional[EngineSettings] = None):
+        self.settings = settings if settings is not None else EngineSettings()
+        self.embeddings = EmbeddingCache.from_settings(self.settings)
+        self.store = ModelStore(self.settings, on_drop=self._forget_embeddings)
+        # Re-entrant: a managed predictor's calls take it, and so does segment() around them.
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ models
+
+    @property
+    def placement(self) -> devices.Placement:
+        return self.store.placement
+
+    def list_models(self, refresh: bool = False) -> List[str]:
+        return self.store.list_models(refresh=refresh)
+
+    def describe(self, name: str) -> ModelDescription:
+        return self.store.describe(name)
+
+    def model_label(self, name: str) -> str:
+        """"SAM ViT-B (sam_vit_b_01ec64.pth)"; for an unusable file, the name and the reason."""
+        return self.store.label(name)
+
+    def predictor(self, model_name: str) -> "ManagedPredictor":
+        """A predictor for one model, loaded through the LRU.
+
+        Each call on it runs under the engine lock with the model on the compute device, so it
+        stays valid across CPU offload, device switches and unloads (it reloads when needed).
+        """
+        self.store.resolve(model_name)  # a bad name fails here, not on first use
+        return ManagedPredictor(self, model_name)
+
+    def segment(
+        self,
+        model_name: str,
+        image: np.ndarray,
+        prompts: Any,
+        *,
+        multimask_output: bool = True,
+        options: Optional[Mapping] = None,
+    ):
+        """Encode ``image`` (or reuse its cached embeddings) and decode ``prompts`` -> Prediction."""
+        return self.predictor(model_name).predict(image, prompts, multimask_output=multimask_output, options=options or {})
+
+    def _forget_embeddings(self, loaded: LoadedModel) -> None:
+        # A dropped model's embeddings are useless, and a reloaded model may reuse its identity.
+        self.embeddings.clear()
+
+    # ------------------------------------------------------------------ memory and devices
+
+    def set_device(self, preference: str) -> None:
+        """Switch the compute device ("auto", "cuda", "cuda:1", "mps", "cpu"); loaded models follow."""
+        try:
+            placement = devices.resolve_placement(
+                preference, offload_to_cpu=self.settings.offload_to_cpu, half=self.settings.half_precision
+            )
+        except ValueError as error:
+            raise SamUserError(str(error)) from error
+        with self._lock:
+            self.settings.device = preference
+            if placement == self.store.placement:
+                return
+            # Embeddings live on the old device (and would be keyed to it): free them now.
+            self.embeddings.clear()
+            self.store.set_placement(placement)
+        devices.release_memory()
+
+    def set_offload(self, offload_to_cpu: bool) -> None:
+        """Turn resting-on-CPU between uses on or off for loaded and future models."""
+        with self._lock:
+            self.settings.offload_to_cpu = bool(offload_to_cpu)
+        self.set_device(self.settings.device)
+
+    def unload(self) -> None:
+        """Free every loaded model and every cached embedding."""
+        with self._lock:
+            self.embeddings.clear()
+            self.store.unload()
+        devices.release_memory()
+
+    def stats(self) -> Dict[str, Any]:
+        placement = self.store.placement
+        return {
+            "device": str(placement.device),
+            "dtype": str(placement.dtype).replace("torch.", ""),
+            "offload_to_cpu": placement.offload_to_cpu,
+            "loaded_models": self.store.loaded_names(),
+            "model_cache_size": self.store.capacity,
+            "model_dirs": [str(directory) for directory in self.store.model_dirs()],
+            "embedding_cache": self.embeddings.stats(),
+        }
+
+
+class ManagedPredictor:
+    """A :class:`~sd_webui_sam.predictor.Predictor` whose every call goes through the engine.
+
+    It holds a model name, not a model: each ``encode``/``predict`` takes the engine lock, gets
+    the model from the store (loading it if it was evicted or unloaded) with it on the compute
+    device, and runs the real predictor there.
+    """
+
+    def __init__(self, engine: Engine, model_name: str):
+        self.engine = engine
+        self.model_name = model_name
+
+    def _run(self, method: str, *args, **kwargs):
+        from sd_webui_sam.predictor import Predictor
+
+        engine = self.engine
+        with engine._lock:
+            try:
+                with engine.store.use(self.model_name) as loaded:
+                    predictor = Predictor(loaded.model, engine.store.placement, engine.embeddings)
+                    return getattr(predictor, method)(*args, **kwargs)
+            except OutOfMemoryError:
+                raise
+            except Exception as error:
+                if devices.is_out_of_memory(error):
+                    engine.embeddings.clear()
+                    devices.release_memory()
+                    raise OutOfMemoryError(
+                        f"Out of memory running {self.model_name} on {engine.store.placement.device}. "
+                        "Use a smaller image or model, enable CPU offload, or switch SAM to the CPU."
+                    ) from error
+                raise
+
+    def encode(self, image: np.ndarray):
+        return self._run("encode", image)
+
+    def predict(self, image_or_encoded, prompts, *, multimask_output: bool = True, options: Optional[Mapping] = None):
+        return self._run("predict", image_or_encoded, prompts, multimask_output=multimask_output, options=options or {})
