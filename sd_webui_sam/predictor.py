@@ -1,0 +1,393 @@
+"""Encode an image once, then prompt it many times.
+
+Geometry follows the official ``SamPredictor`` exactly, so masks match it pixel for pixel:
+the image is resized (PIL bilinear on uint8) so that its longest side is the model's input
+size, normalised, and zero-padded to a square at the bottom/right; prompt coordinates are
+scaled by the same factors; low-res logits are upsampled to the padded square, cropped, and
+resized to the image.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from sd_webui_sam.devices import Placement
+from sd_webui_sam.embedding_cache import CacheKey, EmbeddingCache, EncodedImage, dtype_name, image_content_hash
+from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
+from sd_webui_sam.modeling.segmenter import PromptableSegmenter
+
+LOW_RES_SIDE = 256
+_BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
+
+Box = Tuple[float, float, float, float]
+
+
+@dataclass
+class Prompts:
+    points: Sequence[Tuple[float, float]] = ()  # image pixels (x, y)
+    labels: Sequence[int] = ()  # 1 positive, 0 negative
+    boxes: Sequence[Box] = ()  # xyxy, image pixels
+    mask_input: Optional[np.ndarray] = None  # (256, 256) low-res logits from a previous call
+
+
+@dataclass
+class Prediction:
+    masks: np.ndarray  # (K, C, H, W) bool; K objects, C candidates
+    scores: np.ndarray  # (K, C) float32 predicted IoU
+    low_res_logits: np.ndarray  # (K, C, 256, 256) float32
+    object_boxes: List[Optional[Box]] = field(default_factory=list)  # the box of each object, or None
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """One object to segment: an optional box and the indices of the points that shape it."""
+
+    box: Optional[np.ndarray]  # (4,) xyxy, image pixels
+    point_indices: np.ndarray  # int indices into the prompt's points, in the user's order
+
+
+# -- geometry ---------------------------------------------------------------------------------
+
+
+def resized_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
+    """(h, w) with the longest side scaled to ``long_side``, rounded half up."""
+    scale = long_side * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_image(image: np.ndarray, long_side: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) uint8 via PIL bilinear (with PIL's antialiasing), as SAM was trained."""
+    height, width = resized_shape(image.shape[0], image.shape[1], long_side)
+    return np.array(Image.fromarray(image).resize((width, height), _BILINEAR))
+
+
+def scale_coords(coords: np.ndarray, original_size: Tuple[int, int], input_size: Tuple[int, int]) -> np.ndarray:
+    """Image-pixel (..., 2) xy coordinates -> the resized input frame (float64)."""
+    scaled = np.array(coords, dtype=np.float64, copy=True)
+    scaled[..., 0] = scaled[..., 0] * (input_size[1] / original_size[1])
+    scaled[..., 1] = scaled[..., 1] * (input_size[0] / original_size[0])
+    return scaled
+
+
+def upscale_logits(
+    low_res: Tensor, image_size: int, input_size: Tuple[int, int], original_size: Tuple[int, int]
+) -> Tensor:
+    """(B, C, 256, 256) logits -> (B, C, H, W) float32, as SamPredictor's postprocessing.
+
+    SamPredictor upsamples to the whole padded square and then crops. Bilinear upsampling by an
+    exact factor only reads the source rows/columns next to each output pixel, so upsampling
+    just the part of the source under the crop (+1 row/column) gives the same values for less work.
+    """
+    low_res = low_res.float()
+    factor = image_size // low_res.shape[-1]
+    height, width = input_size
+    if factor * low_res.shape[-1] == image_size:
+        rows = min(low_res.shape[-2], math.ceil(height / factor) + 1)
+        cols = min(low_res.shape[-1], math.ceil(width / factor) + 1)
+        upscaled = F.interpolate(low_res[..., :rows, :cols], (rows * factor, cols * factor), mode="bilinear", align_corners=False)
+    else:
+        upscaled = F.interpolate(low_res, (image_size, image_size), mode="bilinear", align_corners=False)
+    upscaled = upscaled[..., :height, :width]
+    if (height, width) != tuple(original_size):
+        upscaled = F.interpolate(upscaled, tuple(original_size), mode="bilinear", align_corners=False)
+    return upscaled
+
+
+# -- prompt checks and grouping ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckedPrompts:
+    points: np.ndarray  # (N, 2) float64
+    labels: np.ndarray  # (N,) int64
+    boxes: np.ndarray  # (M, 4) float64, clipped to the image
+    mask_input: Optional[np.ndarray]  # (1 or K, 256, 256) float32
+
+
+def check_prompts(prompts: Prompts, original_size: Tuple[int, int]) -> CheckedPrompts:
+    """Validate prompts against an (H, W) image; raises :class:`InvalidPromptError`.
+
+    Points must lie inside the image (0 <= x <= W, 0 <= y <= H; coordinates are continuous, so
+    the far edge counts): a point outside almost always means the prompts were placed on an
+    image of another size, and silently moving it would segment the wrong thing. Boxes, often
+    dragged past an edge or proposed by a detector, are clipped to the image; a box with no
+    area inside the image is refused. Corners given in any order are sorted.
+    """
+    height, width = original_size
+    try:
+        points = np.asarray(() if prompts.points is None else prompts.points, dtype=np.float64)
+        labels = np.asarray(() if prompts.labels is None else prompts.labels, dtype=np.float64)
+        boxes = np.asarray(() if prompts.boxes is None else prompts.boxes, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidPromptError(f"Prompts must be numbers: points as (x, y), boxes as (x0, y0, x1, y1) ({error}).") from error
+    if points.size == 0:
+        points = np.zeros((0, 2))
+    elif points.ndim != 2 or points.shape[1] != 2:
+        raise InvalidPromptError("Each point must be an (x, y) pair.")
+    labels = labels.reshape(-1)
+    if len(labels) != len(points):
+        raise InvalidPromptError(
+            f"Got {len(points)} point(s) but {len(labels)} label(s); give one label per point (1 positive, 0 negative)."
+        )
+    if not np.all(np.isfinite(points)) or not np.all(np.isfinite(labels)):
+        raise InvalidPromptError("A point coordinate or label is not a finite number (NaN or infinity); remove that point.")
+    if not np.all(np.isin(labels, (0, 1))):
+        raise InvalidPromptError("Point labels must be 1 (positive) or 0 (negative).")
+    outside = (points[:, 0] < 0) | (points[:, 0] > width) | (points[:, 1] < 0) | (points[:, 1] > height)
+    if np.any(outside):
+        x, y = points[np.argmax(outside)]
+        raise InvalidPromptError(
+            f"Point ({x:g}, {y:g}) lies outside the {width}x{height} image; "
+            "the prompts were probably placed on a differently sized image. Place them again."
+        )
+    if boxes.size % 4:
+        raise InvalidPromptError("Each box must be four numbers: x0, y0, x1, y1.")
+    boxes = boxes.reshape(-1, 4)
+    if not np.all(np.isfinite(boxes)):
+        raise InvalidPromptError("A box coordinate is not a finite number (NaN or infinity); remove that box.")
+    boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if np.any(empty):
+        raise InvalidPromptError(
+            f"Box {int(np.argmax(empty)) + 1} has no area inside the {width}x{height} image; draw it on the image."
+        )
+    mask_input = None
+    if prompts.mask_input is not None:
+        mask_input = np.asarray(prompts.mask_input, dtype=np.float32)
+        if mask_input.ndim == 2:
+            mask_input = mask_input[None]
+        if mask_input.ndim == 4 and mask_input.shape[1] == 1:
+            mask_input = mask_input[:, 0]
+        if mask_input.ndim != 3 or mask_input.shape[1:] != (LOW_RES_SIDE, LOW_RES_SIDE):
+            raise InvalidPromptError(
+                f"The previous mask must be the {LOW_RES_SIDE}x{LOW_RES_SIDE} low-res logits of an earlier prediction, "
+                f"got shape {tuple(np.shape(prompts.mask_input))}."
+            )
+        if not np.all(np.isfinite(mask_input)):
+            raise InvalidPromptError("The previous mask holds NaN or infinite values; run the prediction again without it.")
+    if len(points) == 0 and len(boxes) == 0 and mask_input is None:
+        raise InvalidPromptError("No prompt given: click at least one point or draw a box.")
+    return CheckedPrompts(points=points, labels=labels.astype(np.int64), boxes=boxes, mask_input=mask_input)
+
+
+def group_objects(points: np.ndarray, labels: np.ndarray, boxes: np.ndarray) -> List[ObjectPrompt]:
+    """Split prompts into objects; no point is ever dropped.
+
+    * No box: one object made of all points.
+    * One box: one object, the box with all points (what SamPredictor does with a box and
+      points, and what the extension we replace did).
+    * Several boxes: every box is one object. A point inside a box (borders included) refines
+      every box that contains it, whatever its label. Negative points inside no box apply to
+      every box. Positive points inside no box form one more object of their own (last,
+      without a box), together with the negative points that lie in no box.
+    """
+    all_points = np.arange(len(points))
+    if len(boxes) == 0:
+        return [ObjectPrompt(box=None, point_indices=all_points)]
+    if len(boxes) == 1:
+        return [ObjectPrompt(box=boxes[0], point_indices=all_points)]
+    x, y = points[:, 0][None, :], points[:, 1][None, :]
+    inside = (x >= boxes[:, 0:1]) & (x <= boxes[:, 2:3]) & (y >= boxes[:, 1:2]) & (y <= boxes[:, 3:4])
+    in_no_box = ~inside.any(axis=0)
+    objects = [
+        ObjectPrompt(box=box, point_indices=np.flatnonzero(inside[index] | (in_no_box & (labels == 0))))
+        for index, box in enumerate(boxes)
+    ]
+    if np.any(in_no_box & (labels == 1)):
+        objects.append(ObjectPrompt(box=None, point_indices=np.flatnonzero(in_no_box)))
+    return objects
+
+
+# -- predictor --------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Encode an image once (cached), prompt it many times.
+
+    The model must already be on ``placement.device`` in ``placement.dtype`` when encode or
+    predict run (the model store moves it); the predictor only moves inputs there. Upsampling
+    and thresholding run on that device in float32, so only boolean masks cross to the CPU.
+
+    ``model_id`` names these exact weights in embedding cache keys (the model store passes one
+    that changes when the file does); without it the model instance gets a random one.
+    """
+
+    def __init__(
+        self,
+        model: PromptableSegmenter,
+        placement: Placement,
+        cache: Optional[EmbeddingCache] = None,
+        *,
+        model_id: Optional[str] = None,
+    ) -> None:
+        self.model = model.eval()
+        self.placement = placement
+        self.cache = cache if cache is not None else EmbeddingCache()
+        if model_id is None:
+            model_id = getattr(model, "cache_identity", None)
+            if model_id is None:
+                model_id = f"instance:{uuid.uuid4().hex}"
+                model.cache_identity = model_id
+        self.model_id = str(model_id)
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def cache_key(self, image: np.ndarray) -> CacheKey:
+        return CacheKey(
+            image_hash=image_content_hash(image),
+            model_id=self.model_id,
+            device=str(self.placement.device),
+            dtype=dtype_name(self.placement.dtype),
+        )
+
+    def encode(self, image: np.ndarray) -> EncodedImage:
+        """Embeddings of an (H, W, 3) uint8 RGB image; the encoder runs only on a cache miss."""
+        image = _check_image(image)
+        key = self.cache_key(image)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        image_size = int(self.model.image_size)
+        resized = resize_image(image, image_size)
+        input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        device, dtype = self.placement.device, self.placement.dtype
+        with torch.inference_mode():
+            pixels = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None].float()
+            mean = self.model.pixel_mean.to(device=device, dtype=torch.float32)
+            std = self.model.pixel_std.to(device=device, dtype=torch.float32)
+            pixels = (pixels - mean) / std
+            pixels = F.pad(pixels, (0, image_size - input_size[1], 0, image_size - input_size[0]))
+            features = self.model.encode_image(pixels.to(dtype))
+        features = dict(features)
+        encoded = EncodedImage(
+            key=key,
+            features=features,
+            original_size=(int(image.shape[0]), int(image.shape[1])),
+            input_size=input_size,
+            nbytes=EncodedImage.size_of(features),
+        )
+        self.cache.put(encoded)
+        return encoded
+
+    # -- prompting ------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        image_or_encoded: Union[np.ndarray, EncodedImage],
+        prompts: Prompts,
+        *,
+        multimask_output: bool = True,
+        options: Optional[Mapping] = None,
+    ) -> Prediction:
+        """Masks for the prompts; see :func:`group_objects` for how points and boxes form objects.
+
+        All boxed objects go through one batched decoder call; positive points outside every
+        box (with several boxes) go through a second one. Boxed objects that got fewer points
+        than others are padded with "not a point" tokens, as SAM pads point prompts.
+
+        ``prompts.mask_input`` (low-res logits of an earlier prediction, (256, 256) or
+        (1, 256, 256)) refines every object; (K, 256, 256) gives each of K objects its own.
+        """
+        if isinstance(image_or_encoded, EncodedImage):
+            encoded = image_or_encoded
+            self._check_encoded(encoded)
+        else:
+            encoded = self.encode(image_or_encoded)
+        checked = check_prompts(prompts, encoded.original_size)
+        objects = group_objects(checked.points, checked.labels, checked.boxes)
+        if checked.mask_input is not None and checked.mask_input.shape[0] not in (1, len(objects)):
+            raise InvalidPromptError(
+                f"Got {checked.mask_input.shape[0]} previous masks for {len(objects)} objects; give one, or one per object."
+            )
+        options = dict(options or {})
+
+        boxed = [index for index, obj in enumerate(objects) if obj.box is not None]
+        unboxed = [index for index, obj in enumerate(objects) if obj.box is None]
+        with torch.inference_mode():
+            logits_parts, iou_parts = [], []
+            for group in (boxed, unboxed):
+                if group:
+                    logits, iou = self._decode_group(encoded, checked, objects, group, multimask_output, options)
+                    logits_parts.append(logits)
+                    iou_parts.append(iou)
+            low_res = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
+            iou = torch.cat(iou_parts) if len(iou_parts) > 1 else iou_parts[0]
+            # Objects come out boxed first, then the box-less one: the order of `objects`.
+            upscaled = upscale_logits(low_res, int(self.model.image_size), encoded.input_size, encoded.original_size)
+            masks = (upscaled > self.model.mask_threshold).cpu().numpy()
+            low_res_logits = low_res.float().cpu().numpy()
+            scores = iou.float().cpu().numpy()
+        object_boxes = [tuple(float(v) for v in obj.box) if obj.box is not None else None for obj in objects]
+        return Prediction(masks=masks, scores=scores, low_res_logits=low_res_logits, object_boxes=object_boxes)
+
+    def _decode_group(
+        self,
+        encoded: EncodedImage,
+        checked: CheckedPrompts,
+        objects: List[ObjectPrompt],
+        group: List[int],
+        multimask_output: bool,
+        options: Mapping,
+    ) -> Tuple[Tensor, Tensor]:
+        device = self.placement.device
+        members = [objects[index] for index in group]
+        most_points = max(len(obj.point_indices) for obj in members)
+        point_coords = point_labels = boxes = mask_input = None
+        if most_points:
+            coords = np.zeros((len(members), most_points, 2), dtype=np.float64)
+            labels = np.full((len(members), most_points), -1, dtype=np.int64)
+            for row, obj in enumerate(members):
+                count = len(obj.point_indices)
+                coords[row, :count] = checked.points[obj.point_indices]
+                labels[row, :count] = checked.labels[obj.point_indices]
+            coords = scale_coords(coords, encoded.original_size, encoded.input_size)
+            point_coords = torch.as_tensor(coords, dtype=torch.float32).to(device)
+            point_labels = torch.as_tensor(labels, dtype=torch.int32).to(device)
+        if members[0].box is not None:
+            corners = np.stack([obj.box for obj in members]).reshape(-1, 2, 2)
+            corners = scale_coords(corners, encoded.original_size, encoded.input_size).reshape(-1, 4)
+            boxes = torch.as_tensor(corners, dtype=torch.float32).to(device)
+        if checked.mask_input is not None:
+            masks = checked.mask_input if checked.mask_input.shape[0] == 1 else checked.mask_input[group]
+            mask_input = torch.as_tensor(masks[:, None]).to(device=device, dtype=self.placement.dtype)
+            if mask_input.shape[0] != len(members):
+                mask_input = mask_input.expand(len(members), -1, -1, -1)
+        return self.model.decode(
+            encoded.features,
+            point_coords=point_coords,
+            point_labels=point_labels,
+            boxes=boxes,
+            mask_input=mask_input,
+            multimask_output=multimask_output,
+            options=options,
+        )
+
+    def _check_encoded(self, encoded: EncodedImage) -> None:
+        key = encoded.key
+        if (key.model_id, key.device, key.dtype) != (self.model_id, str(self.placement.device), dtype_name(self.placement.dtype)):
+            raise ValueError(
+                f"These embeddings were computed by another model or placement ({key.model_id} on {key.device}/{key.dtype}); "
+                "encode the image with this predictor."
+            )
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise InvalidImageError(
+            f"Expected an RGB image as an (H, W, 3) uint8 array, got shape {shape} ({dtype}); load it with sd_webui_sam.images.load_image."
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InvalidImageError("The image is empty (zero width or height).")
+    return np.ascontiguousarray(image)
