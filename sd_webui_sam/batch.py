@@ -297,7 +297,7 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
 
     def read(index: int) -> None:
         if index < len(todo) and index not in reads:
-            reads[index] = reader.submit(load_image, todo[index].path, max_pixels)
+            reads[index] = reader.submit(load_image, todo[index].path, max_pixels=max_pixels)
 
     def settle(wait: bool) -> None:
         """Record sources whose writes have all finished (all, if ``wait``)."""

@@ -183,7 +183,6 @@ def test_user_errors_are_4xx_with_a_message(client, image, allowed_root, tmp_pat
 
 def test_pixel_limit_is_413(api_engine, image):
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
 
     from sd_webui_sam.api import mount_api
 
@@ -192,7 +191,8 @@ def test_pixel_limit_is_413(api_engine, image):
     try:
         app = FastAPI()
         mount_api(app, api_engine)
-        answer = TestClient(app).post("/sam/sam-predict", json={"input_image": image_b64(image), "sam_positive_points": [[1, 1]]})
+        with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=60, trust_env=False) as c:
+            answer = c.post("/sam/sam-predict", json={"input_image": image_b64(image), "sam_positive_points": [[1, 1]]})
     finally:
         api_engine.settings.max_image_pixels = limit
     assert answer.status_code == 413

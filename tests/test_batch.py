@@ -164,16 +164,21 @@ def test_command_line(api_model_dir, tmp_path, capsys):
 
 
 def test_api_batch_only_inside_roots(api_engine, tmp_path):
+    import httpx
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
 
     from sd_webui_sam.api import ApiSettings, mount_api
+    from tests.fixtures.api_fixtures import ServerThread
 
     root = tmp_path / "root"
     folder = make_folder(root / "in", 2)
     app = FastAPI()
     mount_api(app, api_engine, settings=ApiSettings(batch_roots=(root,)))
-    client = TestClient(app)
+    with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=120, trust_env=False) as client:
+        check_api_batch(client, root, folder, tmp_path)
+
+
+def check_api_batch(client, root, folder, tmp_path):
     body = {"inputs": [str(folder)], "output_dir": str(root / "out"), "model": "tiny_sam.pth", "points": [[20, 20]],
             "outputs": ["mask"], "multimask": False}
     answer = client.post("/sam/v2/batch", json=body)

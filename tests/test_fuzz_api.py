@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from tests.fixtures.api_fixtures import (  # noqa: E402,F401
 )
 
 H, W = 48, 64
+EXAMPLES = int(os.environ.get("SAM_FUZZ_EXAMPLES", "60"))  # bounded by default; raise it to fuzz harder
 GOOD_IMAGE = image_b64(sample_image(H, W))
 
 VALID = {
@@ -78,22 +80,30 @@ def fuzz_client(api_engine):
 
 
 ROUTES = sorted(VALID)
+AUTOSAM_ROUTES = ("/sam/controlnet-seg", "/sam/category-mask")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def acceptable(route: str, answer: httpx.Response) -> bool:
+    """No 5xx, except the documented 501 of the AutoSAM routes while AutoSAM is absent."""
+    if answer.status_code < 500:
+        return True
+    return answer.status_code == 501 and route in AUTOSAM_ROUTES and "AutoSAM" in answer.json()["msg"]
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(data=st.data())
 def test_mutated_valid_bodies_never_5xx(fuzz_client, data):
     route = data.draw(st.sampled_from(ROUTES))
     body = data.draw(mutated_body(route))
     answer = fuzz_client.post(route, content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"})
-    assert answer.status_code < 500, (route, answer.status_code, answer.text[:300])
+    assert acceptable(route, answer), (route, answer.status_code, answer.text[:300])
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=max(10, EXAMPLES // 2), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(route=st.sampled_from(ROUTES), raw=st.one_of(st.binary(max_size=64), json_value.map(lambda v: json.dumps(v).encode())))
 def test_arbitrary_bodies_never_5xx(fuzz_client, route, raw):
     answer = fuzz_client.post(route, content=raw, headers={"content-type": "application/json"})
-    assert answer.status_code < 500, (route, raw[:80], answer.text[:300])
+    assert acceptable(route, answer), (route, raw[:80], answer.text[:300])
 
 
 def test_get_routes_and_server_still_answers(fuzz_client):

@@ -94,11 +94,16 @@ def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int) -> np.nd
         raise InvalidImageError("Image URLs are not fetched; send the image itself as base64.")
     path = policy.resolve_inside_roots(stripped)
     if path is not None:
-        return load_image(path, max_pixels)
+        return load_image(path, max_pixels=max_pixels)
     try:
         raw = decode_base64(stripped, max_bytes=policy.max_encoded_bytes)
+        return load_image(raw, max_pixels=max_pixels)
+    except ImageTooLargeError:
+        raise
     except InvalidImageError:
-        if _looks_like_path(stripped):
+        # "/etc/passwd" is also valid base64; a short path-like string that is no image was
+        # meant as a file name, so say why it was not opened
+        if len(stripped) < 4096 and _looks_like_path(stripped):
             if policy.allowed_roots:
                 raise ForbiddenPathError(
                     "That server path is not an image file inside the allowed folders; send the image as base64."
@@ -108,7 +113,6 @@ def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int) -> np.nd
                 "(or ask the server owner to allow a folder)."
             ) from None
         raise
-    return load_image(raw, max_pixels)
 
 
 def read_mask_image(text: Any, shape: Tuple[int, int], policy: SourcePolicy, *, what: str = "mask") -> np.ndarray:
