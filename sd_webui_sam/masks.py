@@ -117,6 +117,10 @@ def _cone(values: np.ndarray, steps: list, axis: int) -> None:
     exact for offsets that small. ``values`` should be small enough to stay in cache.
     """
     length = values.shape[axis]
+    if min(values.shape) < 8:
+        # OpenCV's bindings read arrays this thin as scalars; NumPy is fine at this size.
+        _cone_numpy(values, steps, axis)
+        return
     scratch = np.empty_like(values)
     for s in steps:
         if s >= length:
@@ -129,6 +133,17 @@ def _cone(values: np.ndarray, steps: list, axis: int) -> None:
         cv2.max(head, buf, dst=head)
         cv2.subtract(head, s, dst=buf)
         cv2.max(tail, buf, dst=tail)
+
+
+def _cone_numpy(values: np.ndarray, steps: list, axis: int) -> None:
+    length = values.shape[axis]
+    for s in steps:
+        if s >= length:
+            break
+        moved = np.moveaxis(values, axis, 0)
+        head, tail = moved[: length - s], moved[s:]
+        np.maximum(head, np.maximum(tail.astype(np.int64) - s, 0).astype(values.dtype), out=head)
+        np.maximum(tail, np.maximum(head.astype(np.int64) - s, 0).astype(values.dtype), out=tail)
 
 
 def _dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
