@@ -97,7 +97,17 @@ def _on_app_started(demo, app):
     except ImportError as error:
         print(f"[Segment Anything] HTTP API not available: {error}")
         return
-    mount_api(app, SESSION.engine(), auth=getattr(shared.cmd_opts, "api_auth", None))
+    try:
+        from modules.call_queue import queue_lock
+    except ImportError:
+        queue_lock = None
+    mount_api(
+        app,
+        SESSION.engine(),
+        auth=getattr(shared.cmd_opts, "api_auth", None),
+        gpu_lock=queue_lock,
+        batch_interrupt=lambda: bool(getattr(shared.state, "interrupted", False)),
+    )
 
 
 script_callbacks.on_after_component(_on_after_component)

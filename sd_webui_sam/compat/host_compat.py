@@ -114,10 +114,7 @@ class MikubillControlNet(ControlNetAdapter):
         return True
 
     def unit_count(self, opts: Any) -> int:
-        try:
-            return int(self.external_code.get_max_models_num())
-        except Exception:
-            return controlnet_unit_count(opts)
+        return controlnet_unit_count(opts)
 
     def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
         units = list(self.external_code.get_all_units_in_processing(p))
@@ -146,10 +143,7 @@ class ForgeControlNet(ControlNetAdapter):
         return True
 
     def unit_count(self, opts: Any) -> int:
-        try:
-            return int(self.external_code.get_max_models_num())
-        except Exception:
-            return controlnet_unit_count(opts)
+        return controlnet_unit_count(opts)
 
     def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
         script = _find_controlnet_script(getattr(p, "scripts", None))

@@ -241,20 +241,11 @@ def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.n
 
     if not 0 <= index < len(candidates.masks):
         index = candidates.best
-    mask = candidates.masks[index]
-    if tools.fill_holes:
-        mask = mask_ops.fill_holes(mask)
-    if tools.min_island > 0:
-        mask = mask_ops.remove_islands(mask, int(tools.min_island))
-    if tools.expand > 0:
-        mask = mask_ops.expand(mask, int(tools.expand))
-    elif tools.expand < 0:
-        mask = mask_ops.shrink(mask, int(-tools.expand))
-    if tools.invert:
-        mask = mask_ops.invert(mask)
-    if tools.feather > 0:
-        return np.asarray(mask_ops.feather(mask, float(tools.feather)), dtype=np.float32)
-    return mask.astype(np.float32)
+    result = mask_ops.postprocess(
+        candidates.masks[index], expand=tools.expand, feather=tools.feather, fill_holes=tools.fill_holes,
+        min_island=tools.min_island, invert=tools.invert,
+    )
+    return np.asarray(result, dtype=np.float32)
 
 
 def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:

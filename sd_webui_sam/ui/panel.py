@@ -180,23 +180,12 @@ def _download_section(prefix: str, engine: Callable[[], Any]) -> Dict[str, Any]:
 
 
 def _official_checkpoints() -> Dict[str, Any]:
-    """Label -> catalogue entry, or empty when the downloads module is not available."""
+    """Label (with size) -> file name of each checkpoint the downloader knows."""
     try:
         from sd_webui_sam import downloads
     except ImportError:
         return {}
-    entries = getattr(downloads, "OFFICIAL_CHECKPOINTS", None) or getattr(downloads, "CATALOGUE", None)
-    if entries is None and hasattr(downloads, "official_checkpoints"):
-        entries = downloads.official_checkpoints()
-    result: Dict[str, Any] = {}
-    for entry in (entries.values() if isinstance(entries, dict) else entries or ()):
-        name = getattr(entry, "file_name", None) or getattr(entry, "name", None) or str(entry)
-        label = getattr(entry, "label", None) or name
-        size = getattr(entry, "size_bytes", None) or getattr(entry, "size", None)
-        if isinstance(size, int) and size > 0:
-            label = f"{label} ({size / 1024**2:.0f} MB)"
-        result[label] = entry
-    return result
+    return {f"{entry.label} ({entry.size / 1024**2:.0f} MB)": entry.file_name for entry in downloads.CATALOGUE}
 
 
 def _sd_controls(panel: Panel) -> None:
@@ -214,12 +203,15 @@ def _sd_controls(panel: Panel) -> None:
     )
     units = max(0, int(options.controlnet_units))
     with gr.Row(visible=units > 0, elem_id=elem(prefix, "controlnet_row")):
-        panel.cn_enabled = gr.Checkbox(label="Send to ControlNet unit", value=False, elem_id=elem(prefix, "cn_enabled"))
+        shown = units > 0
+        panel.cn_enabled = gr.Checkbox(label="Send to ControlNet unit", value=False, visible=shown,
+                                       elem_id=elem(prefix, "cn_enabled"))
         panel.cn_unit = gr.Dropdown(
-            label="ControlNet unit", choices=[str(i) for i in range(max(units, 1))], value="0",
+            label="ControlNet unit", choices=[str(i) for i in range(max(units, 1))], value="0", visible=shown,
             elem_id=elem(prefix, "cn_unit"),
         )
-        panel.cn_invert = gr.Checkbox(label="Inpaint not masked (invert)", value=False, elem_id=elem(prefix, "cn_invert"))
+        panel.cn_invert = gr.Checkbox(label="Inpaint not masked (invert)", value=False, visible=shown,
+                                      elem_id=elem(prefix, "cn_invert"))
 
 
 def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
@@ -295,19 +287,21 @@ def _wire_download(panel: Panel) -> None:
     def download(label, current, progress=gr.Progress()):
         from sd_webui_sam import downloads
 
-        entry = catalogue.get(label)
-        if entry is None:
+        file_name = catalogue.get(label)
+        if file_name is None:
             raise handlers.SamUserError("Choose a checkpoint to download.")
+        directories = engine().settings.model_dirs()
+        if not directories:
+            raise handlers.SamUserError("No model directory is configured; set one in Settings > Segment Anything.")
 
         def report(done: int, total: Optional[int]) -> None:
             if total:
-                progress(done / total, desc=f"Downloading {label}")
+                progress(done / total, desc=f"Downloading {file_name}")
 
-        target = downloads.download(entry, engine().settings, progress=report)
+        target = downloads.download_model(file_name, directories[0], progress=report)
         names = _model_choices(engine, refresh=True)
-        name = getattr(target, "name", None) or str(target)
-        value = name if name in names else current
-        return grc.update(choices=names, value=value), status_html(f"Downloaded {name}.")
+        value = target.name if target.name in names else current
+        return grc.update(choices=names, value=value), status_html(f"Downloaded {target.name} to {target.parent}.")
 
     def failure(message: str):
         return grc.update(), status_html(message, error=True)

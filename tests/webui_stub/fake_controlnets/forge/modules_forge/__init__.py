@@ -1,0 +1,1 @@
+"""Its presence is how extensions detect Forge."""

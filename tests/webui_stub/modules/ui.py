@@ -1,0 +1,2 @@
+def gr_show(visible=True):
+    return {"visible": visible, "__type__": "update"}
