@@ -17,7 +17,6 @@ import hashlib
 import io
 import os
 import re
-import warnings
 from typing import Tuple, Union
 
 import numpy as np
@@ -41,7 +40,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
 
 # ---------------------------------------------------------------- public API
 
-def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Any user image as an (H, W, 3) uint8 RGB array (a new array the caller may keep).
 
     Transparent pixels are composited on white, as an image viewer shows them. EXIF
@@ -55,7 +54,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
     return _composite_on_white(rgb, alpha)
 
 
-def load_image_rgba(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def load_image_rgba(source: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Like :func:`load_image` but (H, W, 4) RGBA, keeping the source's transparency.
 
     Images without transparency come back fully opaque (alpha 255).
@@ -149,15 +148,12 @@ def _from_bytes(data: bytes, max_pixels: int) -> Tuple[np.ndarray, "np.ndarray |
 def _decode_stream(stream, max_pixels: int, name: str) -> Tuple[np.ndarray, "np.ndarray | None"]:
     supported = "PNG, JPEG, WebP, GIF, BMP, TIFF"
     try:
-        with warnings.catch_warnings():
-            # PIL warns (and later errors) past its own pixel limit; a warning would let
-            # the decode go ahead, so it counts as "too large" like our own check.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream, formats=_available_formats()) as opened:
-                _check_size(opened.size, max_pixels)  # header only: nothing decoded yet
-                opened.load()
-                image = _apply_exif_orientation(opened)
-                return _from_pil(image)
+        with Image.open(stream, formats=_available_formats()) as opened:
+            _check_size(opened.size, max_pixels)  # header only: nothing decoded yet
+            _check_pil_limit(opened.size)
+            opened.load()
+            image = _apply_exif_orientation(opened)
+            return _from_pil(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLargeError(
             f"{name} is too large to decode safely ({error}). Resize it below "
@@ -187,6 +183,22 @@ def _check_size(size: Tuple[int, int], max_pixels: int) -> None:
         raise ImageTooLargeError(
             f"The image is {width}x{height} = {width * height:,} pixels, more than the limit of "
             f"{max_pixels:,}. Resize it first (or raise the limit in the settings)."
+        )
+
+
+def _check_pil_limit(size: Tuple[int, int]) -> None:
+    """Refuse what PIL would only warn about (its limit, which the host may have set).
+
+    PIL raises past twice ``Image.MAX_IMAGE_PIXELS`` but only warns past it, and the warning
+    would let the decode go ahead. Checking the same condition here, rather than turning
+    warnings into errors, leaves the process-wide warning filters alone (threads share them).
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = size
+    if limit and width * height > limit:
+        raise ImageTooLargeError(
+            f"The image is {width}x{height} = {width * height:,} pixels, more than the image "
+            f"library's safety limit of {limit:,} (it could be a decompression bomb). Resize it first."
         )
 
 

@@ -232,6 +232,14 @@ def test_pil_decompression_bomb_becomes_image_too_large():
         load_image(_png_claiming_size(20000, 20000), max_pixels=10**12)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pil_bomb_warning_range_is_refused_too():
+    # Between PIL's limit and twice it, PIL only warns and would decode; we refuse.
+    side = int((Image.MAX_IMAGE_PIXELS * 1.2) ** 0.5)
+    with pytest.raises(ImageTooLargeError, match="safety limit"):
+        load_image(_png_claiming_size(side, side), max_pixels=10**12)
+
+
 def test_pixel_limit_applies_to_every_source():
     image = Image.new("RGB", (100, 60))
     for source in (image, _encode(image), np.zeros((60, 100, 3), np.uint8)):
