@@ -64,8 +64,8 @@ class Engine:
         return self.predictor(model_name).predict(image, prompts, multimask_output=multimask_output, options=options or {})
 
     def _forget_embeddings(self, loaded: LoadedModel) -> None:
-        # A dropped model's embeddings are useless, and a reloaded model may reuse its identity.
-        self.embeddings.clear()
+        # Embeddings of a model that left memory would only hold (device) memory.
+        self.embeddings.discard_model(loaded.model_id)
 
     # ------------------------------------------------------------------ memory and devices
 
@@ -131,7 +131,7 @@ class ManagedPredictor:
         with engine._lock:
             try:
                 with engine.store.use(self.model_name) as loaded:
-                    predictor = Predictor(loaded.model, engine.store.placement, engine.embeddings)
+                    predictor = Predictor(loaded.model, engine.store.placement, engine.embeddings, model_id=loaded.model_id)
                     return getattr(predictor, method)(*args, **kwargs)
             except OutOfMemoryError:
                 raise
