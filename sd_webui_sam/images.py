@@ -19,6 +19,7 @@ import os
 import re
 from typing import Tuple, Union
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -60,9 +61,10 @@ def load_image_rgba(source: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIX
     Images without transparency come back fully opaque (alpha 255).
     """
     rgb, alpha = _load(source, max_pixels)
-    if alpha is None:
-        alpha = np.full(rgb.shape[:2], 255, np.uint8)
-    return np.ascontiguousarray(np.dstack([rgb, alpha]))
+    rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)  # alpha 255
+    if alpha is not None:
+        rgba[:, :, 3] = alpha
+    return rgba
 
 
 def image_content_key(image: np.ndarray) -> str:

@@ -52,8 +52,51 @@ def _as_alpha(mask: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
             f"{shape[1]}x{shape[0]} (width x height); they must match."
         )
     if np.issubdtype(array.dtype, np.floating):
-        return np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0)
+        return np.minimum(np.fmax(array.astype(np.float32, copy=False), 0.0), 1.0)  # NaN -> 0
     return (array != 0).astype(np.float32)
+
+
+def _as_mask_or_alpha(mask: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """Bool masks stay bool (the fast path); float alphas become float32 0..1."""
+    array = np.asarray(mask)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if np.issubdtype(array.dtype, np.floating):
+        return _as_alpha(array, shape)
+    if array.shape != shape:
+        _as_alpha(array, shape)  # raises the size message
+    return array if array.dtype == bool else array != 0
+
+
+def _tint(canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray, weight: float,
+          kernel: Optional[np.ndarray], border: int) -> None:
+    """In place, within the mask's box: blend ``colour`` at ``weight``, edge in full colour."""
+    solid = mask if mask.dtype == bool else mask >= 0.5
+    covered = mask if mask.dtype == bool else mask > 0
+    rows = np.flatnonzero(covered.any(axis=1))
+    if rows.size == 0:
+        return
+    columns = np.flatnonzero(covered.any(axis=0))
+    height, width = covered.shape
+    # The box grown by the outline width, so the erosion sees background around the mask.
+    y0, y1 = max(0, rows[0] - border), min(height, rows[-1] + 1 + border)
+    x0, x1 = max(0, columns[0] - border), min(width, columns[-1] + 1 + border)
+    region = canvas[y0:y1, x0:x1]
+    colour_u8 = np.asarray(np.clip(np.rint(colour), 0, 255), dtype=np.uint8)
+    flat = np.empty_like(region)
+    flat[:] = colour_u8
+    if mask.dtype == bool:
+        blended = cv2.addWeighted(region, 1.0 - weight, flat, weight, 0.0)
+        np.copyto(region, blended, where=covered[y0:y1, x0:x1, None])
+    else:
+        w = mask[y0:y1, x0:x1, None] * np.float32(weight)
+        mixed = region.astype(np.float32)
+        mixed += (flat.astype(np.float32) - mixed) * w
+        region[:] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    if kernel is not None:
+        inside = solid[y0:y1, x0:x1].astype(np.uint8)
+        edge = inside.astype(bool) & ~cv2.erode(inside, kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
+        region[edge] = colour_u8
 
 
 def _mask_list(masks) -> list:
@@ -108,21 +151,13 @@ def overlay(
         raise InvalidImageError(f"{len(mask_list)} masks but only {len(colours)} colours were given.")
     blend_weight = float(np.clip(alpha, 0.0, 1.0))
 
-    canvas = base.astype(np.float32)
+    result = base
     border = _line_width(height, width, 1 / 400)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * border + 1, 2 * border + 1))
     for mask, colour in zip(mask_list, colours):
-        weight = _as_alpha(mask, (height, width))
-        covered = weight > 0
-        if not covered.any():
-            continue
-        solid = (weight >= 0.5).astype(np.uint8)
-        weight *= blend_weight
-        if outline:
-            edge = solid.astype(bool) & ~cv2.erode(solid, kernel, borderType=cv2.BORDER_REPLICATE).astype(bool)
-            weight[edge] = 1.0
-        canvas[covered] += (colour - canvas[covered]) * weight[covered, None]
-    result = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+        _tint(result, _as_mask_or_alpha(mask, (height, width)), colour, blend_weight,
+              kernel if outline else None, border)
+    result = np.ascontiguousarray(result)
 
     box_width = _line_width(height, width, 1 / 300)
     for box in boxes:
@@ -171,10 +206,16 @@ def cutout(image: Union[np.ndarray, Image.Image], mask_or_alpha: np.ndarray) -> 
     """
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 4:
         rgba = image.copy()
+    elif isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        rgba = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2RGBA)
     else:
         rgba = load_image_rgba(image, max_pixels=np.iinfo(np.int64).max)
-    weight = _as_alpha(mask_or_alpha, rgba.shape[:2])
-    alpha = np.rint(rgba[:, :, 3].astype(np.float32) * weight).astype(np.uint8)
-    rgba[:, :, 3] = alpha
-    rgba[alpha == 0] = 0
-    return Image.fromarray(rgba, mode="RGBA")
+    weight = _as_mask_or_alpha(mask_or_alpha, rgba.shape[:2])
+    if weight.dtype == bool:
+        keep = np.ascontiguousarray(weight).view(np.uint8)
+    else:
+        mask_alpha = cv2.convertScaleAbs(weight, alpha=255.0)  # rounds and saturates to 0..255
+        rgba[:, :, 3] = cv2.multiply(np.ascontiguousarray(rgba[:, :, 3]), mask_alpha, scale=1.0 / 255.0)
+        keep = rgba[:, :, 3].copy()
+    # Zero everywhere outside: fully transparent pixels are stored as (0, 0, 0, 0).
+    return Image.fromarray(cv2.bitwise_and(rgba, rgba, mask=keep), mode="RGBA")
