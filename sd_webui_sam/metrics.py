@@ -64,11 +64,10 @@ class ApiMetrics:
                               ["route", "kind"], registry=self.registry)
         self.latency = Histogram("sam_api_request_seconds", "Request latency by route.", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.encoder = Histogram("sam_encoder_seconds", "Image encoder time (explicit encodes).",
+        self.encoder = Histogram("sam_encoder_seconds",
+                                 "Image encode step: the encoder on an embedding-cache miss, a look-up on a hit.",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.segment = Histogram("sam_segment_seconds", "Prompt-to-masks time, including the encoder on a cache miss.",
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.decoder = Histogram("sam_decoder_seconds", "Prompt-to-masks time on an embedding-cache hit (decoder only).",
+        self.decoder = Histogram("sam_decoder_seconds", "Prompts to full-size masks (decoder and upsampling).",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.detector = Histogram("sam_detector_seconds", "GroundingDINO time.", buckets=LATENCY_BUCKETS,
                                   registry=self.registry)
@@ -84,10 +83,8 @@ class ApiMetrics:
     def observe_encode(self, seconds: float) -> None:
         self.encoder.observe(seconds)
 
-    def observe_segment(self, seconds: float, *, cache_hit: bool | None = None) -> None:
-        self.segment.observe(seconds)
-        if cache_hit:
-            self.decoder.observe(seconds)
+    def observe_decode(self, seconds: float) -> None:
+        self.decoder.observe(seconds)
 
     def observe_detect(self, seconds: float) -> None:
         self.detector.observe(seconds)

@@ -92,11 +92,17 @@ class SamApi:
     def segment(self, model: str, image: np.ndarray, prompts: Any, *, multimask: bool, options: Optional[dict] = None):
         objects = max(1, len(prompts.boxes) + (1 if len(prompts.points) else 0))
         check_mask_budget(objects, 3 if multimask else 1, image.shape[:2])
-        start = clock()
         with self.gpu():
-            prediction = self.engine.segment(model, image, prompts, multimask_output=multimask, options=options or {})
+            # encode and decode as two steps (both serialised by the engine) so that the
+            # metrics can tell the encoder's time from the decoder's
+            predictor = self.engine.predictor(model)
+            start = clock()
+            encoded = predictor.encode(image)
+            encoded_at = clock()
+            prediction = predictor.predict(encoded, prompts, multimask_output=multimask, options=options or {})
         if self.metrics is not None:
-            self.metrics.observe_segment(clock() - start)
+            self.metrics.observe_encode(encoded_at - start)
+            self.metrics.observe_decode(clock() - encoded_at)
         return prediction
 
     def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float, text_threshold: float = 0.25):
@@ -164,7 +170,8 @@ class SamApi:
         threshold = check_threshold(request.box_threshold, "box_threshold")
         detections = self.detect(image, request.text_prompt, model=request.dino_model_name, box_threshold=threshold)
         boxes = [d.box for d in detections]
-        preview = _render().boxes_preview(image, boxes)
+        render = _render()
+        preview = render.Image.fromarray(render.overlay(image, [], boxes=boxes, box_color=render.REFERENCE_BOX_COLOUR))
         return {
             "msg": "Done",
             "image_with_box": codec.png_base64(preview),
