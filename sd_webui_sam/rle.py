@@ -18,6 +18,7 @@ from sd_webui_sam.errors import InvalidImageError
 Rle = Mapping[str, object]
 
 _MAX_GROUPS = 13  # 13 x 5 bits holds any signed 64-bit difference
+_CHUNK = 1 << 16
 
 
 # ---------------------------------------------------------------- runs
@@ -58,18 +59,26 @@ def counts_to_string(counts: Sequence[int]) -> str:
         return ""
     deltas = values.copy()
     deltas[3:] -= values[1:-2]
-    # Per value, the 5-bit groups and whether more follow, exactly as pycocotools decides:
-    # stop once the remaining bits are all copies of the sign bit of the last group.
-    groups = np.empty((values.size, _MAX_GROUPS), np.int64)
-    more = np.empty((values.size, _MAX_GROUPS), bool)
+    # Chunks keep the (values x groups) scratch arrays small for masks with millions of runs.
+    return "".join(_deltas_to_string(deltas[i:i + _CHUNK]) for i in range(0, deltas.size, _CHUNK))
+
+
+def _deltas_to_string(deltas: np.ndarray) -> str:
+    """Per value, the 5-bit groups and whether more follow, exactly as pycocotools decides:
+    stop once the remaining bits are all copies of the sign bit of the last group."""
+    largest = int(np.abs(deltas).max())
+    group_count = min(_MAX_GROUPS, (largest.bit_length() + 1) // 5 + 1)
+    groups = np.empty((deltas.size, group_count), np.int64)
+    more = np.empty((deltas.size, group_count), bool)
     remaining = deltas.copy()
-    for k in range(_MAX_GROUPS):
+    for k in range(group_count):
         group = remaining & 0x1F
         remaining = remaining >> 5
         groups[:, k] = group
         more[:, k] = np.where(group & 0x10, remaining != -1, remaining != 0)
+    more[:, -1] = False  # group_count is enough for every value here
     lengths = np.argmin(more, axis=1) + 1  # the first group with no continuation ends it
-    used = np.arange(_MAX_GROUPS)[None, :] < lengths[:, None]
+    used = np.arange(group_count)[None, :] < lengths[:, None]
     chars = groups | np.where(more, 0x20, 0)
     return (chars[used] + 48).astype(np.uint8).tobytes().decode("ascii")
 

@@ -120,3 +120,11 @@ def test_malformed_rles_are_refused():
     for case in bad:
         with pytest.raises(InvalidImageError):
             rle.decode(case)
+
+
+def test_noisy_mask_with_hundreds_of_thousands_of_runs_round_trips():
+    mask = np.random.default_rng(11).random((601, 599)) < 0.5
+    encoded = rle.encode(mask)
+    np.testing.assert_array_equal(rle.decode(encoded), mask)
+    if coco_mask is not None:
+        assert encoded["counts"] == coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
