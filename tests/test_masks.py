@@ -77,6 +77,15 @@ def test_large_radius_on_a_large_image_matches_exact_distances():
         np.testing.assert_array_equal(masks.expand(mask, radius), _exact_distance_to(mask) <= radius)
 
 
+@pytest.mark.parametrize("shape", [(65, 257), (129, 263), (300, 517), (7, 600), (600, 9)])
+def test_sizes_that_leave_thin_leftover_blocks(shape):
+    mask = np.random.default_rng(sum(shape)).random(shape) < 0.003
+    mask[0, 0] = mask[-1, -1] = True
+    for radius in (1, 4.5, 17, 40):
+        np.testing.assert_array_equal(masks.expand(mask, radius), _exact_distance_to(mask) <= radius)
+        np.testing.assert_array_equal(masks.shrink(~mask, radius), _exact_distance_to(mask) > radius)
+
+
 def test_expand_then_shrink_restores_a_disk():
     disk = _disk(200, 200, 100, 100, 40)
     for radius in (3, 10, 25):
