@@ -18,7 +18,9 @@ complements of each other, ``shrink(m, r) == invert(expand(invert(m), r))``.
 from __future__ import annotations
 
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Tuple
 
 import cv2
@@ -27,6 +29,9 @@ import numpy as np
 from sd_webui_sam.errors import InvalidImageError
 
 Box = Tuple[int, int, int, int]
+
+_MAX_THREADS = 4
+_THREADED_PIXELS = 1 << 20  # below this, starting threads costs more than it saves
 
 
 def as_mask(mask: np.ndarray) -> np.ndarray:
@@ -189,18 +194,30 @@ def _dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
 
     steps = _doubling_steps(reach)
     horizontal = np.empty(region.shape, dtype=dtype)
-    for start in range(0, region.shape[1], 256):
+    out = np.zeros_like(mask)
+
+    def column_block(start: int) -> None:
         columns = slice(start, start + 256)
         vertical = region[:, columns].astype(dtype) * dtype(peak)
         _cone(vertical, steps, axis=0)  # = max(0, peak - g)
         horizontal[:, columns] = cv2.LUT(vertical, lut) if lut is not None else coverage[vertical]
 
-    out = np.zeros_like(mask)
-    for start in range(0, region.shape[0], 64):
-        rows = slice(start, start + 64)
-        block = horizontal[rows]
+    def row_block(start: int) -> None:
+        block = horizontal[start:start + 64]
         _cone(block, steps, axis=1)
         out[y0 + start:y0 + start + block.shape[0], x0:x1] = block > 0
+
+    # Blocks write disjoint slices, and OpenCV releases the GIL, so they can run side by side.
+    workers = min(_MAX_THREADS, os.cpu_count() or 1) if region.size >= _THREADED_PIXELS else 1
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(column_block, range(0, region.shape[1], 256)))
+            list(pool.map(row_block, range(0, region.shape[0], 64)))
+    else:
+        for start in range(0, region.shape[1], 256):
+            column_block(start)
+        for start in range(0, region.shape[0], 64):
+            row_block(start)
     return out
 
 

@@ -70,9 +70,10 @@ def test_shrink_is_expand_of_the_background(mask, radius):
 
 
 def test_large_radius_on_a_large_image_matches_exact_distances():
-    mask = np.zeros((700, 900), bool)
-    mask |= _disk(700, 900, 300, 350, 120)
-    mask[50, 850] = True
+    # Over a million pixels, so the blocks run on several threads.
+    mask = np.zeros((1100, 1000), bool)
+    mask |= _disk(1100, 1000, 300, 350, 120)
+    mask[50, 950] = mask[1090, 10] = True
     for radius in (100, 254, 255, 300.5):  # both byte and 16-bit internal paths
         np.testing.assert_array_equal(masks.expand(mask, radius), _exact_distance_to(mask) <= radius)
 
