@@ -97,15 +97,11 @@ def to_rgb_array(image: Any, max_pixels: Optional[int] = None) -> np.ndarray:
 
     if image is None:
         raise InvalidImageError("No image: upload a picture into 'Image' first.")
-    if isinstance(image, str) and not _looks_like_path(image):
+    if isinstance(image, str):  # only ever base64: a path from a request must never open a server file
         image = decode_base64_image(image)
     if max_pixels is None:
         return images.load_image(image)
     return images.load_image(image, max_pixels)
-
-
-def _looks_like_path(text: str) -> bool:
-    return len(text) < 1024 and not text.startswith("data:") and ("/" in text[:1] or "\\" in text or text.endswith((".png", ".jpg", ".jpeg", ".webp")))
 
 
 def decode_base64_image(text: str) -> Image.Image:
@@ -231,7 +227,7 @@ def candidate_gallery(candidates: Candidates, side: int = THUMBNAIL_SIDE) -> Lis
     items = []
     for index, (mask, score) in enumerate(zip(candidates.masks, candidates.scores)):
         small = mask if scale >= 1 else np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-        items.append((render.overlay(base_pixels, small), candidate_label(index, float(score))))
+        items.append((Image.fromarray(render.overlay(base_pixels, small)), candidate_label(index, float(score))))
     return items
 
 
@@ -252,10 +248,9 @@ def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> Chos
     from sd_webui_sam import render
 
     alpha = processed_mask(candidates, index, tools)
-    mask_image = Image.fromarray(np.round(alpha * 255).astype(np.uint8), mode="L")
     return ChosenOutputs(
-        overlay=render.overlay(candidates.image, alpha),
-        mask=mask_image,
+        overlay=Image.fromarray(render.overlay(candidates.image, alpha)),
+        mask=render.mask_image(alpha),
         cutout=render.cutout(candidates.image, alpha),
     )
 

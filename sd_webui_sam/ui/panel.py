@@ -14,6 +14,7 @@ from sd_webui_sam.compat import gradio_compat as grc
 from sd_webui_sam.ui import handlers
 
 TITLE = "Segment Anything"
+CHOICES = tuple(f"Mask {i + 1}" for i in range(handlers.CANDIDATE_COUNT))
 
 HELP_HTML = (
     "<b>Left click</b>: positive point. <b>Right click</b>: negative point. <b>Drag</b>: box (several boxes "
@@ -123,13 +124,16 @@ def build_panel(options: PanelOptions) -> Panel:
                     clear = gr.Button("Clear points and boxes", elem_id=elem(prefix, "clear"), size="sm")
                 with gr.Row():
                     auto_preview = gr.Checkbox(
-                        label="Preview on every click", value=options.tools.auto_preview, elem_id=elem(prefix, "auto_preview")
+                        label="Preview on every click", value=options.tools.auto_preview, interactive=True,
+                        elem_id=elem(prefix, "auto_preview")
                     )
                     preview = gr.Button("Preview", variant="primary", elem_id=elem(prefix, "preview"))
             with gr.Column():
                 candidates = grc.gallery("Candidates", elem_id=elem(prefix, "candidates"), columns=3, height="auto")
+                # Fixed choices: gradio 3 validates a submitted value against the choices the server
+                # built, so choices updated in the browser would be refused.
                 choice = gr.Radio(
-                    label="Use mask", choices=[], value=None, type="index", elem_id=elem(prefix, "choice")
+                    label="Use mask", choices=list(CHOICES), value=CHOICES[0], type="index", elem_id=elem(prefix, "choice")
                 )
                 status = gr.HTML("", elem_id=elem(prefix, "status"), elem_classes=["sam-status"])
         with gr.Row():
@@ -231,14 +235,14 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     grc.listen(clear.click, None, [], [], js=clear_js)
 
     def show_failure(message: str):
-        return ([], grc.update(choices=[], value=None), None, status_html(message, error=True))
+        return ([], grc.update(), None, status_html(message, error=True))
 
     def preview(model_name, image, prompts_json):
         found = handlers.segment(engine(), model_name, image, prompts_json)
-        labels = [handlers.candidate_label(i, float(s)) for i, s in enumerate(found.scores)]
-        message = f"{len(found.scores)} masks from {found.prompt_summary}. Pick one below; the tools apply live."
-        return (handlers.candidate_gallery(found), grc.update(choices=labels, value=labels[found.best]), found,
-                status_html(message))
+        scores = ", ".join(f"{i + 1}: {s:.3f}" for i, s in enumerate(found.scores))
+        message = (f"{len(found.scores)} masks from {found.prompt_summary} (scores {scores}). "
+                   "Mask {} is the best; pick another below, the tools apply live.".format(found.best + 1))
+        return handlers.candidate_gallery(found), grc.update(value=CHOICES[found.best]), found, status_html(message)
 
     inputs = [panel.model, panel.input_image, panel.prompts]
     collect_js = (

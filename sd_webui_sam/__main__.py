@@ -1,0 +1,47 @@
+"""``python -m sd_webui_sam <command> ...``: a small dispatcher; each command lives in its own module.
+
+    app        the Segment Anything panel as a standalone web app (sd_webui_sam.app)
+    batch      segment a folder or a list of images (sd_webui_sam.batch)
+    benchmark  print speed figures (sd_webui_sam.benchmark)
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+#: command -> (module, one-line help). Each module has ``main(argv) -> int``; imported only when used.
+COMMANDS = {
+    "app": ("sd_webui_sam.app", "start the standalone panel on http://127.0.0.1:7860"),
+    "batch": ("sd_webui_sam.batch", "segment many images from the command line"),
+    "benchmark": ("sd_webui_sam.benchmark", "print speed figures for this machine"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m sd_webui_sam <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "'python -m sd_webui_sam <command> --help' describes a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, _ = COMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        print(f"'{command}' is not available in this installation: {error}", file=sys.stderr)
+        return 1
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

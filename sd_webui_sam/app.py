@@ -1,0 +1,84 @@
+"""The standalone app: the same panel as in the WebUI, minus the Stable Diffusion controls.
+
+    python -m sd_webui_sam app [--host 127.0.0.1] [--port 7860] [--model-dir DIR] [--device auto]
+
+Served by one FastAPI app: the panel at ``/`` and the HTTP API under ``/sam``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, List, Optional
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+EXTENSION_ROOT = PACKAGE_ROOT.parent
+FRONT_END_JS = EXTENSION_ROOT / "javascript" / "segment_anything.js"
+STYLE_CSS = EXTENSION_ROOT / "style.css"
+PANEL_PREFIX = "sam"
+
+LOG = logging.getLogger("sd_webui_sam.app")
+
+
+def build_blocks(engine: Any):
+    """The gradio page; its JavaScript runs from the page's load event (no WebUI to inject it)."""
+    import gradio as gr
+
+    from sd_webui_sam.compat import gradio_compat as grc
+    from sd_webui_sam.ui.panel import PanelOptions, build_panel
+
+    with gr.Blocks(title="Segment Anything", css=STYLE_CSS.read_text(encoding="utf-8"), analytics_enabled=False) as blocks:
+        gr.Markdown("## Segment Anything")
+        build_panel(PanelOptions(prefix=PANEL_PREFIX, engine=lambda: engine, accordion=False))
+        grc.on_load(blocks, "() => {\n" + FRONT_END_JS.read_text(encoding="utf-8") + "\n}")
+    return blocks
+
+
+def create_app(engine: Any):
+    """FastAPI app with the API routes and the panel mounted at ``/``."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    app = FastAPI(title="Segment Anything")
+    try:
+        from sd_webui_sam.api import mount_api
+    except ImportError as error:
+        LOG.warning("HTTP API not available: %s", error)
+    else:
+        mount_api(app, engine)
+    blocks = build_blocks(engine)
+    blocks.queue()
+    return gr.mount_gradio_app(app, blocks, path="/")
+
+
+def make_engine(model_dir: Optional[str], device: str = "auto"):
+    from sd_webui_sam.engine import Engine
+    from sd_webui_sam.settings import EngineSettings
+
+    return Engine(EngineSettings(
+        user_model_dir=Path(model_dir).expanduser() if model_dir else None,
+        default_model_dirs=(EXTENSION_ROOT / "models" / "sam",),
+        device=device,
+    ))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sd_webui_sam app", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--model-dir", default=None, help="directory with SAM checkpoints (default: models/sam)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="where SAM runs")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    engine = make_engine(args.model_dir, args.device)
+    app = create_app(engine)
+    print(f"Segment Anything: http://{args.host}:{args.port}/  (models: {', '.join(map(str, engine.settings.model_dirs()))})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,153 @@
+"""Start the standalone app and drive Debian's Chromium through Playwright (shared by tests and benchmark).
+
+Never runs ``playwright install``: the browser is the system's ``chromium``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = "sam"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def chromium_path() -> Optional[str]:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def standalone_app(model_dir: Path, *, timeout_s: float = 120.0, log_path: Optional[Path] = None) -> Iterator[str]:
+    """Run ``python -m sd_webui_sam app`` in a child process; yields its URL."""
+    port = free_port()
+    env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", PYTHONUNBUFFERED="1")
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sd_webui_sam", "app", "--host", "127.0.0.1", "--port", str(port),
+         "--model-dir", str(model_dir), "--device", "cpu"],
+        cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the app exited with code {process.returncode}")
+            try:
+                with opener.open(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the app did not start in time")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log is not subprocess.DEVNULL:
+            log.close()
+
+
+@contextlib.contextmanager
+def browser_page(url: str, viewport: Tuple[int, int] = (1280, 1000)):
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if executable is None:
+        raise RuntimeError("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, accept_downloads=True)
+            page = context.new_page()
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector(f"#{PREFIX}_input_image", timeout=60_000)
+            page.wait_for_function("() => window.samPanel !== undefined", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def upload(page, image_path: Path) -> None:
+    page.set_input_files(f"#{PREFIX}_input_image input[type=file]", str(image_path))
+    page.wait_for_function(
+        f"""() => {{
+            const svg = document.querySelector('#{PREFIX}_overlay_svg');
+            const st = window.samPanel.prompts('{PREFIX}');
+            return svg && st.width > 0 && svg.getBoundingClientRect().width > 0;
+        }}""",
+        timeout=30_000,
+    )
+
+
+def set_auto_preview(page, enabled: bool) -> None:
+    box = page.locator(f"#{PREFIX}_auto_preview input[type=checkbox]")
+    if box.is_checked() != enabled:
+        box.click()
+
+
+def client_point(page, x: int, y: int) -> Tuple[float, float]:
+    """Where image pixel (x, y)'s centre is on screen now, from the img's own geometry."""
+    return page.evaluate(
+        f"""([x, y]) => {{
+            const img = document.querySelector('#{PREFIX}_input_image img');
+            const r = img.getBoundingClientRect();
+            const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+            const left = r.left + (r.width - img.naturalWidth * s) / 2;
+            const top = r.top + (r.height - img.naturalHeight * s) / 2;
+            return [left + (x + 0.5) * s, top + (y + 0.5) * s];
+        }}""",
+        [x, y],
+    )
+
+
+def dot_centres(page):
+    return page.evaluate(
+        f"""() => Array.from(document.querySelectorAll('#{PREFIX}_overlay_svg circle')).map((c) => {{
+            const r = c.getBoundingClientRect();
+            return {{x: +c.dataset.x, y: +c.dataset.y, cx: r.left + r.width / 2, cy: r.top + r.height / 2,
+                     positive: c.classList.contains('sam-dot-positive')}};
+        }})"""
+    )
+
+
+def candidate_sources(page):
+    return page.evaluate(
+        f"""() => Array.from(document.querySelectorAll('#{PREFIX}_candidates img'))
+                 .filter((i) => i.complete && i.naturalWidth > 0).map((i) => i.src)"""
+    )
+
+
+def wait_for_new_candidates(page, previous, count: int = 3, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function(
+        f"""([previous, count]) => {{
+            const imgs = Array.from(document.querySelectorAll('#{PREFIX}_candidates img'));
+            const ready = imgs.filter((i) => i.complete && i.naturalWidth > 0);
+            const srcs = [...new Set(ready.map((i) => i.src))];
+            return srcs.length >= count && srcs.some((s) => !previous.includes(s));
+        }}""",
+        arg=[previous, count],
+        timeout=timeout_ms,
+    )

@@ -1,0 +1,178 @@
+"""The standalone panel in a real Chromium: clicks, dots, preview, mask tools, download, boxes, resize.
+
+One test walks the whole flow (starting a browser and the app costs more than the steps).
+A failure saves a screenshot under test-artifacts/.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.browser import driver
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = driver.ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_sam, tmp_path_factory):
+    if driver.chromium_path() is None:
+        pytest.skip("Debian's chromium is not installed")
+    pytest.importorskip("playwright")
+    model_dir = tmp_path_factory.mktemp("browser_models")
+    shutil.copy(tiny_sam[0], model_dir / "tiny_sam.pth")
+    log = tmp_path_factory.mktemp("browser_logs") / "app.log"
+    with driver.standalone_app(model_dir, log_path=log) as url:
+        yield url
+
+
+@pytest.fixture
+def picture_path(tmp_path):
+    pixels = np.zeros((96, 128, 3), dtype=np.uint8)
+    pixels[:] = (40, 90, 160)
+    pixels[30:70, 40:90] = (220, 180, 60)
+    path = tmp_path / "picture.png"
+    Image.fromarray(pixels).save(path)
+    return path, pixels
+
+
+def assert_dots_on_pixels(page, expected, tolerance=1.0):
+    dots = driver.dot_centres(page)
+    assert sorted((d["x"], d["y"], d["positive"]) for d in dots) == sorted(expected)
+    for dot in dots:
+        cx, cy = driver.client_point(page, dot["x"], dot["y"])
+        assert abs(dot["cx"] - cx) <= tolerance and abs(dot["cy"] - cy) <= tolerance, dot
+
+
+def test_click_preview_pick_expand_download_box_remove_resize(app_url, picture_path, request):
+    path, pixels = picture_path
+    with driver.browser_page(app_url) as page:
+        try:
+            driver.upload(page, path)
+            driver.set_auto_preview(page, False)
+
+            # Left click: positive point, right click: negative point, both on the clicked pixel.
+            page.mouse.click(*driver.client_point(page, 60, 50))
+            page.mouse.click(*driver.client_point(page, 10, 12), button="right")
+            assert_dots_on_pixels(page, [(60, 50, True), (10, 12, False)])
+
+            # Preview: three candidate masks with scores.
+            previous = driver.candidate_sources(page)
+            page.click(f"#{driver.PREFIX}_preview")
+            driver.wait_for_new_candidates(page, previous)
+            assert "3 masks from 1 positive point, 1 negative point" in page.inner_text(f"#{driver.PREFIX}_status")
+
+            # Pick mask 2, then expand it; the mask output follows.
+            page.locator(f"#{driver.PREFIX}_choice label", has_text="Mask 2").click()
+            cutout_before = wait_for_output(page, "cutout", None)
+            mask_before = wait_for_output(page, "mask", None)
+            expand = page.locator(f"#{driver.PREFIX}_expand input[type=number]")
+            expand.fill("1")  # the random-weight mask is speckled: 1 px already grows it a lot
+            expand.press("Enter")
+            mask_after = wait_for_output(page, "mask", mask_before)
+            grown = decode(page, mask_after)
+            assert np.count_nonzero(np.asarray(grown)) > np.count_nonzero(np.asarray(decode(page, mask_before)))
+            cutout_after = wait_for_output(page, "cutout", cutout_before)
+
+            # Download the cut-out: RGBA, the picture inside the mask, transparent outside.
+            with page.expect_download() as download_info:
+                page.locator(f"#{driver.PREFIX}_cutout a[download]").first.click()
+            download_path = download_info.value.path()
+            cutout = Image.open(download_path)
+            cutout.load()
+            assert cutout.mode == "RGBA" and cutout.size == (128, 96)
+            rgba = np.asarray(cutout)
+            mask = np.asarray(grown.convert("L"))
+            assert np.array_equal(rgba[..., 3], mask)
+            inside = rgba[..., 3] == 255
+            assert inside.any() and (~inside).any()
+            assert np.array_equal(rgba[inside][:, :3], pixels[inside])
+            assert not rgba[rgba[..., 3] == 0].any()
+            assert decode(page, cutout_after).size == (128, 96)
+
+            # Drag: a box prompt.
+            page.locator(f"#{driver.PREFIX}_input_image").scroll_into_view_if_needed()
+            start, end = driver.client_point(page, 35, 25), driver.client_point(page, 95, 75)
+            page.mouse.move(*start)
+            page.mouse.down()
+            page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+            page.mouse.move(*end)
+            page.mouse.up()
+            boxes = page.evaluate(f"() => window.samPanel.prompts('{driver.PREFIX}').boxes")
+            assert boxes == [{"x0": 35, "y0": 25, "x1": 96, "y1": 76}]
+            assert page.locator(f"#{driver.PREFIX}_overlay_svg rect.sam-box").count() == 1
+            assert len(driver.dot_centres(page)) == 2  # the drag added no point
+
+            # Click on a dot: it goes away.
+            negative = [d for d in driver.dot_centres(page) if not d["positive"]][0]
+            page.mouse.click(negative["cx"], negative["cy"])
+            assert_dots_on_pixels(page, [(60, 50, True)])
+
+            # Undo last removes the box (the last prompt added that is still there).
+            page.click(f"#{driver.PREFIX}_undo")
+            page.wait_for_function(f"() => window.samPanel.prompts('{driver.PREFIX}').boxes.length === 0")
+
+            # Resizing the window re-fits the overlay: the dot stays on its pixel.
+            page.mouse.click(*driver.client_point(page, 100, 80), button="right")
+            for size in ((760, 900), (1500, 800)):
+                page.set_viewport_size({"width": size[0], "height": size[1]})
+                page.wait_for_timeout(300)
+                assert_dots_on_pixels(page, [(60, 50, True), (100, 80, False)])
+        except Exception:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+            raise
+
+
+def test_preview_without_prompt_says_what_to_do(app_url, picture_path, request):
+    path, _ = picture_path
+    with driver.browser_page(app_url) as page:
+        try:
+            driver.upload(page, path)
+            driver.set_auto_preview(page, False)
+            page.click(f"#{driver.PREFIX}_preview")
+            status = page.locator(f"#{driver.PREFIX}_status .sam-status-error")
+            status.wait_for(timeout=30_000)
+            assert "No prompt" in status.inner_text()
+        except Exception:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+            raise
+
+
+def wait_for_output(page, name, previous_src, timeout_ms=30_000):
+    selector = f"#{driver.PREFIX}_{name} img"
+    page.wait_for_function(
+        """([selector, previous]) => {
+            const img = document.querySelector(selector);
+            return img && img.complete && img.naturalWidth > 0 && img.src !== previous;
+        }""",
+        arg=[selector, previous_src],
+        timeout=timeout_ms,
+    )
+    return page.evaluate("(selector) => document.querySelector(selector).src", selector)
+
+
+def decode(page, src) -> Image.Image:
+    """An output image's PNG bytes as the browser got them (data: URL on gradio 3, a file URL on 4)."""
+    data = page.evaluate(
+        """async (src) => {
+            const response = await fetch(src);
+            const bytes = new Uint8Array(await response.arrayBuffer());
+            let text = '';
+            for (const b of bytes) text += String.fromCharCode(b);
+            return btoa(text);
+        }""",
+        src,
+    )
+    import base64
+
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image.load()
+    return image
