@@ -1,0 +1,88 @@
+"""Feature enhancer pieces: image<->text bi-directional attention and the text self-attention layer."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Attention scores are clamped to this range before the softmax (as trained, for fp16).
+SCORE_CLAMP = 50000.0
+
+
+class BiMultiHeadAttention(nn.Module):
+    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.v_proj = nn.Linear(v_dim, embed_dim)
+        self.l_proj = nn.Linear(l_dim, embed_dim)
+        self.values_v_proj = nn.Linear(v_dim, embed_dim)
+        self.values_l_proj = nn.Linear(l_dim, embed_dim)
+        self.out_v_proj = nn.Linear(embed_dim, v_dim)
+        self.out_l_proj = nn.Linear(embed_dim, l_dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, image: Tensor, text: Tensor, text_padding: Tensor | None) -> tuple[Tensor, Tensor]:
+        """image (B,N,Cv), text (B,T,Cl); text_padding (B,T) True for padding. Returns the two updates."""
+        batch, pixels, _ = image.shape
+        query = self._heads(self.v_proj(image) * self.scale)
+        key = self._heads(self.l_proj(text))
+        image_values = self._heads(self.values_v_proj(image))
+        text_values = self._heads(self.values_l_proj(text))
+
+        scores = query @ key.transpose(-1, -2)                        # B, h, N, T
+        # One shift by the global maximum, then per-row maxima: the order the weights were trained with.
+        scores = (scores - scores.max()).clamp(-SCORE_CLAMP, SCORE_CLAMP)
+        scores_for_text = scores.transpose(-1, -2)
+        scores_for_text = (scores_for_text - scores_for_text.max(-1, keepdim=True)[0]).clamp(-SCORE_CLAMP, SCORE_CLAMP)
+        if text_padding is not None:
+            scores = scores.masked_fill(text_padding[:, None, None, :], float("-inf"))
+
+        image_update = scores.softmax(-1) @ text_values               # B, h, N, d
+        text_update = scores_for_text.softmax(-1) @ image_values      # B, h, T, d
+        image_update = image_update.transpose(1, 2).reshape(batch, pixels, -1)
+        text_update = text_update.transpose(1, 2).reshape(batch, text.shape[1], -1)
+        return self.out_v_proj(image_update), self.out_l_proj(text_update)
+
+
+class BiAttentionBlock(nn.Module):
+    """Image and text features exchange information; gated residuals (gamma) as trained."""
+
+    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.layer_norm_v = nn.LayerNorm(v_dim)
+        self.layer_norm_l = nn.LayerNorm(l_dim)
+        self.attn = BiMultiHeadAttention(v_dim, l_dim, embed_dim, num_heads)
+        self.gamma_v = nn.Parameter(torch.full((v_dim,), 1e-4))
+        self.gamma_l = nn.Parameter(torch.full((l_dim,), 1e-4))
+
+    def forward(self, image: Tensor, text: Tensor, text_padding: Tensor | None) -> tuple[Tensor, Tensor]:
+        image = self.layer_norm_v(image)
+        text = self.layer_norm_l(text)
+        image_update, text_update = self.attn(image, text, text_padding)
+        return image + self.gamma_v * image_update, text + self.gamma_l * text_update
+
+
+class TextEnhancerLayer(nn.Module):
+    """Self-attention among the text tokens (each phrase block only), then a feed-forward."""
+
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.self_attn = nn.MultiheadAttention(d_model, num_heads)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, text: Tensor, allowed: Tensor, position: Tensor) -> Tensor:
+        """text (B,T,C); allowed (B,T,T) bool True where attention is allowed; position (B,T,C)."""
+        query = (text + position).transpose(0, 1)
+        blocked = (~allowed).repeat_interleave(self.num_heads, dim=0)
+        attended = self.self_attn(query, query, text.transpose(0, 1), attn_mask=blocked, need_weights=False)[0]
+        text = self.norm1(text + attended.transpose(0, 1))
+        return self.norm2(text + self.linear2(F.relu(self.linear1(text))))
