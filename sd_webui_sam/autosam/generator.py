@@ -1,0 +1,637 @@
+"""Segment everything: masks for a whole image from a grid of single-point prompts.
+
+Same algorithm, parameters and defaults as ``segment_anything.SamAutomaticMaskGenerator`` (so the
+same weights and settings give the same masks), organised for speed:
+
+* every crop's grid is decoded in large batches straight through ``PromptableSegmenter.decode``;
+* the predicted-IoU filter runs on the low-resolution output, so a mask it discards is never
+  upsampled; the first upsampling step only computes the rows and columns that survive the
+  un-padding crop, and the second step is skipped when the sizes already match;
+* stability score, boxes, the crop-edge filter and both NMS passes stay on the model's device;
+* surviving masks are kept bit-packed on the device until NMS has decided, and only the final
+  masks are copied to the host and (in ``coco_rle`` mode) run-length encoded.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms
+
+from sd_webui_sam.errors import SamUserError
+
+OUTPUT_MODES = ("binary_mask", "coco_rle", "none")
+
+# Edges within this many pixels of a crop border (and not of the image border) mark a mask
+# as cut off by the crop; the same tolerance as the reference generator.
+CROP_EDGE_TOLERANCE = 20.0
+
+# Upsampled float logits are the largest temporary; this many masks are upsampled at once.
+UPSAMPLE_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class AutoSamConfig:
+    """The reference generator's parameters, with its defaults (and the WebUI panel's)."""
+
+    points_per_side: Optional[int] = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
+    output_mode: str = "binary_mask"
+    # Explicit grids of points in [0, 1]^2, one per crop layer; exclusive with points_per_side.
+    point_grids: Optional[Sequence[np.ndarray]] = None
+    # Prompts decoded per model call. The reference decodes points_per_batch at a time; larger
+    # batches are faster and give the same masks. None: max(points_per_batch, 128).
+    decode_batch_size: Optional[int] = None
+    # Family switches passed through to decode (e.g. HQ-SAM's hq_token_only).
+    decode_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> "AutoSamConfig":
+        """Build from a request body / UI values; unknown keys are ignored, None keeps the default."""
+        known = {f.name for f in fields(cls)}
+        chosen = {key: value for key, value in (values or {}).items() if key in known and value is not None}
+        return cls(**chosen).validated()
+
+    def validated(self) -> "AutoSamConfig":
+        problems = []
+        if (self.points_per_side is None) == (self.point_grids is None):
+            problems.append("give exactly one of points_per_side and point_grids")
+        if self.points_per_side is not None and int(self.points_per_side) < 1:
+            problems.append("points_per_side must be at least 1")
+        if int(self.points_per_batch) < 1:
+            problems.append("points_per_batch must be at least 1")
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+            value = float(getattr(self, name))
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{name} must be between 0 and 1 (got {value})")
+        if not 0.0 <= float(self.crop_overlap_ratio) < 1.0:
+            problems.append("crop_overlap_ratio must be in [0, 1)")
+        if int(self.crop_n_layers) < 0:
+            problems.append("crop_n_layers must be 0 or more")
+        if int(self.crop_n_points_downscale_factor) < 1:
+            problems.append("crop_n_points_downscale_factor must be at least 1")
+        if int(self.min_mask_region_area) < 0:
+            problems.append("min_mask_region_area must be 0 or more")
+        if self.output_mode not in OUTPUT_MODES:
+            problems.append(f"output_mode must be one of {', '.join(OUTPUT_MODES)} (got {self.output_mode!r})")
+        if self.point_grids is not None and len(self.point_grids) != int(self.crop_n_layers) + 1:
+            problems.append("point_grids needs one grid per crop layer (crop_n_layers + 1)")
+        if self.points_per_side is not None:
+            deepest = int(int(self.points_per_side) / int(self.crop_n_points_downscale_factor) ** int(self.crop_n_layers))
+            if deepest < 1:
+                problems.append("crop_n_points_downscale_factor leaves no points in the deepest crop layer")
+        if problems:
+            raise SamUserError("Invalid AutoSAM settings: " + "; ".join(problems) + ".")
+        return self
+
+    @property
+    def effective_decode_batch(self) -> int:
+        if self.decode_batch_size is not None:
+            return max(1, int(self.decode_batch_size))
+        return max(int(self.points_per_batch), 128)
+
+
+@dataclass
+class MaskRecord:
+    """One automatic mask, in the reference generator's annotation terms."""
+
+    segmentation: Any                            # (H,W) bool, a COCO RLE dict, or None ("none" mode)
+    area: int
+    bbox: tuple[int, int, int, int]              # x, y, w, h (inclusive pixel box, w = x1 - x0)
+    predicted_iou: float
+    stability_score: float
+    point_coords: tuple[float, float]            # the grid point that produced it, image pixels
+    crop_box: tuple[int, int, int, int]          # x, y, w, h of the crop it was found in
+
+    def mask(self) -> np.ndarray:
+        """The mask as (H,W) bool, whatever the output mode."""
+        if isinstance(self.segmentation, np.ndarray):
+            return self.segmentation
+        if isinstance(self.segmentation, Mapping):
+            from sd_webui_sam import rle
+
+            return rle.decode(self.segmentation)
+        raise ValueError("This record was generated without masks (output_mode='none').")
+
+    def to_dict(self) -> dict:
+        """The reference generator's annotation dict (JSON-ready except a binary segmentation)."""
+        return {
+            "segmentation": self.segmentation,
+            "area": int(self.area),
+            "bbox": [int(v) for v in self.bbox],
+            "predicted_iou": float(self.predicted_iou),
+            "point_coords": [[float(self.point_coords[0]), float(self.point_coords[1])]],
+            "stability_score": float(self.stability_score),
+            "crop_box": [int(v) for v in self.crop_box],
+        }
+
+
+@dataclass
+class GenerationTimings:
+    """Where the time went (seconds), and how many masks each stage let through."""
+
+    encoder_s: float = 0.0
+    decoder_s: float = 0.0
+    postprocess_s: float = 0.0
+    total_s: float = 0.0
+    crops: int = 0
+    candidates: int = 0
+    after_iou: int = 0
+    after_stability: int = 0
+    after_edge: int = 0
+    final: int = 0
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class EncodedCrop:
+    """What decoding needs from an encoded image: the features and the resized (unpadded) size."""
+
+    features: Mapping[str, torch.Tensor]
+    input_size: tuple[int, int]      # (h, w) after the longest side was resized to image_size
+
+
+CropEncoder = Callable[[np.ndarray], EncodedCrop]
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: point grids and crops
+
+
+def point_grid(points_per_side: int) -> np.ndarray:
+    """(n*n, 2) float64 points in [0,1]^2, cell centres, x varying fastest."""
+    half_cell = 1.0 / (2 * points_per_side)
+    ticks = np.linspace(half_cell, 1.0 - half_cell, points_per_side)
+    xs, ys = np.meshgrid(ticks, ticks)
+    return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=-1)
+
+
+def layer_point_grids(points_per_side: int, crop_n_layers: int, downscale_factor: int) -> list[np.ndarray]:
+    return [point_grid(int(points_per_side / (downscale_factor**layer))) for layer in range(crop_n_layers + 1)]
+
+
+def crop_boxes(image_size: tuple[int, int], crop_n_layers: int, overlap_ratio: float) -> list[tuple[tuple[int, int, int, int], int]]:
+    """[(xyxy crop box, layer index)]: the whole image, then 4**k overlapping crops in layer k."""
+    height, width = image_size
+    boxes = [((0, 0, width, height), 0)]
+    short_side = min(height, width)
+    for layer in range(1, crop_n_layers + 1):
+        per_side = 2**layer
+        overlap = int(overlap_ratio * short_side * (2 / per_side))
+        crop_w = int(math.ceil((overlap * (per_side - 1) + width) / per_side))
+        crop_h = int(math.ceil((overlap * (per_side - 1) + height) / per_side))
+        xs = [int((crop_w - overlap) * i) for i in range(per_side)]
+        ys = [int((crop_h - overlap) * i) for i in range(per_side)]
+        # x-major order, as the reference iterates them (it matters for NMS ties between crops)
+        for x0 in xs:
+            for y0 in ys:
+                boxes.append(((x0, y0, min(x0 + crop_w, width), min(y0 + crop_h, height)), layer))
+    return boxes
+
+
+def resized_input_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """The (h, w) an image is resized to so its longest side is long_side (SAM's ResizeLongestSide)."""
+    from sd_webui_sam.predictor import resized_shape
+
+    return resized_shape(height, width, long_side)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor helpers (all on the model's device)
+
+
+def upsample_logits(low_res: torch.Tensor, model_input_side: int, input_size: tuple[int, int],
+                    output_size: tuple[int, int]) -> torch.Tensor:
+    """Low-res logits (N,S,S) -> (N,H,W) float32, exactly SAM's postprocess (upsample to the padded
+    input, crop the padding, resize to the original), without computing the padding."""
+    from sd_webui_sam.predictor import upscale_logits
+
+    return upscale_logits(low_res.unsqueeze(1), model_input_side, tuple(input_size), tuple(output_size))[:, 0]
+
+
+def stability_scores(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
+    """IoU between the masks thresholded at mask_threshold +- offset (the tighter one is inside)."""
+    inner = (logits > (mask_threshold + offset)).flatten(1).sum(1, dtype=torch.int32)
+    outer = (logits > (mask_threshold - offset)).flatten(1).sum(1, dtype=torch.int32)
+    return inner / outer
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N,H,W) bool -> (N,4) int64 inclusive xyxy boxes; an empty mask gets (0,0,0,0)."""
+    count, height, width = masks.shape
+    if count == 0:
+        return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
+    rows = masks.any(dim=2)
+    cols = masks.any(dim=1)
+    row_index = torch.arange(height, device=masks.device)
+    col_index = torch.arange(width, device=masks.device)
+    top = torch.where(rows, row_index, height).min(dim=1).values
+    bottom = torch.where(rows, row_index, -1).max(dim=1).values
+    left = torch.where(cols, col_index, width).min(dim=1).values
+    right = torch.where(cols, col_index, -1).max(dim=1).values
+    boxes = torch.stack([left, top, right, bottom], dim=1)
+    empty = ~rows.any(dim=1)
+    return boxes.masked_fill(empty[:, None], 0)
+
+
+_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def pack_masks(masks: torch.Tensor) -> torch.Tensor:
+    """(N,H,W) bool -> (N, ceil(H*W/8)) uint8, so candidates waiting for NMS take 1/8 of the memory."""
+    count = masks.shape[0]
+    if count == 0:
+        return torch.zeros((0, -(-masks.shape[1] * masks.shape[2] // 8)), dtype=torch.uint8, device=masks.device)
+    flat = masks.reshape(count, -1)
+    pad = (-flat.shape[1]) % 8
+    if pad:
+        flat = F.pad(flat, (0, pad))
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=masks.device)
+    return (flat.view(count, -1, 8).to(torch.uint8) * weights).sum(dim=2, dtype=torch.uint8)
+
+
+def unpack_masks(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
+    packed = packed[:, : -(-shape[0] * shape[1] // 8)]
+    bits = (packed.unsqueeze(-1) & weights) != 0
+    return bits.flatten(1)[:, : shape[0] * shape[1]].reshape(packed.shape[0], *shape)
+
+
+def near_crop_edge(boxes: torch.Tensor, crop_box: Sequence[int], image_box: Sequence[int]) -> torch.Tensor:
+    """Boxes (image frame, xyxy) touching a crop border that is not also an image border."""
+    crop = torch.as_tensor(crop_box, dtype=torch.float32, device=boxes.device)
+    image = torch.as_tensor(image_box, dtype=torch.float32, device=boxes.device)
+    boxes = boxes.float()
+    at_crop = (boxes - crop).abs() <= CROP_EDGE_TOLERANCE
+    at_image = (boxes - image).abs() <= CROP_EDGE_TOLERANCE
+    return (at_crop & ~at_image).any(dim=1)
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, bool]:
+    """Fill holes, then drop islands, smaller than min_area (8-connected); (mask, changed).
+
+    As in the reference generator: a "hole" is any connected unmasked region (including one at
+    the image border), and if every island is small the largest one is kept.
+    """
+    import cv2
+
+    changed = False
+    background = (~mask).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=8)
+    small_holes = [label for label in range(1, count) if stats[label, cv2.CC_STAT_AREA] < min_area]
+    if small_holes:
+        mask = mask | np.isin(labels, small_holes)
+        changed = True
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    small_islands = [label for label in range(1, count) if areas[label - 1] < min_area]
+    if small_islands:
+        kept = [label for label in range(1, count) if areas[label - 1] >= min_area]
+        if not kept:
+            kept = [int(np.argmax(areas)) + 1]
+        mask = np.isin(labels, kept)
+        changed = True
+    return mask, changed
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator
+
+
+@dataclass
+class _Survivors:
+    """Candidates of one crop (or of all crops) that passed the filters so far, on the device."""
+
+    packed: torch.Tensor          # (N, bytes) bit-packed masks, crop frame
+    boxes: torch.Tensor           # (N,4) int64 xyxy, crop frame (image frame after uncrop)
+    iou: torch.Tensor             # (N,) float
+    stability: torch.Tensor       # (N,) float
+    points: torch.Tensor          # (N,2) float64 grid point, crop frame (image frame after uncrop)
+    crop_index: torch.Tensor      # (N,) int64
+
+    def select(self, keep: torch.Tensor) -> "_Survivors":
+        return _Survivors(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: Sequence["_Survivors"]) -> "_Survivors":
+        # crops differ in size, so their packed rows are padded to the widest
+        width = max(part.packed.shape[1] for part in parts)
+        packed = torch.cat([F.pad(part.packed, (0, width - part.packed.shape[1])) for part in parts])
+        rest = (torch.cat([getattr(part, f.name) for part in parts]) for f in fields(_Survivors)[1:])
+        return _Survivors(packed, *rest)
+
+
+class AutoMaskGenerator:
+    """Segment everything with one model; ``encode`` turns a crop (H,W,3 uint8) into features."""
+
+    def __init__(self, model: torch.nn.Module, encode: CropEncoder, config: AutoSamConfig | None = None):
+        self.model = model
+        self.encode = encode
+        self.config = (config or AutoSamConfig()).validated()
+        if self.config.point_grids is not None:
+            self.grids = [np.asarray(grid, dtype=np.float64) for grid in self.config.point_grids]
+        else:
+            self.grids = layer_point_grids(int(self.config.points_per_side), int(self.config.crop_n_layers),
+                                           int(self.config.crop_n_points_downscale_factor))
+        if self.config.min_mask_region_area > 0:
+            import cv2  # noqa: F401  (fail before the model runs, not after)
+
+    @property
+    def mask_threshold(self) -> float:
+        return float(getattr(self.model, "mask_threshold", 0.0))
+
+    @property
+    def model_input_side(self) -> int:
+        return int(getattr(self.model, "image_size", 1024))
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray, timings: GenerationTimings | None = None) -> list[MaskRecord]:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError("generate expects an (H,W,3) uint8 RGB image")
+        timings = timings if timings is not None else GenerationTimings()
+        started = time.perf_counter()
+        height, width = image.shape[:2]
+        crops = crop_boxes((height, width), int(self.config.crop_n_layers), float(self.config.crop_overlap_ratio))
+        timings.crops = len(crops)
+
+        parts = []
+        crop_shapes = []
+        for crop_index, (box, layer) in enumerate(crops):
+            part = self._process_crop(image, box, layer, crop_index, timings)
+            crop_shapes.append((box[3] - box[1], box[2] - box[0]))
+            if part is not None:
+                parts.append(part)
+
+        post_started = time.perf_counter()
+        if not parts:
+            timings.postprocess_s += time.perf_counter() - post_started
+            timings.total_s = time.perf_counter() - started
+            return []
+        survivors = _Survivors.concat(parts)
+        crop_table = torch.tensor([box for box, _ in crops], dtype=torch.int64, device=survivors.boxes.device)
+
+        if len(crops) > 1:
+            # Prefer masks from smaller crops.
+            crop_of_mask = crop_table[survivors.crop_index]
+            crop_areas = (crop_of_mask[:, 2] - crop_of_mask[:, 0]) * (crop_of_mask[:, 3] - crop_of_mask[:, 1])
+            keep = batched_nms(survivors.boxes.float(), 1 / crop_areas,
+                               torch.zeros(len(crop_areas), dtype=torch.int64, device=crop_areas.device),
+                               iou_threshold=float(self.config.crop_nms_thresh))
+            survivors = survivors.select(keep)
+
+        masks = self._full_frame_masks(survivors, crops, crop_shapes, (height, width))
+        boxes = survivors.boxes.cpu()
+        if self.config.min_mask_region_area > 0:
+            masks, boxes, order = self._clean_small_regions(masks, boxes)
+        else:
+            order = list(range(len(masks)))
+
+        records = self._records(masks, boxes, survivors, crops, order)
+        timings.final = len(records)
+        timings.postprocess_s += time.perf_counter() - post_started
+        timings.total_s = time.perf_counter() - started
+        return records
+
+    # -- per crop ---------------------------------------------------------------------------
+
+    def _process_crop(self, image, box, layer, crop_index, timings) -> Optional[_Survivors]:
+        config = self.config
+        x0, y0, x1, y1 = box
+        crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        crop_h, crop_w = crop.shape[:2]
+
+        clock = time.perf_counter()
+        encoded = self.encode(crop)
+        features = encoded.features
+        device = next(iter(features.values())).device
+        _synchronize(device)
+        timings.encoder_s += time.perf_counter() - clock
+
+        in_h, in_w = encoded.input_size
+        grid_points = self.grids[layer] * np.array([crop_w, crop_h], dtype=np.float64)
+        model_points = grid_points.copy()
+        model_points[:, 0] *= in_w / crop_w
+        model_points[:, 1] *= in_h / crop_h
+        grid_points_t = torch.as_tensor(grid_points, device=device)
+        model_points_t = torch.as_tensor(model_points, device=device)
+
+        image_box = (0, 0, image.shape[1], image.shape[0])
+        whole_image = tuple(box) == image_box
+        parts = []
+        batch = config.effective_decode_batch
+        for start in range(0, len(model_points), batch):
+            stop = min(start + batch, len(model_points))
+            clock = time.perf_counter()
+            coords = model_points_t[start:stop, None, :]
+            labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
+            low_res, iou = self.model.decode(features, point_coords=coords, point_labels=labels, boxes=None,
+                                             mask_input=None, multimask_output=True,
+                                             options=dict(config.decode_options))
+            _synchronize(device)
+            timings.decoder_s += time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            per_point = low_res.shape[1]
+            low_res = low_res.flatten(0, 1)
+            iou = iou.flatten(0, 1).float()
+            point_index = torch.arange(start, stop, device=device).repeat_interleave(per_point)
+            timings.candidates += len(iou)
+            if config.pred_iou_thresh > 0.0:
+                keep = iou > config.pred_iou_thresh
+                low_res, iou, point_index = low_res[keep], iou[keep], point_index[keep]
+            timings.after_iou += len(iou)
+            for chunk in range(0, len(iou), UPSAMPLE_CHUNK):
+                part = self._filter_chunk(low_res[chunk:chunk + UPSAMPLE_CHUNK], iou[chunk:chunk + UPSAMPLE_CHUNK],
+                                          point_index[chunk:chunk + UPSAMPLE_CHUNK], (in_h, in_w), (crop_h, crop_w),
+                                          box, image_box, whole_image, crop_index, grid_points_t, timings)
+                if part is not None:
+                    parts.append(part)
+            _synchronize(device)
+            timings.postprocess_s += time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        if not parts:
+            return None
+        survivors = _Survivors.concat(parts)
+        keep = batched_nms(survivors.boxes.float(), survivors.iou,
+                           torch.zeros(len(survivors.iou), dtype=torch.int64, device=device),
+                           iou_threshold=float(config.box_nms_thresh))
+        survivors = survivors.select(keep)
+        offset = torch.tensor([x0, y0, x0, y0], dtype=torch.int64, device=device)
+        survivors.boxes = survivors.boxes + offset
+        survivors.points = survivors.points + offset[:2].to(survivors.points.dtype)
+        _synchronize(device)
+        timings.postprocess_s += time.perf_counter() - clock
+        return survivors
+
+    def _filter_chunk(self, low_res, iou, point_index, input_size, crop_size, box, image_box, whole_image,
+                      crop_index, grid_points, timings) -> Optional[_Survivors]:
+        config = self.config
+        if len(iou) == 0:
+            return None
+        logits = upsample_logits(low_res, self.model_input_side, input_size, crop_size)
+        stability = stability_scores(logits, self.mask_threshold, float(config.stability_score_offset))
+        if config.stability_score_thresh > 0.0:
+            keep = stability >= config.stability_score_thresh
+            logits, iou, point_index, stability = logits[keep], iou[keep], point_index[keep], stability[keep]
+        timings.after_stability += len(iou)
+        masks = logits > self.mask_threshold
+        del logits
+        boxes = mask_boxes(masks)
+        if not whole_image:
+            offset = torch.tensor([box[0], box[1], box[0], box[1]], dtype=torch.int64, device=boxes.device)
+            keep = ~near_crop_edge(boxes + offset, box, image_box)
+            masks, boxes, iou, point_index, stability = masks[keep], boxes[keep], iou[keep], point_index[keep], stability[keep]
+        timings.after_edge += len(iou)
+        if len(iou) == 0:
+            return None
+        return _Survivors(
+            packed=pack_masks(masks),
+            boxes=boxes,
+            iou=iou,
+            stability=stability.float(),
+            points=grid_points[point_index],
+            crop_index=torch.full((len(iou),), crop_index, dtype=torch.int64, device=boxes.device),
+        )
+
+    # -- after NMS --------------------------------------------------------------------------
+
+    def _full_frame_masks(self, survivors: _Survivors, crops, crop_shapes, image_size) -> list[np.ndarray]:
+        """Unpack the final masks and place each crop-frame mask into the whole image, on the host."""
+        height, width = image_size
+        masks: list[np.ndarray] = [None] * len(survivors.iou)  # type: ignore[list-item]
+        crop_index = survivors.crop_index.cpu().numpy()
+        for index in np.unique(crop_index):
+            rows = np.nonzero(crop_index == index)[0]
+            (x0, y0, x1, y1), _ = crops[int(index)]
+            unpacked = unpack_masks(survivors.packed[torch.as_tensor(rows, device=survivors.packed.device)],
+                                    crop_shapes[int(index)]).cpu().numpy()
+            for row, crop_mask in zip(rows, unpacked):
+                if (x0, y0, x1, y1) == (0, 0, width, height):
+                    masks[row] = crop_mask
+                else:
+                    full = np.zeros((height, width), dtype=bool)
+                    full[y0:y1, x0:x1] = crop_mask
+                    masks[row] = full
+        return masks
+
+    def _clean_small_regions(self, masks: list[np.ndarray], boxes: torch.Tensor):
+        """Fill small holes, drop small islands, then NMS again preferring untouched masks."""
+        min_area = int(self.config.min_mask_region_area)
+        cleaned, untouched = [], []
+        for mask in masks:
+            mask, changed = remove_small_regions(mask, min_area)
+            cleaned.append(mask)
+            untouched.append(0.0 if changed else 1.0)
+        new_boxes = mask_boxes(torch.as_tensor(np.stack(cleaned)))
+        keep = batched_nms(new_boxes.float(), torch.as_tensor(untouched),
+                           torch.zeros(len(cleaned), dtype=torch.int64),
+                           iou_threshold=max(float(self.config.box_nms_thresh), float(self.config.crop_nms_thresh)))
+        boxes = boxes.clone()
+        for index in keep.tolist():
+            if untouched[index] == 0.0:
+                boxes[index] = new_boxes[index]
+            else:
+                cleaned[index] = masks[index]
+        return cleaned, boxes, keep.tolist()
+
+    def _records(self, masks, boxes, survivors: _Survivors, crops, order) -> list[MaskRecord]:
+        mode = self.config.output_mode
+        encode_rle = None
+        if mode == "coco_rle":
+            from sd_webui_sam import rle
+
+            encode_rle = rle.encode
+        iou = survivors.iou.cpu().tolist()
+        stability = survivors.stability.cpu().tolist()
+        points = survivors.points.cpu().tolist()
+        crop_index = survivors.crop_index.cpu().tolist()
+        boxes = boxes.tolist()
+        records = []
+        for index in order:
+            mask = masks[index]
+            x0, y0, x1, y1 = boxes[index]
+            cx0, cy0, cx1, cy1 = crops[crop_index[index]][0]
+            if mode == "binary_mask":
+                segmentation = mask
+            elif mode == "coco_rle":
+                segmentation = encode_rle(mask)
+            else:
+                segmentation = None
+            records.append(MaskRecord(
+                segmentation=segmentation,
+                area=int(np.count_nonzero(mask)),
+                bbox=(int(x0), int(y0), int(x1 - x0), int(y1 - y0)),
+                predicted_iou=float(iou[index]),
+                stability_score=float(stability[index]),
+                point_coords=(float(points[index][0]), float(points[index][1])),
+                crop_box=(int(cx0), int(cy0), int(cx1 - cx0), int(cy1 - cy0)),
+            ))
+        return records
+
+
+def with_overrides(config: AutoSamConfig, **changes) -> AutoSamConfig:
+    return replace(config, **changes).validated()
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def generate_masks(predictor, image: np.ndarray, config: AutoSamConfig | None = None, *,
+                   timings: GenerationTimings | None = None) -> list[MaskRecord]:
+    """Segment everything in an (H,W,3) uint8 RGB image with a :class:`~sd_webui_sam.predictor.Predictor`.
+
+    Crops are encoded through the predictor, so the whole image reuses an embedding the panel
+    already computed for the same image and model.
+    """
+    return AutoMaskGenerator(predictor.model, predictor.encode, config).generate(image, timings)
+
+
+def generate_masks_with_engine(engine, model_name: str, image: np.ndarray, config: AutoSamConfig | None = None, *,
+                               timings: GenerationTimings | None = None) -> list[MaskRecord]:
+    """The same through the :class:`~sd_webui_sam.engine.Engine`: the model stays on the compute
+    device, and other users of the engine wait, for the whole generation."""
+    from sd_webui_sam import devices
+    from sd_webui_sam.errors import OutOfMemoryError
+    from sd_webui_sam.predictor import Predictor
+
+    config = (config or AutoSamConfig()).validated()
+    engine.store.resolve(model_name)
+    with engine._lock:
+        try:
+            with engine.store.use(model_name) as loaded:
+                predictor = Predictor(loaded.model, engine.store.placement, engine.embeddings, model_id=loaded.model_id)
+                return generate_masks(predictor, image, config, timings=timings)
+        except OutOfMemoryError:
+            raise
+        except Exception as error:
+            if not devices.is_out_of_memory(error):
+                raise
+            engine.embeddings.clear()
+            devices.release_memory()
+            raise OutOfMemoryError(
+                f"Out of memory segmenting everything with {model_name} on {engine.store.placement.device}. "
+                "Lower points per side or the image size, enable CPU offload, or switch SAM to the CPU."
+            ) from error
