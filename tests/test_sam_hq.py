@@ -1,0 +1,175 @@
+"""HQ-SAM (ViT-B/L/H-shaped and the TinyViT Light variant) against the reference package.
+
+The reference ``segment_anything_hq`` builds each model with random weights; its state dict
+is saved in the official layout, loaded through our checkpoint loading, identification and
+strict build, and both models then see the same image and prompts (fp32, CPU).
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from sam_hq.segmenter import HQ_MULTIMASK, HQ_TOKEN_ONLY, HQSamSegmenter
+from sd_webui_sam import checkpoints, model_registry
+from sd_webui_sam.errors import InvalidPromptError
+from tests.fixtures.hq_checkpoints import (
+    HQ_TINY,
+    HQ_VIT_B_REDUCED,
+    HQ_VIT_H_REDUCED,
+    HQ_VIT_L_REDUCED,
+    PROMPT_KINDS,
+    assert_same_masks,
+    build_reference_hq_sam,
+    build_reference_hq_tiny,
+    prompt_tensors,
+    reference_decode,
+    save_state_dict,
+)
+
+MODELS = {
+    # Real input size with a narrow encoder: the 1024 / 64x64 / 256x256 geometry.
+    "tiny_1024": lambda: build_reference_hq_sam(HQ_TINY, seed=1),
+    # Real widths and head sizes of ViT-B / ViT-L / ViT-H (so the fusion layer compresses
+    # 768 / 1024 / 1280 channels), three blocks with the early features taken from the first
+    # of two global blocks; a 256 input keeps the CPU time modest.
+    "vit_b_shaped": lambda: build_reference_hq_sam(HQ_VIT_B_REDUCED, seed=2),
+    "vit_l_shaped": lambda: build_reference_hq_sam(HQ_VIT_L_REDUCED, seed=3),
+    "vit_h_shaped": lambda: build_reference_hq_sam(HQ_VIT_H_REDUCED, seed=4),
+    # HQ-SAM Light: the real TinyViT-5M encoder at 1024.
+    "vit_tiny": lambda: build_reference_hq_tiny(seed=5),
+}
+
+
+#: Models whose decoder runs at the real 64x64 embedding / 256x256 mask size are costly on a
+#: CPU (the HQ head convolves 256x256 maps); they run a covering subset of the prompt x
+#: multimask x hq-token-only matrix, the small-input models run all of it.
+FULL_SIZE_MODELS = ("tiny_1024", "vit_tiny")
+FULL_SIZE_CASES = (
+    ("point", True, False),
+    ("box", False, True),
+    ("box_point", True, True),
+    ("mask_refine", False, False),
+    ("boxes_batch", True, False),
+)
+
+
+def _decoder_cases():
+    for model in MODELS:
+        if model in FULL_SIZE_MODELS:
+            combos = FULL_SIZE_CASES
+        else:
+            combos = itertools.product(PROMPT_KINDS, (False, True), (False, True))
+        for kind, multimask_output, hq_token_only in combos:
+            case_id = f"{model}-{kind}-{'multi' if multimask_output else 'single'}-{'hq_only' if hq_token_only else 'fused'}"
+            yield pytest.param(model, kind, multimask_output, hq_token_only, id=case_id)
+
+
+class Pair:
+    """Reference and our model with the same weights, and both encodings of one image."""
+
+    def __init__(self, reference, ours, image_size, reference_features, our_features):
+        self.reference = reference
+        self.ours = ours
+        self.image_size = image_size
+        self.reference_embeddings, self.reference_interm = reference_features
+        self.features = our_features
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def pair(request, tmp_path_factory):
+    reference = MODELS[request.param]()
+    path = save_state_dict(reference.state_dict(), tmp_path_factory.mktemp("hq") / f"{request.param}.pth")
+    state_dict = checkpoints.load_state_dict(path)
+    spec = model_registry.identify({name: tuple(tensor.shape) for name, tensor in state_dict.items()})
+    assert spec.family == "sam_hq"
+    ours = model_registry.build_model(spec, state_dict)
+    assert isinstance(ours, HQSamSegmenter)
+    image_size = ours.image_size
+    assert image_size == reference.image_encoder.img_size
+    pixels = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        reference_features = reference.image_encoder(pixels)
+        our_features = ours.encode_image(pixels)
+    yield Pair(reference, ours, image_size, reference_features, our_features)
+
+
+def test_encoder_returns_final_and_early_features_like_the_reference(pair):
+    embeddings = pair.features["image_embeddings"]
+    early = pair.features["interm_embeddings"]
+    assert embeddings.shape == pair.reference_embeddings.shape
+    assert (embeddings - pair.reference_embeddings).abs().max().item() <= 1e-4
+    # HQ-SAM fuses the first global-attention block's output (the Light variant: the first
+    # attention stage's), not a later one.
+    reference_early = pair.reference_interm[0]
+    assert early.shape == reference_early.shape
+    assert (early - reference_early).abs().max().item() <= 1e-4
+
+
+def _decode_both(pair, kind, multimask_output, hq_token_only):
+    previous = None
+    if kind == "mask_refine":
+        first = prompt_tensors("point", pair.image_size)
+        previous, _ = reference_decode(
+            pair.reference, pair.reference_embeddings, pair.reference_interm, first, False, hq_token_only
+        )
+    prompts = prompt_tensors(kind, pair.image_size, previous)
+    reference_logits, reference_scores = reference_decode(
+        pair.reference, pair.reference_embeddings, pair.reference_interm, prompts, multimask_output, hq_token_only
+    )
+    with torch.no_grad():
+        logits, scores = pair.ours.decode(
+            pair.features,
+            **prompts,
+            multimask_output=multimask_output,
+            options={HQ_TOKEN_ONLY: hq_token_only, HQ_MULTIMASK: "best"},
+        )
+    return logits, scores, reference_logits, reference_scores
+
+
+@pytest.mark.parametrize("pair,kind,multimask_output,hq_token_only", list(_decoder_cases()), indirect=["pair"])
+def test_decoder_matches_reference(pair, kind, multimask_output, hq_token_only):
+    logits, scores, reference_logits, reference_scores = _decode_both(pair, kind, multimask_output, hq_token_only)
+    assert_same_masks(logits, reference_logits, pair.reference, pair.image_size)
+    assert scores.shape == reference_scores.shape
+    assert (scores - reference_scores).abs().max().item() <= 1e-4
+
+
+def test_candidates_mode_fuses_each_sam_candidate_with_the_hq_mask(pair):
+    """The default multimask output: SAM's three candidates, each + the HQ mask, with their scores."""
+    # Several boxes at once where that is cheap: the HQ mask must pair with its own prompt.
+    kind = "point" if pair.image_size == 1024 else "boxes_batch"
+    prompts = prompt_tensors(kind, pair.image_size)
+    reference = pair.reference
+    points = (prompts["point_coords"], prompts["point_labels"]) if prompts["point_coords"] is not None else None
+    with torch.no_grad():
+        sparse, dense = reference.prompt_encoder(points=points, boxes=prompts["boxes"], masks=None)
+        decoder = reference.mask_decoder
+        early = pair.reference_interm[0].permute(0, 3, 1, 2)
+        hq_features = decoder.embedding_encoder(pair.reference_embeddings) + decoder.compress_vit_feat(early)
+        all_masks, all_scores = decoder.predict_masks(
+            pair.reference_embeddings, reference.prompt_encoder.get_dense_pe(), sparse, dense, hq_features
+        )
+        expected = all_masks[:, 1:4] + all_masks[:, 4:5]
+        logits, scores = pair.ours.decode(pair.features, **prompts, multimask_output=True)
+    assert logits.shape[1] == 3
+    assert_same_masks(logits, expected, reference, pair.image_size)
+    assert (scores - all_scores[:, 1:4]).abs().max().item() <= 1e-4
+    # The three candidates are different masks, not one mask repeated.
+    assert not torch.equal(logits[:, 0] > 0, logits[:, 1] > 0) or not torch.equal(logits[:, 1] > 0, logits[:, 2] > 0)
+
+
+def test_decode_without_precomputed_hq_features_gives_the_same_result(pair):
+    prompts = prompt_tensors("box_point", pair.image_size)
+    features = {key: value for key, value in pair.features.items() if key != "hq_features"}
+    with torch.no_grad():
+        expected = pair.ours.decode(pair.features, **prompts, multimask_output=False)
+        again = pair.ours.decode(features, **prompts, multimask_output=False)
+    assert torch.allclose(expected[0], again[0], atol=1e-5)
+
+
+def test_unknown_multimask_mode_is_a_user_error(pair):
+    prompts = prompt_tensors("point", pair.image_size)
+    with pytest.raises(InvalidPromptError, match="candidates"):
+        pair.ours.decode(pair.features, **prompts, multimask_output=True, options={HQ_MULTIMASK: "all"})
