@@ -1,0 +1,126 @@
+"""The panel's handlers with the real engine and a tiny checkpoint, and the panel build under this gradio."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd_webui_sam.errors import InvalidPromptError
+from sd_webui_sam.ui import handlers
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_sam, tmp_path_factory):
+    from sd_webui_sam.engine import Engine
+    from sd_webui_sam.settings import EngineSettings
+
+    directory = tmp_path_factory.mktemp("panel_models")
+    shutil.copy(tiny_sam[0], directory / "tiny_sam.pth")
+    return Engine(EngineSettings(user_model_dir=directory, device="cpu"))
+
+
+@pytest.fixture
+def picture():
+    pixels = np.zeros((96, 128, 3), dtype=np.uint8)
+    pixels[:] = (40, 90, 160)
+    pixels[30:70, 40:90] = (220, 180, 60)
+    return Image.fromarray(pixels)
+
+
+def prompts(points=(), boxes=(), size=(128, 96)):
+    return json.dumps({"width": size[0], "height": size[1], "points": [list(p) for p in points],
+                       "boxes": [list(b) for b in boxes]})
+
+
+def test_points_give_three_candidates_matching_the_engine(engine, picture):
+    from sd_webui_sam.predictor import Prompts
+
+    found = handlers.segment(engine, "tiny_sam.pth", picture, prompts([(60.5, 50.5, 1), (10.5, 12.5, 0)]))
+    assert found.masks.shape == (3, 96, 128) and found.masks.dtype == bool
+    direct = engine.segment("tiny_sam.pth", np.asarray(picture), Prompts(points=[(60.5, 50.5), (10.5, 12.5)], labels=[1, 0]))
+    assert np.array_equal(found.masks, direct.masks[0])
+    assert np.allclose(found.scores, direct.scores[0])
+    gallery = handlers.candidate_gallery(found)
+    assert [caption for _, caption in gallery] == [handlers.candidate_label(i, s) for i, s in enumerate(found.scores)]
+
+
+def test_several_boxes_merge_per_candidate(engine, picture):
+    from sd_webui_sam.predictor import Prompts
+
+    boxes = [(5, 5, 40, 40), (60, 30, 120, 90)]
+    found = handlers.segment(engine, "tiny_sam.pth", picture, prompts(boxes=boxes))
+    direct = engine.segment("tiny_sam.pth", np.asarray(picture), Prompts(boxes=[tuple(map(float, b)) for b in boxes]))
+    assert np.array_equal(found.masks, direct.masks.any(axis=0))
+
+
+def test_outputs_follow_the_tools(engine, picture):
+    found = handlers.segment(engine, "tiny_sam.pth", picture, prompts([(60.5, 50.5, 1)]))
+    plain = handlers.chosen_outputs(found, 1, handlers.MaskTools())
+    mask = np.asarray(plain.mask)
+    assert np.array_equal(mask > 0, found.masks[1])
+    cutout = np.asarray(plain.cutout)
+    assert np.array_equal(cutout[..., 3], mask)
+    assert np.array_equal(cutout[mask == 255][:, :3], np.asarray(picture)[mask == 255])
+    inverted = np.asarray(handlers.chosen_outputs(found, 1, handlers.MaskTools(invert=True)).mask)
+    assert np.array_equal(inverted > 0, ~found.masks[1])
+    grown = np.asarray(handlers.chosen_outputs(found, 1, handlers.MaskTools(expand=1)).mask)
+    assert (grown > 0).sum() > (mask > 0).sum() and np.all(grown[mask > 0] > 0)
+    soft = np.asarray(handlers.chosen_outputs(found, 1, handlers.MaskTools(feather=3)).mask)
+    assert len(np.unique(soft)) > 2
+
+
+@pytest.mark.parametrize("model, image, text, expected", [
+    (None, "picture", prompts([(5, 5, 1)]), "No SAM model"),
+    ("tiny_sam.pth", None, prompts([(5, 5, 1)]), "No image"),
+    ("tiny_sam.pth", "picture", prompts(), "No prompt"),
+    ("tiny_sam.pth", "picture", prompts([(5, 5, 0)]), "Only negative points"),
+    ("tiny_sam.pth", "picture", prompts([(5, 5, 1)], size=(64, 64)), "clear them and click again"),
+    ("missing.pth", "picture", prompts([(5, 5, 1)]), "missing.pth"),
+])
+def test_failures_become_status_messages(engine, picture, model, image, text, expected):
+    wrapped = handlers.guarded(lambda: handlers.segment(engine, model, picture if image else None, text), lambda m: m)
+    message = wrapped()
+    assert isinstance(message, str) and expected in message
+
+
+def test_out_of_memory_is_explained(picture):
+    import torch
+
+    class Exhausted:
+        settings = None
+
+        def segment(self, *args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    message = handlers.guarded(lambda: handlers.segment(Exhausted(), "m.pth", picture, prompts([(5, 5, 1)])), str)()
+    assert message.startswith("Out of memory")
+
+
+def test_prompt_parsing_rejects_points_outside_the_image():
+    with pytest.raises(InvalidPromptError):
+        handlers.parse_prompts(prompts([(500, 5, 1)]), (96, 128))
+
+
+def test_panel_builds_and_preview_handler_reports_instead_of_raising(engine, picture):
+    import gradio as gr
+
+    from sd_webui_sam.ui.panel import PanelOptions, build_panel
+
+    with gr.Blocks() as demo:
+        panel = build_panel(PanelOptions(prefix="t_sam", engine=lambda: engine, accordion=False))
+    labels = [c.label for c in panel.script_args]
+    assert len(labels) == 6 and all(labels)
+    config = demo.get_config_file()
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    for part in ("input_image", "preview", "candidates", "choice", "overlay", "mask", "cutout", "undo", "clear",
+                 "auto_preview", "expand", "feather", "fill_holes", "min_island", "invert", "model", "refresh"):
+        assert f"t_sam_{part}" in ids
+    functions = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns  # gradio 4: a dict by id
+    preview = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "preview")
+    gallery, choice, state, status = preview("tiny_sam.pth", picture, prompts([(60.5, 50.5, 1)]))
+    assert len(gallery) == 3 and state.masks.shape == (3, 96, 128) and "3 masks" in status
+    gallery, choice, state, status = preview("tiny_sam.pth", None, prompts([(60.5, 50.5, 1)]))
+    assert state is None and "sam-status-error" in status and "Traceback" not in status
