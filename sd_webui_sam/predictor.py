@@ -24,7 +24,7 @@ from sd_webui_sam.embedding_cache import CacheKey, EmbeddingCache, EncodedImage,
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 from sd_webui_sam.modeling.segmenter import PromptableSegmenter
 
-LOW_RES_SIDE = 256
+LOW_RES_SIDE = 256  # SAM's mask logits are a quarter of the 1024 input side
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
 
 Box = Tuple[float, float, float, float]
@@ -112,7 +112,7 @@ class CheckedPrompts:
     mask_input: Optional[np.ndarray]  # (1 or K, 256, 256) float32
 
 
-def check_prompts(prompts: Prompts, original_size: Tuple[int, int]) -> CheckedPrompts:
+def check_prompts(prompts: Prompts, original_size: Tuple[int, int], low_res_side: int = LOW_RES_SIDE) -> CheckedPrompts:
     """Validate prompts against an (H, W) image; raises :class:`InvalidPromptError`.
 
     Points must lie inside the image (0 <= x <= W, 0 <= y <= H; coordinates are continuous, so
@@ -168,9 +168,9 @@ def check_prompts(prompts: Prompts, original_size: Tuple[int, int]) -> CheckedPr
             mask_input = mask_input[None]
         if mask_input.ndim == 4 and mask_input.shape[1] == 1:
             mask_input = mask_input[:, 0]
-        if mask_input.ndim != 3 or mask_input.shape[1:] != (LOW_RES_SIDE, LOW_RES_SIDE):
+        if mask_input.ndim != 3 or mask_input.shape[1:] != (low_res_side, low_res_side):
             raise InvalidPromptError(
-                f"The previous mask must be the {LOW_RES_SIDE}x{LOW_RES_SIDE} low-res logits of an earlier prediction, "
+                f"The previous mask must be the {low_res_side}x{low_res_side} low-res logits of an earlier prediction, "
                 f"got shape {tuple(np.shape(prompts.mask_input))}."
             )
         if not np.all(np.isfinite(mask_input)):
@@ -303,7 +303,7 @@ class Predictor:
             self._check_encoded(encoded)
         else:
             encoded = self.encode(image_or_encoded)
-        checked = check_prompts(prompts, encoded.original_size)
+        checked = check_prompts(prompts, encoded.original_size, int(self.model.image_size) // 4)
         objects = group_objects(checked.points, checked.labels, checked.boxes)
         if checked.mask_input is not None and checked.mask_input.shape[0] not in (1, len(objects)):
             raise InvalidPromptError(

@@ -70,16 +70,32 @@ def predictor(tiny_sam):
     return Predictor(load_ours(tiny_sam[0]), CPU, EmbeddingCache(max_entries=4, max_bytes=10**9))
 
 
-@pytest.fixture(scope="module", params=[(200, 300), (768, 1024)], ids=["300x200", "1024x768"])
-def scene(request, reference_model, predictor):
-    """(image, our EncodedImage, a SamPredictor with the image set)."""
+@pytest.fixture(scope="module")
+def scenes(reference_model, predictor):
+    """(H, W) -> (image, our EncodedImage, a SamPredictor with the image set); each built once."""
     from segment_anything import SamPredictor
 
-    height, width = request.param
-    image = test_image(height, width, seed=height)
-    reference = SamPredictor(reference_model)
-    reference.set_image(image)
-    return image, predictor.encode(image), reference
+    built = {}
+
+    def get(height: int, width: int):
+        if (height, width) not in built:
+            image = test_image(height, width, seed=height)
+            reference = SamPredictor(reference_model)
+            reference.set_image(image)
+            built[(height, width)] = (image, predictor.encode(image), reference)
+        return built[(height, width)]
+
+    return get
+
+
+@pytest.fixture(scope="module", params=[(200, 300), (768, 1024)], ids=["300x200", "1024x768"])
+def scene(request, scenes):
+    return scenes(*request.param)
+
+
+@pytest.fixture(scope="module")
+def small_scene(scenes):
+    return scenes(200, 300)
 
 
 def assert_same_prediction(ours, masks, scores, low_res, index=0):
@@ -114,8 +130,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(
+    "case,multimask",
+    [(case, True) for case in sorted(CASES)] + [("one point", False), ("box and points", False)],
+)
 def test_matches_sam_predictor(scene, predictor, case, multimask):
     image, encoded, reference = scene
     prompt = CASES[case](image)
@@ -129,9 +147,9 @@ def test_matches_sam_predictor(scene, predictor, case, multimask):
     assert_same_prediction(ours, masks, scores, low_res)
 
 
-@pytest.mark.parametrize("shape", ["(256, 256)", "(1, 256, 256)"])
-def test_mask_refinement_matches_sam_predictor(scene, predictor, shape):
-    image, encoded, reference = scene
+@pytest.mark.parametrize("size,shape", [((768, 1024), "(256, 256)"), ((200, 300), "(1, 256, 256)")])
+def test_mask_refinement_matches_sam_predictor(scenes, predictor, size, shape):
+    image, encoded, reference = scenes(*size)
     points = np.array([frac(image, 0.5, 0.5), frac(image, 0.2, 0.7)])
     labels = np.array([1, 1])
     first = predictor.predict(encoded, Prompts(points=points, labels=labels))
@@ -196,14 +214,10 @@ def test_one_box_takes_every_point_like_sam_predictor():
     assert len(objects) == 1 and objects[0].point_indices.tolist() == list(range(len(RULE_POINTS)))
 
 
-def test_several_boxes_and_points_decode_per_rule(predictor, reference_model):
-    from segment_anything import SamPredictor
-
-    image = test_image(200, 200, seed=3)
-    reference = SamPredictor(reference_model)
-    reference.set_image(image)
-    ours = predictor.predict(image, Prompts(points=RULE_POINTS, labels=RULE_LABELS, boxes=RULE_BOXES), multimask_output=False)
-    assert ours.masks.shape == (3, 1, 200, 200)
+def test_several_boxes_and_points_decode_per_rule(predictor, small_scene):
+    image, encoded, reference = small_scene
+    ours = predictor.predict(encoded, Prompts(points=RULE_POINTS, labels=RULE_LABELS, boxes=RULE_BOXES), multimask_output=False)
+    assert ours.masks.shape == (3, 1, 200, 300)
     assert ours.object_boxes == [tuple(RULE_BOXES[0]), tuple(RULE_BOXES[1]), None]
 
     # Boxed objects: one batched call, box 1's shorter point list padded with "not a point".
@@ -232,8 +246,8 @@ def test_several_boxes_and_points_decode_per_rule(predictor, reference_model):
     assert_same_prediction(ours, extra_masks, extra_scores, extra_low, index=2)
 
 
-def test_per_object_previous_masks(predictor, scene):
-    image, encoded, _ = scene
+def test_per_object_previous_masks(predictor, small_scene):
+    image, encoded, _ = small_scene
     boxes = [(*frac(image, 0.0, 0.0), *frac(image, 0.5, 0.5)), (*frac(image, 0.5, 0.5), *frac(image, 1.0, 1.0))]
     first = predictor.predict(encoded, Prompts(boxes=boxes), multimask_output=False)
     refined = predictor.predict(encoded, Prompts(boxes=boxes, mask_input=first.low_res_logits[:, 0]), multimask_output=False)
@@ -265,24 +279,22 @@ INVALID = {
 
 
 @pytest.mark.parametrize("name", sorted(INVALID))
-def test_invalid_prompts_are_refused_with_a_clear_message(predictor, name):
+def test_invalid_prompts_are_refused_with_a_clear_message(predictor, small_scene, name):
     prompts, message = INVALID[name]
-    image = test_image(200, 300, seed=200)  # encoded by the 300x200 scene or here, once
+    image, encoded, _ = small_scene
     with pytest.raises(InvalidPromptError, match=message):
-        predictor.predict(image, prompts)
+        predictor.predict(encoded, prompts)
+    with pytest.raises(InvalidPromptError, match=message):
+        predictor.predict(image, prompts)  # a cache hit, then the same check
 
 
-def test_edge_points_are_accepted_and_boxes_past_the_edge_are_clipped(predictor, reference_model):
-    from segment_anything import SamPredictor
-
-    image = test_image(200, 300, seed=200)
-    reference = SamPredictor(reference_model)
-    reference.set_image(image)
-    ours = predictor.predict(image, Prompts(points=[(300.0, 200.0), (0.0, 0.0)], labels=[1, 0]))
+def test_edge_points_are_accepted_and_boxes_past_the_edge_are_clipped(predictor, small_scene):
+    image, encoded, reference = small_scene
+    ours = predictor.predict(encoded, Prompts(points=[(300.0, 200.0), (0.0, 0.0)], labels=[1, 0]))
     masks, scores, low_res = reference.predict(point_coords=np.array([[300.0, 200.0], [0.0, 0.0]]), point_labels=np.array([1, 0]))
     assert_same_prediction(ours, masks, scores, low_res)
 
-    ours = predictor.predict(image, Prompts(boxes=[(350.0, 250.0, 100.0, -20.0)]))  # reversed corners, past the edge
+    ours = predictor.predict(encoded, Prompts(boxes=[(350.0, 250.0, 100.0, -20.0)]))  # reversed corners, past the edge
     masks, scores, low_res = reference.predict(box=np.array([100.0, 0.0, 300.0, 200.0]))
     assert_same_prediction(ours, masks, scores, low_res)
     assert ours.object_boxes == [(100.0, 0.0, 300.0, 200.0)]
@@ -299,9 +311,14 @@ def test_non_rgb_uint8_images_are_refused(predictor, image):
 # -- embedding cache -------------------------------------------------------------------------
 
 
+SMALL_INPUT_CONFIG = {**config_for(TINY), "image_size": 256}
+
+
 @pytest.fixture()
-def counting(tiny_sam):
-    model = load_ours(tiny_sam[0])
+def counting():
+    """A tiny SAM for 256-pixel inputs whose encoder counts its calls (cache tests need no reference)."""
+    torch.manual_seed(0)
+    model = build_sam(SMALL_INPUT_CONFIG)
     model.image_encoder = CountingEncoder(model.image_encoder)
     return model
 
@@ -348,8 +365,8 @@ def test_other_model_or_placement_misses_the_cache(counting):
         Predictor(counting, CPU, cache, model_id="a").predict(encoded, prompts)
 
 
-def test_models_without_an_id_do_not_share_embeddings(tiny_sam):
-    first, second = load_ours(tiny_sam[0]), load_ours(tiny_sam[0])
+def test_models_without_an_id_do_not_share_embeddings():
+    first, second = build_sam(SMALL_INPUT_CONFIG), build_sam(SMALL_INPUT_CONFIG)
     cache = EmbeddingCache()
     assert Predictor(first, CPU, cache).model_id != Predictor(second, CPU, cache).model_id
     assert Predictor(first, CPU, cache).model_id == Predictor(first, CPU, cache).model_id
