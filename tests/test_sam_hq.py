@@ -13,7 +13,10 @@ import torch
 
 from sam_hq.segmenter import HQ_MULTIMASK, HQ_TOKEN_ONLY, HQSamSegmenter
 from sd_webui_sam import checkpoints, model_registry
+from sd_webui_sam.devices import Placement
+from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import InvalidPromptError
+from sd_webui_sam.predictor import Predictor, Prompts
 from tests.fixtures.hq_checkpoints import (
     HQ_TINY,
     HQ_VIT_B_REDUCED,
@@ -21,10 +24,15 @@ from tests.fixtures.hq_checkpoints import (
     HQ_VIT_L_REDUCED,
     PROMPT_KINDS,
     assert_same_masks,
+    assert_same_prediction,
     build_reference_hq_sam,
     build_reference_hq_tiny,
+    predictor_prompts,
     prompt_tensors,
     reference_decode,
+    reference_predict,
+    reference_predictor as make_reference_predictor,
+    sample_image,
     save_state_dict,
 )
 
@@ -67,14 +75,19 @@ def _decoder_cases():
 
 
 class Pair:
-    """Reference and our model with the same weights, and both encodings of one image."""
+    """Reference and our model with the same weights, each behind its predictor, one image encoded."""
 
-    def __init__(self, reference, ours, image_size, reference_features, our_features):
+    def __init__(self, reference, reference_predictor, ours, predictor, image):
         self.reference = reference
+        self.reference_predictor = reference_predictor
         self.ours = ours
-        self.image_size = image_size
-        self.reference_embeddings, self.reference_interm = reference_features
-        self.features = our_features
+        self.predictor = predictor
+        self.image = image
+        self.image_size = ours.image_size
+        self.reference_embeddings = reference_predictor.features
+        self.reference_interm = reference_predictor.interm_features
+        self.encoded = predictor.encode(image)
+        self.features = self.encoded.features
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -86,13 +99,12 @@ def pair(request, tmp_path_factory):
     assert spec.family == "sam_hq"
     ours = model_registry.build_model(spec, state_dict)
     assert isinstance(ours, HQSamSegmenter)
-    image_size = ours.image_size
-    assert image_size == reference.image_encoder.img_size
-    pixels = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        reference_features = reference.image_encoder(pixels)
-        our_features = ours.encode_image(pixels)
-    yield Pair(reference, ours, image_size, reference_features, our_features)
+    assert ours.image_size == reference.image_encoder.img_size
+    image = sample_image(seed=len(request.param))
+    reference_predictor = make_reference_predictor(reference, "segment_anything_hq")
+    reference_predictor.set_image(image)
+    predictor = Predictor(ours, Placement(torch.device("cpu")), EmbeddingCache())
+    yield Pair(reference, reference_predictor, ours, predictor, image)
 
 
 def test_encoder_returns_final_and_early_features_like_the_reference(pair):
@@ -173,3 +185,52 @@ def test_unknown_multimask_mode_is_a_user_error(pair):
     prompts = prompt_tensors("point", pair.image_size)
     with pytest.raises(InvalidPromptError, match="candidates"):
         pair.ours.decode(pair.features, **prompts, multimask_output=True, options={HQ_MULTIMASK: "all"})
+
+
+def _predictor_cases():
+    """Every prompt kind through the whole predictor; the options alternate so every
+    multimask x hq-token-only combination is met. Mask refinement goes through the predictor
+    only at the real input size (its low-res side is 256)."""
+    options = ((True, False), (False, True), (True, True), (False, False))
+    for model in MODELS:
+        for index, kind in enumerate(PROMPT_KINDS):
+            if kind == "mask_refine" and model not in FULL_SIZE_MODELS:
+                continue
+            multimask_output, hq_token_only = options[(index + len(model)) % len(options)]
+            case_id = f"{model}-{kind}-{'multi' if multimask_output else 'single'}-{'hq_only' if hq_token_only else 'fused'}"
+            yield pytest.param(model, kind, multimask_output, hq_token_only, id=case_id)
+
+
+@pytest.mark.parametrize("pair,kind,multimask_output,hq_token_only", list(_predictor_cases()), indirect=["pair"])
+def test_predictor_matches_reference_predictor(pair, kind, multimask_output, hq_token_only):
+    """Our Predictor with the HQ family against segment_anything_hq.SamPredictor: image pixels in,
+    masks at the image size out, with the reference's multimask rule ("best")."""
+    height, width = pair.image.shape[:2]
+    previous = None
+    if kind == "mask_refine":
+        first, first_reference = predictor_prompts("point", height, width)
+        previous = reference_predict(pair.reference_predictor, "point", first_reference, False, hq_token_only=hq_token_only)[2][0]
+    ours_kwargs, reference_kwargs = predictor_prompts(kind, height, width, previous)
+    expected = reference_predict(pair.reference_predictor, kind, reference_kwargs, multimask_output, hq_token_only=hq_token_only)
+    prediction = pair.predictor.predict(
+        pair.encoded,
+        Prompts(**ours_kwargs),
+        multimask_output=multimask_output,
+        options={HQ_TOKEN_ONLY: hq_token_only, HQ_MULTIMASK: "best"},
+    )
+    assert_same_prediction(prediction, expected)
+    assert prediction.masks.shape[-2:] == (height, width)
+
+
+def test_predictor_default_offers_three_fused_candidates(pair):
+    height, width = pair.image.shape[:2]
+    ours_kwargs, _ = predictor_prompts("point", height, width)
+    prediction = pair.predictor.predict(pair.encoded, Prompts(**ours_kwargs))
+    assert prediction.masks.shape == (1, 3, height, width)
+    assert prediction.scores.shape == (1, 3)
+
+
+def test_encoding_is_cached_with_the_hq_features(pair):
+    again = pair.predictor.encode(pair.image)
+    assert again is pair.encoded
+    assert set(again.features) >= {"image_embeddings", "interm_embeddings", "hq_features"}
