@@ -1,0 +1,210 @@
+"""Semantic segmenters the host already has, behind one interface.
+
+The ControlNet extension ships segmentation preprocessors (UniFormer and OneFormer on ADE20K,
+OneFormer on COCO). They are found among the modules the host has already imported — Forge's
+preprocessor registry, or sd-webui-controlnet's (new registry or legacy table) — never by
+symlinking or importing another extension's files. Their output is a colour-coded map in the
+dataset's palette, turned back into class ids through that palette.
+
+Without a host (the standalone app) or without ControlNet, an uploaded colour-coded ADE20K/COCO
+segmentation image does the same job (:class:`UploadedMapSegmenter`).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+import numpy as np
+
+from sd_webui_sam.autosam.semantic import class_map_from_colours, dataset
+from sd_webui_sam.errors import SamUserError
+
+
+class NoSegmenterError(SamUserError):
+    http_status = 404
+
+
+class SemanticSegmenter(Protocol):
+    name: str          # "seg_ofade20k"
+    dataset: str       # "ade20k" | "coco"
+    label: str
+
+    def segment(self, image: np.ndarray, resolution: int) -> np.ndarray:
+        """(H,W,3) uint8 RGB -> (h,w) int32 class ids (any resolution; -1 = unlabelled)."""
+
+
+@dataclass(frozen=True)
+class ProcessorInfo:
+    dataset: str
+    label: str
+    aliases: tuple[str, ...]     # names the processor has had in ControlNet versions
+
+
+PROCESSORS: Mapping[str, ProcessorInfo] = {
+    "seg_ufade20k": ProcessorInfo("ade20k", "UniFormer (ADE20K)", ("seg_ufade20k", "segmentation")),
+    "seg_ofade20k": ProcessorInfo("ade20k", "OneFormer (ADE20K)", ("seg_ofade20k", "oneformer_ade20k")),
+    "seg_ofcoco": ProcessorInfo("coco", "OneFormer (COCO)", ("seg_ofcoco", "oneformer_coco")),
+}
+
+NO_SEGMENTER_MESSAGE = (
+    "No semantic segmenter is available: install or enable the ControlNet extension "
+    "(sd-webui-controlnet on AUTOMATIC1111; Forge has it built in) and restart, "
+    "or upload an ADE20K/COCO colour-coded segmentation map instead."
+)
+
+
+def _as_colour_map(output: Any) -> np.ndarray:
+    """Preprocessors return an array, an (array, flag) pair, or a PIL image, depending on version."""
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if hasattr(output, "convert") and hasattr(output, "size"):
+        output = np.asarray(output.convert("RGB"))
+    array = np.asarray(output)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] < 3:
+        raise SamUserError(f"The segmentation preprocessor returned an unexpected result of shape {array.shape}.")
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array[..., :3])
+
+
+@dataclass
+class ColourMapSegmenter:
+    """A host preprocessor that draws the segmentation in the dataset palette."""
+
+    name: str
+    dataset: str
+    label: str
+    run: Callable[[np.ndarray, int], Any]
+    source: str = ""
+
+    def segment(self, image: np.ndarray, resolution: int) -> np.ndarray:
+        try:
+            colours = _as_colour_map(self.run(np.ascontiguousarray(image), int(resolution)))
+        except SamUserError:
+            raise
+        except Exception as error:
+            raise SamUserError(f"The ControlNet preprocessor {self.name} failed: {error}") from error
+        data = dataset(self.dataset)
+        class_map = class_map_from_colours(colours, data)
+        if (class_map < 0).mean() > 0.5:
+            # some annotator versions hand back BGR
+            swapped = class_map_from_colours(colours[..., ::-1], data)
+            if (swapped < 0).mean() < (class_map < 0).mean():
+                class_map = swapped
+        return class_map
+
+
+@dataclass
+class UploadedMapSegmenter:
+    """A colour-coded segmentation image the user supplied (works without any host)."""
+
+    colour_map: np.ndarray
+    dataset: str
+    name: str = "uploaded"
+    label: str = "Uploaded segmentation map"
+
+    def segment(self, image: np.ndarray, resolution: int) -> np.ndarray:
+        return class_map_from_colours(self.colour_map, dataset(self.dataset))
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery among the host's loaded modules
+
+
+def _module_ending(modules: Mapping[str, Any], suffix: str, attribute: str) -> Optional[Any]:
+    for name, module in list(modules.items()):
+        if module is not None and (name == suffix or name.endswith("." + suffix)) and hasattr(module, attribute):
+            return module
+    return None
+
+
+def _forge_registry(modules) -> Optional[Mapping[str, Any]]:
+    shared = modules.get("modules_forge.shared")
+    registry = getattr(shared, "supported_preprocessors", None) if shared is not None else None
+    return registry if isinstance(registry, Mapping) else None
+
+
+def _registry_call(preprocessor) -> Callable[[np.ndarray, int], Any]:
+    def run(image: np.ndarray, resolution: int):
+        return preprocessor(image, resolution=resolution)
+
+    return run
+
+
+def _legacy_call(function) -> Callable[[np.ndarray, int], Any]:
+    def run(image: np.ndarray, resolution: int):
+        return function(image, res=resolution)
+
+    return run
+
+
+def discover_segmenters(modules: Optional[Mapping[str, Any]] = None) -> dict[str, ColourMapSegmenter]:
+    """The segmentation preprocessors the host has loaded, keyed by reference name (seg_*)."""
+    modules = sys.modules if modules is None else modules
+    found: dict[str, ColourMapSegmenter] = {}
+
+    forge = _forge_registry(modules)
+    if forge is not None:
+        for name, info in PROCESSORS.items():
+            for alias in info.aliases:
+                if alias in forge:
+                    found[name] = ColourMapSegmenter(name, info.dataset, info.label, _registry_call(forge[alias]), "forge")
+                    break
+
+    registry = _module_ending(modules, "supported_preprocessor", "Preprocessor")
+    if registry is not None:
+        lookup = getattr(registry.Preprocessor, "get_preprocessor", None)
+        for name, info in PROCESSORS.items():
+            if name in found or lookup is None:
+                continue
+            for alias in info.aliases:
+                try:
+                    preprocessor = lookup(alias)
+                except Exception:
+                    preprocessor = None
+                if preprocessor is not None:
+                    found[name] = ColourMapSegmenter(name, info.dataset, info.label, _registry_call(preprocessor),
+                                                     "sd-webui-controlnet")
+                    break
+
+    legacy = _module_ending(modules, "global_state", "cn_preprocessor_modules")
+    if legacy is not None and isinstance(legacy.cn_preprocessor_modules, Mapping):
+        table = legacy.cn_preprocessor_modules
+        for name, info in PROCESSORS.items():
+            if name in found:
+                continue
+            for alias in info.aliases:
+                if callable(table.get(alias)):
+                    found[name] = ColourMapSegmenter(name, info.dataset, info.label, _legacy_call(table[alias]),
+                                                     "sd-webui-controlnet (legacy)")
+                    break
+    return found
+
+
+def get_segmenter(name: str, modules: Optional[Mapping[str, Any]] = None) -> ColourMapSegmenter:
+    """The named processor (seg_ufade20k, seg_ofade20k, seg_ofcoco), or a NoSegmenterError that says what to do."""
+    if name not in PROCESSORS:
+        raise SamUserError(f"Unknown segmentation processor {name!r}; choose one of {', '.join(PROCESSORS)}.")
+    available = discover_segmenters(modules)
+    if name in available:
+        return available[name]
+    if available:
+        raise NoSegmenterError(f"The preprocessor {name} is not available here; available: {', '.join(sorted(available))}.")
+    raise NoSegmenterError(NO_SEGMENTER_MESSAGE)
+
+
+def pixel_perfect_resolution(image_size: tuple[int, int], target_size: tuple[int, int], resize_mode: int) -> int:
+    """The reference's (and ControlNet's) 'pixel perfect' preprocessor resolution.
+
+    resize_mode: 0 just resize, 1 crop and resize, 2 resize and fill.
+    """
+    height, width = image_size
+    target_h, target_w = target_size
+    if not target_h or not target_w:
+        raise SamUserError("Pixel perfect needs the target width and height of the generation.")
+    k_h, k_w = float(target_h) / height, float(target_w) / width
+    estimation = (min(k_h, k_w) if int(resize_mode) == 2 else max(k_h, k_w)) * min(height, width)
+    return int(np.round(estimation / 64.0)) * 64
