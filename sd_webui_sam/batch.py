@@ -431,7 +431,8 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
         entry["outputs"].append(path.relative_to(output_dir).as_posix())
         if path.is_file() and not options.overwrite:
             continue
-        futures.append(writer.submit(atomic_write_png, path, make()))
+        # rendering (cut-out, blend) happens in the writer thread too, overlapping inference
+        futures.append(writer.submit(lambda target=path, render_image=make: atomic_write_png(target, render_image())))
     entry["_written"] = len(futures)
     return entry, futures
 
