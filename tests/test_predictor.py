@@ -403,3 +403,25 @@ def test_real_vit_b_shapes_match_sam_predictor(tmp_path):
     prediction = ours.predict(encoded, Prompts(points=points, labels=labels))
     masks, scores, low_res = reference.predict(point_coords=points, point_labels=labels)
     assert_same_prediction(prediction, masks, scores, low_res)
+
+
+def test_reduced_precision_placement_runs_end_to_end_with_float32_outputs(counting):
+    """The predictor converts inputs to the placement's dtype (bfloat16 stands in for CUDA fp16 on a CPU)."""
+    image = test_image(60, 80, seed=6)
+    prompts = Prompts(points=[(40.0, 30.0)], labels=[1], boxes=[(10.0, 10.0, 70.0, 50.0)])
+    full = Predictor(counting, CPU, EmbeddingCache(), model_id="fp32").predict(image, prompts)
+    half_model = build_sam(SMALL_INPUT_CONFIG)
+    half_model.load_state_dict(_without_counter(counting.state_dict()), strict=True)
+    half_model.to(torch.bfloat16)
+    placement = Placement(device=torch.device("cpu"), dtype=torch.bfloat16)
+    half = Predictor(half_model, placement, EmbeddingCache()).predict(image, Prompts(**{**prompts.__dict__, "mask_input": full.low_res_logits[0, 0]}))
+    assert half.low_res_logits.dtype == np.float32 and half.scores.dtype == np.float32
+    assert half.masks.shape == full.masks.shape and half.masks.dtype == bool
+    unrefined = Predictor(half_model, placement, EmbeddingCache()).predict(image, prompts)
+    np.testing.assert_allclose(unrefined.scores, full.scores, atol=0.05)
+    agreement = (unrefined.masks == full.masks).mean()
+    assert agreement > 0.9
+
+
+def _without_counter(state_dict):
+    return {key.replace("image_encoder.inner.", "image_encoder."): value for key, value in state_dict.items()}
