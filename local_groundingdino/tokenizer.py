@@ -64,6 +64,8 @@ class WordPieceTokenizer:
     """BERT's uncased tokenizer: clean, lower-case, strip accents, split punctuation, WordPiece."""
 
     def __init__(self, vocab: Sequence[str]):
+        #: Rows of the embedding table this vocabulary addresses.
+        self.size = len(vocab)
         self.vocab: Dict[str, int] = {}
         for index, token in enumerate(vocab):
             self.vocab.setdefault(token, index)
