@@ -94,7 +94,10 @@ def test_same_masks_as_reference_generator_default_nms_and_coco_rle(local_sam):
                                 AutoSamConfig(output_mode="coco_rle", **settings)).generate(image)
     for binary, record in zip(ours, encoded):
         assert record.segmentation["size"] == [80, 60]
-        np.testing.assert_array_equal(coco_mask.decode(dict(record.segmentation, counts=record.segmentation["counts"].encode()) if isinstance(record.segmentation["counts"], str) else record.segmentation).astype(bool), binary.segmentation)
+        counts = record.segmentation["counts"]
+        decoded = coco_mask.decode({"size": [80, 60], "counts": counts.encode() if isinstance(counts, str) else counts})
+        np.testing.assert_array_equal(decoded.astype(bool), binary.segmentation)
+        np.testing.assert_array_equal(record.mask(), binary.segmentation)
 
 
 # -- building blocks against the reference's own helpers ----------------------------------------
@@ -203,3 +206,15 @@ def test_engine_path_matches_reference_generator_on_the_same_checkpoint(tiny_sam
     assert len(reference) == 27
     assert sum(0 < a["area"] < 48 * 64 for a in reference) >= 5, "masks should be neither all empty nor all full"
     assert_same_annotations(reference, ours)
+
+
+def test_benchmark_function_reports_the_split(tiny_sam):
+    from sd_webui_sam.autosam.benchmark import benchmark_segment_everything, format_result
+
+    result = benchmark_segment_everything(checkpoint=tiny_sam[0], device="cpu", size=(48, 64),
+                                          config=AutoSamConfig(points_per_side=2, pred_iou_thresh=0.0,
+                                                               stability_score_thresh=0.0))
+    ours = result["ours"]
+    assert ours["candidates"] == 12 and ours["encoder_s"] > 0 and ours["decoder_s"] > 0
+    assert ours["encoder_s"] + ours["decoder_s"] + ours["postprocess_s"] <= ours["total_s"] * 1.05
+    assert "SAM" in result["model"] and "encoder" in format_result(result)

@@ -227,9 +227,18 @@ def upsample_logits(low_res: torch.Tensor, model_input_side: int, input_size: tu
 
 def stability_scores(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
     """IoU between the masks thresholded at mask_threshold +- offset (the tighter one is inside)."""
-    inner = (logits > (mask_threshold + offset)).flatten(1).sum(1, dtype=torch.int32)
-    outer = (logits > (mask_threshold - offset)).flatten(1).sum(1, dtype=torch.int32)
+    inner = _count_true(logits > (mask_threshold + offset))
+    outer = _count_true(logits > (mask_threshold - offset))
     return inner / outer
+
+
+def _count_true(masks: torch.Tensor) -> torch.Tensor:
+    """(N,...) bool -> (N,) int32 counts of True."""
+    if masks.device.type == "cpu":
+        # torch casts every bool to int32 before summing; NumPy counts the bytes directly
+        counts = np.count_nonzero(masks.reshape(masks.shape[0], -1).numpy(), axis=1)
+        return torch.from_numpy(counts.astype(np.int32))
+    return masks.flatten(1).sum(1, dtype=torch.int32)
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -258,6 +267,9 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     count = masks.shape[0]
     if count == 0:
         return torch.zeros((0, -(-masks.shape[1] * masks.shape[2] // 8)), dtype=torch.uint8, device=masks.device)
+    if masks.device.type == "cpu":
+        # NumPy's packbits is a tight C loop; the tensor arithmetic below is for accelerators
+        return torch.from_numpy(np.packbits(masks.reshape(count, -1).numpy(), axis=1, bitorder="little"))
     flat = masks.reshape(count, -1)
     pad = (-flat.shape[1]) % 8
     if pad:
@@ -267,10 +279,14 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_masks(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    pixels = shape[0] * shape[1]
+    packed = packed[:, : -(-pixels // 8)]
+    if packed.device.type == "cpu":
+        bits = np.unpackbits(packed.numpy(), axis=1, count=pixels, bitorder="little")
+        return torch.from_numpy(bits.view(bool).reshape(packed.shape[0], *shape))
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
-    packed = packed[:, : -(-shape[0] * shape[1] // 8)]
     bits = (packed.unsqueeze(-1) & weights) != 0
-    return bits.flatten(1)[:, : shape[0] * shape[1]].reshape(packed.shape[0], *shape)
+    return bits.flatten(1)[:, :pixels].reshape(packed.shape[0], *shape)
 
 
 def near_crop_edge(boxes: torch.Tensor, crop_box: Sequence[int], image_box: Sequence[int]) -> torch.Tensor:
