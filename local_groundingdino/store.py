@@ -54,6 +54,13 @@ CATALOGUE: Tuple[GroundingDinoCatalogueEntry, ...] = (
 )
 
 
+#: The names the reference extension's API and UI use -> (catalogue file, architecture variant).
+REFERENCE_MODEL_NAMES: Dict[str, Tuple[str, str]] = {
+    "GroundingDINO_SwinT_OGC (694MB)": ("groundingdino_swint_ogc.pth", "swin_t"),
+    "GroundingDINO_SwinB (938MB)": ("groundingdino_swinb_cogcoor.pth", "swin_b"),
+}
+
+
 @dataclass(frozen=True)
 class GroundingDinoSettings:
     #: Searched in order; the first holds downloads.

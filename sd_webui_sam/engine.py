@@ -1,19 +1,21 @@
 """The Engine: the one explicit cache object.
 
-It owns the settings, the model store (discovery + loaded models) and the image-embedding
-cache, and is what the panel, the HTTP API, batch and AutoSAM call. Model use is serialised by
+It owns the settings, the SAM model store (discovery + loaded models), the image-embedding
+cache and the GroundingDINO store (text prompts -> boxes), and is what the panel, the HTTP API,
+batch and AutoSAM call. Model use is serialised by
 one lock, so ``segment`` is safe to call from several threads (gradio queue, API workers).
 """
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from sd_webui_sam import devices
 from sd_webui_sam.embedding_cache import EmbeddingCache
-from sd_webui_sam.errors import OutOfMemoryError, SamUserError
+from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
 from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore
 from sd_webui_sam.settings import EngineSettings
 
@@ -23,6 +25,7 @@ class Engine:
         self.settings = settings if settings is not None else EngineSettings()
         self.embeddings = EmbeddingCache.from_settings(self.settings)
         self.store = ModelStore(self.settings, on_drop=self._forget_embeddings)
+        self.detectors = _detector_store(self.settings, self.store.placement)
         # Re-entrant: a managed predictor's calls take it, and so does segment() around them.
         self._lock = threading.RLock()
 
@@ -63,6 +66,101 @@ class Engine:
         """Encode ``image`` (or reuse its cached embeddings) and decode ``prompts`` -> Prediction."""
         return self.predictor(model_name).predict(image, prompts, multimask_output=multimask_output, options=options or {})
 
+    # ------------------------------------------------------------------ text prompts (GroundingDINO)
+
+    def list_detectors(self, refresh: bool = False) -> List[str]:
+        """File names of the usable GroundingDINO checkpoints, sorted (the folders are always re-read)."""
+        return self.detectors.list_models()
+
+    def detector_dirs(self) -> List[Path]:
+        return [Path(directory) for directory in self.detectors.settings.model_dirs]
+
+    def resolve_detector(self, name: Optional[str]) -> str:
+        """The GroundingDINO file a caller means.
+
+        None: the first available. The reference's names ("GroundingDINO_SwinT_OGC (694MB)")
+        mean their catalogue file, or failing that any file of the same architecture. Otherwise
+        the exact file name, then a case-insensitive or stem match.
+        """
+        from local_groundingdino.store import REFERENCE_MODEL_NAMES
+
+        available = self.list_detectors()
+        if not available:
+            raise ModelNotFoundError(self._no_detector_message())
+        if name is None or not str(name).strip():
+            return available[0]
+        name = str(name).strip()
+        alias = REFERENCE_MODEL_NAMES.get(name)
+        if alias is not None:
+            file_name, variant = alias
+            if file_name in available:
+                return file_name
+            for candidate in available:
+                try:
+                    if self.detectors.describe(candidate).variant == variant:
+                        return candidate
+                except SamUserError:
+                    continue
+            raise ModelNotFoundError(
+                f"GroundingDINO model {name!r} means {file_name}, which is not in "
+                f"{self._detector_dirs_text()}. Download it or put it there; available: {', '.join(available)}."
+            )
+        if name in available:
+            return name
+        folded = [m for m in available if m.lower() == name.lower()]
+        if len(folded) == 1:
+            return folded[0]
+        stems = [m for m in available if Path(m).stem.lower() == Path(name).stem.lower()]
+        if len(stems) == 1:
+            return stems[0]
+        self.detectors.resolve(name)  # refuses paths and '..' with its own message
+        raise ModelNotFoundError(f"GroundingDINO model {name!r} not found. Available: {', '.join(available)}.")
+
+    def _detector_dirs_text(self) -> str:
+        return ", ".join(str(d) for d in self.detector_dirs()) or "a GroundingDINO model folder (none is configured)"
+
+    def _no_detector_message(self) -> str:
+        return (
+            "No GroundingDINO model for text prompts: put groundingdino_swint_ogc.pth (or groundingdino_swinb_cogcoor.pth) "
+            f"in {self._detector_dirs_text()}, or download it from the text-prompt section."
+        )
+
+    def detector_label(self, name: str) -> str:
+        try:
+            return f"{self.detectors.describe(name).label} ({name})"
+        except SamUserError as error:
+            return f"{name} ({error})"
+
+    def detect(self, model_name: Optional[str], image: np.ndarray, caption: str, box_threshold: float = 0.3,
+               text_threshold: float = 0.25, nms: Optional[float] = None) -> list:
+        """Boxes of what ``caption`` names ('hand, face' or 'hand . face'): a list of
+        ``local_groundingdino.detector.Detection`` (image pixels, best first)."""
+        if not isinstance(caption, str) or not caption.strip(" .,\t\n"):
+            from sd_webui_sam.errors import InvalidPromptError
+
+            raise InvalidPromptError("The text prompt is empty. Type what to find, e.g. 'hand, face'.")
+        name = self.resolve_detector(model_name)
+        with self._lock:
+            try:
+                detector = self.detectors.detector(name)
+                return detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold,
+                                       nms_threshold=nms)
+            except OutOfMemoryError:
+                raise
+            except Exception as error:
+                if devices.is_out_of_memory(error):
+                    self.detectors.unload()
+                    devices.release_memory()
+                    raise OutOfMemoryError(
+                        f"Out of memory running {name} on {self.store.placement.device}. "
+                        "Use a smaller image, enable CPU offload, or switch Segment Anything to the CPU."
+                    ) from error
+                raise
+
+    def download_detector(self, file_name: str, progress=None, **options) -> Path:
+        """Resumable, sha256-verified download of a catalogued GroundingDINO checkpoint into the first folder."""
+        return self.detectors.download(file_name, progress, **options)
+
     def _forget_embeddings(self, loaded: LoadedModel) -> None:
         # Embeddings of a model that left memory would only hold (device) memory.
         self.embeddings.discard_model(loaded.model_id)
@@ -84,6 +182,7 @@ class Engine:
             # Embeddings live on the old device (and would be keyed to it): free them now.
             self.embeddings.clear()
             self.store.set_placement(placement)
+            self.detectors.set_placement(placement)
         devices.release_memory()
 
     def set_offload(self, offload_to_cpu: bool) -> None:
@@ -97,6 +196,7 @@ class Engine:
         with self._lock:
             self.embeddings.clear()
             self.store.unload()
+            self.detectors.unload()
         devices.release_memory()
 
     def stats(self) -> Dict[str, Any]:
@@ -109,7 +209,25 @@ class Engine:
             "model_cache_size": self.store.capacity,
             "model_dirs": [str(directory) for directory in self.store.model_dirs()],
             "embedding_cache": self.embeddings.stats(),
+            "loaded_detectors": self.detectors.loaded(),
+            "detector_cache_size": self.detectors.settings.cache_size,
+            "detector_dirs": [str(directory) for directory in self.detector_dirs()],
         }
+
+
+def _detector_store(settings: EngineSettings, placement: devices.Placement):
+    from local_groundingdino.store import GroundingDinoSettings, GroundingDinoStore
+
+    return GroundingDinoStore(
+        GroundingDinoSettings(
+            model_dirs=settings.gdino_model_dirs(),
+            tokenizer_dir=Path(settings.gdino_tokenizer_dir) if settings.gdino_tokenizer_dir else None,
+            cache_size=max(1, int(settings.gdino_cache_size)),
+            short_side=int(settings.gdino_short_side),
+            max_side=int(settings.gdino_max_side),
+        ),
+        placement,
+    )
 
 
 class ManagedPredictor:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 MODEL_DIR_ENV = "SAM_MODEL_DIR"
+#: GroundingDINO's folder next to each default SAM folder (``models/sam`` -> ``models/grounding-dino``).
+GROUNDING_DINO_SUBDIR = "grounding-dino"
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; far past any SD image, far below a bomb
 
 
@@ -27,6 +29,16 @@ class EngineSettings:
     embedding_cache_entries: int = 8
     embedding_cache_bytes: int = 2 * 1024**3
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    #: GroundingDINO (text prompts): a user folder searched first, then these; empty defaults mean
+    #: the ``grounding-dino`` folder beside each default ``sam`` folder.
+    gdino_user_model_dir: Optional[Path] = None
+    gdino_default_model_dirs: Tuple[Path, ...] = ()
+    #: A folder with another BERT-uncased vocab.txt; None uses the bundled one.
+    gdino_tokenizer_dir: Optional[Path] = None
+    gdino_cache_size: int = 1
+    #: The detector's input size (it was trained at a short side of 800, long side at most 1333).
+    gdino_short_side: int = 800
+    gdino_max_side: int = 1333
     extra: dict = field(default_factory=dict)
 
     def model_dirs(self) -> Tuple[Path, ...]:
@@ -35,6 +47,20 @@ class EngineSettings:
         env_dir = os.environ.get(MODEL_DIR_ENV)
         candidates = [self.user_model_dir, Path(env_dir) if env_dir else None, *self.default_model_dirs]
         for candidate in candidates:
+            if candidate is None:
+                continue
+            resolved = Path(candidate).expanduser().resolve()
+            if resolved not in ordered:
+                ordered.append(resolved)
+        return tuple(ordered)
+
+    def gdino_model_dirs(self) -> Tuple[Path, ...]:
+        """GroundingDINO folders, highest priority first (the first one receives downloads)."""
+        defaults = tuple(self.gdino_default_model_dirs) or tuple(
+            Path(directory).parent / GROUNDING_DINO_SUBDIR for directory in self.default_model_dirs
+        )
+        ordered = []
+        for candidate in (self.gdino_user_model_dir, *defaults):
             if candidate is None:
                 continue
             resolved = Path(candidate).expanduser().resolve()
