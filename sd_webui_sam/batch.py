@@ -277,7 +277,7 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
     if options.text is not None and detector is None:
         from sd_webui_sam.api.service import DetectorAccess
 
-        detector = DetectorAccess()
+        detector = DetectorAccess(engine=engine)
     lock = gpu_lock if gpu_lock is not None else contextlib.nullcontext()
 
     def key(source: Source) -> str:

@@ -60,7 +60,7 @@ class SamApi:
         self.engine = engine
         self.settings = settings or ApiSettings()
         self.images = ImageStore(self.settings.image_store_entries, self.settings.image_store_bytes)
-        self.detector = detector or DetectorAccess()
+        self.detector = (detector or DetectorAccess()).bind(engine)
         self._gpu_lock = gpu_lock
         self._autosam = autosam
         self.metrics = metrics
@@ -144,7 +144,8 @@ class SamApi:
                 msg = ("GroundingDINO generated 0 box. Please lower the box threshold if you want any "
                        "segmentation for this image.")
             elif dino_enabled:
-                msg = "GroundingDINO found nothing for this prompt, and no point prompts were given."
+                msg = ("GroundingDINO found nothing for this prompt, and no point prompts were given. "
+                       "Lower dino_box_threshold to get boxes.")
             else:
                 msg = "You neither added point prompts nor enabled GroundingDINO. Segmentation cannot be generated."
             return {"msg": msg}
@@ -316,7 +317,8 @@ class SamApi:
         base = {"image_id": image_id, "width": int(shape[1]), "height": int(shape[0]), "model": model}
         if not points and not all_boxes:
             if request.text is not None:
-                return {**base, "objects": [], "msg": "GroundingDINO found nothing for this text."}
+                return {**base, "objects": [],
+                        "msg": f"GroundingDINO found nothing for this text; lower box_threshold (now {request.box_threshold:g})."}
             raise InvalidPromptError("No prompt: give points, boxes, text, or points with a previous mask.")
         prompts = _prompts(points=points, labels=labels, boxes=all_boxes, mask_input=mask_input)
         options = {"hq_token_only": True} if request.hq_token_only else {}

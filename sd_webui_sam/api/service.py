@@ -219,31 +219,41 @@ class Detection:
 
 
 class DetectorAccess:
-    """GroundingDINO behind one lock, loaded through its own model store."""
+    """GroundingDINO for the API and batch: the engine's detector store (the one cache), or a
+    ``provider(name) -> detector`` a host or a test supplies, serialised by one lock."""
 
-    def __init__(self, provider: Optional[Callable[[Optional[str]], Any]] = None, lock: Optional[threading.Lock] = None):
+    def __init__(self, provider: Optional[Callable[[Optional[str]], Any]] = None, lock: Optional[threading.Lock] = None,
+                 engine: Any = None):
         self._provider = provider
         self._lock = lock or threading.Lock()
+        self._engine = engine
 
-    def _detector(self, model: Optional[str]) -> Any:
+    def bind(self, engine: Any) -> "DetectorAccess":
+        """Use ``engine``'s detector when no provider or engine was given (SamApi binds its engine)."""
+        if self._provider is None and self._engine is None:
+            self._engine = engine
+        return self
+
+    def _raw(self, image: np.ndarray, caption: str, model: Optional[str], box_threshold: float,
+             text_threshold: float) -> List[Any]:
         if self._provider is not None:
-            return self._provider(model)
-        try:
-            from local_groundingdino import detector as detector_module
-        except ImportError as error:
-            raise ServiceUnavailableError(f"GroundingDINO is not available on this server ({error}).") from None
-        return detector_module.load_detector(model) if model else detector_module.load_detector()
+            with self._lock:
+                detector = self._provider(model)
+                return list(detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold))
+        if self._engine is None or not hasattr(self._engine, "detect"):
+            raise ServiceUnavailableError("GroundingDINO is not available on this server (no engine to run it).")
+        return list(self._engine.detect(model, image, caption, box_threshold, text_threshold))
 
     def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float,
                text_threshold: float = 0.25) -> List[Detection]:
         caption = check_caption(text)
         height, width = image.shape[:2]
-        with self._lock:
-            detector = self._detector(model)
-            raw = detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold)
+        raw = self._raw(image, caption, model, box_threshold, text_threshold)
         detections = []
         for item in raw:
             box = getattr(item, "box", None)
+            if box is None:
+                box = getattr(item, "box_xyxy", None)
             if box is None and isinstance(item, dict):
                 box = item["box"]
             x1, y1, x2, y2 = (float(v) for v in box)
