@@ -228,3 +228,34 @@ def test_encoding_is_cached_with_the_hq_features(pair):
     again = pair.predictor.encode(pair.image)
     assert again is pair.encoded
     assert set(again.features) >= {"image_embeddings", "interm_embeddings", "hq_features"}
+
+
+def test_engine_loads_hq_checkpoint_by_contents_and_passes_options(tmp_path):
+    """Through the Engine (what the panel, API and batch call): a renamed HQ-SAM file is listed
+    with its family label, and the HQ options reach the decoder with no special case outside
+    the family module."""
+    from sd_webui_sam.engine import Engine
+    from sd_webui_sam.settings import EngineSettings
+
+    reference = build_reference_hq_sam(HQ_VIT_B_REDUCED, seed=9)
+    save_state_dict(reference.state_dict(), tmp_path / "my_model.pth")
+    engine = Engine(EngineSettings(user_model_dir=tmp_path, device="cpu"))
+    assert engine.list_models() == ["my_model.pth"]
+    assert engine.model_label("my_model.pth").startswith("HQ-SAM ViT (custom")
+    image = sample_image(seed=9)
+    height, width = image.shape[:2]
+    ours_kwargs, reference_kwargs = predictor_prompts("box_point", height, width)
+    oracle = make_reference_predictor(reference, "segment_anything_hq")
+    oracle.set_image(image)
+    for hq_token_only in (False, True):
+        prediction = engine.segment(
+            "my_model.pth",
+            image,
+            Prompts(**ours_kwargs),
+            multimask_output=True,
+            options={HQ_TOKEN_ONLY: hq_token_only, HQ_MULTIMASK: "best"},
+        )
+        expected = reference_predict(oracle, "box_point", reference_kwargs, True, hq_token_only=hq_token_only)
+        assert_same_prediction(prediction, expected)
+    default = engine.segment("my_model.pth", image, Prompts(**ours_kwargs))
+    assert default.masks.shape == (1, 3, height, width)
