@@ -119,10 +119,17 @@ def _known_foreign_layout(names: Sequence[str]) -> Optional[str]:
             f"This is a GroundingDINO checkpoint ({len(names)} tensors), not a SAM model; "
             "put it in models/grounding-dino."
         )
-    if has("mask_decoder.hf_token") or has("mask_decoder.compress_vit_feat"):
-        return "This is an HQ-SAM checkpoint, but HQ-SAM support (the sam_hq package) is not available in this installation."
-    if has("image_encoder.layers.") and has("mask_decoder."):
-        return "This is a MobileSAM (TinyViT) checkpoint, but MobileSAM support (the sam_hq package) is not available in this installation."
+    available = {family.name for family in all_families()}
+    for looks_like, family_name, label in (
+        (has("mask_decoder.hf_token") or has("mask_decoder.compress_vit_feat"), "sam_hq", "an HQ-SAM"),
+        (has("image_encoder.layers.") and has("mask_decoder."), "mobile_sam", "a MobileSAM (TinyViT)"),
+    ):
+        if not looks_like:
+            continue
+        if family_name in available:
+            return (f"This looks like {label} checkpoint, but its tensors ({len(names)}) do not form a complete "
+                    "model: the file is incomplete or modified. Download it again.")
+        return f"This is {label} checkpoint, but support for it (the sam_hq package) is not available in this installation."
     if has("image_encoder.trunk.") or has("memory_attention.") or has("sam_mask_decoder."):
         return "This is a SAM 2 checkpoint; SAM 2 models are not supported. Use a SAM, HQ-SAM or MobileSAM checkpoint."
     return None

@@ -134,8 +134,11 @@ def test_hq_checkpoint_with_a_fusion_layer_of_the_wrong_width_is_not_hq_sam(kind
 def test_plain_sam_with_part_of_the_hq_decoder_is_refused():
     shapes = reference_shapes("hq_vit_b")
     without_token = {name: shape for name, shape in shapes.items() if not name.startswith("mask_decoder.hf_token")}
-    with pytest.raises(UnrecognisedCheckpointError):
+    with pytest.raises(UnrecognisedCheckpointError) as refused:
         model_registry.identify(without_token)
+    # HQ-SAM support is installed, so the user is told the file is damaged, not that support is missing.
+    assert "incomplete or modified" in str(refused.value)
+    assert "not available" not in str(refused.value)
 
 
 def test_mobile_sam_without_classifier_head_is_still_mobile_sam():
