@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import gradio as gr
 
 from sd_webui_sam.compat import gradio_compat as grc
-from sd_webui_sam.ui import handlers
+from sd_webui_sam.ui import handlers, text_prompt
 
 TITLE = "Segment Anything"
 CHOICES = tuple(f"Mask {i + 1}" for i in range(handlers.CANDIDATE_COUNT))
@@ -77,7 +77,8 @@ class Panel:
     @property
     def script_args(self) -> list:
         """The generation arguments, in the order ``compat.generation.ScriptArgs`` reads them."""
-        return [self.use_for_generation, self.input_image, self.mask, self.cn_enabled, self.cn_unit, self.cn_invert]
+        return [self.use_for_generation, self.input_image, self.mask, self.cn_enabled, self.cn_unit, self.cn_invert,
+                *self.extra.get("cutout_args", ())]
 
 
 def elem(prefix: str, name: str) -> str:
@@ -166,6 +167,8 @@ def build_panel(options: PanelOptions) -> Panel:
             panel.cn_enabled = gr.Checkbox(value=False, visible=False, label="Send to ControlNet")
             panel.cn_unit = gr.Number(value=0, precision=0, visible=False, label="ControlNet unit")
             panel.cn_invert = gr.Checkbox(value=False, visible=False, label="Inpaint not masked")
+        text_parts = text_prompt.build_section(panel)
+        panel.extra.update(text_prompt=text_parts, cutout_args=text_prompt.cutout_script_args(panel, text_parts))
     _wire(panel, refresh, undo, clear)
     return panel
 

@@ -1,0 +1,107 @@
+"""Text prompt -> cut-out: GroundingDINO boxes, one batched SAM decode, the objects' best masks.
+
+Used by the panel's text prompt (per object or merged) and by "cut out after generation",
+which runs it on every generated image and saves the RGBA cut-out and the mask beside it.
+Nothing here knows about gradio or the WebUI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from sd_webui_sam.errors import InvalidPromptError
+
+#: Below this size (pixels per side) a detected box cannot prompt SAM meaningfully.
+MIN_BOX_SIDE = 1.0
+
+
+@dataclass(frozen=True)
+class TextBox:
+    box: Tuple[float, float, float, float]   # xyxy, image pixels, inside the image
+    phrase: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ObjectMasks:
+    masks: np.ndarray                  # (K, H, W) bool: each object's best candidate
+    scores: np.ndarray                 # (K,) float32 predicted IoU of that candidate
+    boxes: List[Optional[Tuple[float, float, float, float]]]   # the prompt box of each object (None: points only)
+
+    def merged(self) -> np.ndarray:
+        return self.masks.any(axis=0) if len(self.masks) else np.zeros(self.masks.shape[1:], dtype=bool)
+
+
+@dataclass(frozen=True)
+class CutoutResult:
+    mask: np.ndarray           # (H, W) bool, every found object
+    cutout: Image.Image        # RGBA, transparent outside the mask
+    mask_image: Image.Image    # L, 255 = object
+    boxes: List[TextBox]
+
+
+def check_caption(caption: Any) -> str:
+    """The caption, or a message that says what to type (never a silent run on '.')."""
+    text = caption.strip() if isinstance(caption, str) else ""
+    if not text.strip(" .,;\t\n"):
+        raise InvalidPromptError("The text prompt is empty. Type what to find, e.g. 'hand, face'.")
+    return text
+
+
+def detect_boxes(engine: Any, detector: Optional[str], image: np.ndarray, caption: str, box_threshold: float,
+                 text_threshold: float) -> List[TextBox]:
+    """GroundingDINO boxes clipped to the image; boxes with no area left are dropped."""
+    height, width = image.shape[:2]
+    found = []
+    for detection in engine.detect(detector, image, check_caption(caption), float(box_threshold), float(text_threshold)):
+        x1, y1, x2, y2 = (float(v) for v in detection.box_xyxy)
+        x1, x2 = sorted((min(max(x1, 0.0), width), min(max(x2, 0.0), width)))
+        y1, y2 = sorted((min(max(y1, 0.0), height), min(max(y2, 0.0), height)))
+        if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
+            continue
+        found.append(TextBox((x1, y1, x2, y2), str(detection.phrase), float(detection.score)))
+    return found
+
+
+def no_boxes_message(caption: str, box_threshold: float) -> str:
+    lower = max(0.0, round(float(box_threshold) - 0.1, 2))
+    return (f"GroundingDINO found no boxes for '{caption}' at box threshold {float(box_threshold):.2f}. "
+            f"Lower the box threshold (e.g. {lower:.2f}) or describe the object differently.")
+
+
+def best_masks(prediction: Any) -> ObjectMasks:
+    """Each object's highest-scoring candidate."""
+    masks = np.asarray(prediction.masks, dtype=bool)
+    scores = np.asarray(prediction.scores, dtype=np.float32)
+    if masks.ndim == 3:
+        masks, scores = masks[None], scores[None]
+    best = scores.argmax(axis=1)
+    picks = np.arange(masks.shape[0])
+    boxes = list(getattr(prediction, "object_boxes", None) or [None] * masks.shape[0])
+    return ObjectMasks(masks=masks[picks, best], scores=scores[picks, best], boxes=boxes)
+
+
+def segment_boxes(engine: Any, sam_model: str, image: np.ndarray, boxes: Sequence[Tuple[float, float, float, float]],
+                  points: Sequence[Tuple[float, float]] = (), labels: Sequence[int] = (), *,
+                  multimask_output: bool = True):
+    """Every box (and the points, which refine the box holding them) in one batched decode."""
+    from sd_webui_sam.predictor import Prompts
+
+    prompts = Prompts(points=list(points), labels=list(labels), boxes=[tuple(b) for b in boxes])
+    return engine.segment(sam_model, image, prompts, multimask_output=multimask_output)
+
+
+def text_cutout(engine: Any, image: np.ndarray, caption: str, *, sam_model: str, detector: Optional[str] = None,
+                box_threshold: float = 0.3, text_threshold: float = 0.25) -> Optional[CutoutResult]:
+    """Cut out everything ``caption`` names in ``image``; None when GroundingDINO finds nothing."""
+    from sd_webui_sam import render
+
+    boxes = detect_boxes(engine, detector, image, caption, box_threshold, text_threshold)
+    if not boxes:
+        return None
+    objects = best_masks(segment_boxes(engine, sam_model, image, [b.box for b in boxes]))
+    mask = objects.merged()
+    return CutoutResult(mask=mask, cutout=render.cutout(image, mask), mask_image=render.mask_image(mask), boxes=boxes)

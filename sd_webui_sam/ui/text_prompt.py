@@ -1,0 +1,331 @@
+"""The panel's text prompt: GroundingDINO boxes the user ticks, then SAM on exactly those boxes.
+
+'Preview boxes' detects once and keeps the result (boxes, phrases, scores, the picture's digest)
+in a gr.State; 'Segment kept boxes' uses the ticked boxes from that state and never detects again,
+so the numbers the user ticked are the boxes that get segmented. Points on the image refine the
+box that contains them (the predictor's rule).
+
+The handler functions (``preview_boxes``, ``kept_boxes``, ``segment_kept``) take plain values
+and are what the tests drive; ``build_section`` only makes components and wires them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from sd_webui_sam.cutout import TextBox, best_masks, check_caption, detect_boxes, no_boxes_message, segment_boxes
+from sd_webui_sam.errors import InvalidPromptError, SamUserError
+from sd_webui_sam.ui import handlers
+
+PER_OBJECT = "Per object"
+MERGED = "Merged"
+MODES = (MERGED, PER_OBJECT)
+BOX_COLOURS = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (80, 220, 100), (200, 90, 255), (255, 140, 40))
+
+
+@dataclass(frozen=True)
+class BoxSelection:
+    """One 'Preview boxes' result: what the tick boxes refer to."""
+
+    image_digest: str
+    caption: str
+    detector: str
+    boxes: Tuple[TextBox, ...]
+
+    def labels(self) -> List[str]:
+        return [box_label(index, box) for index, box in enumerate(self.boxes)]
+
+
+@dataclass
+class BoxPreview:
+    image: Image.Image
+    selection: BoxSelection
+    message: str
+
+
+@dataclass
+class TextSegmentation:
+    candidates: handlers.Candidates          # objects merged per candidate (the panel's usual three)
+    objects: List[Tuple[Image.Image, str]]   # per object: RGBA cut-out of its best mask, label
+    object_masks: np.ndarray                 # (K, H, W) bool
+    message: str
+
+
+def box_label(index: int, box: TextBox) -> str:
+    return f"{index + 1}: {box.phrase} ({box.score:.2f})"
+
+
+def _index_of(label: Any) -> Optional[int]:
+    try:
+        return int(str(label).split(":", 1)[0]) - 1
+    except (TypeError, ValueError):
+        return None
+
+
+def draw_boxes(image: np.ndarray, boxes: Sequence[TextBox]) -> Image.Image:
+    """The picture with each box outlined and labelled '<number>: <phrase>'."""
+    from PIL import ImageDraw, ImageFont
+
+    picture = Image.fromarray(image).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    width = max(2, round(max(picture.size) / 300))
+    font = ImageFont.load_default()
+    for index, box in enumerate(boxes):
+        colour = BOX_COLOURS[index % len(BOX_COLOURS)]
+        x1, y1, x2, y2 = box.box
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        text = f"{index + 1}: {box.phrase}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        label_y = y1 - (bottom - top) - 4 if y1 - (bottom - top) - 4 >= 0 else y1
+        draw.rectangle([x1, label_y, x1 + (right - left) + 4, label_y + (bottom - top) + 4], fill=colour)
+        draw.text((x1 + 2, label_y + 2 - top), text, fill=(0, 0, 0), font=font)
+    return picture
+
+
+def preview_boxes(engine: Any, detector: Optional[str], image: Any, caption: Any, box_threshold: float,
+                  text_threshold: float) -> BoxPreview:
+    """Detect once; the result is kept and reused exactly by the segmentation."""
+    caption = check_caption(caption)
+    pixels = handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    name = engine.resolve_detector(detector or None)
+    boxes = detect_boxes(engine, name, pixels, caption, box_threshold, text_threshold)
+    selection = BoxSelection(handlers.image_digest(pixels), caption, name, tuple(boxes))
+    if not boxes:
+        return BoxPreview(Image.fromarray(pixels), selection, no_boxes_message(caption, box_threshold))
+    phrases = sorted({box.phrase for box in boxes})
+    message = (f"{len(boxes)} box{'es' if len(boxes) != 1 else ''} for {', '.join(phrases)}. "
+               "Untick the ones to leave out, then press 'Segment kept boxes'.")
+    return BoxPreview(draw_boxes(pixels, boxes), selection, message)
+
+
+def kept_boxes(selection: Optional[BoxSelection], ticked: Optional[Sequence[Any]]) -> List[TextBox]:
+    """The ticked boxes of the last preview, in their numbered order."""
+    return [selection.boxes[i] for i in kept_indices(selection, ticked)]
+
+
+def kept_indices(selection: Optional[BoxSelection], ticked: Optional[Sequence[Any]]) -> List[int]:
+    if selection is None:
+        raise InvalidPromptError("Press 'Preview boxes' first: the text prompt segments the boxes you keep there.")
+    if not selection.boxes:
+        raise InvalidPromptError("The last 'Preview boxes' found no boxes; lower the box threshold and preview again.")
+    indices = sorted({i for i in (_index_of(label) for label in (ticked or [])) if i is not None and 0 <= i < len(selection.boxes)})
+    if not indices:
+        raise InvalidPromptError("No box is ticked: tick at least one box under 'Keep boxes'.")
+    return indices
+
+
+def _points(prompts_json: Optional[str], shape: Tuple[int, int]):
+    """The clicks on the image (optional with a text prompt) and any boxes drawn by hand."""
+    height, width = shape
+    try:
+        data = json.loads(prompts_json) if prompts_json else {}
+    except (TypeError, ValueError) as error:
+        raise InvalidPromptError("The points could not be read; click on the image again.") from error
+    placed_on = (int(data.get("height") or 0), int(data.get("width") or 0))
+    if (data.get("points") or data.get("boxes")) and placed_on not in ((0, 0), (height, width)):
+        raise InvalidPromptError("The points were placed on another picture; clear them and click again.")
+    points, labels, drawn = [], [], []
+    for entry in data.get("points") or []:
+        x, y = float(entry[0]), float(entry[1])
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise InvalidPromptError(f"Point ({x:.0f}, {y:.0f}) lies outside the {width}x{height} image.")
+        points.append((x, y))
+        labels.append(1 if int(entry[2]) == 1 else 0)
+    for entry in data.get("boxes") or []:
+        x0, y0, x1, y1 = (float(v) for v in entry[:4])
+        x0, x1 = sorted((max(0.0, min(width, x0)), max(0.0, min(width, x1))))
+        y0, y1 = sorted((max(0.0, min(height, y0)), max(0.0, min(height, y1))))
+        if x1 - x0 >= 1 and y1 - y0 >= 1:
+            drawn.append((x0, y0, x1, y1))
+    return points, labels, drawn
+
+
+def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: Optional[BoxSelection],
+                 ticked: Optional[Sequence[Any]], prompts_json: Optional[str] = None, mode: str = MERGED) -> TextSegmentation:
+    """SAM on the kept boxes (one batched decode on the cached embedding), points refining their box."""
+    from sd_webui_sam import render
+
+    sam_model = handlers.require_model(sam_model)
+    pixels = handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    numbers = kept_indices(selection, ticked)
+    boxes = [selection.boxes[i] for i in numbers]
+    if selection.image_digest != handlers.image_digest(pixels):
+        raise InvalidPromptError("The picture changed since 'Preview boxes'; press 'Preview boxes' again.")
+    points, labels, drawn = _points(prompts_json, pixels.shape[:2])
+    prediction = segment_boxes(engine, sam_model, pixels, [b.box for b in boxes] + drawn, points, labels)
+    masks = np.asarray(prediction.masks, dtype=bool)
+    scores = np.asarray(prediction.scores, dtype=np.float32)
+    merged_scores = scores.mean(axis=0)
+    candidates = handlers.Candidates(
+        image=pixels, masks=masks.any(axis=0), scores=merged_scores if masks.shape[1] > 1 else merged_scores[:1],
+        image_digest=selection.image_digest,
+        prompt_summary=f"{len(boxes)} text box{'es' if len(boxes) != 1 else ''}"
+                       + (f", {len(points)} point{'s' if len(points) != 1 else ''}" if points else ""),
+    )
+    objects = best_masks(prediction)
+    names = [f"{i + 1}: {selection.boxes[i].phrase}" for i in numbers]
+    names += [f"drawn box {i + 1}" for i in range(len(drawn))]
+    names += ["points"] * (len(objects.masks) - len(names))
+    gallery = []
+    if mode == PER_OBJECT:
+        gallery = [(render.cutout(pixels, mask), name) for mask, name in zip(objects.masks, names)]
+    message = (f"{len(objects.masks)} object{'s' if len(objects.masks) != 1 else ''} from {candidates.prompt_summary}"
+               + (", one cut-out each below." if mode == PER_OBJECT else ", merged into one mask."))
+    return TextSegmentation(candidates=candidates, objects=gallery, object_masks=objects.masks, message=message)
+
+
+# ----- gradio ----------------------------------------------------------------------------------
+
+
+def _detector_choices(engine: Callable[[], Any]) -> List[str]:
+    try:
+        return list(engine().list_detectors())
+    except Exception as error:  # a broken folder must not break the tab
+        handlers.describe_failure(error)
+        return []
+
+
+def _catalogue() -> Dict[str, str]:
+    from local_groundingdino.store import CATALOGUE
+
+    return {entry.label: entry.file_name for entry in CATALOGUE}
+
+
+def build_section(panel: Any) -> Dict[str, Any]:
+    """The text-prompt accordion inside ``panel`` (call within the panel's container)."""
+    import gradio as gr
+
+    from sd_webui_sam.compat import gradio_compat as grc
+    from sd_webui_sam.ui.panel import elem, status_html
+
+    options = panel.options
+    prefix, engine = options.prefix, options.engine
+    choices = _detector_choices(engine)
+    catalogue = _catalogue()
+    parts: Dict[str, Any] = {}
+    with gr.Accordion("Text prompt (GroundingDINO)", open=False, elem_id=elem(prefix, "text_section")):
+        parts["enabled"] = gr.Checkbox(label="Enable text prompt", value=False, elem_id=elem(prefix, "text_enabled"))
+        with gr.Row():
+            parts["detector"] = gr.Dropdown(label="GroundingDINO model", choices=choices,
+                                            value=choices[0] if choices else None, elem_id=elem(prefix, "text_model"))
+            parts["refresh"] = gr.Button("\U0001f504", elem_id=elem(prefix, "text_refresh"), elem_classes=["tool"],
+                                         scale=0, min_width=40)
+        with gr.Row():
+            parts["download_choice"] = gr.Dropdown(label="Download GroundingDINO", choices=list(catalogue),
+                                                   value=next(iter(catalogue)), elem_id=elem(prefix, "text_download_choice"))
+            parts["download"] = gr.Button("Download", elem_id=elem(prefix, "text_download"))
+        parts["caption"] = gr.Textbox(label="Text prompt", placeholder="hand, face", lines=1,
+                                      elem_id=elem(prefix, "text_caption"))
+        with gr.Row():
+            parts["box_threshold"] = gr.Slider(0.0, 1.0, value=0.3, step=0.01, label="Box threshold",
+                                               elem_id=elem(prefix, "text_box_threshold"))
+            parts["text_threshold"] = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Text threshold",
+                                                elem_id=elem(prefix, "text_text_threshold"))
+        with gr.Row():
+            parts["preview_boxes"] = gr.Button("Preview boxes", elem_id=elem(prefix, "text_preview_boxes"))
+            parts["mode"] = gr.Radio(label="Masks", choices=list(MODES), value=MERGED, elem_id=elem(prefix, "text_mode"))
+            parts["segment"] = gr.Button("Segment kept boxes", variant="primary", elem_id=elem(prefix, "text_segment"))
+        with gr.Row():
+            parts["box_image"] = grc.image_output("Boxes", elem_id=elem(prefix, "text_boxes"))
+            with gr.Column():
+                parts["keep"] = gr.CheckboxGroup(label="Keep boxes", choices=[], value=[], elem_id=elem(prefix, "text_keep"))
+                parts["objects"] = grc.gallery("Objects", elem_id=elem(prefix, "text_objects"), columns=4, height="auto")
+        parts["status"] = gr.HTML("", elem_id=elem(prefix, "text_status"), elem_classes=["sam-status"])
+        parts["selection"] = gr.State(None)
+        if options.sd_controls:
+            with gr.Accordion("Cut out after generation", open=False, elem_id=elem(prefix, "cutout_section")):
+                parts["cutout_enabled"] = gr.Checkbox(
+                    label="After each generated image, segment the text prompt below and save the RGBA cut-out "
+                          "and the mask beside it", value=False, elem_id=elem(prefix, "cutout_enabled"))
+                parts["cutout_caption"] = gr.Textbox(label="Cut out", placeholder="person", lines=1,
+                                                     elem_id=elem(prefix, "cutout_caption"))
+    _wire(panel, parts, engine, status_html, grc)
+    return parts
+
+
+def cutout_script_args(panel: Any, parts: Dict[str, Any]) -> List[Any]:
+    """What 'cut out after generation' adds to the script's arguments (see compat.generation.CUTOUT_ARG_NAMES)."""
+    if "cutout_enabled" not in parts:
+        return []
+    return [parts["cutout_enabled"], parts["cutout_caption"], panel.model, parts["detector"], parts["box_threshold"],
+            parts["text_threshold"]]
+
+
+def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_html: Callable, grc: Any) -> None:
+    import gradio as gr
+
+    prefix = panel.options.prefix
+
+    def refresh(current):
+        names = _detector_choices(engine)
+        return grc.update(choices=names, value=current if current in names else (names[0] if names else None))
+
+    grc.listen(parts["refresh"].click, refresh, [parts["detector"]], [parts["detector"]], show_progress=False)
+
+    def download(label, current, progress=gr.Progress()):
+        file_name = _catalogue().get(label)
+        if file_name is None:
+            raise SamUserError("Choose a GroundingDINO checkpoint to download.")
+
+        def report(done: int, total: Optional[int]) -> None:
+            if total:
+                progress(done / total, desc=f"Downloading {file_name}")
+
+        target = engine().download_detector(file_name, progress=report)
+        names = _detector_choices(engine)
+        return (grc.update(choices=names, value=target.name if target.name in names else current),
+                status_html(f"Downloaded {target.name} to {target.parent}."))
+
+    grc.listen(parts["download"].click,
+               handlers.guarded(download, lambda message: (grc.update(), status_html(message, error=True))),
+               [parts["download_choice"], parts["detector"]], [parts["detector"], parts["status"]])
+
+    def preview(enabled, detector, image, caption, box_threshold, text_threshold):
+        if not enabled:
+            raise SamUserError("Tick 'Enable text prompt' first.")
+        result = preview_boxes(engine(), detector, image, caption, box_threshold, text_threshold)
+        labels = result.selection.labels()
+        failed = not labels
+        return (result.image, grc.update(choices=labels, value=labels), result.selection,
+                status_html(result.message, error=failed))
+
+    def preview_failure(message):
+        return None, grc.update(choices=[], value=[]), None, status_html(message, error=True)
+
+    grc.listen(parts["preview_boxes"].click, handlers.guarded(preview, preview_failure),
+               [parts["enabled"], parts["detector"], panel.input_image, parts["caption"], parts["box_threshold"],
+                parts["text_threshold"]],
+               [parts["box_image"], parts["keep"], parts["selection"], parts["status"]])
+
+    def segment(model, image, prompts_json, enabled, selection, ticked, mode, expand, feather, fill_holes, min_island,
+                invert):
+        if not enabled:
+            raise SamUserError("Tick 'Enable text prompt' first.")
+        result = segment_kept(engine(), model, image, selection, ticked, prompts_json, mode)
+        found = result.candidates
+        tools = handlers.MaskTools(expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
+                                   min_island=int(min_island or 0), invert=bool(invert))
+        chosen = handlers.chosen_outputs(found, found.best, tools)
+        from sd_webui_sam.ui.panel import CHOICES
+
+        return (handlers.candidate_gallery(found), grc.update(value=CHOICES[found.best]), found,
+                chosen.overlay, chosen.mask, chosen.cutout, result.objects, status_html(result.message))
+
+    def segment_failure(message):
+        return (grc.update(), grc.update(), grc.update(), grc.update(), grc.update(), grc.update(), [],
+                status_html(message, error=True))
+
+    inputs = [panel.model, panel.input_image, panel.prompts, parts["enabled"], parts["selection"], parts["keep"],
+              parts["mode"], *panel.tools]
+    # The clicks live in the browser: the panel's collect() puts them into the prompts input.
+    collect_js = (
+        f"(...args) => {{ const values = window.samPanel.collect({prefix!r}, args, {inputs.index(panel.prompts)}, "
+        f"{len(inputs)}); if (window.samPanel.previewDone) window.samPanel.previewDone({prefix!r}); return values; }}"
+    )
+    grc.listen(parts["segment"].click, handlers.guarded(segment, segment_failure), inputs,
+               [panel.candidates, panel.choice, panel.state, panel.overlay, panel.mask, panel.cutout, parts["objects"],
+                parts["status"]], js=collect_js)
