@@ -218,3 +218,20 @@ def test_benchmark_function_reports_the_split(tiny_sam):
     assert ours["candidates"] == 12 and ours["encoder_s"] > 0 and ours["decoder_s"] > 0
     assert ours["encoder_s"] + ours["decoder_s"] + ours["postprocess_s"] <= ours["total_s"] * 1.05
     assert "SAM" in result["model"] and "encoder" in format_result(result)
+
+
+def test_crop_embeddings_stay_out_of_the_shared_cache(tiny_sam, tmp_path):
+    import shutil
+
+    from sd_webui_sam.autosam.generator import generate_masks_with_engine
+    from sd_webui_sam.engine import Engine
+    from sd_webui_sam.settings import EngineSettings
+
+    shutil.copy(tiny_sam[0], tmp_path / "sam_tiny.pth")
+    engine = Engine(EngineSettings(user_model_dir=tmp_path, device="cpu"))
+    timings = GenerationTimings()
+    generate_masks_with_engine(engine, "sam_tiny.pth", textured_image(40, 56), AutoSamConfig(
+        points_per_side=2, crop_n_layers=1, crop_n_points_downscale_factor=2, pred_iou_thresh=0.0,
+        stability_score_thresh=0.0), timings=timings)
+    assert timings.crops == 5
+    assert len(engine.embeddings) == 1, "only the whole image's embedding is worth keeping"

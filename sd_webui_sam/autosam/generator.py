@@ -622,7 +622,23 @@ def generate_masks(predictor, image: np.ndarray, config: AutoSamConfig | None = 
     Crops are encoded through the predictor, so the whole image reuses an embedding the panel
     already computed for the same image and model.
     """
-    return AutoMaskGenerator(predictor.model, predictor.encode, config).generate(image, timings)
+    whole_image_shape = image.shape
+    crop_predictor = None
+
+    def encode(crop: np.ndarray):
+        nonlocal crop_predictor
+        if crop.shape == whole_image_shape:
+            return predictor.encode(crop)
+        if crop_predictor is None:
+            from sd_webui_sam.embedding_cache import EmbeddingCache
+            from sd_webui_sam.predictor import Predictor
+
+            # crop embeddings are used once: keep them out of the shared cache
+            crop_predictor = Predictor(predictor.model, predictor.placement, EmbeddingCache(max_entries=0),
+                                       model_id=predictor.model_id)
+        return crop_predictor.encode(crop)
+
+    return AutoMaskGenerator(predictor.model, encode, config).generate(image, timings)
 
 
 def generate_masks_with_engine(engine, model_name: str, image: np.ndarray, config: AutoSamConfig | None = None, *,
