@@ -153,3 +153,40 @@ def format_result(result: dict) -> str:
         )
         lines.append(f"  speedup:   {result['speedup']:.2f}x overall, {result['speedup_after_encoder']:.2f}x after the encoder")
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m sd_webui_sam.autosam.benchmark [--checkpoint sam_vit_b.pth] [--device cuda] [--reference]``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Segment-everything speed, ours vs the reference generator.")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="SAM checkpoint (default: random-weight ViT-B)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--crop-n-layers", type=int, default=0)
+    parser.add_argument("--permissive", action="store_true",
+                        help="pred_iou_thresh = stability_score_thresh = 0 (every candidate upsampled)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time segment_anything.SamAutomaticMaskGenerator (needs the test dependencies "
+                             "and a source checkout with tests/)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    config = AutoSamConfig(points_per_side=args.points_per_side, crop_n_layers=args.crop_n_layers,
+                           **(PERMISSIVE if args.permissive else {}))
+    factory = None
+    if args.reference:
+        try:
+            from tests.fixtures.autosam_fixtures import reference_generator_factory as factory
+        except ImportError as error:
+            print(f"--reference needs segment_anything and the repository's tests package: {error}")
+            return 1
+    result = benchmark_segment_everything(checkpoint=args.checkpoint, device=args.device, config=config,
+                                          reference_factory=factory, repeats=args.repeats)
+    print(json.dumps(result, indent=2, default=str) if args.json else format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
