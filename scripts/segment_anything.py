@@ -81,6 +81,20 @@ class SegmentAnythingScript(scripts.Script):
             print(f"[Segment Anything] ControlNet: {error}")
 
 
+    def postprocess_image(self, p, pp, *args):
+        cutout = generation.CutoutArgs.from_values(args)
+        if not cutout.enabled:
+            return
+        try:
+            print(f"[Segment Anything] {generation.cut_out_generated(p, pp, cutout, SESSION.engine())}")
+        except SamUserError as error:
+            print(f"[Segment Anything] Cut out after generation: {error}")
+
+    def postprocess(self, p, processed, *args):
+        for path in generation.finish_cutouts(p, processed, host_compat.save_beside_samples):
+            print(f"[Segment Anything] saved {path}")
+
+
 def _on_after_component(component, **kwargs):
     SESSION.capture_component(component, current_root_block())
 

@@ -116,3 +116,117 @@ def apply(p: Any, values: Sequence[Any], controlnet: Any, *, is_img2img: bool) -
             mask_array = 255 - mask_array
         done.append(controlnet.assign(p, args.controlnet_unit, np.asarray(image, dtype=np.uint8), mask_array))
     return done
+
+
+# ----- cut out after generation ----------------------------------------------------------------
+
+#: Script arguments after ``ARG_NAMES`` (API callers may leave them out).
+CUTOUT_ARG_NAMES = ("cutout_enabled", "cutout_text", "cutout_sam_model", "cutout_dino_model", "cutout_box_threshold",
+                    "cutout_text_threshold")
+CUTOUT_SUFFIX = "-cutout"
+CUTOUT_MASK_SUFFIX = "-cutout-mask"
+#: Where the cut-outs of one generation wait between ``postprocess_image`` and ``postprocess``.
+PENDING_ATTRIBUTE = "sd_webui_sam_cutouts"
+
+
+def _threshold(value: Any, default: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return min(1.0, max(0.0, number)) if np.isfinite(number) else default
+
+
+@dataclass(frozen=True)
+class CutoutArgs:
+    enabled: bool = False
+    text: str = ""
+    sam_model: Optional[str] = None
+    dino_model: Optional[str] = None
+    box_threshold: float = 0.3
+    text_threshold: float = 0.25
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> "CutoutArgs":
+        rest = list(values[len(ARG_NAMES):]) + [None] * len(CUTOUT_ARG_NAMES)
+        return cls(
+            enabled=_flag(rest[0]) if rest[0] is not None else False,
+            text=str(rest[1] or ""),
+            sam_model=str(rest[2]) if rest[2] else None,
+            dino_model=str(rest[3]) if rest[3] else None,
+            box_threshold=_threshold(rest[4], 0.3),
+            text_threshold=_threshold(rest[5], 0.25),
+        )
+
+
+@dataclass
+class PendingCutout:
+    order: int                 # the how-many-th generated image of this run (0-based)
+    seed: Any
+    prompt: str
+    cutout: Image.Image        # RGBA
+    mask: Image.Image          # L
+
+
+def _batch_value(values: Any, index: int, default: Any) -> Any:
+    if isinstance(values, (list, tuple)) and 0 <= index < len(values):
+        return values[index]
+    return default
+
+
+def cut_out_generated(p: Any, pp: Any, args: CutoutArgs, engine: Any) -> str:
+    """``postprocess_image``: segment ``args.text`` in the generated picture and keep the cut-out and
+    its mask on ``p`` until ``postprocess`` saves them beside the saved image. Returns a log line."""
+    from sd_webui_sam.cutout import check_caption, no_boxes_message, text_cutout
+
+    caption = check_caption(args.text)
+    if not args.sam_model:
+        raise SamUserError("Cut out after generation: choose a SAM model in the Segment Anything panel.")
+    image = pp.image
+    pending: List[PendingCutout] = getattr(p, PENDING_ATTRIBUTE, None) or []
+    batch_index = int(getattr(p, "batch_index", 0) or 0)
+    # A1111 passes (image); Forge adds the image's index in the whole run.
+    order = getattr(pp, "index", None)
+    if order is None:
+        order = int(getattr(p, "iteration", 0) or 0) * int(getattr(p, "batch_size", 1) or 1) + batch_index
+    result = text_cutout(engine, np.asarray(image.convert("RGB")), caption, sam_model=args.sam_model,
+                         detector=args.dino_model, box_threshold=args.box_threshold, text_threshold=args.text_threshold)
+    if result is None:
+        return f"cut out: {no_boxes_message(caption, args.box_threshold)}"
+    pending.append(PendingCutout(
+        order=int(order), seed=_batch_value(getattr(p, "seeds", None), batch_index, getattr(p, "seed", None)),
+        prompt=_batch_value(getattr(p, "prompts", None), batch_index, getattr(p, "prompt", "")),
+        cutout=result.cutout, mask=result.mask_image,
+    ))
+    setattr(p, PENDING_ATTRIBUTE, pending)
+    return f"cut out {len(result.boxes)} object(s) for '{caption}'"
+
+
+def finish_cutouts(p: Any, processed: Any, save: Any) -> List[str]:
+    """``postprocess``: save each pending cut-out and mask beside its generated image (``save`` is
+    the host's saver) and add them to the output gallery. Returns the paths written."""
+    pending: List[PendingCutout] = getattr(p, PENDING_ATTRIBUTE, None) or []
+    if not pending:
+        return []
+    setattr(p, PENDING_ATTRIBUTE, [])
+    images = getattr(processed, "images", None)
+    first = int(getattr(processed, "index_of_first_image", 0) or 0)
+    written: List[str] = []
+    added: List[Image.Image] = []
+    for entry in pending:
+        saved_beside = None
+        if isinstance(images, list) and 0 <= first + entry.order < len(images):
+            generated = images[first + entry.order]
+            if getattr(generated, "size", None) == entry.cutout.size:
+                saved_beside = getattr(generated, "already_saved_as", None)
+        if not getattr(p, "do_not_save_samples", False):
+            written += [save(p, entry.cutout, entry.seed, entry.prompt, CUTOUT_SUFFIX, saved_beside),
+                        save(p, entry.mask, entry.seed, entry.prompt, CUTOUT_MASK_SUFFIX, saved_beside)]
+        added += [entry.cutout, entry.mask]
+    if isinstance(images, list):
+        images.extend(added)
+        infotexts = getattr(processed, "infotexts", None)
+        if isinstance(infotexts, list):
+            # the gallery reads infotexts[i] for image i: keep them aligned
+            infotexts.extend([infotexts[0] if infotexts else ""] * len(added))
+    return [path for path in written if path]

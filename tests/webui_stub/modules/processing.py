@@ -26,6 +26,7 @@ class StableDiffusionProcessing:
     extra_generation_params: dict = None
     override_settings: dict = None
     denoising_strength: float = None
+    do_not_save_samples: bool = False
 
     scripts_value: object = field(default=None, init=False)
     script_args_value: list = field(default=None, init=False)
@@ -63,6 +64,15 @@ class StableDiffusionProcessing:
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         pass
+
+    def save_samples(self) -> bool:
+        """Returns whether generated images need to be written to disk"""
+        # Stand-in only: a p built without an output folder (most tests) saves nothing.
+        if self.outpath_samples is None:
+            return False
+        opts, state = shared.opts, shared.state
+        return opts.samples_save and not self.do_not_save_samples and (
+            opts.save_incomplete_images or not state.interrupted and not state.skipped)
 
     def close(self):
         pass
@@ -119,10 +129,12 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 
 
 class Processed:
-    def __init__(self, p, images_list, seed=-1, info=""):
+    def __init__(self, p, images_list, seed=-1, info="", index_of_first_image=0, infotexts=None):
         self.images = images_list
         self.seed = seed
         self.info = info
+        self.index_of_first_image = index_of_first_image
+        self.infotexts = infotexts or [info]
 
 
 def create_binary_mask(image, round=True):
@@ -140,14 +152,36 @@ def process_images(p):
     if p.scripts is not None:
         p.scripts.process(p)
     p.init([p.prompt], [p.seed], [p.subseed])
+    from modules import images as images_module, scripts
+
     images = []
+    infotexts = []
     for n in range(p.n_iter):
         if shared.state.interrupted:
             break
+        p.iteration = n
+        p.prompts = [p.prompt] * p.batch_size
+        p.seeds = [p.seed + n * p.batch_size + i for i in range(p.batch_size)]
         if p.scripts is not None:
-            p.scripts.process_batch(p, batch_number=n, prompts=[p.prompt], seeds=[p.seed], subseeds=[p.subseed])
-        images.append(Image.new("RGB", (p.width, p.height)))
-    processed = Processed(p, images, p.seed, "")
+            p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=[p.subseed])
+        save_samples = p.save_samples()
+        for i in range(p.batch_size):
+            p.batch_index = i
+            image = Image.new("RGB", (p.width, p.height), (40 * i, 90, 160))
+            if p.scripts is not None:
+                if scripts.PostprocessImageArgs is not getattr(scripts, "_ForgePostprocessImageArgs", None):
+                    pp = scripts.PostprocessImageArgs(image)
+                else:
+                    pp = scripts.PostprocessImageArgs(image, i + p.iteration * p.batch_size)
+                p.scripts.postprocess_image(p, pp)
+                image = pp.image
+            text = f"{p.prompt}\nSeed: {p.seeds[i]}"
+            if save_samples:
+                images_module.save_image(image, p.outpath_samples, "", p.seeds[i], p.prompts[i],
+                                         shared.opts.samples_format, info=text, p=p)
+            infotexts.append(text)
+            images.append(image)
+    processed = Processed(p, images, p.seed, infotexts[0] if infotexts else "", infotexts=infotexts)
     if p.scripts is not None:
         p.scripts.postprocess(p, processed)
     return processed

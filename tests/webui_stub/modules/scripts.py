@@ -1,4 +1,5 @@
 """modules/scripts.py of A1111 v1.10.1, reduced to what extensions touch."""
+import importlib.util
 import os
 import re
 from collections import namedtuple
@@ -12,6 +13,18 @@ AlwaysVisible = object()
 class PostprocessImageArgs:
     def __init__(self, image):
         self.image = image
+
+
+class _ForgePostprocessImageArgs:
+    """Forge's PostprocessImageArgs(image, index)."""
+
+    def __init__(self, image, index):
+        self.image = image
+        self.index = index
+
+
+if importlib.util.find_spec("modules_forge") is not None:  # the stand-in is playing Forge
+    PostprocessImageArgs = _ForgePostprocessImageArgs  # noqa: F811
 
 
 class PostprocessBatchListArgs:
@@ -211,6 +224,9 @@ class ScriptRunner:
 
     def process_batch(self, p, **kwargs):
         self._each("process_batch", p, **kwargs)
+
+    def postprocess_image(self, p, pp):
+        self._each("postprocess_image", p, pp)
 
     def postprocess(self, p, processed):
         self._each("postprocess", p, processed)
