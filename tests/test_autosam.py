@@ -235,3 +235,23 @@ def test_crop_embeddings_stay_out_of_the_shared_cache(tiny_sam, tmp_path):
         stability_score_thresh=0.0), timings=timings)
     assert timings.crops == 5
     assert len(engine.embeddings) == 1, "only the whole image's embedding is worth keeping"
+
+
+def test_out_of_memory_in_the_decoder_halves_the_batch(local_sam):
+    class Flaky(ReferenceSegmenter):
+        sizes = []
+
+        def decode(self, features, *, point_coords, **kwargs):
+            self.sizes.append(len(point_coords))
+            if len(point_coords) > 10:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().decode(features, point_coords=point_coords, **kwargs)
+
+    image = textured_image(40, 50, seed=5)
+    settings = dict(points_per_side=6, pred_iou_thresh=0.3, stability_score_thresh=0.6)
+    plain = AutoMaskGenerator(ReferenceSegmenter(local_sam), reference_encoder(local_sam), AutoSamConfig(**settings))
+    flaky = Flaky(local_sam)
+    halved = AutoMaskGenerator(flaky, reference_encoder(local_sam), AutoSamConfig(**settings))
+    expected, got = plain.generate(image), halved.generate(image)
+    assert flaky.sizes[0] == 36 and max(flaky.sizes[1:]) <= 18 and min(flaky.sizes) <= 10
+    assert [r.bbox for r in got] == [r.bbox for r in expected]

@@ -461,9 +461,7 @@ class AutoMaskGenerator:
             clock = time.perf_counter()
             coords = model_points_t[start:stop, None, :]
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
-            low_res, iou = self.model.decode(features, point_coords=coords, point_labels=labels, boxes=None,
-                                             mask_input=None, multimask_output=True,
-                                             options=dict(config.decode_options))
+            low_res, iou = self._decode(features, coords, labels)
             _synchronize(device)
             timings.decoder_s += time.perf_counter() - clock
 
@@ -500,6 +498,22 @@ class AutoMaskGenerator:
         _synchronize(device)
         timings.postprocess_s += time.perf_counter() - clock
         return survivors
+
+    def _decode(self, features, coords: torch.Tensor, labels: torch.Tensor):
+        """Decode a batch of single-point prompts; out of memory, halve the batch and go on."""
+        try:
+            return self.model.decode(features, point_coords=coords, point_labels=labels, boxes=None, mask_input=None,
+                                     multimask_output=True, options=dict(self.config.decode_options))
+        except Exception as error:
+            from sd_webui_sam.devices import is_out_of_memory, release_memory
+
+            if len(coords) <= 1 or not is_out_of_memory(error):
+                raise
+        release_memory()
+        half = len(coords) // 2
+        first = self._decode(features, coords[:half], labels[:half])
+        second = self._decode(features, coords[half:], labels[half:])
+        return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
 
     def _filter_chunk(self, low_res, iou, point_index, input_size, crop_size, box, image_box, whole_image,
                       crop_index, grid_points, timings) -> Optional[_Survivors]:
