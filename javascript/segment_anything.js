@@ -17,6 +17,10 @@
     const DOT_RADIUS_CSS = 6;
     const DRAG_THRESHOLD_CSS = 5;
     const PREVIEW_DEBOUNCE_MS = 120;
+    // A preview unanswered for this long is taken as lost (a first ViT-H encode on a CPU is slow).
+    const PREVIEW_LOST_MS = 180000;
+    // How long a click waits for the server to have decoded a new picture before it is sent anyway.
+    const IMAGE_READY_WAIT_MS = 5000;
     const panels = {};
 
     function appRoot() {
@@ -42,6 +46,11 @@
                 svg: null,
                 drag: null,
                 timer: null,
+                sentAt: 0,      // when the preview in flight was sent (0: none)
+                sentPrompts: null,
+                readySrc: null, // the picture the server has decoded (samPanel.imageReady)
+                srcSince: 0,
+                readyWaiters: [],
                 resizeObserver: null,
             };
         }
@@ -239,17 +248,64 @@
         return Boolean(input && input.checked);
     }
 
+    function promptsJson(st) {
+        return JSON.stringify({
+            width: st.width,
+            height: st.height,
+            points: st.points.map((p) => [p.x + 0.5, p.y + 0.5, p.label]),
+            boxes: st.boxes.map((b) => [b.x0, b.y0, b.x1, b.y1]),
+        });
+    }
+
+    function previewInFlight(st) {
+        return st.sentAt > 0 && Date.now() - st.sentAt < PREVIEW_LOST_MS;
+    }
+
+    // Clicks are debounced, and while a preview is being computed later clicks only mark the
+    // prompts as changed: when the answer arrives (previewDone) one more preview is sent for the
+    // prompts as they are then. So a burst of clicks costs at most two decoder runs, and the
+    // masks shown always end up matching the dots.
     function schedulePreview(st) {
         if (!autoPreviewEnabled(st)) {
             return;
         }
         clearTimeout(st.timer);
-        st.timer = setTimeout(function () {
-            const button = part(st.prefix, "preview");
-            if (button && button.offsetParent !== null) {
-                button.click();
-            }
-        }, PREVIEW_DEBOUNCE_MS);
+        st.timer = setTimeout(() => sendPreview(st), PREVIEW_DEBOUNCE_MS);
+    }
+
+    function sendPreview(st) {
+        st.timer = null;
+        if (previewInFlight(st)) {
+            return; // previewDone sends the newest prompts
+        }
+        const button = part(st.prefix, "preview");
+        if (button) {
+            button.click();
+        }
+    }
+
+    // Resolves once the server holds the picture shown (the preview reads it from there), or after
+    // IMAGE_READY_WAIT_MS, so a picture change the server never saw cannot block previews.
+    function imageOnServer(st) {
+        if (st.readySrc === st.src) {
+            return Promise.resolve();
+        }
+        return new Promise(function (resolve) {
+            const wait = Math.max(0, IMAGE_READY_WAIT_MS - (Date.now() - st.srcSince));
+            const timer = setTimeout(resolve, wait);
+            st.readyWaiters.push(function () {
+                clearTimeout(timer);
+                resolve();
+            });
+        });
+    }
+
+    function releaseIfOnServer(st) {
+        if (st.readySrc === st.src) {
+            const waiters = st.readyWaiters;
+            st.readyWaiters = [];
+            waiters.forEach((resolve) => resolve());
+        }
     }
 
     // ----- binding ----------------------------------------------------------------------------
@@ -348,7 +404,9 @@
         if (src !== st.src) {
             // A new picture: prompts of the old one mean nothing on it.
             st.src = src;
+            st.srcSince = Date.now();
             st.width = 0;
+            releaseIfOnServer(st);
             resetPrompts(st);
         }
         if (!st.width && img.complete && img.naturalWidth) {
@@ -411,16 +469,38 @@
 
     window.samPanel = {
         // The Preview button's browser-side step: put the prompts into the inputs it sends.
-        collect: function (prefix, args, promptIndex, inputCount) {
+        // Async: gradio awaits it, so a click made right after an upload waits for the picture.
+        collect: async function (prefix, args, promptIndex, inputCount) {
             const st = panelState(prefix);
             const values = Array.from(args).slice(0, inputCount);
-            values[promptIndex] = JSON.stringify({
-                width: st.width,
-                height: st.height,
-                points: st.points.map((p) => [p.x + 0.5, p.y + 0.5, p.label]),
-                boxes: st.boxes.map((b) => [b.x0, b.y0, b.x1, b.y1]),
-            });
+            st.sentAt = Date.now();
+            await imageOnServer(st);
+            values[promptIndex] = promptsJson(st);
+            st.sentPrompts = values[promptIndex];
+            st.previewsSent = (st.previewsSent || 0) + 1;
             return values;
+        },
+        // Runs when the server has decoded a new picture: clicks made before that are previewed now.
+        imageReady: function (prefix) {
+            const st = panelState(prefix);
+            const container = part(prefix, "input_image");
+            const img = container && container.querySelector("img");
+            st.readySrc = img ? img.getAttribute("src") : null;
+            releaseIfOnServer(st);
+            return [];
+        },
+        // Runs when a preview has been answered (success or failure).
+        previewDone: function (prefix) {
+            const st = panelState(prefix);
+            const sent = st.sentPrompts;
+            st.sentAt = 0;
+            st.sentPrompts = null;
+            st.previewsAnswered = (st.previewsAnswered || 0) + 1;
+            if (sent !== null && st.timer === null && (st.points.length || st.boxes.length)
+                    && promptsJson(st) !== sent) {
+                schedulePreview(st);
+            }
+            return [];
         },
         undo: function (prefix) {
             const st = panelState(prefix);
@@ -437,7 +517,8 @@
         // For tests and the benchmark: the prompts as the panel holds them.
         prompts: function (prefix) {
             const st = panelState(prefix);
-            return {width: st.width, height: st.height, points: st.points.slice(), boxes: st.boxes.slice()};
+            return {width: st.width, height: st.height, points: st.points.slice(), boxes: st.boxes.slice(),
+                    previewsSent: st.previewsSent || 0, previewsAnswered: st.previewsAnswered || 0};
         },
         switchToInpaintUpload: function () {
             if (typeof switch_to_img2img_tab === "function") {

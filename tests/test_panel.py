@@ -119,8 +119,46 @@ def test_panel_builds_and_preview_handler_reports_instead_of_raising(engine, pic
                  "auto_preview", "expand", "feather", "fill_holes", "min_island", "invert", "model", "refresh"):
         assert f"t_sam_{part}" in ids
     functions = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns  # gradio 4: a dict by id
-    preview = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "preview")
-    gallery, choice, state, status = preview("tiny_sam.pth", picture, prompts([(60.5, 50.5, 1)]))
+    preview = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "preview_masks")
+    remember = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "remember_image")
+    session, _ = remember(picture)
+    assert isinstance(session, handlers.SessionImage) and np.array_equal(session.pixels, np.asarray(picture))
+    gallery, choice, state, status = preview("tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
     assert len(gallery) == 3 and state.masks.shape == (3, 96, 128) and "3 masks" in status
+    thumbnail = Image.open(gallery[0][0])
+    assert thumbnail.size == (128, 96) and gallery[0][1] == handlers.candidate_label(0, float(state.scores[0]))
     gallery, choice, state, status = preview("tiny_sam.pth", None, prompts([(60.5, 50.5, 1)]))
     assert state is None and "sam-status-error" in status and "Traceback" not in status
+
+
+def test_session_image_is_decoded_once_and_encoded_ahead_of_the_first_click(engine, picture):
+    from sd_webui_sam.engine import Engine
+
+    fresh = Engine(engine.settings)
+    session = handlers.session_image(picture)
+    assert handlers.session_image(None) is None
+    assert handlers.encode_ahead(fresh, None, session) is None and fresh.embeddings.stats()["misses"] == 0
+    assert handlers.encode_ahead(fresh, "tiny_sam.pth", session) > 0
+    found = handlers.segment(fresh, "tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
+    stats = fresh.embeddings.stats()
+    assert (stats["misses"], stats["hits"]) == (1, 1)  # the click reused the embedding from the upload
+    assert found.image_digest == session.digest == handlers.image_digest(np.asarray(picture))
+
+
+def test_output_files_are_exact_pngs_and_jpeg_previews(engine, picture, tmp_path):
+    files = handlers.ImageFiles(keep=8)
+    found = handlers.segment(engine, "tiny_sam.pth", handlers.session_image(picture), prompts([(60.5, 50.5, 1)]))
+    tools = handlers.MaskTools(expand=2)
+    overlay_path, mask_path, cutout_path = handlers.chosen_output_files(found, 1, tools, files)
+    expected = handlers.chosen_outputs(found, 1, tools)
+    with Image.open(mask_path) as mask, Image.open(cutout_path) as cutout, Image.open(overlay_path) as overlay:
+        assert mask.format == "PNG" and np.array_equal(np.asarray(mask), np.asarray(expected.mask))
+        assert cutout.format == "PNG" and cutout.mode == "RGBA"
+        assert np.array_equal(np.asarray(cutout), np.asarray(expected.cutout))
+        assert overlay.format == "JPEG" and overlay.size == (128, 96)
+    # Only the newest files stay on disk.
+    for _ in range(4):
+        handlers.chosen_output_files(found, 0, tools, files)
+    from pathlib import Path
+
+    assert not Path(mask_path).exists() and Path(handlers.chosen_output_files(found, 0, tools, files)[1]).exists()

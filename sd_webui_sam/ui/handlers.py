@@ -5,10 +5,15 @@ WebUI keeps working, and a traceback only ever reaches the console.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
+import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -55,6 +60,63 @@ class ChosenOutputs:
     cutout: Image.Image          # RGBA: the picture, transparent outside the mask
 
 
+@dataclass(frozen=True)
+class SessionImage:
+    """The uploaded picture, decoded once when it arrives and kept server-side (a ``gr.State``).
+
+    Clicks then send only their prompts: re-sending and re-decoding a 1024x768 picture on every
+    click cost more than the mask decoder itself.
+    """
+
+    pixels: np.ndarray           # (H, W, 3) uint8
+    digest: str
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(width, height)."""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+
+class ImageFiles:
+    """Output pictures written once, in a format chosen for what each is for, for gradio to serve.
+
+    Gradio's own encoding of a PIL image is PNG at the default (slow) compression for every
+    output; a noisy 1024x768 overlay took ~250 ms. Previews go out as JPEG, downloadable masks and
+    cut-outs as lossless PNG with fast compression. Gradio copies (or inlines) a returned file
+    while it sends the reply, so only the most recent ``keep`` files are kept on disk.
+    """
+
+    def __init__(self, keep: int = 96) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="sd_webui_sam_outputs_")
+        self._written: "collections.deque[Path]" = collections.deque()
+        self._keep = max(8, int(keep))
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def write(self, image: Image.Image, name: str, *, lossless: bool = True) -> str:
+        with self._lock:
+            self._counter += 1
+            number = self._counter
+        folder = Path(self._directory.name) / str(number)
+        folder.mkdir()
+        if lossless:
+            path = folder / f"{name}.png"
+            image.save(path, format="PNG", compress_level=1)
+        else:
+            path = folder / f"{name}.jpg"
+            image.convert("RGB").save(path, format="JPEG", quality=90)
+        with self._lock:
+            self._written.append(path)
+            stale = [self._written.popleft() for _ in range(max(0, len(self._written) - self._keep))]
+        for old in stale:
+            old.unlink(missing_ok=True)
+            try:
+                old.parent.rmdir()
+            except OSError:
+                pass
+        return str(path)
+
+
 def image_digest(image: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=12).hexdigest()
 
@@ -97,11 +159,30 @@ def to_rgb_array(image: Any, max_pixels: Optional[int] = None) -> np.ndarray:
 
     if image is None:
         raise InvalidImageError("No image: upload a picture into 'Image' first.")
+    if isinstance(image, SessionImage):
+        return image.pixels
     if isinstance(image, str):  # only ever base64: a path from a request must never open a server file
         image = decode_base64_image(image)
     if max_pixels is None:
         return images.load_image(image)
     return images.load_image(image, max_pixels)
+
+
+def session_image(image: Any, max_pixels: Optional[int] = None) -> Optional[SessionImage]:
+    """What the image control now holds, decoded once; None when it was cleared."""
+    if image is None:
+        return None
+    pixels = to_rgb_array(image, max_pixels)
+    return SessionImage(pixels=pixels, digest=image_digest(pixels))
+
+
+def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage]) -> Optional[float]:
+    """Compute (and cache) the picture's embedding before the first click; seconds taken, None if idle."""
+    if image is None or not model_name:
+        return None
+    start = time.perf_counter()
+    engine.predictor(model_name).encode(image.pixels)
+    return time.perf_counter() - start
 
 
 def decode_base64_image(text: str) -> Image.Image:
@@ -206,7 +287,7 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
         image=pixels,
         masks=merged,
         scores=merged_scores,
-        image_digest=image_digest(pixels),
+        image_digest=image.digest if isinstance(image, SessionImage) else image_digest(pixels),
         prompt_summary=summarise(prompts),
     )
 
@@ -231,6 +312,12 @@ def candidate_gallery(candidates: Candidates, side: int = THUMBNAIL_SIDE) -> Lis
     return items
 
 
+def candidate_gallery_files(candidates: Candidates, files: ImageFiles) -> List[Tuple[str, str]]:
+    """``candidate_gallery`` as JPEG files: thumbnails only ever get looked at, never downloaded."""
+    return [(files.write(image, f"candidate_{index + 1}", lossless=False), caption)
+            for index, (image, caption) in enumerate(candidate_gallery(candidates))]
+
+
 def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.ndarray:
     """The chosen candidate after the mask tools: (H, W) float32 in 0..1 (soft only when feathered)."""
     from sd_webui_sam import masks as mask_ops
@@ -252,6 +339,16 @@ def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> Chos
         overlay=Image.fromarray(render.overlay(candidates.image, alpha)),
         mask=render.mask_image(alpha),
         cutout=render.cutout(candidates.image, alpha),
+    )
+
+
+def chosen_output_files(candidates: Candidates, index: int, tools: MaskTools, files: ImageFiles) -> Tuple[str, str, str]:
+    """(overlay, mask, cut-out) as files: the overlay is a JPEG preview, mask and cut-out exact PNGs."""
+    chosen = chosen_outputs(candidates, index, tools)
+    return (
+        files.write(chosen.overlay, "overlay", lossless=False),
+        files.write(chosen.mask, "mask"),
+        files.write(chosen.cutout, "cutout"),
     )
 
 

@@ -153,11 +153,13 @@ def build_panel(options: PanelOptions) -> Panel:
             cutout = grc.image_output("Cut-out", elem_id=elem(prefix, "cutout"), image_mode="RGBA")
         prompts = gr.Textbox(value="", visible=False, label="Prompts", elem_id=elem(prefix, "prompts"))
         state = gr.State(None)
+        image_state = gr.State(None)  # handlers.SessionImage: the picture decoded once per upload
         panel = Panel(
             options=options, model=model, input_image=input_image, prompts=prompts, preview=preview,
             candidates=candidates, choice=choice, status=status, overlay=overlay, mask=mask, cutout=cutout,
             tools=[expand, feather, fill_holes, min_island, invert], state=state,
-            extra={"refresh": refresh, "undo": undo, "clear": clear, "auto_preview": auto_preview, **download_parts},
+            extra={"refresh": refresh, "undo": undo, "clear": clear, "auto_preview": auto_preview,
+                   "image_state": image_state, **download_parts},
         )
         if options.sd_controls:
             _sd_controls(panel)
@@ -240,20 +242,49 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     def show_failure(message: str):
         return ([], grc.update(), None, status_html(message, error=True))
 
-    def preview(model_name, image, prompts_json):
+    files = handlers.ImageFiles()
+    image_state = panel.extra["image_state"]
+
+    # The picture is decoded once when it changes and encoded right away, so a click sends only
+    # its prompts and runs only the mask decoder.
+    def remember_image(image):
+        return handlers.session_image(image, getattr(engine().settings, "max_image_pixels", None)), ""
+
+    def remember_failure(message: str):
+        return None, status_html(message, error=True)
+
+    def encode_ahead(model_name, image):
+        seconds = handlers.encode_ahead(engine(), model_name, image)
+        if seconds is None:
+            return grc.update()
+        width, height = image.size
+        return status_html(f"Picture {width}x{height} encoded in {seconds:.1f} s; each click now runs the mask decoder only.")
+
+    def encode_failure(message: str):
+        return status_html(message, error=True)
+
+    remembered = grc.listen(panel.input_image.change, handlers.guarded(remember_image, remember_failure),
+                            [panel.input_image], [image_state, panel.status], show_progress=False)
+    guarded_encode = handlers.guarded(encode_ahead, encode_failure)
+    grc.listen(remembered.then, guarded_encode, [panel.model, image_state], [panel.status], show_progress=False)
+    grc.listen(remembered.then, None, [], [], js=f"() => window.samPanel.imageReady({prefix!r})")
+    grc.listen(panel.model.change, guarded_encode, [panel.model, image_state], [panel.status], show_progress=False)
+
+    def preview_masks(model_name, image, prompts_json):
         found = handlers.segment(engine(), model_name, image, prompts_json)
         scores = ", ".join(f"{i + 1}: {s:.3f}" for i, s in enumerate(found.scores))
         message = (f"{len(found.scores)} masks from {found.prompt_summary} (scores {scores}). "
                    "Mask {} is the best; pick another below, the tools apply live.".format(found.best + 1))
-        return handlers.candidate_gallery(found), grc.update(value=CHOICES[found.best]), found, status_html(message)
+        gallery = handlers.candidate_gallery_files(found, files)
+        return gallery, grc.update(value=CHOICES[found.best]), found, status_html(message)
 
-    inputs = [panel.model, panel.input_image, panel.prompts]
+    inputs = [panel.model, image_state, panel.prompts]
     collect_js = (
         f"(...args) => window.samPanel.collect({prefix!r}, args, {inputs.index(panel.prompts)}, {len(inputs)})"
     )
     event = grc.listen(
         panel.preview.click,
-        handlers.guarded(preview, show_failure),
+        handlers.guarded(preview_masks, show_failure),
         inputs,
         [panel.candidates, panel.choice, panel.state, panel.status],
         js=collect_js,
@@ -269,8 +300,7 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
             expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
             min_island=int(min_island or 0), invert=bool(invert),
         )
-        chosen = handlers.chosen_outputs(found, found.best if index is None else int(index), tools)
-        return chosen.overlay, chosen.mask, chosen.cutout
+        return handlers.chosen_output_files(found, found.best if index is None else int(index), tools, files)
 
     def render_failure(message: str):
         return None, None, None
@@ -278,6 +308,8 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     render_outputs = [panel.overlay, panel.mask, panel.cutout]
     guarded_render = handlers.guarded(render_choice, render_failure)
     grc.listen(event.then, guarded_render, tool_inputs, render_outputs, show_progress=False)
+    # Tells the front end the preview is answered, so a click made meanwhile gets its own preview.
+    grc.listen(event.then, None, [], [], js=f"() => window.samPanel.previewDone({prefix!r})")
     for control in [panel.choice, *panel.tools]:
         grc.listen(control.change if control is not panel.choice else control.input, guarded_render, tool_inputs,
                    render_outputs, show_progress=False)

@@ -130,6 +130,55 @@ def test_click_preview_pick_expand_download_box_remove_resize(app_url, picture_p
             raise
 
 
+def test_auto_preview_on_click_and_a_burst_of_clicks_is_coalesced(app_url, picture_path, request):
+    path, _ = picture_path
+    status = f"#{driver.PREFIX}_status"
+    with driver.browser_page(app_url) as page:
+        try:
+            driver.upload(page, path)
+            driver.set_auto_preview(page, True)
+
+            # One click: masks appear without pressing Preview.
+            previous = driver.candidate_sources(page)
+            page.mouse.click(*driver.client_point(page, 60, 50))
+            driver.wait_for_new_candidates(page, previous)
+            page.wait_for_function(f"() => document.querySelector('{status}').innerText.includes('1 positive point')")
+            page.wait_for_function(f"() => window.samPanel.prompts('{driver.PREFIX}').previewsAnswered === 1")
+            assert prompt_counters(page) == (1, 1)
+
+            # A burst of clicks: far fewer requests than clicks, and the last preview has every point.
+            previous = driver.candidate_sources(page)
+            for index in range(6):
+                page.mouse.click(*driver.client_point(page, 45 + 7 * index, 40 + 3 * index))
+            assert len(driver.dot_centres(page)) == 7
+            page.wait_for_function(
+                f"""() => document.querySelector('{status}').innerText.includes('7 positive points')
+                          && window.samPanel.prompts('{driver.PREFIX}').previewsAnswered
+                             === window.samPanel.prompts('{driver.PREFIX}').previewsSent""",
+                timeout=30_000,
+            )
+            driver.wait_for_new_candidates(page, previous)
+            sent, answered = prompt_counters(page)
+            assert 2 <= sent <= 3, sent  # the first click's preview, then at most two for the burst
+            page.wait_for_timeout(500)  # nothing more is sent once the masks match the dots
+            assert prompt_counters(page) == (sent, sent)
+
+            # Switched off: a click sends nothing.
+            driver.set_auto_preview(page, False)
+            page.mouse.click(*driver.client_point(page, 20, 80), button="right")
+            page.wait_for_timeout(500)
+            assert prompt_counters(page) == (sent, sent)
+        except Exception:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+            raise
+
+
+def prompt_counters(page):
+    counters = page.evaluate(f"() => window.samPanel.prompts('{driver.PREFIX}')")
+    return counters["previewsSent"], counters["previewsAnswered"]
+
+
 def test_preview_without_prompt_says_what_to_do(app_url, picture_path, request):
     path, _ = picture_path
     with driver.browser_page(app_url) as page:
