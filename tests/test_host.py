@@ -62,7 +62,7 @@ def test_accordion_in_both_tabs_and_api_can_rebuild_ui_without_side_effects(make
     for runner in (webui.txt2img, webui.img2img):
         script = webui.script(runner, TITLE)
         assert script.alwayson
-        assert script.args_to - script.args_from == 6
+        assert script.args_to - script.args_from == 12  # 6 for the mask hand-off, 6 for cut-out after generation
         assert all(getattr(c, "label", None) for c in script.controls)
     callbacks_before = {key: len(value) for key, value in script_callbacks.callback_map.items()}
     first = webui.api_default_args(webui.img2img)
@@ -71,7 +71,10 @@ def test_accordion_in_both_tabs_and_api_can_rebuild_ui_without_side_effects(make
     assert callbacks_before == callbacks_after
     script = webui.script(webui.img2img, TITLE)
     assert first[script.args_from:script.args_to] == second[script.args_from:script.args_to]
-    assert first[script.args_from:script.args_to] == [False, None, None, False, "0", False]
+    defaults = first[script.args_from:script.args_to]
+    assert defaults[:6] == [False, None, None, False, "0", False]
+    # Cut-out after generation: off, no caption, then the model choices and the default thresholds.
+    assert defaults[6:8] == [False, ""] and defaults[10:] == [0.3, 0.25]
 
 
 def test_settings_registered_with_v16_compatible_sections(make_webui):
