@@ -119,9 +119,104 @@ def section_masks() -> None:
     report("expand a 4096x4096 mask by 100 px", seconds, "(target < 100 ms)")
 
 
+def _engine_click_figures(engine, name: str, image, prompts, options=None):
+    """(encoder seconds, warm click seconds) through the real Engine."""
+    predictor = engine.predictor(name)
+    encode = timed(lambda: predictor.encode(image))
+    engine.segment(name, image, prompts, options=options)
+    warm = timed(lambda: engine.segment(name, image, prompts, options=options), repeats=10)
+    return encode, warm
+
+
+def section_models() -> None:
+    """Issue 4: MobileSAM and HQ-SAM ViT-B next to SAM ViT-B, ours, through the Engine."""
+    import torch
+
+    from sd_webui_sam.predictor import Prompts
+    from tests.fixtures.hq_checkpoints import BENCHMARK_MODELS
+    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
+
+    torch.set_grad_enabled(False)
+    image = test_image()
+    prompts = Prompts(points=[(IMAGE_SIZE[1] * 0.45, IMAGE_SIZE[0] * 0.5)], labels=[1])
+    models = {"SAM ViT-B": (lambda seed: build_reference_sam(VIT_B, seed), "sam_vit_b_random.pth", None)}
+    for label in ("HQ-SAM ViT-B", "MobileSAM"):
+        builder, _package, file_name, _options = BENCHMARK_MODELS[label]
+        models[label] = (builder, file_name, None)
+    figures = {}
+    for label, (builder, file_name, options) in models.items():
+        with tempfile.TemporaryDirectory() as directory:
+            engine = engine_with_checkpoint(builder(0).state_dict(), Path(directory), file_name)
+            figures[label] = _engine_click_figures(engine, engine.list_models()[0], image, prompts, options)
+            engine.unload()
+    print("1024x768, CPU, fp32, ours (3 candidate masks per click)")
+    for label, (encode, warm) in figures.items():
+        report(f"{label}: encoder", encode)
+        report(f"{label}: warm click", warm, "(median of 10)")
+    sam_encode, sam_warm = figures["SAM ViT-B"]
+    hq_encode, hq_warm = figures["HQ-SAM ViT-B"]
+    print(f"  {'HQ-SAM / SAM ViT-B, encoder':<52} {hq_encode / sam_encode:>10.3f}    (paper: about 1.03)")
+    print(f"  {'HQ-SAM / SAM ViT-B, warm click':<52} {hq_warm / sam_warm:>10.3f}")
+
+
+def section_text() -> None:
+    """Issue 7: text -> boxes with Swin-T, ours vs groundingdino-py's PyTorch path, same weights."""
+    from tests.fixtures.gdino_checkpoints import benchmark_text_to_boxes
+
+    figures = benchmark_text_to_boxes(image_size=(800, 1066), caption="hand . face .", repeats=2)
+    print("GroundingDINO Swin-T (random weights, tiny BERT), 1024x768 resized to 800x1066, CPU, fp32")
+    report("ours: text -> boxes", figures["ours_s"])
+    report("groundingdino-py (PyTorch path): text -> boxes", figures["reference_s"])
+    report_ratio("ours vs groundingdino-py", figures["speedup"], ">= 1x")
+
+
+def section_api() -> None:
+    """Issue 5: warm /sam/v2 with an image id vs /sam/sam-predict (re-sends and re-encodes)."""
+    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
+    from tools.bench_api import api_latency
+
+    image = test_image()
+    with tempfile.TemporaryDirectory() as directory:
+        engine = engine_with_checkpoint(build_reference_sam(VIT_B, 0).state_dict(), Path(directory), "sam_vit_b_random.pth")
+        figures = api_latency(engine, engine.list_models()[0], image, (IMAGE_SIZE[1] * 0.45, IMAGE_SIZE[0] * 0.5), repeats=3)
+    print("SAM ViT-B, 1024x768, loopback HTTP, CPU")
+    report("/sam/v2/predict with an image id (warm)", figures["v2_image_id_s"])
+    report("/sam/sam-predict (image sent every time)", figures["sam_predict_s"])
+    report_ratio("v2 with image id vs sam-predict", figures["speedup"], "> 1x")
+
+
+def section_batch() -> None:
+    """Issue 5: run_batch vs a reference-style sequential loop, same model and images."""
+    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
+    from tools.bench_api import batch_throughput
+
+    count = 4
+    images = [test_image(seed=seed) for seed in range(count)]
+    with tempfile.TemporaryDirectory() as directory:
+        engine = engine_with_checkpoint(build_reference_sam(VIT_B, 0).state_dict(), Path(directory), "sam_vit_b_random.pth")
+        figures = batch_throughput(engine, engine.list_models()[0], images, (IMAGE_SIZE[1] * 0.45, IMAGE_SIZE[0] * 0.5))
+    print(f"SAM ViT-B, {count} images of 1024x768, point prompt, mask + cut-out + blend, CPU")
+    print(f"  {'reference-style loop':<52} {figures['sequential_img_per_s']:>10.3f} img/s")
+    print(f"  {'run_batch':<52} {figures['batch_img_per_s']:>10.3f} img/s")
+    report_ratio("run_batch vs reference-style loop", figures["speedup"], ">= 1.5x")
+
+
+def section_browser() -> None:
+    """Issue 3: click in Chromium -> three masks drawn, embedding cached, ViT-B, 1024x768."""
+    from tests.browser.benchmark_click import report as browser_report
+    from tests.browser.benchmark_click import run
+
+    browser_report(run(repeats=5, variant="vit_b"), "vit_b")
+
+
 SECTIONS: Dict[str, Callable[[], None]] = {
     "click": section_click,
     "masks": section_masks,
+    "models": section_models,
+    "text": section_text,
+    "api": section_api,
+    "batch": section_batch,
+    "browser": section_browser,
 }
 
 
