@@ -36,12 +36,12 @@ def _picture(path: Path) -> None:
 def _timed_click(page, x: int, y: int, *, button_preview: bool, timeout_ms: int = 300_000) -> float:
     print(f"  click ({x}, {y})", file=sys.stderr, flush=True)
     page.locator(f"#{driver.PREFIX}_input_image").scroll_into_view_if_needed()
-    previous = driver.candidate_sources(page)
+    answered = driver.previews_answered(page)
     start = time.perf_counter()
     page.mouse.click(*driver.client_point(page, x, y))
     if button_preview:
         page.click(f"#{driver.PREFIX}_preview")
-    driver.wait_for_new_candidates(page, previous, timeout_ms=timeout_ms)
+    driver.wait_for_answered_candidates(page, answered, timeout_ms=timeout_ms)
     return time.perf_counter() - start
 
 
@@ -59,9 +59,16 @@ def run(repeats: int = 5, variant: str = "vit_b") -> Dict[str, float]:
         _picture(picture)
         print("  starting the app", file=sys.stderr, flush=True)
         with driver.standalone_app(root / "models", timeout_s=300) as url, driver.browser_page(url, viewport=(1400, 1400)) as page:
-            driver.upload(page, picture)
             driver.set_auto_preview(page, False)
-            results["first click (encoder runs)"] = _timed_click(page, 460, 384, button_preview=True)
+            start = time.perf_counter()
+            driver.upload(page, picture)
+            # The panel encodes the picture as soon as it is uploaded and says so in its status.
+            page.wait_for_function(
+                f"() => document.querySelector('#{driver.PREFIX}_status').innerText.includes('encoded in')",
+                timeout=300_000,
+            )
+            results["upload -> embedding ready (encoder runs)"] = time.perf_counter() - start
+            results["first click + Preview button"] = _timed_click(page, 460, 384, button_preview=True)
             page.click(f"#{driver.PREFIX}_clear")
             with_button: List[float] = []
             for index in range(repeats):
@@ -72,10 +79,15 @@ def run(repeats: int = 5, variant: str = "vit_b") -> Dict[str, float]:
             automatic: List[float] = []
             try:
                 for index in range(repeats):
+                    # Cleared first, as above: a click within a dot's radius removes that dot instead.
+                    page.click(f"#{driver.PREFIX}_clear")
                     automatic.append(_timed_click(page, 430 + 10 * index, 400 - 5 * index, button_preview=False,
                                                   timeout_ms=30_000))
             except Exception as error:  # a figure that could not be taken is reported, not hidden
-                print(f"  auto-preview measurement failed: {type(error).__name__}", file=sys.stderr)
+                state = page.evaluate(f"() => window.samPanel.prompts('{driver.PREFIX}')")
+                print(f"  auto-preview measurement failed after {len(automatic)} clicks: {type(error).__name__}; "
+                      f"previews sent {state['previewsSent']}, answered {state['previewsAnswered']}, "
+                      f"{len(state['points'])} points", file=sys.stderr)
             if automatic:
                 results["warm click, auto-preview (median, incl. 120 ms debounce)"] = statistics.median(automatic)
     return results

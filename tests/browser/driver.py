@@ -151,3 +151,24 @@ def wait_for_new_candidates(page, previous, count: int = 3, timeout_ms: int = 60
         arg=[previous, count],
         timeout=timeout_ms,
     )
+
+
+def previews_answered(page) -> int:
+    return page.evaluate(f"() => window.samPanel.prompts('{PREFIX}').previewsAnswered")
+
+
+def wait_for_answered_candidates(page, answered_before: int, count: int = 3, timeout_ms: int = 60_000) -> None:
+    """A preview sent after ``answered_before`` answers came back and its candidates are drawn.
+
+    Identical masks give identical image URLs (gradio names files by content), so "a new src"
+    cannot tell a repeated answer from no answer; the panel's own answer counter can.
+    """
+    page.wait_for_function(
+        f"""([before, count]) => {{
+            if (window.samPanel.prompts('{PREFIX}').previewsAnswered <= before) return false;
+            const imgs = Array.from(document.querySelectorAll('#{PREFIX}_candidates img'));
+            return imgs.length >= count && imgs.every((i) => i.complete && i.naturalWidth > 0);
+        }}""",
+        arg=[answered_before, count],
+        timeout=timeout_ms,
+    )
