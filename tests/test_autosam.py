@@ -248,7 +248,7 @@ def test_out_of_memory_in_the_decoder_halves_the_batch(local_sam):
             return super().decode(features, point_coords=point_coords, **kwargs)
 
     image = textured_image(40, 50, seed=5)
-    settings = dict(points_per_side=6, pred_iou_thresh=0.3, stability_score_thresh=0.6)
+    settings = dict(points_per_side=6, pred_iou_thresh=0.3, stability_score_thresh=0.6, decode_batch_size=64)
     plain = AutoMaskGenerator(ReferenceSegmenter(local_sam), reference_encoder(local_sam), AutoSamConfig(**settings))
     flaky = Flaky(local_sam)
     halved = AutoMaskGenerator(flaky, reference_encoder(local_sam), AutoSamConfig(**settings))

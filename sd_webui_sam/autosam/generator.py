@@ -34,6 +34,8 @@ CROP_EDGE_TOLERANCE = 20.0
 # Upsampled float logits are the largest temporary; this many masks are upsampled at once.
 UPSAMPLE_CHUNK = 64
 
+CPU_DECODE_BATCH = 32
+
 
 @dataclass(frozen=True)
 class AutoSamConfig:
@@ -53,8 +55,8 @@ class AutoSamConfig:
     output_mode: str = "binary_mask"
     # Explicit grids of points in [0, 1]^2, one per crop layer; exclusive with points_per_side.
     point_grids: Optional[Sequence[np.ndarray]] = None
-    # Prompts decoded per model call. The reference decodes points_per_batch at a time; larger
-    # batches are faster and give the same masks. None: max(points_per_batch, 128).
+    # Prompts decoded per model call (the masks do not depend on it). None: chosen for the
+    # device, see effective_decode_batch.
     decode_batch_size: Optional[int] = None
     # Family switches passed through to decode (e.g. HQ-SAM's hq_token_only).
     decode_options: Mapping[str, Any] = field(default_factory=dict)
@@ -98,10 +100,14 @@ class AutoSamConfig:
             raise SamUserError("Invalid AutoSAM settings: " + "; ".join(problems) + ".")
         return self
 
-    @property
-    def effective_decode_batch(self) -> int:
+    def effective_decode_batch(self, device: torch.device) -> int:
+        """Prompts per decoder call. Accelerators: large batches (max(points_per_batch, 128)).
+        CPUs: 32, which keeps each call's per-prompt image features (4 MiB a prompt) in cache
+        and measured about twice as fast as 64 or 128 with the same results."""
         if self.decode_batch_size is not None:
             return max(1, int(self.decode_batch_size))
+        if device.type == "cpu":
+            return CPU_DECODE_BATCH
         return max(int(self.points_per_batch), 128)
 
 
@@ -455,7 +461,7 @@ class AutoMaskGenerator:
         image_box = (0, 0, image.shape[1], image.shape[0])
         whole_image = tuple(box) == image_box
         parts = []
-        batch = config.effective_decode_batch
+        batch = config.effective_decode_batch(device)
         for start in range(0, len(model_points), batch):
             stop = min(start + batch, len(model_points))
             clock = time.perf_counter()
