@@ -16,7 +16,9 @@
     const SVG_NS = "http://www.w3.org/2000/svg";
     const DOT_RADIUS_CSS = 6;
     const DRAG_THRESHOLD_CSS = 5;
-    const PREVIEW_DEBOUNCE_MS = 120;
+    // Short: bursts are mostly absorbed by holding clicks made while a preview is in flight
+    // (see schedulePreview), so the debounce need not add much to every click.
+    const PREVIEW_DEBOUNCE_MS = 40;
     // A preview unanswered for this long is taken as lost (a first ViT-H encode on a CPU is slow).
     const PREVIEW_LOST_MS = 180000;
     // How long a click waits for the server to have decoded a new picture before it is sent anyway.

@@ -87,7 +87,8 @@ class ImageFiles:
     """
 
     def __init__(self, keep: int = 96) -> None:
-        self._directory = tempfile.TemporaryDirectory(prefix="sd_webui_sam_outputs_")
+        # Made on first use: the WebUI builds panels it never shows (API default arguments).
+        self._directory: Optional[tempfile.TemporaryDirectory] = None
         self._written: "collections.deque[Path]" = collections.deque()
         self._keep = max(8, int(keep))
         self._lock = threading.Lock()
@@ -95,9 +96,12 @@ class ImageFiles:
 
     def write(self, image: Image.Image, name: str, *, lossless: bool = True) -> str:
         with self._lock:
+            if self._directory is None:
+                self._directory = tempfile.TemporaryDirectory(prefix="sd_webui_sam_outputs_")
             self._counter += 1
             number = self._counter
-        folder = Path(self._directory.name) / str(number)
+            root = Path(self._directory.name)
+        folder = root / str(number)
         folder.mkdir()
         if lossless:
             path = folder / f"{name}.png"

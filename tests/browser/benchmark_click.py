@@ -89,7 +89,7 @@ def run(repeats: int = 5, variant: str = "vit_b") -> Dict[str, float]:
                       f"previews sent {state['previewsSent']}, answered {state['previewsAnswered']}, "
                       f"{len(state['points'])} points", file=sys.stderr)
             if automatic:
-                results["warm click, auto-preview (median, incl. 120 ms debounce)"] = statistics.median(automatic)
+                results["warm click, auto-preview (median, incl. 40 ms debounce)"] = statistics.median(automatic)
     return results
 
 

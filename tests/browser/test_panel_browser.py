@@ -159,7 +159,7 @@ def test_auto_preview_on_click_and_a_burst_of_clicks_is_coalesced(app_url, pictu
             )
             driver.wait_for_new_candidates(page, previous)
             sent, answered = prompt_counters(page)
-            assert 2 <= sent <= 3, sent  # the first click's preview, then at most two for the burst
+            assert 2 <= sent <= 4, sent  # the first click's preview, then a few (not 6) for the burst
             page.wait_for_timeout(500)  # nothing more is sent once the masks match the dots
             assert prompt_counters(page) == (sent, sent)
 
