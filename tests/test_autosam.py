@@ -209,7 +209,7 @@ def test_engine_path_matches_reference_generator_on_the_same_checkpoint(tiny_sam
 
 
 def test_benchmark_function_reports_the_split(tiny_sam):
-    from sd_webui_sam.autosam.benchmark import benchmark_segment_everything, format_result
+    from tools.bench_autosam import benchmark_segment_everything, format_result
 
     result = benchmark_segment_everything(checkpoint=tiny_sam[0], device="cpu", size=(48, 64),
                                           config=AutoSamConfig(points_per_side=2, pred_iou_thresh=0.0,

@@ -209,6 +209,22 @@ def section_browser() -> None:
     browser_report(run(repeats=5, variant="vit_b"), "vit_b")
 
 
+def section_everything() -> None:
+    """Issue 6: segment everything, ours vs SamAutomaticMaskGenerator, same ViT-B weights and settings."""
+    from sd_webui_sam.autosam.generator import AutoSamConfig
+    from tests.fixtures.autosam_fixtures import reference_generator_factory
+    from tools.bench_autosam import PERMISSIVE, benchmark_segment_everything, format_result
+
+    for label, config in (
+        ("reference defaults (random weights: few masks survive)", AutoSamConfig(points_per_side=16)),
+        ("every candidate kept (all masks upsampled)", AutoSamConfig(points_per_side=16, **PERMISSIVE)),
+    ):
+        print(label)
+        result = benchmark_segment_everything(device="cpu", config=config, reference_factory=reference_generator_factory)
+        print(format_result(result))
+        report_ratio("segment everything, ours vs reference", result["speedup"], ">= 2x")
+
+
 SECTIONS: Dict[str, Callable[[], None]] = {
     "click": section_click,
     "masks": section_masks,
@@ -216,6 +232,7 @@ SECTIONS: Dict[str, Callable[[], None]] = {
     "text": section_text,
     "api": section_api,
     "batch": section_batch,
+    "everything": section_everything,
     "browser": section_browser,
 }
 

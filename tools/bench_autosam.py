@@ -156,7 +156,7 @@ def format_result(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m sd_webui_sam.autosam.benchmark [--checkpoint sam_vit_b.pth] [--device cuda] [--reference]``."""
+    """``python -m tools.bench_autosam [--checkpoint sam_vit_b.pth] [--device cuda] [--reference]``."""
     import argparse
     import json
 
