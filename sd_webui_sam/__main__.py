@@ -2,7 +2,8 @@
 
     app        the Segment Anything panel as a standalone web app (sd_webui_sam.app)
     batch      segment a folder or a list of images (sd_webui_sam.batch)
-    benchmark  print speed figures (sd_webui_sam.benchmark)
+
+Speed figures come from ./benchmark.sh (tools/benchmark.py), which needs the test oracles.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from typing import List, Optional
 COMMANDS = {
     "app": ("sd_webui_sam.app", "start the standalone panel on http://127.0.0.1:7860"),
     "batch": ("sd_webui_sam.batch", "segment many images from the command line"),
-    "benchmark": ("sd_webui_sam.benchmark", "print speed figures for this machine"),
 }
 
 
