@@ -8,8 +8,9 @@ one lock, so ``segment`` is safe to call from several threads (gradio queue, API
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
 from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore
 from sd_webui_sam.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from sd_webui_sam.predictor import Predictor
 
 
 class Engine:
@@ -53,6 +57,30 @@ class Engine:
         """
         self.store.resolve(model_name)  # a bad name fails here, not on first use
         return ManagedPredictor(self, model_name)
+
+    @contextmanager
+    def use_predictor(self, model_name: str) -> Iterator["Predictor"]:
+        """A plain predictor for a job of many calls (AutoSAM): for the whole block the engine
+        lock is held and the model stays on the compute device, so other users wait instead of
+        moving the model between calls. Out of memory becomes OutOfMemoryError."""
+        from sd_webui_sam.predictor import Predictor
+
+        self.store.resolve(model_name)
+        with self._lock:
+            try:
+                with self.store.use(model_name) as loaded:
+                    yield Predictor(loaded.model, self.store.placement, self.embeddings, model_id=loaded.model_id)
+            except OutOfMemoryError:
+                raise
+            except Exception as error:
+                if not devices.is_out_of_memory(error):
+                    raise
+                self.embeddings.clear()
+                devices.release_memory()
+                raise OutOfMemoryError(
+                    f"Out of memory running {model_name} on {self.store.placement.device}. "
+                    "Use a smaller image or fewer points per side, enable CPU offload, or switch SAM to the CPU."
+                ) from error
 
     def segment(
         self,

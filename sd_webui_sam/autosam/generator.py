@@ -665,25 +665,6 @@ def generate_masks_with_engine(engine, model_name: str, image: np.ndarray, confi
                                timings: GenerationTimings | None = None) -> list[MaskRecord]:
     """The same through the :class:`~sd_webui_sam.engine.Engine`: the model stays on the compute
     device, and other users of the engine wait, for the whole generation."""
-    from sd_webui_sam import devices
-    from sd_webui_sam.errors import OutOfMemoryError
-    from sd_webui_sam.predictor import Predictor
-
     config = (config or AutoSamConfig()).validated()
-    engine.store.resolve(model_name)
-    with engine._lock:
-        try:
-            with engine.store.use(model_name) as loaded:
-                predictor = Predictor(loaded.model, engine.store.placement, engine.embeddings, model_id=loaded.model_id)
-                return generate_masks(predictor, image, config, timings=timings)
-        except OutOfMemoryError:
-            raise
-        except Exception as error:
-            if not devices.is_out_of_memory(error):
-                raise
-            engine.embeddings.clear()
-            devices.release_memory()
-            raise OutOfMemoryError(
-                f"Out of memory segmenting everything with {model_name} on {engine.store.placement.device}. "
-                "Lower points per side or the image size, enable CPU offload, or switch SAM to the CPU."
-            ) from error
+    with engine.use_predictor(model_name) as predictor:
+        return generate_masks(predictor, image, config, timings=timings)
