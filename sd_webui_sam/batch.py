@@ -66,6 +66,8 @@ class BatchOptions:
     overwrite: bool = False
     max_pixels: Optional[int] = None
     io_workers: int = 2
+    #: AutoSAM generator settings for ``everything`` (AutoSamConfig field names; {} = defaults)
+    autosam: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -255,7 +257,9 @@ def validate_options(options: BatchOptions) -> None:
     if options.labels and len(options.labels) != len(options.points):
         raise InvalidPromptError("Give one label per point (or none for all positive).")
     if options.everything:
-        raise SamUserError("'Segment everything' needs AutoSAM, which this version does not include yet.")
+        from sd_webui_sam.autosam.generator import AutoSamConfig
+
+        AutoSamConfig.from_mapping(options.autosam or {})  # bad settings fail before any image is read
 
 
 def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, interrupt: Interrupt = None,
@@ -387,18 +391,25 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
     from sd_webui_sam import render
     from sd_webui_sam.api.codec import mask_box
 
-    prompts, detections = _prompts_for(options, image, detector, lock)
     entry: Dict[str, Any] = {"source": key, "outputs": [], "annotations": [], "size": list(image.shape[:2]),
                              "file": source.relative.as_posix()}
-    if not prompts.boxes and not prompts.points:
-        entry["objects"] = 0
-        return entry, []
-    with lock:
-        prediction = engine.segment(options.model, image, prompts, multimask_output=options.multimask)
-    masks = np.asarray(prediction.masks, dtype=bool)  # (K, C, H, W)
-    scores = np.asarray(prediction.scores, dtype=np.float32)
+    if options.everything:
+        masks, scores, boxes = _everything(engine, options, image, lock)
+        detections: List[Any] = []
+        if masks.shape[0] == 0:
+            entry["objects"] = 0
+            return entry, []
+    else:
+        prompts, detections = _prompts_for(options, image, detector, lock)
+        if not prompts.boxes and not prompts.points:
+            entry["objects"] = 0
+            return entry, []
+        with lock:
+            prediction = engine.segment(options.model, image, prompts, multimask_output=options.multimask)
+        masks = np.asarray(prediction.masks, dtype=bool)  # (K, C, H, W)
+        scores = np.asarray(prediction.scores, dtype=np.float32)
+        boxes = list(prompts.boxes)
     entry["objects"] = int(masks.shape[0])
-    boxes = list(prompts.boxes)
     if options.per_object:
         groups = [(k, masks[k], scores[k]) for k in range(masks.shape[0])]
     else:
@@ -420,7 +431,12 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
                 shown = boxes if obj is None else boxes[obj:obj + 1]
                 jobs.append((output_path(output_dir, stem, "blend", options.naming, index, obj),
                              lambda m=raw, b=shown: render.reference_blend(image, m, b)))
-        if "coco" in options.outputs:
+        if "coco" in options.outputs and options.everything and obj is None:
+            # segment everything: one annotation per object even when the image files are merged
+            for k in range(masks.shape[0]):
+                entry["annotations"].append(_annotation(_finish_mask(masks[k, 0], options), float(scores[k, 0]), None,
+                                                        detections, mask_box))
+        elif "coco" in options.outputs:
             best = int(candidate_scores.argmax())
             entry["annotations"].append(_annotation(_finish_mask(candidates[best], options),
                                                     float(candidate_scores[best]), obj, detections, mask_box))
@@ -435,6 +451,21 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
         futures.append(writer.submit(lambda target=path, render_image=make: atomic_write_png(target, render_image())))
     entry["_written"] = len(futures)
     return entry, futures
+
+
+def _everything(engine, options: BatchOptions, image: np.ndarray, lock: ContextManager):
+    """AutoSAM's masks as (K, 1, H, W) with their predicted IoU (K, 1), largest first, and no boxes."""
+    from sd_webui_sam.autosam.generator import AutoSamConfig, generate_masks_with_engine
+
+    config = AutoSamConfig.from_mapping(options.autosam or {})
+    with lock:
+        records = generate_masks_with_engine(engine, options.model, image, config)
+    records = sorted(records, key=lambda r: -int(r.area))
+    if not records:
+        return np.zeros((0, 1) + image.shape[:2], dtype=bool), np.zeros((0, 1), dtype=np.float32), []
+    masks = np.stack([record.mask() for record in records])[:, None]
+    scores = np.array([[record.predicted_iou] for record in records], dtype=np.float32)
+    return masks, scores, []
 
 
 def _mask_image(mask: np.ndarray):
@@ -461,7 +492,7 @@ def _annotation(mask, score, obj, detections, mask_box) -> Dict[str, Any]:
 
 
 def _write_coco(output_dir: Path, sources, stems, state: _State, options: BatchOptions) -> Path:
-    category = options.text.strip() if options.text else "object"
+    category = options.text.strip() if options.text else ("segment" if options.everything else "object")
     coco: Dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": 1, "name": category}]}
     for image_id, source in enumerate(sources, start=1):
         entry = state.entries.get(stems[source.path].as_posix())
@@ -493,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--point", action="append", metavar="X,Y[,LABEL]", help="a fixed point (repeatable)")
     parser.add_argument("--box", action="append", metavar="X1,Y1,X2,Y2", help="a fixed box (repeatable)")
     parser.add_argument("--everything", action="store_true", help="segment everything (AutoSAM)")
+    parser.add_argument("--points-per-side", type=int, help="AutoSAM grid density for --everything (default 32)")
     parser.add_argument("--dino-model", help="GroundingDINO model name")
     parser.add_argument("--box-threshold", type=float, default=0.3)
     parser.add_argument("--text-threshold", type=float, default=0.25)
@@ -541,6 +573,7 @@ def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None) -> int:
             everything=args.everything, multimask=not args.single, per_object=args.per_object,
             outputs=tuple(k.strip() for k in args.outputs.split(",") if k.strip()), naming=args.naming,
             expand=args.expand, invert=args.invert, overwrite=args.overwrite,
+            autosam={"points_per_side": args.points_per_side} if args.points_per_side else None,
         )
         validate_options(options)
         bar = None

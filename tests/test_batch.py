@@ -188,3 +188,50 @@ def check_api_batch(client, root, folder, tmp_path):
     assert outside.status_code == 403 and not (tmp_path / "elsewhere").exists()
     escape = client.post("/sam/v2/batch", json={**body, "inputs": [str(root / ".." / "root" / ".." )]})
     assert escape.status_code == 403
+
+
+EVERYTHING = {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.9}
+
+
+def test_segment_everything_per_object_and_coco(api_engine, tmp_path):
+    from sd_webui_sam import rle
+    from sd_webui_sam.autosam.generator import AutoSamConfig, generate_masks_with_engine
+    from sd_webui_sam.batch import run_batch
+    from sd_webui_sam.images import load_image
+
+    source_dir = make_folder(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    report = run_batch(api_engine, options([source_dir], out, points=[], everything=True, per_object=True,
+                                           multimask=False, autosam=EVERYTHING))
+    assert report.done == 2 and not report.failed
+    coco = json.loads((out / "annotations.json").read_text())
+    for image_id, name in enumerate(["img00", "img01"], start=1):
+        image = load_image(source_dir / f"{name}.png")
+        records = generate_masks_with_engine(api_engine, "tiny_sam.pth", image, AutoSamConfig.from_mapping(EVERYTHING))
+        assert records, "the permissive settings should find masks"
+        masks = sorted((r.mask() for r in records), key=lambda m: -int(m.sum()))
+        # one file per object, largest first, each exactly the generator's mask
+        for k, expected in enumerate(masks):
+            written = np.asarray(Image.open(out / f"{name}_0_obj{k}_mask.png")) > 0
+            assert np.array_equal(written, expected)
+        assert not (out / f"{name}_0_obj{len(masks)}_mask.png").exists()
+        annotations = [a for a in coco["annotations"] if a["image_id"] == image_id]
+        assert len(annotations) == len(masks)
+        assert [a["area"] for a in annotations] == [int(m.sum()) for m in masks]
+        assert np.array_equal(rle.decode(annotations[0]["segmentation"]), masks[0])
+
+
+def test_segment_everything_merged_and_bad_settings(api_engine, tmp_path):
+    from sd_webui_sam.batch import run_batch
+    from sd_webui_sam.errors import SamUserError
+
+    source_dir = make_folder(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    report = run_batch(api_engine, options([source_dir], out, points=[], everything=True, multimask=False,
+                                           naming="inpaint", outputs=("mask",), autosam=EVERYTHING))
+    assert report.done == 1
+    merged = np.asarray(Image.open(out / "masks" / "img00.png")) > 0
+    assert merged.any()
+    with pytest.raises(SamUserError, match="points_per_side"):
+        run_batch(api_engine, options([source_dir], tmp_path / "o2", points=[], everything=True,
+                                      autosam={"points_per_side": 0}))

@@ -71,6 +71,13 @@ class ControlNetSegRequest(BaseModel):
     resize_mode: Optional[int] = Field(1, description="0 just resize, 1 crop and resize, 2 resize and fill.")
     target_W: Optional[int] = Field(None, description="Target width for pixel_perfect.")
     target_H: Optional[int] = Field(None, description="Target height for pixel_perfect.")
+    # extensions (not in the reference)
+    seed: int = Field(0, description="Colour seed of processor 'random' (the same seed gives the same colours).")
+    segmentation_map: Optional[str] = Field(
+        None, description="A colour-coded ADE20K/COCO segmentation of input_image (base64), used instead of a "
+                          "ControlNet preprocessor (e.g. the standalone app, which has none).")
+    segmentation_dataset: Optional[str] = Field(
+        None, description="'ade20k' or 'coco': the palette of segmentation_map (default: from processor).")
 
 
 class CategoryMaskRequest(ControlNetSegRequest):
@@ -222,3 +229,16 @@ class BatchV2Request(BaseModel):
     expand: int = Field(0, ge=-512, le=512, description="Grow (+) or shrink (-) masks by this many pixels.")
     invert: bool = Field(False, description="Save the background instead of the foreground.")
     overwrite: bool = Field(False, description="Replace outputs that already exist (default: skip, so runs resume).")
+    autosam_conf: Optional[Dict[str, Any]] = Field(
+        None, description="AutoSAM settings for 'everything' (the /sam/controlnet-seg autosam_conf fields).")
+
+
+class SegmentEverythingRequest(BaseModel):
+    """Segment everything in an image (AutoSAM); answers one record per mask."""
+
+    model: Optional[str] = Field(None, description="SAM checkpoint file name; default: the first available model.")
+    image: Optional[str] = Field(None, description=IMAGE_FIELD_DOC + " Give this or image_id.")
+    image_id: Optional[str] = Field(None, description="Id from /sam/v2/images (the image is not sent again).")
+    autosam_conf: AutoSAMConfig = Field(AutoSAMConfig(), description="Generator settings (reference names and defaults).")
+    mask_format: str = Field("rle", description="'rle' (COCO RLE per record), 'png' (base64 mask per record) or 'none'.")
+    max_masks: Optional[int] = Field(None, ge=1, description="Return at most this many records, largest first.")

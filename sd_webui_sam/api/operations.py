@@ -214,8 +214,20 @@ class SamApi:
             raise InvalidPromptError("pixel_perfect needs target_W and target_H.")
         if not 64 <= payload.processor_res <= 4096:
             raise InvalidPromptError("processor_res must be between 64 and 4096.")
+        body = model_to_dict(payload)
+        if body.get("segmentation_map") is not None:
+            body["segmentation_map"] = self.read_image(body["segmentation_map"])
         with self.gpu():
-            return handler(self.engine, image, model_to_dict(payload), model_to_dict(autosam_conf))
+            return handler(self.engine, image, body, model_to_dict(autosam_conf))
+
+    def segment_everything_v2(self, request) -> Dict[str, Any]:
+        from sd_webui_sam.autosam import api_hooks
+
+        model = resolve_model_name(self.engine, request.model)
+        _, image = self.image_from(request.image, request.image_id)
+        with self.gpu():
+            return api_hooks.segment_everything(self.engine, model, image, model_to_dict(request.autosam_conf),
+                                                mask_format=request.mask_format, max_masks=request.max_masks)
 
     # ---------------------------------------------------------------- v2
 
@@ -418,7 +430,7 @@ class SamApi:
             labels=list(request.labels), boxes=[tuple(b) for b in codec.finite_pairs(request.boxes, width=4, name="boxes")],
             everything=request.everything, multimask=request.multimask, per_object=request.per_object,
             outputs=tuple(request.outputs), naming=request.naming, expand=request.expand, invert=request.invert,
-            overwrite=request.overwrite,
+            overwrite=request.overwrite, autosam=dict(request.autosam_conf or {}),
         )
         report = batch_module.run_batch(self.engine, options, detector=self.detector, interrupt=interrupt,
                                         gpu_lock=self._gpu_lock)

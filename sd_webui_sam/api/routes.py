@@ -110,6 +110,10 @@ def build_v2_router(api: SamApi, dependencies: list, *, batch_interrupt: Optiona
     async def detect(payload: m.DetectV2Request = Body(...)):
         return await run_operation(api, "/sam/v2/detect", api.detect_v2, payload)
 
+    @router.post("/segment-everything", summary="AutoSAM: every object of an image as masks (RLE/PNG) with scores")
+    async def segment_everything(payload: m.SegmentEverythingRequest = Body(...)):
+        return await run_operation(api, "/sam/v2/segment-everything", api.segment_everything_v2, payload)
+
     @router.post("/batch", summary="Segment a folder on the server (only inside the allowed folders)")
     async def batch(payload: m.BatchV2Request = Body(...)):
         return await run_operation(api, "/sam/v2/batch", api.batch, payload, interrupt=batch_interrupt)

@@ -36,6 +36,12 @@ UPSAMPLE_CHUNK = 64
 
 CPU_DECODE_BATCH = 32
 
+# Bounds that keep one request from asking for an unbounded amount of work or memory
+# (the reference's defaults are 32, 64 and 0).
+MAX_POINTS_PER_SIDE = 256
+MAX_POINTS_PER_BATCH = 4096
+MAX_CROP_LAYERS = 4
+
 
 @dataclass(frozen=True)
 class AutoSamConfig:
@@ -72,10 +78,14 @@ class AutoSamConfig:
         problems = []
         if (self.points_per_side is None) == (self.point_grids is None):
             problems.append("give exactly one of points_per_side and point_grids")
-        if self.points_per_side is not None and int(self.points_per_side) < 1:
-            problems.append("points_per_side must be at least 1")
-        if int(self.points_per_batch) < 1:
-            problems.append("points_per_batch must be at least 1")
+        if self.points_per_side is not None and not 1 <= int(self.points_per_side) <= MAX_POINTS_PER_SIDE:
+            problems.append(f"points_per_side must be between 1 and {MAX_POINTS_PER_SIDE}")
+        if not 1 <= int(self.points_per_batch) <= MAX_POINTS_PER_BATCH:
+            problems.append(f"points_per_batch must be between 1 and {MAX_POINTS_PER_BATCH}")
+        if not np.isfinite(float(self.stability_score_offset)):
+            problems.append("stability_score_offset must be a finite number")
+        if int(self.crop_n_layers) > MAX_CROP_LAYERS:
+            problems.append(f"crop_n_layers must be at most {MAX_CROP_LAYERS}")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
