@@ -18,6 +18,10 @@ def _major(version: str) -> int:
 
 GRADIO_MAJOR: int = _major(getattr(gr, "__version__", "3"))
 IS_GRADIO_4: bool = GRADIO_MAJOR >= 4
+#: ``queue=`` for events that must answer fast (a click's preview). gradio 3's queue opens a
+#: websocket and does a handshake per event, and the standalone app's queue runs one event at a
+#: time; off the queue it is one HTTP call. gradio 4's queue is one message on an open stream.
+FAST_EVENT_QUEUE: Optional[bool] = None if IS_GRADIO_4 else False
 
 
 def image_input(label: str, *, elem_id: str, image_mode: str = "RGB", **kwargs: Any) -> gr.Image:

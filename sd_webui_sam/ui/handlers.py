@@ -181,12 +181,19 @@ def session_image(image: Any, max_pixels: Optional[int] = None) -> Optional[Sess
 
 
 def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage]) -> Optional[float]:
-    """Compute (and cache) the picture's embedding before the first click; seconds taken, None if idle."""
+    """Compute (and cache) the picture's embedding before the first click.
+
+    Seconds the encoder took; None when there was nothing to do, or when a click got there first
+    and the embedding was already cached (so no stale "encoded" message replaces its result).
+    """
     if image is None or not model_name:
         return None
+    predictor = engine.predictor(model_name)
+    misses = engine.embeddings.stats()["misses"]
     start = time.perf_counter()
-    engine.predictor(model_name).encode(image.pixels)
-    return time.perf_counter() - start
+    predictor.encode(image.pixels)
+    seconds = time.perf_counter() - start
+    return seconds if engine.embeddings.stats()["misses"] > misses else None
 
 
 def decode_base64_image(text: str) -> Image.Image:

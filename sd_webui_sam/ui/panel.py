@@ -171,8 +171,22 @@ def build_panel(options: PanelOptions) -> Panel:
             panel.cn_invert = gr.Checkbox(value=False, visible=False, label="Inpaint not masked")
         text_parts = text_prompt.build_section(panel)
         panel.extra.update(text_prompt=text_parts, cutout_args=text_prompt.cutout_script_args(panel, text_parts))
+        panel.extra.update(_more_tabs(panel))
     _wire(panel, refresh, undo, clear)
     return panel
+
+
+def _more_tabs(panel: Panel) -> Dict[str, Any]:
+    """The "Auto SAM" and "Batch" tabs (ui/autosam_tab.py, ui/batch_tab.py), below the main tools."""
+    from sd_webui_sam.ui import autosam_tab, batch_tab
+
+    prefix = panel.options.prefix
+    with gr.Tabs(elem_id=elem(prefix, "more_tabs")):
+        with gr.Tab("Auto SAM", elem_id=elem(prefix, "autosam_tab")):
+            autosam_parts = autosam_tab.build(panel)
+        with gr.Tab("Batch", elem_id=elem(prefix, "batch_tab")):
+            batch_parts = batch_tab.build(panel, autosam_config=autosam_parts["config"])
+    return {"autosam": autosam_parts, "batch": batch_parts}
 
 
 def _download_section(prefix: str, engine: Callable[[], Any]) -> Dict[str, Any]:
@@ -289,6 +303,7 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
         [panel.candidates, panel.choice, panel.state, panel.status],
         js=collect_js,
         show_progress=False,
+        queue=grc.FAST_EVENT_QUEUE,
     )
 
     tool_inputs = [panel.state, panel.choice, *panel.tools]
@@ -307,12 +322,14 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
 
     render_outputs = [panel.overlay, panel.mask, panel.cutout]
     guarded_render = handlers.guarded(render_choice, render_failure)
-    grc.listen(event.then, guarded_render, tool_inputs, render_outputs, show_progress=False)
+    # Off gradio 3's one-at-a-time queue too, so rendering an answer never holds up the next preview.
+    grc.listen(event.then, guarded_render, tool_inputs, render_outputs, show_progress=False,
+               queue=grc.FAST_EVENT_QUEUE)
     # Tells the front end the preview is answered, so a click made meanwhile gets its own preview.
     grc.listen(event.then, None, [], [], js=f"() => window.samPanel.previewDone({prefix!r})")
     for control in [panel.choice, *panel.tools]:
         grc.listen(control.change if control is not panel.choice else control.input, guarded_render, tool_inputs,
-                   render_outputs, show_progress=False)
+                   render_outputs, show_progress=False, queue=grc.FAST_EVENT_QUEUE)
 
     if "download_button" in panel.extra:
         _wire_download(panel)
