@@ -1,0 +1,195 @@
+"""The panel's "Batch" tab: the same run_batch the command line and /sam/v2/batch use.
+
+``run_from_ui`` turns the tab's values into BatchOptions and a report; ``build`` makes the
+components. Stopping: the tab's Stop button (both the WebUI and the standalone app) and, in the
+WebUI, the host's Interrupt (``shared.state.interrupted`` turning on during the run).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from sd_webui_sam.errors import InvalidPromptError
+
+PROMPT_KINDS = ("Text prompt (GroundingDINO)", "Fixed points / boxes", "Segment everything (AutoSAM)")
+OUTPUT_CHOICES = {"Mask": "mask", "Cut-out (transparent PNG)": "cutout", "Blend": "blend", "COCO JSON": "coco"}
+NAMING_CHOICES = {"Reference ({name}_{i}_mask.png)": "reference",
+                  "A1111 batch inpaint (masks/{name}.png)": "inpaint"}
+
+
+def webui_interrupted(modules: Optional[Dict[str, Any]] = None) -> bool:
+    """The WebUI's Interrupt flag (``modules.shared.state.interrupted``), read from the modules the
+    host has loaded (nothing is imported, so outside a WebUI this is simply False)."""
+    import sys
+
+    shared = (sys.modules if modules is None else modules).get("modules.shared")
+    state = getattr(shared, "state", None)
+    return bool(getattr(state, "interrupted", False))
+
+
+class StopSignal:
+    """Set by the Stop button; cleared when a run starts. One per built tab."""
+
+    def __init__(self, host_interrupted: Optional[Callable[[], bool]] = None) -> None:
+        self.event = threading.Event()
+        self.host_interrupted = host_interrupted
+
+    def start(self) -> Callable[[], bool]:
+        """The interrupt callable for one run: the Stop button, or the host's interrupt turning on."""
+        self.event.clear()
+        host = self.host_interrupted
+        was_on = bool(host()) if host is not None else False  # a stale flag from an earlier generation
+
+        def interrupted() -> bool:
+            return self.event.is_set() or (host is not None and not was_on and bool(host()))
+
+        return interrupted
+
+    def stop(self) -> None:
+        self.event.set()
+
+
+def _numbers(text: str, width: Sequence[int], what: str) -> List[List[float]]:
+    rows = []
+    for line in (text or "").replace(";", "\n").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            values = [float(v) for v in line.replace(",", " ").split()]
+        except ValueError:
+            raise InvalidPromptError(f"{what} {line!r}: write numbers separated by commas, one per line.") from None
+        if len(values) not in width:
+            raise InvalidPromptError(f"{what} {line!r}: expected {' or '.join(map(str, width))} numbers.")
+        rows.append(values)
+    return rows
+
+
+def parse_inputs(text: str) -> List[Path]:
+    paths = [Path(line.strip().strip('"')).expanduser() for line in (text or "").splitlines() if line.strip()]
+    if not paths:
+        raise InvalidPromptError("Enter an input folder (or image files, one per line).")
+    return paths
+
+
+def build_options(model_name, inputs_text, recursive, output_dir, kind, text, dino_model, box_threshold, points_text,
+                  boxes_text, per_object, multimask, outputs, naming, expand, invert, overwrite, autosam_values=()):
+    from sd_webui_sam.batch import BatchOptions
+    from sd_webui_sam.ui.autosam_tab import CONFIG_FIELDS, config_from_values
+
+    if not model_name:
+        raise InvalidPromptError("Choose a SAM model at the top of the panel first.")
+    if not output_dir or not str(output_dir).strip():
+        raise InvalidPromptError("Enter an output folder (it is created if missing).")
+    chosen_outputs = tuple(OUTPUT_CHOICES.get(o, o) for o in (outputs or []))
+    options: Dict[str, Any] = dict(
+        inputs=parse_inputs(inputs_text), output_dir=Path(str(output_dir).strip()).expanduser(), model=model_name,
+        recursive=bool(recursive), per_object=bool(per_object), multimask=bool(multimask), outputs=chosen_outputs,
+        naming=NAMING_CHOICES.get(naming, naming or "reference"), expand=int(expand or 0), invert=bool(invert),
+        overwrite=bool(overwrite),
+    )
+    if kind == PROMPT_KINDS[0]:
+        options.update(text=text or "", dino_model=dino_model or None, box_threshold=float(box_threshold or 0.3))
+    elif kind == PROMPT_KINDS[1]:
+        points = _numbers(points_text, (2, 3), "Point")
+        options.update(points=[(p[0], p[1]) for p in points], labels=[int(p[2]) if len(p) == 3 else 1 for p in points],
+                       boxes=[tuple(b) for b in _numbers(boxes_text, (4,), "Box")])
+        if not options["points"] and not options["boxes"]:
+            raise InvalidPromptError("Enter fixed points (x, y[, label]) or boxes (x1, y1, x2, y2), one per line.")
+    elif kind == PROMPT_KINDS[2]:
+        config = config_from_values(autosam_values)
+        options.update(everything=True, multimask=False,
+                       autosam={spec.name: getattr(config, spec.name) for spec in CONFIG_FIELDS})
+    else:
+        raise InvalidPromptError(f"Choose a prompt kind: {', '.join(PROMPT_KINDS)}.")
+    return BatchOptions(**options)
+
+
+def report_text(report) -> str:
+    lines = [report.summary(), f"Outputs in {report.output_dir} ({report.outputs_written} files written)."]
+    if report.coco:
+        lines.append(f"COCO annotations: {report.coco}")
+    for failure in report.failed:
+        lines.append(f"failed: {failure['source']}: {failure['error']}")
+    if report.ignored:
+        lines.append(f"{len(report.ignored)} non-image file(s) ignored.")
+    if report.report:
+        lines.append(f"Report: {report.report}")
+    return "\n".join(lines)
+
+
+def run_from_ui(engine, values: Sequence[Any], *, interrupt=None, progress: Optional[Callable[[int, int, str], None]] = None,
+                gpu_lock=None) -> str:
+    """``values`` in build_options' order; returns the report for the panel."""
+    from sd_webui_sam.batch import run_batch
+
+    options = build_options(*values)
+
+    def step(update) -> None:
+        if progress is not None:
+            progress(update.index, update.total, Path(update.source).name if update.source else update.status)
+
+    report = run_batch(engine, options, interrupt=interrupt, progress=step, gpu_lock=gpu_lock)
+    return report_text(report)
+
+
+def build(panel: Any, *, host_interrupted: Optional[Callable[[], bool]] = None, autosam_config: Sequence[Any] = ()
+          ) -> Dict[str, Any]:
+    import gradio as gr
+
+    from sd_webui_sam.compat import gradio_compat as grc
+    from sd_webui_sam.ui import handlers
+    from sd_webui_sam.ui.panel import elem
+
+    prefix = f"{panel.options.prefix}_batch"
+    engine = panel.options.engine
+    signal = StopSignal(host_interrupted or webui_interrupted)
+    inputs_box = gr.Textbox(label="Input folder, or image files (one per line)", lines=2,
+                            elem_id=elem(prefix, "inputs"))
+    with gr.Row():
+        recursive = gr.Checkbox(label="Include sub-folders", value=False, elem_id=elem(prefix, "recursive"))
+        output_dir = gr.Textbox(label="Output folder", elem_id=elem(prefix, "output"))
+    kind = gr.Radio(label="Prompt", choices=list(PROMPT_KINDS), value=PROMPT_KINDS[0], elem_id=elem(prefix, "kind"))
+    with gr.Row():
+        text = gr.Textbox(label="Text prompt", placeholder="dog . cat", elem_id=elem(prefix, "text"))
+        dino_model = gr.Textbox(label="GroundingDINO model (empty: the first found)", elem_id=elem(prefix, "dino_model"))
+        box_threshold = gr.Slider(0, 1, value=0.3, step=0.001, label="Box threshold", elem_id=elem(prefix, "box_threshold"))
+    with gr.Row():
+        points = gr.Textbox(label="Fixed points: x, y[, label 1/0] per line", lines=2, elem_id=elem(prefix, "points"))
+        boxes = gr.Textbox(label="Fixed boxes: x1, y1, x2, y2 per line", lines=2, elem_id=elem(prefix, "boxes"))
+    gr.Markdown("Segment everything uses the AutoSAM settings of the Auto SAM tab.")
+    with gr.Row():
+        per_object = gr.Checkbox(label="One mask per object (off: merged)", value=False, elem_id=elem(prefix, "per_object"))
+        multimask = gr.Checkbox(label="3 candidates per image", value=True, elem_id=elem(prefix, "multimask"))
+        invert = gr.Checkbox(label="Save background instead", value=False, elem_id=elem(prefix, "invert"))
+        expand = gr.Slider(-64, 64, value=0, step=1, label="Expand (+) / shrink (-), px", elem_id=elem(prefix, "expand"))
+    with gr.Row():
+        outputs = gr.CheckboxGroup(label="Outputs", choices=list(OUTPUT_CHOICES), value=list(OUTPUT_CHOICES)[:3],
+                                   elem_id=elem(prefix, "outputs"))
+        naming = gr.Radio(label="File names", choices=list(NAMING_CHOICES), value=list(NAMING_CHOICES)[0],
+                          elem_id=elem(prefix, "naming"))
+        overwrite = gr.Checkbox(label="Overwrite existing outputs", value=False, elem_id=elem(prefix, "overwrite"))
+    with gr.Row():
+        start = gr.Button("Start batch", variant="primary", elem_id=elem(prefix, "start"))
+        stop = gr.Button("Stop", elem_id=elem(prefix, "stop"))
+    result = gr.Textbox(label="Batch report", lines=6, interactive=False, elem_id=elem(prefix, "report"))
+
+    controls = [panel.model, inputs_box, recursive, output_dir, kind, text, dino_model, box_threshold, points, boxes,
+                per_object, multimask, outputs, naming, expand, invert, overwrite, *autosam_config]
+
+    def start_batch(*values, progress=gr.Progress()):
+        def show(index: int, total: int, name: str) -> None:
+            if total:
+                progress(index / total, desc=f"{index}/{total} {name}")
+
+        return run_from_ui(engine(), (*values[:17], tuple(values[17:])), interrupt=signal.start(), progress=show)
+
+    guarded_start = handlers.guarded(start_batch, lambda message: message)
+    guarded_start.__wrapped__ = start_batch  # gradio finds the Progress parameter through the wrapper
+    grc.listen(start.click, guarded_start, controls, [result])
+    # Off the queue, so it answers while the batch still holds the queue's worker.
+    grc.listen(stop.click, lambda: signal.stop(), [], [], queue=False)
+    return {"inputs": inputs_box, "recursive": recursive, "output": output_dir, "kind": kind, "text": text,
+            "points": points, "boxes": boxes, "per_object": per_object, "multimask": multimask, "outputs": outputs,
+            "naming": naming, "overwrite": overwrite, "start": start, "stop": stop, "report": result, "signal": signal}
