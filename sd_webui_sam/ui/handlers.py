@@ -193,7 +193,15 @@ def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage
     start = time.perf_counter()
     predictor.encode(image.pixels)
     seconds = time.perf_counter() - start
-    return seconds if engine.embeddings.stats()["misses"] > misses else None
+    if engine.embeddings.stats()["misses"] == misses:
+        return None
+    # One throw-away decode: the decoder's first run pays one-off setup costs (measured ~1 s on
+    # a loaded CPU) that would otherwise land on the user's first click.
+    from sd_webui_sam.predictor import Prompts
+
+    width, height = image.size
+    predictor.predict(image.pixels, Prompts(points=[(width / 2, height / 2)], labels=[1]))
+    return seconds
 
 
 def decode_base64_image(text: str) -> Image.Image:
