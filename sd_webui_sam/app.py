@@ -45,7 +45,10 @@ def create_app(engine: Any):
     except ImportError as error:
         LOG.warning("HTTP API not available: %s", error)
     else:
-        mount_api(app, engine)
+        from sd_webui_sam import metrics
+
+        # Only the standalone server exposes /metrics: inside the WebUI the host owns monitoring.
+        mount_api(app, engine, metrics=metrics.ApiMetrics() if metrics.available() else None)
     blocks = build_blocks(engine)
     blocks.queue()
     return gr.mount_gradio_app(app, blocks, path="/")
