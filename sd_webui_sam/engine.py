@@ -17,7 +17,7 @@ import numpy as np
 from sd_webui_sam import devices
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
-from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore
+from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore, match_model_name
 from sd_webui_sam.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -133,14 +133,9 @@ class Engine:
                 f"GroundingDINO model {name!r} means {file_name}, which is not in "
                 f"{self._detector_dirs_text()}. Download it or put it there; available: {', '.join(available)}."
             )
-        if name in available:
-            return name
-        folded = [m for m in available if m.lower() == name.lower()]
-        if len(folded) == 1:
-            return folded[0]
-        stems = [m for m in available if Path(m).stem.lower() == Path(name).stem.lower()]
-        if len(stems) == 1:
-            return stems[0]
+        matched = match_model_name(name, available)
+        if matched:
+            return matched
         self.detectors.resolve(name)  # refuses paths and '..' with its own message
         raise ModelNotFoundError(f"GroundingDINO model {name!r} not found. Available: {', '.join(available)}.")
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -87,8 +87,20 @@ def validate_model_name(name: str) -> str:
         raise SamUserError("No SAM model selected. Choose a model from the list (or put one in the models/sam folder).")
     name = name.strip()
     if "/" in name or "\\" in name or name in (".", "..") or ".." in name.split(os.sep) or os.path.isabs(name) or ":" in name or "\0" in name:
-        raise SamUserError(f"Invalid model name {name!r}: give a file name from the model list, not a path.")
+        raise SamUserError(f"Invalid model name {name!r}: give a file name from the model list, not a path "
+                           "(no folders, '..' or drive letters).")
     return name
+
+
+def match_model_name(name: str, available: Sequence[str]) -> Optional[str]:
+    """The listed file a user means: the exact name, else a unique case-insensitive match, else a unique stem."""
+    if name in available:
+        return name
+    for same in (lambda m: m.lower() == name.lower(), lambda m: Path(m).stem.lower() == Path(name).stem.lower()):
+        matches = [m for m in available if same(m)]
+        if len(matches) == 1:
+            return matches[0]
+    return None
 
 
 def _file_key(path: Path) -> FileKey:

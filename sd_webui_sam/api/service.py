@@ -16,13 +16,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sd_webui_sam.api import codec
 from sd_webui_sam.api.codec import NotFoundError, SourcePolicy
 from sd_webui_sam.errors import InvalidPromptError, ModelNotFoundError, SamUserError
+from sd_webui_sam.model_store import match_model_name, validate_model_name
 
 MAX_POINTS = 1024
 MAX_BOXES = 100
@@ -109,15 +110,6 @@ class ImageStore:
             return len(self._images)
 
 
-def validate_model_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidPromptError("The model name is empty; use a file name from GET /sam/sam-model.")
-    name = name.strip()
-    if "/" in name or "\\" in name or ".." in name or "\x00" in name or ":" in name:
-        raise InvalidPromptError("Model names are file names: no folders, '..' or drive letters.")
-    return name
-
-
 def resolve_model_name(engine: Any, name: Optional[str]) -> str:
     """The model file a client means: exact file name, else case-insensitive, else a unique stem."""
     available = list(engine.list_models())
@@ -131,14 +123,9 @@ def resolve_model_name(engine: Any, name: Optional[str]) -> str:
     for attempt in (0, 1):
         if attempt:
             available = list(engine.list_models(refresh=True))
-        if name in available:
-            return name
-        folded = [m for m in available if m.lower() == name.lower()]
-        if len(folded) == 1:
-            return folded[0]
-        stems = [m for m in available if Path(m).stem.lower() == Path(name).stem.lower()]
-        if len(stems) == 1:
-            return stems[0]
+        matched = match_model_name(name, available)
+        if matched:
+            return matched
     listed = ", ".join(available) if available else "none"
     raise ModelNotFoundError(f"SAM model {name!r} not found. Available: {listed}.")
 
