@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from local_groundingdino.deformable_attention import build_layout

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from local_groundingdino.checkpoint import GroundingDinoSpec, identify_checkpoint
 from local_groundingdino.detector import DEFAULT_MAX_SIDE, DEFAULT_SHORT_SIDE, Detector, load_detector

@@ -305,7 +305,6 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
 
     def settle(wait: bool) -> None:
         """Record sources whose writes have all finished (all, if ``wait``)."""
-        nonlocal handled
         still = []
         for source, entry, futures in pending:
             if not wait and not all(f.done() for f in futures):

@@ -10,7 +10,7 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
