@@ -20,6 +20,7 @@ if str(EXTENSION_ROOT) not in sys.path:
 from sd_webui_sam.compat import generation, host_compat  # noqa: E402
 from sd_webui_sam.compat.gradio_compat import current_root_block  # noqa: E402
 from sd_webui_sam.errors import SamUserError  # noqa: E402
+from sd_webui_sam.ui import autosam_tab  # noqa: E402
 from sd_webui_sam.ui.panel import TITLE, PanelOptions, build_panel  # noqa: E402
 
 LOG = logging.getLogger("sd_webui_sam")
@@ -65,21 +66,39 @@ class SegmentAnythingScript(scripts.Script):
         SESSION.request_send_wiring(panel, root)
         if is_img2img:
             SESSION.flush(root)
-        return panel.script_args
+        args = list(panel.script_args)
+        # The AutoSAM control-map arguments come last, after the ones older API callers send.
+        if len(args) == generation.control_map_offset():
+            args += autosam_tab.control_map_script_args(panel)
+        else:
+            LOG.warning("Segment Anything: %d generation arguments before the control map, expected %d; "
+                        "'Send the map to ControlNet' is off.", len(args), generation.control_map_offset())
+        return args
 
     def before_process(self, p, *args):
         values = generation.ScriptArgs.from_values(args)
-        if not values.wanted:
+        control_map = generation.ControlMapArgs.from_values(args)
+        if not values.wanted and not control_map.enabled:
             return
-        controlnet = host_compat.find_controlnet() if values.controlnet_enabled else None
+        wants_controlnet = values.controlnet_enabled or control_map.enabled
+        controlnet = host_compat.find_controlnet() if wants_controlnet else None
+        mask_unit = None
+        if values.wanted:
+            try:
+                for note in generation.apply(p, args, controlnet, is_img2img=bool(self.is_img2img)):
+                    print(f"[Segment Anything] {note}")
+                mask_unit = values.controlnet_unit if values.controlnet_enabled else None
+            except SamUserError as error:
+                print(f"[Segment Anything] {error}")
+            except RuntimeError as error:
+                print(f"[Segment Anything] ControlNet: {error}")
         try:
-            for note in generation.apply(p, args, controlnet, is_img2img=bool(self.is_img2img)):
+            for note in generation.apply_control_map(p, args, controlnet, mask_unit=mask_unit):
                 print(f"[Segment Anything] {note}")
         except SamUserError as error:
             print(f"[Segment Anything] {error}")
         except RuntimeError as error:
             print(f"[Segment Anything] ControlNet: {error}")
-
 
     def postprocess_image(self, p, pp, *args):
         cutout = generation.CutoutArgs.from_values(args)

@@ -62,7 +62,8 @@ def test_accordion_in_both_tabs_and_api_can_rebuild_ui_without_side_effects(make
     for runner in (webui.txt2img, webui.img2img):
         script = webui.script(runner, TITLE)
         assert script.alwayson
-        assert script.args_to - script.args_from == 12  # 6 for the mask hand-off, 6 for cut-out after generation
+        # 6 for the mask hand-off, 6 for cut-out after generation, 3 for the AutoSAM map to ControlNet
+        assert script.args_to - script.args_from == 15
         assert all(getattr(c, "label", None) for c in script.controls)
     callbacks_before = {key: len(value) for key, value in script_callbacks.callback_map.items()}
     first = webui.api_default_args(webui.img2img)
@@ -74,7 +75,10 @@ def test_accordion_in_both_tabs_and_api_can_rebuild_ui_without_side_effects(make
     defaults = first[script.args_from:script.args_to]
     assert defaults[:6] == [False, None, None, False, "0", False]
     # Cut-out after generation: off, no caption, then the model choices and the default thresholds.
-    assert defaults[6:8] == [False, ""] and defaults[10:] == [0.3, 0.25]
+    # (an empty Textbox's default value is "" in gradio 3 and None in gradio 4; both mean no caption)
+    assert defaults[6] is False and defaults[7] in ("", None) and defaults[10:12] == [0.3, 0.25]
+    # AutoSAM map to ControlNet: off, unit 0, no map yet.
+    assert defaults[12:] == [False, "0", None]
 
 
 def test_settings_registered_with_v16_compatible_sections(make_webui):
@@ -103,6 +107,7 @@ def test_controlnet_controls_hidden_without_controlnet(make_webui):
     for runner in (webui.txt2img, webui.img2img):
         script = webui.script(runner, TITLE)
         assert [c.visible for c in script.controls[3:6]] == [False, False, False]
+        assert [c.visible for c in script.controls[12:15]] == [False, False, False]
 
 
 @pytest.mark.parametrize("legacy", [False, True])

@@ -118,6 +118,51 @@ def apply(p: Any, values: Sequence[Any], controlnet: Any, *, is_img2img: bool) -
     return done
 
 
+# ----- a finished control map (AutoSAM) for a ControlNet unit ------------------------------------
+
+#: Script arguments after ``ARG_NAMES`` and ``CUTOUT_ARG_NAMES``. Callers of the older layouts
+#: (6 or 12 values) leave them out, which means off.
+CONTROL_MAP_ARG_NAMES = ("control_map_enabled", "control_map_unit", "control_map_image")
+
+
+def control_map_offset() -> int:
+    return len(ARG_NAMES) + len(CUTOUT_ARG_NAMES)
+
+
+@dataclass(frozen=True)
+class ControlMapArgs:
+    enabled: bool = False
+    unit: int = 0
+    image: Any = None
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> "ControlMapArgs":
+        rest = list(values[control_map_offset():]) + [None] * len(CONTROL_MAP_ARG_NAMES)
+        return cls(enabled=_flag(rest[0]) if rest[0] is not None else False, unit=_unit(rest[1]), image=rest[2])
+
+
+def control_map_array(value: Any) -> np.ndarray:
+    """The map as (H,W,3) uint8 RGB, exactly its pixels (the EditAnything map encodes ids in them)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise SamUserError("Segment Anything: 'Send the map to ControlNet' is on but there is no map. "
+                           "Run Segment everything or Segment in the Auto SAM tab first.")
+    return np.ascontiguousarray(np.asarray(_as_pil(value, "map").convert("RGB"), dtype=np.uint8))
+
+
+def apply_control_map(p: Any, values: Sequence[Any], controlnet: Any, *, mask_unit: Optional[int] = None) -> List[str]:
+    """Put the AutoSAM map into ControlNet unit N as its control image. ``mask_unit``: the unit the
+    mask hand-off filled in this generation, if any (the map replaces it; the log says so)."""
+    args = ControlMapArgs.from_values(values)
+    if not args.enabled:
+        return []
+    if controlnet is None or not controlnet.available():
+        raise SamUserError("Segment Anything: 'Send the map to ControlNet' is on but no ControlNet is installed.")
+    note = controlnet.assign_control_image(p, args.unit, control_map_array(args.image))
+    if mask_unit is not None and mask_unit == args.unit:
+        note += "; it replaces the mask sent to the same unit"
+    return [note]
+
+
 # ----- cut out after generation ----------------------------------------------------------------
 
 #: Script arguments after ``ARG_NAMES`` (API callers may leave them out).

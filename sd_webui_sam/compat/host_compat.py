@@ -73,7 +73,7 @@ def controlnet_unit_count(opts: Any) -> int:
 
 
 class ControlNetAdapter:
-    """Writes an image and a mask into one ControlNet unit of a processing object."""
+    """Writes an image and a mask, or a finished control map, into one ControlNet unit of a processing object."""
 
     name = "none"
 
@@ -85,6 +85,11 @@ class ControlNetAdapter:
 
     def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
         """``image`` (H,W,3) uint8, ``mask`` (H,W) uint8, 255 = masked. Returns a note for the log."""
+        raise RuntimeError("ControlNet is not installed.")
+
+    def assign_control_image(self, p: Any, unit_index: int, image: np.ndarray) -> str:
+        """``image`` (H,W,3) uint8 is the unit's finished control map (a segmentation or EditAnything
+        map): no mask, and the unit's preprocessor is switched off so the map is used as it is."""
         raise RuntimeError("ControlNet is not installed.")
 
 
@@ -116,7 +121,7 @@ class MikubillControlNet(ControlNetAdapter):
     def unit_count(self, opts: Any) -> int:
         return controlnet_unit_count(opts)
 
-    def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
+    def _edit_unit(self, p: Any, unit_index: int, edit: Callable[[Any], None]) -> None:
         units = list(self.external_code.get_all_units_in_processing(p))
         if not units:
             raise RuntimeError("ControlNet is installed but not active in this generation.")
@@ -124,11 +129,27 @@ class MikubillControlNet(ControlNetAdapter):
             raise RuntimeError(f"ControlNet has {len(units)} units; unit {unit_index} does not exist.")
         # The units in p.script_args are the session's gr.State objects: edit copies, never them.
         units = [copy.copy(unit) for unit in units]
-        unit = units[unit_index]
-        unit.image = {"image": np.ascontiguousarray(image, dtype=np.uint8), "mask": np.ascontiguousarray(mask, dtype=np.uint8)}
-        unit.enabled = True
+        edit(units[unit_index])
+        units[unit_index].enabled = True
         self.external_code.update_cn_script_in_processing(p, units)
+
+    def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
+        def edit(unit: Any) -> None:
+            unit.image = {"image": np.ascontiguousarray(image, dtype=np.uint8),
+                          "mask": np.ascontiguousarray(mask, dtype=np.uint8)}
+
+        self._edit_unit(p, unit_index, edit)
         return f"mask sent to ControlNet unit {unit_index}"
+
+    def assign_control_image(self, p: Any, unit_index: int, image: np.ndarray) -> str:
+        def edit(unit: Any) -> None:
+            unit.image = np.ascontiguousarray(image, dtype=np.uint8)
+            unit.module = "none"
+            if hasattr(unit, "mask"):  # v1.1.455's separate mask field: a mask drawn for another picture
+                unit.mask = None
+
+        self._edit_unit(p, unit_index, edit)
+        return f"control map sent to ControlNet unit {unit_index} (preprocessor none)"
 
 
 class ForgeControlNet(ControlNetAdapter):
@@ -145,7 +166,7 @@ class ForgeControlNet(ControlNetAdapter):
     def unit_count(self, opts: Any) -> int:
         return controlnet_unit_count(opts)
 
-    def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
+    def _replace_unit(self, p: Any, unit_index: int, **changes: Any) -> None:
         script = _find_controlnet_script(getattr(p, "scripts", None))
         if script is None:
             raise RuntimeError("Forge's ControlNet is not active in this generation.")
@@ -160,13 +181,25 @@ class ForgeControlNet(ControlNetAdapter):
             unit = from_dict(unit) if from_dict else unit_class(**unit)
         elif not dataclasses.is_dataclass(unit):
             unit = unit_class()
-        mask3 = np.repeat(np.asarray(mask, dtype=np.uint8)[:, :, None], 3, axis=2)
-        args[position] = dataclasses.replace(
-            unit, enabled=True, image=np.ascontiguousarray(image, dtype=np.uint8), image_fg=None,
-            mask_image=mask3, mask_image_fg=None,
-        )
+        # dataclasses.replace makes a new unit: the session's gr.State unit is left as it was.
+        args[position] = dataclasses.replace(unit, enabled=True, **changes)
         p.script_args = tuple(args) if isinstance(p.script_args, tuple) else args
+
+    def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
+        mask3 = np.repeat(np.asarray(mask, dtype=np.uint8)[:, :, None], 3, axis=2)
+        self._replace_unit(p, unit_index, image=np.ascontiguousarray(image, dtype=np.uint8), image_fg=None,
+                           mask_image=mask3, mask_image_fg=None)
         return f"mask sent to ControlNet unit {unit_index}"
+
+    def assign_control_image(self, p: Any, unit_index: int, image: np.ndarray) -> str:
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        # Forge evaluates ``(image < 5).all() and (image_fg[..., 3] > 5).any()``: with image_fg None
+        # that raises for a dark map (an EditAnything map of few segments is nearly black). An empty,
+        # fully transparent foreground keeps the map as the input and adds no mask.
+        empty_foreground = np.zeros(image.shape[:2] + (4,), dtype=np.uint8)
+        self._replace_unit(p, unit_index, module="None", image=image, image_fg=empty_foreground,
+                           mask_image=None, mask_image_fg=None)
+        return f"control map sent to ControlNet unit {unit_index} (preprocessor None)"
 
 
 def find_controlnet(import_module: Callable[[str], Any] = importlib.import_module) -> ControlNetAdapter:

@@ -4,7 +4,9 @@ SAM, image layout (PNG layers + PSD) and mask by category.
 The handlers (``run_*``) are plain functions of the Engine and the control values, so tests call
 them directly; ``build`` only creates components and wires them. A category mask can be handed to
 the main panel (its image and mask), from where the panel's own send-to-inpaint / ControlNet
-controls take it on.
+controls take it on. Inside the WebUI with ControlNet, the colour map, the EditAnything map or the
+SAM-refined semantic map can be sent to a ControlNet unit as its control image
+(``control_map_script_args``, read by ``compat.generation.apply_control_map``).
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ from sd_webui_sam.autosam.segmenters import PROCESSORS, NO_SEGMENTER_MESSAGE, Up
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, SamUserError
 
 UPLOADED = "Uploaded colour-coded map"
+COLOUR_MAP = "Random colour map"
+EDITANYTHING_MAP = "EditAnything map"
+REFINED_MAP = "SAM-refined semantic map"
+#: The maps a ControlNet unit can take, in the order the Radio shows them.
+CONTROL_MAP_KINDS = (COLOUR_MAP, EDITANYTHING_MAP, REFINED_MAP)
 DATASETS = ("ade20k", "coco")
 LAYOUT_MODES = ("Single image", "Batch folder")
 
@@ -91,6 +98,33 @@ def run_random(engine, model_name, image, seed, config_values) -> Tuple[List[Ima
     message = (f"{count} segments. 1: blend, 2: random colour map, 3: EditAnything control map "
                "(for control_v11p_sd15_sam / Edit-Anything ControlNet models).")
     return [_pil(result.blend), _pil(result.colour_map), _pil(result.control_map)], message
+
+
+def random_maps(gallery: Sequence[Image.Image]) -> Dict[str, Image.Image]:
+    """The two maps of ``run_random``'s gallery, by the kind the ControlNet choice names."""
+    return {COLOUR_MAP: gallery[1], EDITANYTHING_MAP: gallery[2]}
+
+
+def control_map_for(kind: Optional[str], maps: Optional[Dict[str, Image.Image]],
+                    refined: Optional[Image.Image]) -> Tuple[Optional[Image.Image], str]:
+    """The map of ``kind`` that goes to ControlNet (None when it was not made yet) and a status line."""
+    if kind not in CONTROL_MAP_KINDS:
+        raise InvalidPromptError(f"Unknown map {kind!r}; choose one of: {', '.join(CONTROL_MAP_KINDS)}.")
+    chosen = refined if kind == REFINED_MAP else (maps or {}).get(kind)
+    if chosen is None:
+        where = "Semantic segmentation → Segment" if kind == REFINED_MAP else "Segment everything"
+        return None, f"No {kind.lower()} yet: run {where} first."
+    picture = chosen if isinstance(chosen, Image.Image) else _pil(np.asarray(chosen))
+    return picture.convert("RGB"), (f"{kind} ({picture.size[0]}x{picture.size[1]}) goes to the ControlNet unit at "
+                                    "the next generation while 'Send the map to ControlNet' is ticked.")
+
+
+def control_map_script_args(panel: Any) -> List[Any]:
+    """The components of ``compat.generation.CONTROL_MAP_ARG_NAMES``, in order; [] outside the WebUI."""
+    parts = (panel.extra.get("autosam") or {}).get("controlnet")
+    if not parts:
+        return []
+    return [parts["enabled"], parts["unit"], parts["map"]]
 
 
 def segmenter_choices(modules=None) -> List[str]:
@@ -226,6 +260,7 @@ def build(panel: Any) -> Dict[str, Any]:
                 r_seed = gr.Number(value=0, precision=0, label="Colour seed", elem_id=elem(prefix, "random_seed"))
                 r_run = gr.Button("Segment everything", variant="primary", elem_id=elem(prefix, "random_run"))
             r_status = gr.HTML("", elem_id=elem(prefix, "random_status"), elem_classes=["sam-status"])
+            r_maps = gr.State(None)  # {kind: map} of the last run, for the ControlNet section
 
         with gr.Tab("Semantic segmentation", elem_id=elem(prefix, "semantic_tab")):
             gr.Markdown("Segmenters come from the ControlNet extension when it is installed; otherwise upload a "
@@ -281,22 +316,38 @@ def build(panel: Any) -> Dict[str, Any]:
                 c_send = gr.Button("Use this mask in the panel", elem_id=elem(prefix, "category_to_panel"))
             c_status = gr.HTML("", elem_id=elem(prefix, "category_status"), elem_classes=["sam-status"])
 
+    controlnet_parts = _build_controlnet_section(panel, prefix) if panel.options.sd_controls else None
+
     model = panel.model
 
     def random_handler(model_name, image, seed, *values):
         gallery, message = run_random(engine(), model_name, image, seed, values)
-        return gallery, status_html(message)
+        return gallery, random_maps(gallery), status_html(message)
 
-    grc.listen(r_run.click, handlers.guarded(random_handler, failure_gallery(0)),
-               [model, r_image, r_seed, *config], [r_gallery, r_status])
+    random_run = grc.listen(r_run.click, handlers.guarded(random_handler, failure_gallery(1)),
+                            [model, r_image, r_seed, *config], [r_gallery, r_maps, r_status])
 
     def semantic_handler(model_name, image, source, dataset_key, colour_map, resolution, *values):
         gallery, after, message = run_semantic(engine(), model_name, image, source, dataset_key, colour_map,
                                                resolution, values)
         return gallery, after, status_html(message)
 
-    grc.listen(s_run.click, handlers.guarded(semantic_handler, failure_gallery(1)),
-               [model, s_image, s_source, s_dataset, s_map, s_resolution, *config], [s_gallery, s_after, s_status])
+    semantic_run = grc.listen(s_run.click, handlers.guarded(semantic_handler, failure_gallery(1)),
+                              [model, s_image, s_source, s_dataset, s_map, s_resolution, *config],
+                              [s_gallery, s_after, s_status])
+
+    if controlnet_parts is not None:
+        def show_control_map(kind, maps, refined):
+            picture, message = control_map_for(kind, maps, refined)
+            return picture, status_html(message)
+
+        pick = handlers.guarded(show_control_map, lambda message: (grc.update(), status_html(message, error=True)))
+        pick_io = ([controlnet_parts["kind"], r_maps, s_after], [controlnet_parts["map"], controlnet_parts["status"]])
+        grc.listen(controlnet_parts["kind"].change, pick, *pick_io, show_progress=False)
+        for run in (random_run, semantic_run):
+            then = getattr(run, "then", None)
+            if then is not None:  # the map shown follows each new segmentation
+                grc.listen(then, pick, *pick_io, show_progress=False)
 
     def layout_handler(model_name, mode, image, input_dir, output_dir, write_psd, *values):
         return run_layout(engine(), model_name, mode, image, input_dir, output_dir, write_psd, values)
@@ -326,7 +377,9 @@ def build(panel: Any) -> Dict[str, Any]:
                handlers.guarded(send_handler, lambda message: (grc.update(), grc.update(), status_html(message, error=True))),
                [c_image, c_mask], [panel.input_image, panel.mask, c_status])
 
-    parts.update(random=dict(image=r_image, seed=r_seed, run=r_run, gallery=r_gallery, status=r_status),
+    if controlnet_parts is not None:
+        parts["controlnet"] = controlnet_parts
+    parts.update(random=dict(image=r_image, seed=r_seed, run=r_run, gallery=r_gallery, maps=r_maps, status=r_status),
                  semantic=dict(image=s_image, source=s_source, dataset=s_dataset, map=s_map, resolution=s_resolution,
                                run=s_run, gallery=s_gallery, after=s_after, status=s_status),
                  layout=dict(mode=l_mode, image=l_image, input=l_input, output=l_output, psd=l_psd, run=l_run,
@@ -335,3 +388,27 @@ def build(panel: Any) -> Dict[str, Any]:
                                classes=c_classes, typed=c_typed, map=c_map, run=c_run, send=c_send, gallery=c_gallery, mask=c_mask,
                                status=c_status))
     return parts
+
+
+def _build_controlnet_section(panel: Any, prefix: str) -> Dict[str, Any]:
+    """'Send the map to ControlNet': built in every WebUI panel so the script's arguments keep one
+    layout, shown only when ControlNet is installed."""
+    import gradio as gr
+
+    from sd_webui_sam.compat import gradio_compat as grc
+    from sd_webui_sam.ui.panel import elem
+
+    units = max(0, int(panel.options.controlnet_units))
+    shown = units > 0
+    with gr.Group(visible=shown, elem_id=elem(prefix, "controlnet")):
+        with gr.Row():
+            kind = gr.Radio(label="Map for ControlNet", choices=list(CONTROL_MAP_KINDS), value=COLOUR_MAP,
+                            visible=shown, elem_id=elem(prefix, "controlnet_kind"))
+            enabled = gr.Checkbox(label="Send the map to ControlNet at the next generation", value=False,
+                                  visible=shown, elem_id=elem(prefix, "controlnet_enabled"))
+            unit = gr.Dropdown(label="ControlNet unit", choices=[str(i) for i in range(max(units, 1))], value="0",
+                               visible=shown, elem_id=elem(prefix, "controlnet_unit"))
+        control_map = grc.image_output("Map sent to ControlNet (preprocessor: none)", visible=shown,
+                                       elem_id=elem(prefix, "controlnet_map"))
+        status = gr.HTML("", visible=shown, elem_id=elem(prefix, "controlnet_status"), elem_classes=["sam-status"])
+    return {"kind": kind, "enabled": enabled, "unit": unit, "map": control_map, "status": status}
