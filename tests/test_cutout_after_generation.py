@@ -45,7 +45,7 @@ def _args(ui, runner, enabled=True, text="hand, face", box_threshold=0.0, sam_mo
     script = ui.script(runner, TITLE)
     values = [0] + [getattr(c, "value", None) for c in runner.inputs[1:]]
     mine = values[script.args_from:script.args_to]
-    assert len(mine) == 12
+    assert len(mine) == 15  # mask hand-off (6), cut-out after generation (6), ControlNet map (3)
     mine[6:12] = [enabled, text, sam_model or mine[8], mine[9], box_threshold, 0.0]
     values[script.args_from:script.args_to] = mine
     return tuple(values)
