@@ -19,7 +19,8 @@ from local_groundingdino.model import GroundingDino, GroundingDinoShape
 from local_groundingdino.swin import SwinShape
 from local_groundingdino.text_encoder import BertShape
 from local_groundingdino.transformer import TransformerShape
-from sd_webui_sam.errors import CorruptCheckpointError, UnrecognisedCheckpointError
+from sd_webui_sam.checkpoints import check_shapes
+from sd_webui_sam.errors import UnrecognisedCheckpointError
 
 Shapes = Mapping[str, Tuple[int, ...]]
 TRANSFORMER_HEADS = 8
@@ -148,21 +149,11 @@ def build_model(spec: GroundingDinoSpec, state_dict: Mapping[str, torch.Tensor],
     """fp32 CPU model with the checkpoint's weights, loaded strictly."""
     model = GroundingDino(spec.shape)
     weights = canonical_state_dict(state_dict, source)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(name for name in set(expected) & set(weights) if expected[name].shape != weights[name].shape)
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing ({', '.join(missing[:3])})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
-        if wrong:
-            details.append(f"{len(wrong)} of the wrong shape ({', '.join(wrong[:3])})")
-        raise CorruptCheckpointError(
-            f"{source} looks like {spec.label} but does not fit it: {'; '.join(details)}. "
-            "The file is damaged or was edited; download it again."
-        )
+    check_shapes(
+        source,
+        {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()},
+        {name: tuple(tensor.shape) for name, tensor in weights.items()},
+        spec.label,
+    )
     model.load_state_dict({name: tensor.float() for name, tensor in weights.items()}, strict=True)
     return model.eval()

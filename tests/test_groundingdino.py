@@ -338,3 +338,20 @@ def test_download_uses_the_official_location_and_checksum(monkeypatch, tmp_path)
     assert options["sha256"] == "46270f7a822e6906b655b729c90613e48929d0f2bb8b9b76fd10a856f3ac6ab7"
     with pytest.raises(SamUserError):
         store.download("something_else.pth")
+
+
+def test_a_damaged_checkpoint_is_refused_with_the_tensor_named(tmp_path):
+    """A file identified as GroundingDINO whose tensors do not fit is reported, not half-loaded."""
+    from sd_webui_sam.checkpoints import load_state_dict
+    from sd_webui_sam.errors import CorruptCheckpointError
+    from tests.fixtures.text_prompt_fixtures import write_tiny_gdino
+
+    state = dict(load_state_dict(write_tiny_gdino(tmp_path)))
+    spec = identify_checkpoint({name: tuple(tensor.shape) for name, tensor in state.items()})
+    assert spec is not None
+    build_model(spec, state)  # the intact file loads
+    damaged_name = next(name for name in state if name.endswith("bias") and "transformer" in name)
+    state[damaged_name] = torch.zeros(state[damaged_name].numel() + 1)
+    with pytest.raises(CorruptCheckpointError) as refused:
+        build_model(spec, state)
+    assert "wrong shape" in str(refused.value)
