@@ -5,7 +5,6 @@ by absolute name while the extension root is on ``sys.path`` (the WebUI imports 
 ``scripts/`` as a top-level module, so nothing may import ``scripts.<x>``).
 """
 import logging
-import os
 import sys
 from pathlib import Path
 
