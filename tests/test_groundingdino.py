@@ -106,7 +106,12 @@ def test_reduced_swin_b_matches_reference(swin_b_pair):
 
 def test_official_layout_helper_matches_reference(swin_t_pair):
     reference, detector = swin_t_pair
-    assert set(fixtures.official_layout(detector.model.state_dict(), decoder_layers=LAYERS)) == set(reference.state_dict())
+    # The official checkpoints carry BERT's position_ids; transformers >= 4.31 (the Forge stack)
+    # no longer saves that buffer, so the reference's own state dict may lack it.
+    ours = set(fixtures.official_layout(detector.model.state_dict(), decoder_layers=LAYERS))
+    theirs = set(reference.state_dict())
+    assert ours - theirs <= {"bert.embeddings.position_ids"}
+    assert theirs <= ours
 
 
 # ----------------------------------------------------------------------------- real configurations

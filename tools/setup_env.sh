@@ -47,8 +47,9 @@ if [ "$with_tests" = "--with-tests" ]; then
     pillow=$("$venv/bin/python" -c 'import PIL; print(PIL.__version__)')
     "${pip[@]}" install -r "$root/requirements/test.txt" "Pillow==$pillow"
     # Numerical oracles: reference implementations we compare against, never imported by
-    # product code (pycocotools checks our COCO RLE).
-    "${pip[@]}" install --no-deps segment-anything==1.0 segment-anything-hq==0.3 mobilesam-mirror==1.0.0 pycocotools==2.0.11
+    # product code (pycocotools checks our COCO RLE, psd-tools reads back our PSD files; its
+    # Pillow>=10.3 pin is metadata only: reading works on the hosts' Pillow 9.5).
+    "${pip[@]}" install --no-deps segment-anything==1.0 segment-anything-hq==0.3 mobilesam-mirror==1.0.0 pycocotools==2.0.11 psd-tools==1.26.0
     "$venv/bin/python" -c 'import groundingdino' >/dev/null 2>&1 || \
         "${pip[@]}" install --no-deps --no-build-isolation groundingdino-py==0.4.0
 fi
