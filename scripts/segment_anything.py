@@ -75,29 +75,8 @@ class SegmentAnythingScript(scripts.Script):
         return args
 
     def before_process(self, p, *args):
-        values = generation.ScriptArgs.from_values(args)
-        control_map = generation.ControlMapArgs.from_values(args)
-        if not values.wanted and not control_map.enabled:
-            return
-        wants_controlnet = values.controlnet_enabled or control_map.enabled
-        controlnet = host_compat.find_controlnet() if wants_controlnet else None
-        mask_unit = None
-        if values.wanted:
-            try:
-                for note in generation.apply(p, args, controlnet, is_img2img=bool(self.is_img2img)):
-                    print(f"[Segment Anything] {note}")
-                mask_unit = values.controlnet_unit if values.controlnet_enabled else None
-            except SamUserError as error:
-                print(f"[Segment Anything] {error}")
-            except RuntimeError as error:
-                print(f"[Segment Anything] ControlNet: {error}")
-        try:
-            for note in generation.apply_control_map(p, args, controlnet, mask_unit=mask_unit):
-                print(f"[Segment Anything] {note}")
-        except SamUserError as error:
-            print(f"[Segment Anything] {error}")
-        except RuntimeError as error:
-            print(f"[Segment Anything] ControlNet: {error}")
+        for message in generation.before_process(p, args, host_compat.find_controlnet, is_img2img=bool(self.is_img2img)):
+            print(f"[Segment Anything] {message}")
 
     def postprocess_image(self, p, pp, *args):
         cutout = generation.CutoutArgs.from_values(args)

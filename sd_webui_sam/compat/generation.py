@@ -163,6 +163,40 @@ def apply_control_map(p: Any, values: Sequence[Any], controlnet: Any, *, mask_un
     return [note]
 
 
+def before_process(p: Any, values: Sequence[Any], find_controlnet: Any, *, is_img2img: bool) -> List[str]:
+    """Everything the script does before a generation: the mask hand-off, then the AutoSAM map.
+
+    Returns messages for the console. A problem the user can fix is reported there and never
+    breaks the generation (hook exceptions would only be swallowed by the host anyway).
+    ``find_controlnet`` is called only when a ControlNet unit is wanted.
+    """
+    hand_off = ScriptArgs.from_values(values)
+    control_map = ControlMapArgs.from_values(values)
+    if not hand_off.wanted and not control_map.enabled:
+        return []
+    controlnet = find_controlnet() if (hand_off.controlnet_enabled or control_map.enabled) else None
+    messages: List[str] = []
+    mask_unit = None
+    if hand_off.wanted:
+        done = _reported(lambda: apply(p, values, controlnet, is_img2img=is_img2img), messages)
+        if done and hand_off.controlnet_enabled:
+            mask_unit = hand_off.controlnet_unit
+    _reported(lambda: apply_control_map(p, values, controlnet, mask_unit=mask_unit), messages)
+    return messages
+
+
+def _reported(step: Any, messages: List[str]) -> bool:
+    """Run one step, adding its notes, or its user-facing error, to ``messages``; True if it succeeded."""
+    try:
+        messages.extend(step())
+        return True
+    except SamUserError as error:
+        messages.append(str(error))
+    except RuntimeError as error:
+        messages.append(f"ControlNet: {error}")
+    return False
+
+
 # ----- cut out after generation ----------------------------------------------------------------
 
 #: Script arguments after ``ARG_NAMES`` (API callers may leave them out).
