@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sd_webui_sam.errors import InvalidPromptError
@@ -164,3 +165,27 @@ def test_output_files_are_exact_pngs_and_jpeg_previews(engine, picture, tmp_path
     from pathlib import Path
 
     assert not Path(mask_path).exists() and Path(handlers.chosen_output_files(found, 0, tools, files)[1]).exists()
+
+
+def test_device_choice_moves_sam_and_says_where_it_runs(tiny_sam, tmp_path):
+    """The reference's "Use CPU for SAM", for every device: the choice reaches the engine at once."""
+    import gradio as gr
+
+    from sd_webui_sam.engine import Engine
+    from sd_webui_sam.settings import EngineSettings
+    from sd_webui_sam.ui.panel import PanelOptions, build_panel
+
+    shutil.copy(tiny_sam[0], tmp_path / "tiny_sam.pth")
+    own_engine = Engine(EngineSettings(user_model_dir=tmp_path, device="auto"))
+    with gr.Blocks() as demo:
+        panel = build_panel(PanelOptions(prefix="d_sam", engine=lambda: own_engine, accordion=False))
+    assert panel.extra["device"].value == "auto"
+    functions = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    change_device = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "change_device")
+    status = change_device("cpu")
+    assert own_engine.stats()["device"] == "cpu" and "SAM runs on cpu now" in status and "sam-status-error" not in status
+    message, done = handlers.change_device(own_engine, "warp-drive")
+    assert not done and "warp-drive" in message
+    if not torch.cuda.is_available():
+        message, done = handlers.change_device(own_engine, "cuda")
+        assert not done and "not available" in message and own_engine.stats()["device"] == "cpu"

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
@@ -119,6 +119,21 @@ class ImageFiles:
             except OSError:
                 pass
         return str(path)
+
+
+def change_device(engine, preference: str) -> Tuple[str, bool]:
+    """The panel's device choice (the reference's "Use CPU for SAM", for every device).
+
+    Returns (status line, whether SAM now runs where the user asked).
+    """
+    try:
+        engine.set_device(preference)
+    except SamUserError as error:
+        return str(error), False
+    actual = engine.stats()["device"]
+    if preference not in ("auto", actual.split(":")[0]):
+        return f"{preference} is not available here; SAM runs on {actual}.", False
+    return f"SAM runs on {actual} now.", True
 
 
 def image_digest(image: np.ndarray) -> str:

@@ -6,11 +6,12 @@ API builds every script's UI headlessly, twice per tab) has no effect beyond the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import gradio as gr
 
 from sd_webui_sam.compat import gradio_compat as grc
+from sd_webui_sam.devices import DEVICE_CHOICES
 from sd_webui_sam.ui import handlers, text_prompt
 
 TITLE = "Segment Anything"
@@ -100,6 +101,11 @@ def _model_choices(engine_provider: Callable[[], Any], refresh: bool = False) ->
         return []
 
 
+def _current_device(engine_provider: Callable[[], Any]) -> str:
+    preference = (engine_provider().settings.device or "auto").split(":")[0]
+    return preference if preference in DEVICE_CHOICES else "auto"
+
+
 def build_panel(options: PanelOptions) -> Panel:
     prefix = options.prefix
     engine = options.engine
@@ -115,6 +121,8 @@ def build_panel(options: PanelOptions) -> Panel:
                 label="SAM model", choices=choices, value=choices[0] if choices else None, elem_id=elem(prefix, "model")
             )
             refresh = gr.Button("\U0001f504", elem_id=elem(prefix, "refresh"), elem_classes=["tool"], scale=0, min_width=40)
+            device = gr.Dropdown(label="Device", choices=list(DEVICE_CHOICES), value=_current_device(engine),
+                                 elem_id=elem(prefix, "device"), scale=0, min_width=110)
         download_parts = _download_section(prefix, engine)
         with gr.Row():
             with gr.Column():
@@ -158,7 +166,7 @@ def build_panel(options: PanelOptions) -> Panel:
             options=options, model=model, input_image=input_image, prompts=prompts, preview=preview,
             candidates=candidates, choice=choice, status=status, overlay=overlay, mask=mask, cutout=cutout,
             tools=[expand, feather, fill_holes, min_island, invert], state=state,
-            extra={"refresh": refresh, "undo": undo, "clear": clear, "auto_preview": auto_preview,
+            extra={"refresh": refresh, "device": device, "undo": undo, "clear": clear, "auto_preview": auto_preview,
                    "image_state": image_state, **download_parts},
         )
         if options.sd_controls:
@@ -247,6 +255,12 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
         return grc.update(choices=names, value=value)
 
     grc.listen(refresh.click, refresh_models, [panel.model], [panel.model], show_progress=False)
+
+    def change_device(preference: str):
+        message, done = handlers.change_device(engine(), preference)
+        return status_html(message, error=not done)
+
+    grc.listen(panel.extra["device"].change, change_device, [panel.extra["device"]], [panel.status], show_progress=False)
 
     undo_js = f"() => window.samPanel.undo({prefix!r})"
     clear_js = f"() => window.samPanel.clear({prefix!r})"
