@@ -189,3 +189,34 @@ def test_device_choice_moves_sam_and_says_where_it_runs(tiny_sam, tmp_path):
     if not torch.cuda.is_available():
         message, done = handlers.change_device(own_engine, "cuda")
         assert not done and "not available" in message and own_engine.stats()["device"] == "cpu"
+
+
+def test_upload_encode_message_never_replaces_a_preview_answered_meanwhile(engine, picture):
+    """The upload-time encode and a quick first click race; the click's result must stay on screen."""
+    session = handlers.session_image(picture)
+
+    class PreviewDuringEncode:
+        """The engine, except that a preview is answered while the encoder runs."""
+
+        def __init__(self, real):
+            self.real, self.embeddings, self.settings = real, real.embeddings, real.settings
+
+        def predictor(self, name):
+            real_predictor = self.real.predictor(name)
+            outer = self
+
+            class Racing:
+                def encode(self, pixels):
+                    real_predictor.encode(pixels)
+                    handlers.segment(outer.real, name, session, prompts([(60.5, 50.5, 1)]))
+
+                def predict(self, *args, **kwargs):
+                    return real_predictor.predict(*args, **kwargs)
+
+            return Racing()
+
+    engine.embeddings.clear()
+    assert handlers.encode_ahead(PreviewDuringEncode(engine), "tiny_sam.pth", session) is None
+    engine.embeddings.clear()
+    quiet = handlers.session_image(picture)
+    assert handlers.encode_ahead(engine, "tiny_sam.pth", quiet) > 0  # no click meanwhile: the time is reported

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
@@ -70,6 +70,9 @@ class SessionImage:
 
     pixels: np.ndarray           # (H, W, 3) uint8
     digest: str
+    #: How many previews were answered for this picture. The upload-time encode reports its time
+    #: only if none was answered meanwhile, so its message never replaces a click's result.
+    answered: collections.Counter = field(default_factory=collections.Counter, compare=False, repr=False)
 
     @property
     def size(self) -> Tuple[int, int]:
@@ -203,6 +206,7 @@ def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage
     """
     if image is None or not model_name:
         return None
+    previews_before = image.answered["previews"]
     predictor = engine.predictor(model_name)
     misses = engine.embeddings.stats()["misses"]
     start = time.perf_counter()
@@ -216,6 +220,8 @@ def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage
 
     width, height = image.size
     predictor.predict(image.pixels, Prompts(points=[(width / 2, height / 2)], labels=[1]))
+    if image.answered["previews"] != previews_before:
+        return None
     return seconds
 
 
@@ -317,6 +323,8 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
     merged_scores = scores.mean(axis=0)
     if merged.shape[0] == 1:  # single-output models: show the one mask three times is misleading
         merged_scores = merged_scores[:1]
+    if isinstance(image, SessionImage):
+        image.answered["previews"] += 1
     return Candidates(
         image=pixels,
         masks=merged,
