@@ -21,7 +21,7 @@ import re
 from types import MappingProxyType
 from typing import Dict, Mapping, Optional, Tuple
 
-from sd_webui_sam.families import derive_vit_encoder_config, variant_label
+from sd_webui_sam.families import SAM_PROMPT_AND_DECODER_PREFIXES, derive_vit_encoder_config, variant_label
 from sd_webui_sam.model_registry import ModelSpec
 
 from .tiny_vit import TinyViTConfig
@@ -34,17 +34,6 @@ _HQ_DECODER_PREFIXES = (
     "mask_decoder.compress_vit_feat.",
     "mask_decoder.embedding_encoder.",
     "mask_decoder.embedding_maskfeature.",
-)
-_SAM_PROMPT_AND_DECODER_PREFIXES = (
-    "prompt_encoder.",
-    "mask_decoder.transformer.",
-    "mask_decoder.iou_token.",
-    "mask_decoder.mask_tokens.",
-    "mask_decoder.output_upscaling.",
-    "mask_decoder.output_hypernetworks_mlps.",
-    "mask_decoder.iou_prediction_head.",
-    "pixel_mean",
-    "pixel_std",
 )
 _VIT_ENCODER_PREFIXES = (
     "image_encoder.pos_embed",
@@ -182,7 +171,7 @@ class HQSamFamily:
         compress = shapes["mask_decoder.compress_vit_feat.0.weight"]
         if len(compress) != 4:
             return None
-        decoder_prefixes = _SAM_PROMPT_AND_DECODER_PREFIXES + _HQ_DECODER_PREFIXES
+        decoder_prefixes = SAM_PROMPT_AND_DECODER_PREFIXES + _HQ_DECODER_PREFIXES
         if _only_prefixes(shapes, _VIT_ENCODER_PREFIXES + decoder_prefixes):
             config = derive_vit_encoder_config(shapes)
             if config is None or compress[0] != config["encoder_embed_dim"]:
@@ -217,7 +206,7 @@ class MobileSamFamily:
     def identify(self, shapes: Shapes) -> Optional[ModelSpec]:
         if not all(key in shapes for key in _REQUIRED_SAM_KEYS):
             return None
-        if not _only_prefixes(shapes, _TINY_VIT_ENCODER_PREFIXES + _SAM_PROMPT_AND_DECODER_PREFIXES):
+        if not _only_prefixes(shapes, _TINY_VIT_ENCODER_PREFIXES + SAM_PROMPT_AND_DECODER_PREFIXES):
             return None
         config = derive_tiny_vit_config(shapes)
         if config is None:

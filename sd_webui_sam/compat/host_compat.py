@@ -97,6 +97,19 @@ class NoControlNet(ControlNetAdapter):
     pass
 
 
+class InstalledControlNet(ControlNetAdapter):
+    """A ControlNet the host has loaded, reached through its ``external_code`` module."""
+
+    def __init__(self, external_code: Any):
+        self.external_code = external_code
+
+    def available(self) -> bool:
+        return True
+
+    def unit_count(self, opts: Any) -> int:
+        return controlnet_unit_count(opts)
+
+
 def _find_controlnet_script(runner: Any) -> Optional[Any]:
     for script in getattr(runner, "alwayson_scripts", None) or []:
         try:
@@ -107,19 +120,10 @@ def _find_controlnet_script(runner: Any) -> Optional[Any]:
     return None
 
 
-class MikubillControlNet(ControlNetAdapter):
+class MikubillControlNet(InstalledControlNet):
     """sd-webui-controlnet through its ``external_code`` API."""
 
     name = "sd-webui-controlnet"
-
-    def __init__(self, external_code: Any):
-        self.external_code = external_code
-
-    def available(self) -> bool:
-        return True
-
-    def unit_count(self, opts: Any) -> int:
-        return controlnet_unit_count(opts)
 
     def _edit_unit(self, p: Any, unit_index: int, edit: Callable[[Any], None]) -> None:
         units = list(self.external_code.get_all_units_in_processing(p))
@@ -152,19 +156,10 @@ class MikubillControlNet(ControlNetAdapter):
         return f"control map sent to ControlNet unit {unit_index} (preprocessor none)"
 
 
-class ForgeControlNet(ControlNetAdapter):
+class ForgeControlNet(InstalledControlNet):
     """Forge's built-in ControlNet: no processing helpers, so the unit is replaced in ``p.script_args``."""
 
     name = "forge"
-
-    def __init__(self, external_code: Any):
-        self.external_code = external_code
-
-    def available(self) -> bool:
-        return True
-
-    def unit_count(self, opts: Any) -> int:
-        return controlnet_unit_count(opts)
 
     def _replace_unit(self, p: Any, unit_index: int, **changes: Any) -> None:
         script = _find_controlnet_script(getattr(p, "scripts", None))

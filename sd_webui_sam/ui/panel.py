@@ -102,7 +102,11 @@ def _model_choices(engine_provider: Callable[[], Any], refresh: bool = False) ->
 
 
 def _current_device(engine_provider: Callable[[], Any]) -> str:
-    preference = (engine_provider().settings.device or "auto").split(":")[0]
+    try:
+        preference = (engine_provider().settings.device or "auto").split(":")[0]
+    except Exception as error:  # no engine yet (a broken set-up) must not break the tab either
+        handlers.describe_failure(error)
+        return "auto"
     return preference if preference in DEVICE_CHOICES else "auto"
 
 
