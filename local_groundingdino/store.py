@@ -18,7 +18,7 @@ from local_groundingdino.checkpoint import GroundingDinoSpec, identify_checkpoin
 from local_groundingdino.detector import DEFAULT_MAX_SIDE, DEFAULT_SHORT_SIDE, Detector, load_detector
 from sd_webui_sam import checkpoints, devices
 from sd_webui_sam.devices import Placement
-from sd_webui_sam.downloads import ProgressCallback, download_file
+from sd_webui_sam.downloads import ProgressCallback, catalogue_entry, download_file
 from sd_webui_sam.errors import DownloadError, ModelNotFoundError, SamUserError
 from sd_webui_sam.model_store import is_candidate_file, validate_model_name
 
@@ -72,17 +72,9 @@ class GroundingDinoSettings:
     max_side: int = DEFAULT_MAX_SIDE
 
 
-def catalogue_entry(file_name: str) -> GroundingDinoCatalogueEntry:
-    for entry in CATALOGUE:
-        if entry.file_name == file_name:
-            return entry
-    known = ", ".join(entry.file_name for entry in CATALOGUE)
-    raise DownloadError(f"{file_name!r} is not an official GroundingDINO checkpoint. Known files: {known}.")
-
-
 def download_checkpoint(file_name: str, dest_dir: Path, progress: Optional[ProgressCallback] = None, **options) -> Path:
     """Resumable, size- and sha256-verified download of a catalogued checkpoint into ``dest_dir``."""
-    entry = catalogue_entry(file_name)
+    entry = catalogue_entry(file_name, CATALOGUE, "GroundingDINO checkpoint")
     return download_file(entry.url, dest_dir, entry.file_name, size=entry.size, sha256=entry.sha256, progress=progress, **options)
 
 

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from sd_webui_sam.errors import DownloadError
 
@@ -84,12 +84,15 @@ CATALOGUE: Tuple[CatalogueEntry, ...] = (
 )
 
 
-def catalogue_entry(file_name: str) -> CatalogueEntry:
-    for entry in CATALOGUE:
+def catalogue_entry(file_name: str, catalogue: Optional[Sequence[Any]] = None, kind: str = "checkpoint") -> Any:
+    """The entry of ``catalogue`` (default: the SAM-family one; any entries with file_name, url,
+    size and sha256) for ``file_name``."""
+    catalogue = CATALOGUE if catalogue is None else catalogue
+    for entry in catalogue:
         if entry.file_name == file_name:
             return entry
-    known = ", ".join(entry.file_name for entry in CATALOGUE)
-    raise DownloadError(f"{file_name!r} is not an official checkpoint this extension can download. Known files: {known}.")
+    known = ", ".join(entry.file_name for entry in catalogue)
+    raise DownloadError(f"{file_name!r} is not an official {kind} this extension can download. Known files: {known}.")
 
 
 def download_model(file_name: str, dest_dir: Path, progress: Optional[ProgressCallback] = None, **options) -> Path:
