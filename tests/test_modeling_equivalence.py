@@ -7,6 +7,7 @@ import torch
 
 from sd_webui_sam.modeling import ImageEncoderViT, SamSegmenter, build_sam
 from sd_webui_sam.modeling.image_encoder import add_decomposed_rel_pos, relative_position_table
+from tests.fixtures.mask_compare import assert_masks_match
 from tests.fixtures.sam_checkpoints import TINY
 
 TINY_CONFIG = {
@@ -135,7 +136,30 @@ def test_decoder_matches_reference(models, embeddings, case, multimask, with_mas
     assert iou.shape == (batch, channels)
     torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(iou, expected_iou, atol=1e-4, rtol=1e-4)
-    assert torch.equal(logits > 0, expected_logits > 0)
+    assert_masks_match((logits > 0).numpy(), expected_logits.numpy())
+
+
+def test_decoder_fast_paths_equal_the_plain_computation(models):
+    """One image shared by every prompt (projected once) and per-prompt image tokens (projections
+    folded into the prompt tokens) give the same tokens; the token-layout upscaling gives the
+    same logits as the transposed convolutions."""
+    ours, _ = models
+    decoder = ours.mask_decoder
+    generator = torch.Generator().manual_seed(11)
+    image = torch.randn((1, 256, 64, 64), generator=generator)
+    tokens = torch.randn((5, 7, 256), generator=generator)
+    pe = ours.prompt_encoder.get_dense_pe()
+    with torch.inference_mode():
+        shared_tokens, shared_image = decoder.transformer(image, pe, tokens)
+        per_prompt_tokens, per_prompt_image = decoder.transformer(image.repeat(5, 1, 1, 1), pe, tokens)
+        torch.testing.assert_close(shared_tokens, per_prompt_tokens, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shared_image, per_prompt_image, atol=1e-5, rtol=1e-5)
+
+        weights = torch.randn((5, 4, 32), generator=generator)
+        fast = decoder.masks_from_image_tokens(weights, shared_image, (64, 64))
+        src = shared_image.transpose(1, 2).reshape(5, 256, 64, 64)
+        plain = decoder.masks_from_weights(weights, decoder.upscale(src))
+        torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
 
 
 def test_dense_positional_encoding_follows_weight_changes(models):

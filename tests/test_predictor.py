@@ -11,6 +11,7 @@ from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 from sd_webui_sam.modeling import build_sam
 from sd_webui_sam.predictor import Predictor, Prompts, group_objects, resize_image
+from tests.fixtures.mask_compare import assert_masks_match
 from tests.fixtures.sam_checkpoints import TINY, VIT_B, VitShape, build_reference_sam, save_state_dict
 
 CPU = Placement(device=torch.device("cpu"))
@@ -98,10 +99,11 @@ def small_scene(scenes):
     return scenes(200, 300)
 
 
-def assert_same_prediction(ours, masks, scores, low_res, index=0):
+def assert_same_prediction(ours, logits, scores, low_res, index=0):
+    """``logits``: the reference's full-resolution logits (``predict(..., return_logits=True)``)."""
     assert ours.masks.dtype == bool
-    assert ours.masks.shape[1:] == masks.shape
-    assert np.array_equal(ours.masks[index], masks)
+    assert ours.masks.shape[1:] == logits.shape
+    assert_masks_match(ours.masks[index], logits)
     np.testing.assert_allclose(ours.scores[index], scores, atol=1e-4, rtol=0)
     np.testing.assert_allclose(ours.low_res_logits[index], low_res, atol=1e-4, rtol=0)
 
@@ -141,10 +143,12 @@ def test_matches_sam_predictor(scene, predictor, case, multimask):
     points = np.array(prompt["points"]) if "points" in prompt else None
     labels = np.array(prompt["labels"]) if "labels" in prompt else None
     box = np.array(prompt["boxes"][0]) if "boxes" in prompt else None
-    masks, scores, low_res = reference.predict(point_coords=points, point_labels=labels, box=box, multimask_output=multimask)
+    logits, scores, low_res = reference.predict(
+        point_coords=points, point_labels=labels, box=box, multimask_output=multimask, return_logits=True
+    )
     assert ours.masks.shape == (1, 3 if multimask else 1, *image.shape[:2])
     assert ours.object_boxes == [tuple(float(v) for v in prompt["boxes"][0]) if box is not None else None]
-    assert_same_prediction(ours, masks, scores, low_res)
+    assert_same_prediction(ours, logits, scores, low_res)
 
 
 @pytest.mark.parametrize("size,shape", [((768, 1024), "(256, 256)"), ((200, 300), "(1, 256, 256)")])
@@ -157,10 +161,10 @@ def test_mask_refinement_matches_sam_predictor(scenes, predictor, size, shape):
     previous = first.low_res_logits[0, best]
     mask_input = previous if shape == "(256, 256)" else previous[None]
     ours = predictor.predict(encoded, Prompts(points=points, labels=labels, mask_input=mask_input), multimask_output=False)
-    masks, scores, low_res = reference.predict(
-        point_coords=points, point_labels=labels, mask_input=previous[None], multimask_output=False
+    logits, scores, low_res = reference.predict(
+        point_coords=points, point_labels=labels, mask_input=previous[None], multimask_output=False, return_logits=True
     )
-    assert_same_prediction(ours, masks, scores, low_res)
+    assert_same_prediction(ours, logits, scores, low_res)
 
 
 def test_several_boxes_match_batched_sam_predictor(scene, predictor):
@@ -170,9 +174,9 @@ def test_several_boxes_match_batched_sam_predictor(scene, predictor):
     )
     ours = predictor.predict(encoded, Prompts(boxes=boxes))
     box_torch = reference.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), reference.original_size)
-    masks, scores, low_res = reference.predict_torch(None, None, boxes=box_torch, multimask_output=True)
+    logits, scores, low_res = reference.predict_torch(None, None, boxes=box_torch, multimask_output=True, return_logits=True)
     assert ours.masks.shape == (3, 3, *image.shape[:2])
-    assert np.array_equal(ours.masks, masks.numpy())
+    assert_masks_match(ours.masks, logits.numpy())
     np.testing.assert_allclose(ours.scores, scores.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(ours.low_res_logits, low_res.numpy(), atol=1e-4, rtol=0)
     assert ours.object_boxes == [tuple(float(v) for v in box) for box in boxes]
@@ -226,22 +230,23 @@ def test_several_boxes_and_points_decode_per_rule(predictor, small_scene):
     labels = np.array([RULE_LABELS[[0, 2, 4, 5]], [*RULE_LABELS[[1, 2, 4]], -1]])
     coords_torch = torch.as_tensor(transform.apply_coords(coords, reference.original_size), dtype=torch.float)
     boxes_torch = transform.apply_boxes_torch(torch.as_tensor(RULE_BOXES, dtype=torch.float), reference.original_size)
-    masks, scores, low_res = reference.predict_torch(
-        coords_torch, torch.as_tensor(labels, dtype=torch.int), boxes=boxes_torch, multimask_output=False
+    logits, scores, low_res = reference.predict_torch(
+        coords_torch, torch.as_tensor(labels, dtype=torch.int), boxes=boxes_torch, multimask_output=False, return_logits=True
     )
-    assert np.array_equal(ours.masks[:2], masks.numpy())
+    assert_masks_match(ours.masks[:2], logits.numpy())
     np.testing.assert_allclose(ours.scores[:2], scores.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(ours.low_res_logits[:2], low_res.numpy(), atol=1e-4, rtol=0)
 
     # Box 0 has the most points, so it is unpadded: the same as prompting it alone.
-    alone_masks, alone_scores, alone_low = reference.predict(
-        point_coords=RULE_POINTS[[0, 2, 4, 5]], point_labels=RULE_LABELS[[0, 2, 4, 5]], box=RULE_BOXES[0], multimask_output=False
+    alone_logits, alone_scores, alone_low = reference.predict(
+        point_coords=RULE_POINTS[[0, 2, 4, 5]], point_labels=RULE_LABELS[[0, 2, 4, 5]], box=RULE_BOXES[0],
+        multimask_output=False, return_logits=True,
     )
-    assert_same_prediction(ours, alone_masks, alone_scores, alone_low, index=0)
+    assert_same_prediction(ours, alone_logits, alone_scores, alone_low, index=0)
 
     # The stray positive point, with the negative point outside every box.
     extra_masks, extra_scores, extra_low = reference.predict(
-        point_coords=RULE_POINTS[[2, 3]], point_labels=RULE_LABELS[[2, 3]], multimask_output=False
+        point_coords=RULE_POINTS[[2, 3]], point_labels=RULE_LABELS[[2, 3]], multimask_output=False, return_logits=True
     )
     assert_same_prediction(ours, extra_masks, extra_scores, extra_low, index=2)
 
@@ -291,12 +296,14 @@ def test_invalid_prompts_are_refused_with_a_clear_message(predictor, small_scene
 def test_edge_points_are_accepted_and_boxes_past_the_edge_are_clipped(predictor, small_scene):
     image, encoded, reference = small_scene
     ours = predictor.predict(encoded, Prompts(points=[(300.0, 200.0), (0.0, 0.0)], labels=[1, 0]))
-    masks, scores, low_res = reference.predict(point_coords=np.array([[300.0, 200.0], [0.0, 0.0]]), point_labels=np.array([1, 0]))
-    assert_same_prediction(ours, masks, scores, low_res)
+    logits, scores, low_res = reference.predict(
+        point_coords=np.array([[300.0, 200.0], [0.0, 0.0]]), point_labels=np.array([1, 0]), return_logits=True
+    )
+    assert_same_prediction(ours, logits, scores, low_res)
 
     ours = predictor.predict(encoded, Prompts(boxes=[(350.0, 250.0, 100.0, -20.0)]))  # reversed corners, past the edge
-    masks, scores, low_res = reference.predict(box=np.array([100.0, 0.0, 300.0, 200.0]))
-    assert_same_prediction(ours, masks, scores, low_res)
+    logits, scores, low_res = reference.predict(box=np.array([100.0, 0.0, 300.0, 200.0]), return_logits=True)
+    assert_same_prediction(ours, logits, scores, low_res)
     assert ours.object_boxes == [(100.0, 0.0, 300.0, 200.0)]
 
 
@@ -401,8 +408,8 @@ def test_real_vit_b_shapes_match_sam_predictor(tmp_path):
     points = np.array([[460.0, 380.0], [100.0, 700.0]])
     labels = np.array([1, 0])
     prediction = ours.predict(encoded, Prompts(points=points, labels=labels))
-    masks, scores, low_res = reference.predict(point_coords=points, point_labels=labels)
-    assert_same_prediction(prediction, masks, scores, low_res)
+    logits, scores, low_res = reference.predict(point_coords=points, point_labels=labels, return_logits=True)
+    assert_same_prediction(prediction, logits, scores, low_res)
 
 
 def test_reduced_precision_placement_runs_end_to_end_with_float32_outputs(counting):

@@ -8,12 +8,16 @@
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Type
+from typing import Optional, Sequence, Tuple, Type
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLP, LayerNorm2d
+
+# Upscaled pixels (x channels) processed per step: 4 prompts at SAM's 256x256, ~32 MB of features.
+UPSCALE_CHUNK_PIXELS = 256 * 256
 
 
 class MaskDecoder(nn.Module):
@@ -59,6 +63,24 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.expand(sparse_prompt_embeddings.shape[0], -1, -1)
         return torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
 
+    def run_transformer_tokens(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        dense_prompt_embeddings: Tensor,
+        tokens: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
+        """Returns processed tokens (B, T + N, C) and the image side as tokens (B, h*w, C).
+
+        One image's embeddings (batch 1) serve all B prompts; while the dense prompt embedding
+        is also shared (no mask inputs), the transformer keeps the image side at batch 1 for
+        as long as it can.
+        """
+        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]  # an expanded single embedding
+        src = image_embeddings + dense_prompt_embeddings
+        return self.transformer(src, image_pe[:1], tokens)
+
     def run_transformer(
         self,
         image_embeddings: Tensor,
@@ -66,18 +88,10 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor,
         tokens: Tensor,
     ) -> Tuple[Tensor, Tensor]:
-        """Returns processed tokens (B, T + N, C) and the image side as a (B, C, h, w) map.
-
-        One image's embeddings (batch 1) are broadcast over the B prompts.
-        """
-        batch = tokens.shape[0]
-        src = image_embeddings + dense_prompt_embeddings
-        if src.shape[0] != batch:
-            src = src.expand(batch, -1, -1, -1)
-        pos_src = image_pe.expand(batch, -1, -1, -1)
-        _, channels, height, width = src.shape
-        hs, image_tokens = self.transformer(src, pos_src, tokens)
-        return hs, image_tokens.transpose(1, 2).reshape(batch, channels, height, width)
+        """Like :meth:`run_transformer_tokens`, with the image side as a (B, C, h, w) map."""
+        _, channels, height, width = image_embeddings.shape
+        hs, image_tokens = self.run_transformer_tokens(image_embeddings, image_pe, dense_prompt_embeddings, tokens)
+        return hs, image_tokens.transpose(1, 2).reshape(tokens.shape[0], channels, height, width)
 
     def upscale(self, src: Tensor) -> Tensor:
         """(B, C, h, w) -> (B, C/8, 4h, 4w)."""
@@ -93,6 +107,56 @@ class MaskDecoder(nn.Module):
         """(B, T, c) weights x (B, c, H, W) features -> (B, T, H, W) mask logits."""
         batch, channels, height, width = upscaled.shape
         return (weights @ upscaled.view(batch, channels, height * width)).view(batch, -1, height, width)
+
+    def _token_upscaling(self) -> Optional[Tuple[nn.Module, ...]]:
+        """The upscaling layers when they have SAM's shape (two 2x2 stride-2 transposed convs with
+        a channel LayerNorm and activations), which :meth:`masks_from_image_tokens` relies on."""
+        layers = tuple(self.output_upscaling)
+        if len(layers) != 5 or not isinstance(layers[1], LayerNorm2d):
+            return None
+        for conv in (layers[0], layers[3]):
+            if not (isinstance(conv, nn.ConvTranspose2d) and conv.kernel_size == (2, 2) and conv.stride == (2, 2)
+                    and conv.padding == (0, 0) and conv.bias is not None and conv.groups == 1):
+                return None
+        return layers
+
+    def masks_from_image_tokens(self, weights: Tensor, image_tokens: Tensor, grid: Tuple[int, int]) -> Tensor:
+        """(B, T, c) weights x the transformer's (B, h*w, C) image tokens -> (B, T, 4h, 4w) logits.
+
+        Same result as :meth:`upscale` then :meth:`masks_from_weights`. A 2x2 stride-2 transposed
+        convolution is one matrix product per input pixel, so the upscaling runs on the token
+        layout with no transposes, a few prompts at a time to keep the 16x larger features in
+        cache, and only the T mask channels are put back in image order.
+        """
+        layers = self._token_upscaling()
+        if layers is None:
+            batch, _, channels = image_tokens.shape
+            src = image_tokens.transpose(1, 2).reshape(batch, channels, *grid)
+            return self.masks_from_weights(weights, self.upscale(src))
+        first, norm, first_act, second, second_act = layers
+        batch, tokens, channels = image_tokens.shape
+        height, width = grid
+        mid, out = first.out_channels, second.out_channels
+        # columns ordered (row offset, column offset, channel), so channels stay innermost
+        first_weight = first.weight.permute(0, 2, 3, 1).reshape(channels, 4 * mid)
+        second_weight = second.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)
+        first_bias, second_bias = first.bias.repeat(4), second.bias.repeat(4)
+        masks = weights.new_empty(batch, weights.shape[1], 4 * height, 4 * width)
+        band = max(1, min(height, UPSCALE_CHUNK_PIXELS // (16 * width)))  # embedding rows per step
+        for index in range(batch):
+            for top in range(0, height, band):
+                rows = min(band, height - top)
+                pixels = image_tokens[index, top * width : (top + rows) * width]
+                features = torch.addmm(first_bias, pixels, first_weight)
+                features = F.layer_norm(features.view(-1, mid), (mid,), norm.weight, norm.bias, norm.eps)
+                features = torch.addmm(second_bias, first_act(features), second_weight)
+                features = second_act(features).view(-1, out)
+                logits = weights[index] @ features.t()
+                # columns are (y, x, dy1, dx1, dy2, dx2): pixel (4y + 2dy1 + dy2, 4x + 2dx1 + dx2)
+                logits = logits.view(-1, rows, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+                target = masks[index, :, 4 * top : 4 * (top + rows)]
+                target.view(-1, rows, 2, 2, width, 2, 2).copy_(logits)
+        return masks
 
     def select_outputs(self, masks: Tensor, iou_pred: Tensor, multimask_output: bool) -> Tuple[Tensor, Tensor]:
         """Keep the multimask candidates (tokens 1..) or the single-mask output (token 0)."""
@@ -110,10 +174,11 @@ class MaskDecoder(nn.Module):
     ) -> Tuple[Tensor, Tensor]:
         """All mask tokens' logits (B, T, 4h, 4w) and IoU predictions (B, T)."""
         tokens = self.build_tokens(sparse_prompt_embeddings)
-        hs, src = self.run_transformer(image_embeddings, image_pe, dense_prompt_embeddings, tokens)
+        hs, image_tokens = self.run_transformer_tokens(image_embeddings, image_pe, dense_prompt_embeddings, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        masks = self.masks_from_weights(self.hypernetwork_weights(mask_tokens_out), self.upscale(src))
+        weights = self.hypernetwork_weights(mask_tokens_out)
+        masks = self.masks_from_image_tokens(weights, image_tokens, tuple(image_embeddings.shape[-2:]))
         return masks, self.iou_prediction_head(iou_token_out)
 
     def forward(

@@ -1,4 +1,11 @@
-"""SAM's two-way transformer: prompt tokens and image tokens attend to each other."""
+"""SAM's two-way transformer: prompt tokens and image tokens attend to each other.
+
+Decoding many prompts against one image is the hot loop of segment-everything, so the
+cross-attentions are written for it: the image side may have batch 1 (shared by every prompt)
+and is then projected once, and where the image side is per prompt the projections are folded
+into the few prompt tokens instead of being applied to all h*w image tokens. Both give the
+same attention as projecting everything, up to float rounding.
+"""
 from __future__ import annotations
 
 import math
@@ -25,6 +32,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
+    @property
+    def head_dim(self) -> int:
+        return self.internal_dim // self.num_heads
+
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, tokens, width = x.shape
         return x.reshape(batch, tokens, self.num_heads, width // self.num_heads).transpose(1, 2)
@@ -34,6 +45,10 @@ class Attention(nn.Module):
         batch, heads, tokens, head_dim = x.shape
         return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
+    def _per_head(self, linear: nn.Linear) -> Tensor:
+        """An input projection's weight as (heads, head_dim, embedding_dim)."""
+        return linear.weight.view(self.num_heads, self.head_dim, -1)
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
@@ -42,6 +57,56 @@ class Attention(nn.Module):
         attn = attn / math.sqrt(q.shape[-1])
         attn = torch.softmax(attn, dim=-1)
         return self.out_proj(self._merge_heads(attn @ v))
+
+    def tokens_to_image(self, queries: Tensor, image_keys: Tensor, image_values: Tensor) -> Tensor:
+        """Prompt tokens (B, T, C) attend over image tokens (S, N, C), S = 1 (one image for all
+        B prompts) or B. Returns (B, T, C)."""
+        batch, count, _ = queries.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        q = self.q_proj(queries)
+        if image_keys.shape[0] == 1 and image_values.shape[0] == 1:
+            # Project the shared image once; every prompt's tokens become rows of one product.
+            k = self.k_proj(image_keys[0]).view(-1, heads, head_dim).transpose(0, 1)
+            v = self.v_proj(image_values[0]).view(-1, heads, head_dim).transpose(0, 1)
+            q = q.view(batch * count, heads, head_dim).transpose(0, 1)
+            attn = torch.softmax((q @ k.transpose(1, 2)) / math.sqrt(head_dim), dim=-1)
+            mixed = (attn @ v).transpose(0, 1).reshape(batch, count, -1)
+            return self.out_proj(mixed)
+        # q.(Wk x + bk) = (Wk^T q).x + q.bk: the T queries move into image space instead of the
+        # N image tokens into head space; q.bk is constant along each softmax row, so it drops.
+        q = q.view(batch, count, heads, head_dim).transpose(1, 2)
+        q_image = torch.einsum("bhtd,hdc->bhtc", q, self._per_head(self.k_proj)).reshape(batch, heads * count, -1)
+        attn = torch.softmax((q_image @ image_keys.transpose(1, 2)) / math.sqrt(head_dim), dim=-1)
+        # Softmax rows sum to one, so the value projection (bias included) applies after mixing.
+        mixed = (attn @ image_values).view(batch, heads, count, -1)
+        values = torch.einsum("bhtc,hdc->bthd", mixed, self._per_head(self.v_proj)).reshape(batch, count, -1)
+        return self.out_proj(values + self.v_proj.bias)
+
+    def image_to_tokens(self, image_queries: Tensor, token_keys: Tensor, token_values: Tensor, residual: Tensor) -> Tensor:
+        """Image tokens (S, N, C), S = 1 or B, attend over each prompt's tokens (B, T, C).
+
+        Returns ``residual`` (broadcastable to (B, N, C)) plus the attention output, (B, N, C).
+        """
+        batch, count, _ = token_keys.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        k = self._split_heads(self.k_proj(token_keys))
+        # (Wq x + bq).k = x.(Wq^T k) + bq.k: the keys move into image space, so the N image
+        # tokens are never projected; the out projection is folded into the values likewise.
+        k_image = torch.einsum("bhtd,hdc->bhtc", k, self._per_head(self.q_proj)).reshape(batch, heads * count, -1)
+        k_bias = torch.einsum("bhtd,hd->bht", k, self.q_proj.bias.view(heads, head_dim)).reshape(batch, heads * count, 1)
+        if image_queries.shape[0] == 1 and batch > 1:
+            logits = (k_image.reshape(batch * heads * count, -1) @ image_queries[0].t()).view(batch, heads * count, -1)
+        else:
+            logits = k_image @ image_queries.transpose(1, 2)
+        logits = (logits + k_bias) / math.sqrt(head_dim)
+        # (B, H, T, N): the softmax runs over the T tokens of each head, with N innermost.
+        attn = torch.softmax(logits.view(batch, heads, count, -1), dim=2).view(batch, heads * count, -1)
+        v = self._split_heads(self.v_proj(token_values))
+        out_weight = self.out_proj.weight.view(-1, heads, head_dim)
+        v_out = torch.einsum("bhtd,chd->bhtc", v, out_weight).reshape(batch, heads * count, -1)
+        # Each head's weights sum to one, so the out bias spreads over the heads' values.
+        v_out = v_out + self.out_proj.bias / heads
+        return torch.baddbmm(residual, attn.transpose(1, 2), v_out)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -68,6 +133,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> Tuple[Tensor, Tensor]:
+        """queries (B, T, C); keys (S, N, C) with S = 1 (shared) or B. Returns keys as (B, N, C)."""
         if self.skip_first_layer_pe:
             # The first layer's tokens are the prompt embeddings themselves (they already carry position).
             queries = self.self_attn(q=queries, k=queries, v=queries)
@@ -76,15 +142,14 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         queries = self.norm1(queries)
 
+        positioned_keys = keys + key_pe
         q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, positioned_keys, keys))
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(positioned_keys, q, queries, residual=keys))
         return queries, keys
 
 
@@ -120,7 +185,8 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> Tuple[Tensor, Tensor]:
-        """image_embedding / image_pe: (B, C, h, w); point_embedding: (B, N, C).
+        """image_embedding: (S, C, h, w) with S = 1 (one image for every prompt) or B;
+        image_pe: (1, C, h, w); point_embedding: (B, N, C).
 
         Returns the processed tokens (B, N, C) and image tokens (B, h*w, C).
         """
@@ -131,5 +197,7 @@ class TwoWayTransformer(nn.Module):
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)
         q = queries + point_embedding
         k = keys + key_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image.tokens_to_image(q, k, keys))
+        if keys.shape[0] != queries.shape[0]:
+            keys = keys.expand(queries.shape[0], -1, -1)
         return queries, keys
