@@ -1,18 +1,15 @@
 """Speed figures for the lead's benchmark command (prints nothing, asserts nothing).
 
 ``api_latency`` : warm ``/sam/v2/predict`` with an image id vs ``/sam/sam-predict`` (which
-sends and decodes the image on every call), over a real loopback server.
-``batch_throughput`` : :func:`sd_webui_sam.batch.run_batch` vs a sequential loop in the
-reference's style (open, segment, write, one file after another, no prefetch).
+sends and decodes the image on every call), over a real loopback server. Batch throughput is
+in ``tools/bench_batch.py``.
 """
 from __future__ import annotations
 
 import base64
 import io
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Dict, Sequence
 
 import numpy as np
@@ -62,38 +59,3 @@ def api_latency(engine: Any, model: str, image: np.ndarray, point: Sequence[floa
         v2_seconds = _median_seconds(v2, repeats)
         old_seconds = _median_seconds(old, repeats)
     return {"v2_image_id_s": v2_seconds, "sam_predict_s": old_seconds, "speedup": old_seconds / v2_seconds}
-
-
-def batch_throughput(engine: Any, model: str, images: Sequence[np.ndarray], point: Sequence[float]) -> Dict[str, float]:
-    """Images per second: run_batch (prefetch + background writes) vs a reference-style loop."""
-    from sd_webui_sam import render
-    from sd_webui_sam.batch import BatchOptions, run_batch
-    from sd_webui_sam.predictor import Prompts
-
-    with tempfile.TemporaryDirectory() as directory:
-        root = Path(directory)
-        source = root / "in"
-        source.mkdir()
-        for index, image in enumerate(images):
-            Image.fromarray(image).save(source / f"img{index:03d}.png")
-        engine.unload()
-        start = time.perf_counter()
-        for path in sorted(source.glob("*.png")):  # the reference: one file after another, all in line
-            image = np.asarray(Image.open(path).convert("RGB"))
-            prediction = engine.segment(model, image, Prompts(points=[tuple(point)], labels=[1]))
-            for index in range(prediction.masks.shape[1]):
-                merged = prediction.masks[:, index].any(axis=0)
-                out = root / "sequential"
-                out.mkdir(exist_ok=True)
-                Image.fromarray(merged).save(out / f"{path.stem}_{index}_mask.png")
-                render.cutout(image, merged).save(out / f"{path.stem}_{index}_output.png")
-                render.reference_blend(image, merged, []).save(out / f"{path.stem}_{index}_blend.png")
-        sequential = time.perf_counter() - start
-        engine.unload()
-        start = time.perf_counter()
-        report = run_batch(engine, BatchOptions(inputs=[source], output_dir=root / "batch", model=model,
-                                                points=[tuple(point)], outputs=("mask", "cutout", "blend")))
-        batched = time.perf_counter() - start
-    count = len(images)
-    return {"images": count, "sequential_img_per_s": count / sequential, "batch_img_per_s": count / batched,
-            "speedup": sequential / batched, "failed": len(report.failed)}
