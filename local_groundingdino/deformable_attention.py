@@ -1,9 +1,14 @@
-"""Multi-scale deformable attention in one ``grid_sample`` call.
+"""Multi-scale deformable attention: every head, level and sampling point read in one call.
 
-All levels of the value map are packed into one zero-separated atlas image, so every
-head, level and sampling point is read by a single bilinear ``grid_sample``. Sampling
-positions are clamped to one pixel outside their level; that pixel is a zero gap in the
-atlas, which reproduces ``padding_mode="zeros"`` of sampling each level on its own.
+Accelerators: all levels of the value map are packed into one zero-separated atlas image and
+read by a single bilinear ``grid_sample``. Sampling positions are clamped to one pixel outside
+their level; that pixel is a zero gap in the atlas, which reproduces ``padding_mode="zeros"``
+of sampling each level on its own.
+
+CPU: ``grid_sample`` reads a planar map one channel at a time and returns every sample before
+the attention weights are applied (hundreds of MB at 800x1333). There, each query's 4 corners x
+levels x points become one ``embedding_bag`` over the value rows, with the bilinear and the
+attention weights multiplied into its per-sample weights: the same sum, in one pass.
 """
 from __future__ import annotations
 
@@ -99,6 +104,45 @@ def sample_levels(value: Tensor, layout: LevelLayout, locations: Tensor, weights
     return out.transpose(1, 2)
 
 
+def sample_levels_by_gather(value: Tensor, layout: LevelLayout, locations: Tensor, weights: Tensor) -> Tensor:
+    """Same contract and result as :func:`sample_levels`, as one weighted ``embedding_bag``."""
+    batch, tokens, heads, dim = value.shape
+    _, queries, _, levels, points, _ = locations.shape
+    size = layout.level_size.to(locations.dtype)                      # L, 2 (w, h)
+    pixels = locations * size[:, None, :] - 0.5                        # level pixel centres, align_corners=False
+    corner = pixels.floor()
+    fraction = pixels - corner
+    corner = corner.long()
+    widths = size[:, 0].long().view(levels, 1)
+    heights = size[:, 1].long().view(levels, 1)
+
+    def axis(start: Tensor, fraction: Tensor, length: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Clamped indices and weights of the two neighbours along one axis; a neighbour
+        outside the level weighs zero (it would read the zero padding)."""
+        near_inside = (start >= 0) & (start < length)
+        far_inside = (start >= -1) & (start < length - 1)
+        near = torch.minimum(start.clamp(min=0), length - 1)
+        far = torch.minimum((start + 1).clamp(min=0), length - 1)
+        return near, far, (1 - fraction) * near_inside, fraction * far_inside
+
+    x_near, x_far, wx_near, wx_far = axis(corner[..., 0], fraction[..., 0], widths)
+    y_near, y_far, wy_near, wy_far = axis(corner[..., 1], fraction[..., 1], heights)
+    top, bottom = weights * wy_near, weights * wy_far
+    sample_weights = torch.stack((top * wx_near, top * wx_far, bottom * wx_near, bottom * wx_far), dim=-1)
+
+    # rows of value.reshape(-1, dim) are (batch, token, head)
+    starts = torch.tensor(layout.level_starts, device=value.device).view(levels, 1)
+    image = (torch.arange(batch, device=value.device) * tokens).view(batch, 1, 1, 1, 1)
+    head = torch.arange(heads, device=value.device).view(heads, 1, 1)
+    row_top = (image + starts + y_near * widths) * heads + head
+    row_bottom = (image + starts + y_far * widths) * heads + head
+    x_near, x_far = x_near * heads, x_far * heads
+    rows = torch.stack((row_top + x_near, row_top + x_far, row_bottom + x_near, row_bottom + x_far), dim=-1)
+    out = F.embedding_bag(rows.view(-1, levels * points * 4), value.reshape(-1, dim),
+                          per_sample_weights=sample_weights.view(-1, levels * points * 4), mode="sum")
+    return out.view(batch, queries, heads * dim)
+
+
 class MultiScaleDeformableAttention(nn.Module):
     """Each query reads ``num_points`` learned offsets around its reference point on every level."""
 
@@ -126,4 +170,5 @@ class MultiScaleDeformableAttention(nn.Module):
             centre = reference_points[:, :, None, :, None, :2]
             extent = reference_points[:, :, None, :, None, 2:]
             locations = centre + offsets / self.num_points * extent * 0.5
-        return self.output_proj(sample_levels(value, layout, locations, weights))
+        sample = sample_levels_by_gather if value.device.type == "cpu" else sample_levels
+        return self.output_proj(sample(value, layout, locations, weights))

@@ -26,27 +26,43 @@ class BiMultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, image: Tensor, text: Tensor, text_padding: Tensor | None) -> tuple[Tensor, Tensor]:
-        """image (B,N,Cv), text (B,T,Cl); text_padding (B,T) True for padding. Returns the two updates."""
-        batch, pixels, _ = image.shape
-        query = self._heads(self.v_proj(image) * self.scale)
-        key = self._heads(self.l_proj(text))
-        image_values = self._heads(self.values_v_proj(image))
-        text_values = self._heads(self.values_l_proj(text))
+    def _per_head(self, weight: Tensor) -> Tensor:
+        """An input projection's (embed, dim) weight as (heads, head_dim, dim)."""
+        return weight.view(self.num_heads, self.head_dim, -1)
 
-        scores = query @ key.transpose(-1, -2)                        # B, h, N, T
+    def forward(self, image: Tensor, text: Tensor, text_padding: Tensor | None) -> tuple[Tensor, Tensor]:
+        """image (B,N,Cv), text (B,T,Cl); text_padding (B,T) True for padding. Returns the two updates.
+
+        The image has tens of thousands of tokens and the text a handful, so no image-side
+        projection is applied to the image: (Wv x + bv).k = x.(Wv^T k) + bv.k moves the text keys
+        into image space, the value and out projections of the image side apply after the
+        attention has mixed the image (softmax rows sum to one), and the out projection of the
+        text values is folded into them. Same result as projecting, up to float rounding.
+        """
+        batch, pixels, _ = image.shape
+        heads, count = self.num_heads, text.shape[1]
+        key = self._heads(self.l_proj(text))                                            # B, h, T, d
+        key_image = torch.einsum("bhtd,hdc->bhtc", key, self._per_head(self.v_proj.weight))
+        key_bias = torch.einsum("bhtd,hd->bht", key, self.v_proj.bias.view(heads, -1))
+        scores = (key_image.reshape(batch, heads * count, -1) @ image.transpose(1, 2)).view(batch, heads, count, pixels)
+        scores = (scores + key_bias[..., None]) * self.scale                            # B, h, T, N
         # One shift by the global maximum, then per-row maxima: the order the weights were trained with.
         scores = (scores - scores.max()).clamp(-SCORE_CLAMP, SCORE_CLAMP)
-        scores_for_text = scores.transpose(-1, -2)
-        scores_for_text = (scores_for_text - scores_for_text.max(-1, keepdim=True)[0]).clamp(-SCORE_CLAMP, SCORE_CLAMP)
+        scores_for_text = (scores - scores.max(-1, keepdim=True)[0]).clamp(-SCORE_CLAMP, SCORE_CLAMP)
         if text_padding is not None:
-            scores = scores.masked_fill(text_padding[:, None, None, :], float("-inf"))
+            scores = scores.masked_fill(text_padding[:, None, :, None], float("-inf"))
 
-        image_update = scores.softmax(-1) @ text_values               # B, h, N, d
-        text_update = scores_for_text.softmax(-1) @ image_values      # B, h, T, d
-        image_update = image_update.transpose(1, 2).reshape(batch, pixels, -1)
-        text_update = text_update.transpose(1, 2).reshape(batch, text.shape[1], -1)
-        return self.out_v_proj(image_update), self.out_l_proj(text_update)
+        text_values = self._heads(self.values_l_proj(text))                            # B, h, T, d
+        out_weight = self.out_v_proj.weight.view(-1, heads, self.head_dim)             # Cv, h, d
+        text_values_out = torch.einsum("bhtd,chd->bhtc", text_values, out_weight).reshape(batch, heads * count, -1)
+        weights_for_image = scores.softmax(2).view(batch, heads * count, pixels)        # over T, per head
+        image_update = torch.baddbmm(self.out_v_proj.bias, weights_for_image.transpose(1, 2), text_values_out)
+
+        mixed_image = scores_for_text.softmax(-1).view(batch, heads * count, pixels) @ image
+        mixed_image = mixed_image.view(batch, heads, count, -1)                          # B, h, T, Cv
+        text_update = torch.einsum("bhtc,hdc->bthd", mixed_image, self._per_head(self.values_v_proj.weight))
+        text_update = text_update + self.values_v_proj.bias.view(heads, -1)
+        return image_update, self.out_l_proj(text_update.reshape(batch, count, -1))
 
 
 class BiAttentionBlock(nn.Module):

@@ -67,6 +67,22 @@ class MLP(nn.Module):
         return x
 
 
+#: Image tokens per step of the encoder's feed-forward: the 2048-wide hidden layer of a step
+#: (8 MB) stays in cache instead of streaming 150 MB per layer through memory.
+FEED_FORWARD_TOKENS_PER_STEP = 1024
+
+
+def feed_forward(x: Tensor, linear1: nn.Linear, linear2: nn.Linear) -> Tensor:
+    """linear2(relu(linear1(x))) for (B, N, C) x, a band of tokens at a time."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = flat.new_empty(flat.shape[0], linear2.out_features)
+    for start in range(0, flat.shape[0], FEED_FORWARD_TOKENS_PER_STEP):
+        band = slice(start, start + FEED_FORWARD_TOKENS_PER_STEP)
+        hidden = F.relu(linear1(flat[band]), inplace=True)
+        torch.addmm(linear2.bias, hidden, linear2.weight.t(), out=out[band])
+    return out.view(*x.shape[:-1], -1)
+
+
 def contrastive_logits(queries: Tensor, text: Tensor, text_padding: Tensor | None) -> Tensor:
     """Similarity of each query to each text token: (B,Q,C) x (B,T,C) -> (B,Q,T)."""
     logits = queries @ text.transpose(-1, -2)
@@ -86,7 +102,7 @@ class DeformableEncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, position: Tensor, reference_points: Tensor, layout: LevelLayout) -> Tensor:
         x = self.norm1(x + self.self_attn(x + position, reference_points, x, layout))
-        return self.norm2(x + self.linear2(F.relu(self.linear1(x))))
+        return self.norm2(x + feed_forward(x, self.linear1, self.linear2))
 
 
 class DecoderLayer(nn.Module):

@@ -360,3 +360,19 @@ def test_a_damaged_checkpoint_is_refused_with_the_tensor_named(tmp_path):
     with pytest.raises(CorruptCheckpointError) as refused:
         build_model(spec, state)
     assert "wrong shape" in str(refused.value)
+
+
+def test_cpu_gather_sampling_equals_the_atlas_grid_sample():
+    """The CPU's embedding_bag path and the accelerators' atlas path read the same bilinear samples,
+    zeros outside each level included (locations reach well past the borders)."""
+    from local_groundingdino.deformable_attention import build_layout, sample_levels, sample_levels_by_gather
+
+    generator = torch.Generator().manual_seed(5)
+    shapes = [(9, 13), (5, 7), (3, 4), (2, 2)]
+    layout = build_layout(shapes, torch.device("cpu"))
+    value = torch.randn((2, layout.num_tokens, 3, 4), generator=generator)
+    locations = torch.rand((2, 6, 3, 4, 2, 2), generator=generator) * 1.6 - 0.3
+    weights = torch.rand((2, 6, 3, 4, 2), generator=generator)
+    expected = sample_levels(value, layout, locations, weights)
+    torch.testing.assert_close(sample_levels_by_gather(value, layout, locations, weights), expected, atol=1e-5, rtol=1e-5)
+    assert expected.abs().sum() > 0
