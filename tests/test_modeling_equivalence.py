@@ -139,10 +139,14 @@ def test_decoder_matches_reference(models, embeddings, case, multimask, with_mas
     assert_masks_match((logits > 0).numpy(), expected_logits.numpy())
 
 
-def test_decoder_fast_paths_equal_the_plain_computation(models):
+@pytest.mark.parametrize("pixels_per_step", [256 * 256, 2 * 256 * 256, 256 * 40], ids=["prompt", "two prompts", "bands"])
+def test_decoder_fast_paths_equal_the_plain_computation(models, monkeypatch, pixels_per_step):
     """One image shared by every prompt (projected once) and per-prompt image tokens (projections
     folded into the prompt tokens) give the same tokens; the token-layout upscaling gives the
     same logits as the transposed convolutions."""
+    from sd_webui_sam.modeling import mask_decoder
+
+    monkeypatch.setattr(mask_decoder, "CPU_UPSCALE_PIXELS_PER_STEP", pixels_per_step)
     ours, _ = models
     decoder = ours.mask_decoder
     generator = torch.Generator().manual_seed(11)
