@@ -115,7 +115,7 @@ def batch_text_throughput(images: Sequence[np.ndarray], sam_state: Dict[str, tor
     """Images per second for both sides over the same files; see the module docstring."""
     from segment_anything import SamPredictor
 
-    from sd_webui_sam.batch import BatchOptions, run_batch
+    from sd_webui_sam.batch import STATE_FILE, BatchOptions, run_batch
     from sd_webui_sam.engine import Engine
     from sd_webui_sam.settings import EngineSettings
     from tests.fixtures.gdino_checkpoints import build_reference_gdino, save_checkpoint
@@ -151,6 +151,8 @@ def batch_text_throughput(images: Sequence[np.ndarray], sam_state: Dict[str, tor
         report = run_batch(engine, BatchOptions(inputs=[source], output_dir=root / "ours", **options))
         ours_s = time.perf_counter() - started
         engine.unload()
+        state = (root / "ours" / STATE_FILE).read_text(encoding="utf-8").splitlines()
+        ours_boxes = [int(json.loads(line).get("objects", 0)) for line in state]
     count = len(images)
     return {
         "images": count,
@@ -158,6 +160,7 @@ def batch_text_throughput(images: Sequence[np.ndarray], sam_state: Dict[str, tor
         "ours_img_per_s": count / ours_s,
         "speedup": reference_s / ours_s,
         "reference_boxes": float(np.mean(counts)),
+        "ours_boxes": float(np.mean(ours_boxes)) if ours_boxes else 0.0,
         "ours_done": report.done,
         "ours_no_objects": report.no_objects,
         "ours_failed": len(report.failed),
