@@ -45,13 +45,11 @@ def write_bert_base_dir(directory: Path, seed: int = 0) -> Path:
 
 
 def _dino_pixels(image: Image.Image) -> torch.Tensor:
-    """GroundingDINO's transform: shorter side 800 (longer at most 1333), ToTensor, ImageNet norm."""
-    width, height = image.size
-    scale = 800 / min(width, height)
-    if max(width, height) * scale > 1333:
-        scale = 1333 / max(width, height)
-    size = (int(round(width * scale)), int(round(height * scale)))
-    array = np.asarray(image.resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
+    """GroundingDINO's transform: shorter side 800 (longer at most 1333, sizes truncated as its
+    RandomResize does), bilinear, ToTensor, ImageNet normalisation."""
+    from local_groundingdino.detector import detection_size
+
+    array = np.asarray(image.resize(detection_size(*image.size), Image.BILINEAR), dtype=np.float32) / 255.0
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     return torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
 
