@@ -33,11 +33,11 @@ class BiMultiHeadAttention(nn.Module):
     def forward(self, image: Tensor, text: Tensor, text_padding: Tensor | None) -> tuple[Tensor, Tensor]:
         """image (B,N,Cv), text (B,T,Cl); text_padding (B,T) True for padding. Returns the two updates.
 
-        The image has tens of thousands of tokens and the text a handful, so no image-side
-        projection is applied to the image: (Wv x + bv).k = x.(Wv^T k) + bv.k moves the text keys
-        into image space, the value and out projections of the image side apply after the
-        attention has mixed the image (softmax rows sum to one), and the out projection of the
-        text values is folded into them. Same result as projecting, up to float rounding.
+        The image has tens of thousands of tokens and the text a handful, so none of the
+        image-side projections runs over the image tokens: (Wv x + bv).k = x.(Wv^T k) + bv.k moves
+        the text keys into image space, the image's value projection applies after the attention
+        has mixed the image (softmax rows sum to one), and the image's out projection is folded
+        into the text values. Same result as projecting, up to float rounding.
         """
         batch, pixels, _ = image.shape
         heads, count = self.num_heads, text.shape[1]
