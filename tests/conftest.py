@@ -20,3 +20,23 @@ def tiny_sam(tmp_path_factory):
     reference = build_reference_sam(TINY, seed=0)
     path = save_state_dict(reference.state_dict(), tmp_path_factory.mktemp("sam_models") / "tiny_sam.pth")
     return path, reference
+
+
+@pytest.fixture
+def make_webui():
+    """make_webui(**FakeWebUI options) -> a WebUI stand-in with our script loaded and its UI built;
+    every one made is closed after the test."""
+    from tests.webui_stub.harness import FakeWebUI
+
+    created = []
+
+    def make(**kwargs):
+        webui = FakeWebUI(**kwargs)
+        created.append(webui)
+        webui.load_scripts()
+        webui.create_ui()
+        return webui
+
+    yield make
+    for webui in reversed(created):
+        webui.close()

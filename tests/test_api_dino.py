@@ -10,18 +10,10 @@ import numpy as np
 import pytest
 
 from tests.fixtures.api_fixtures import ServerThread, api_model_dir, decode_png, image_b64, sample_image  # noqa: F401
-from tests.fixtures.text_prompt_fixtures import gdino_folder
+from tests.fixtures.text_prompt_fixtures import gdino_folder, tiny_text_engine
 
 H, W = 96, 128
 ALL = {"box_threshold": 0.0, "text_threshold": 0.0}
-
-
-def _engine(sam_dir, gdino_dir=None, vocab=None):
-    from sd_webui_sam.engine import Engine
-    from sd_webui_sam.settings import EngineSettings
-
-    return Engine(EngineSettings(user_model_dir=sam_dir, device="cpu", gdino_user_model_dir=gdino_dir,
-                                 gdino_tokenizer_dir=vocab, gdino_short_side=96, gdino_max_side=160))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +23,7 @@ def gdino(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(api_model_dir, gdino):
-    return _engine(api_model_dir, *gdino)
+    return tiny_text_engine(api_model_dir, *gdino)
 
 
 def _serve(engine):
@@ -134,7 +126,7 @@ def test_empty_text_is_a_clear_error(client, image, text):
 
 def test_no_groundingdino_model_says_where_to_put_it(api_model_dir, tmp_path, image):
     empty = tmp_path / "grounding-dino"
-    engine = _engine(api_model_dir, empty)
+    engine = tiny_text_engine(api_model_dir, empty)
     with _serve(engine) as running, httpx.Client(base_url=running.url, timeout=60, trust_env=False) as c:
         answer = c.post("/sam/dino-predict", json={"input_image": image_b64(image), "text_prompt": "hand"})
     assert answer.status_code == 404

@@ -12,19 +12,15 @@ from PIL import Image
 from sd_webui_sam.errors import SamUserError
 from sd_webui_sam.ui import batch_tab as bt
 from tests.fixtures.api_fixtures import png_bytes, sample_image
-from tests.fixtures.text_prompt_fixtures import gdino_folder
+from tests.fixtures.text_prompt_fixtures import gdino_folder, tiny_text_engine
 
 EVERYTHING = [3, 64, 0.0, 0.0, 1.0, 0.9, 0, 0.7, 512 / 1500, 1, 0]
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_sam, tmp_path_factory):
-    from sd_webui_sam.engine import Engine
-    from sd_webui_sam.settings import EngineSettings
-
     models, vocab = gdino_folder(tmp_path_factory.mktemp("batch_tab_gdino"))
-    return Engine(EngineSettings(user_model_dir=tiny_sam[0].parent, device="cpu", gdino_user_model_dir=models,
-                                 gdino_tokenizer_dir=vocab, gdino_short_side=96, gdino_max_side=160))
+    return tiny_text_engine(tiny_sam[0].parent, models, vocab)
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.webui_stub.harness import FakeWebUI
 
 TITLE = "Segment Anything"
 MAP_ARGS = slice(12, 15)   # after the 6 mask hand-off and the 6 cut-out arguments
-
-
-@pytest.fixture
-def make_webui():
-    created = []
-
-    def make(**kwargs):
-        webui = FakeWebUI(**kwargs)
-        created.append(webui)
-        webui.load_scripts()
-        webui.create_ui()
-        return webui
-
-    yield make
-    for webui in reversed(created):
-        webui.close()
 
 
 def colour_map(width=64, height=48) -> Image.Image:

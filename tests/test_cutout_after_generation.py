@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures.text_prompt_fixtures import gdino_folder
+from tests.fixtures.text_prompt_fixtures import gdino_folder, tiny_text_settings
 from tests.webui_stub.harness import FakeWebUI
 
 TITLE = "Segment Anything"
@@ -23,15 +23,12 @@ def gdino(tmp_path_factory):
 @pytest.fixture(params=[None, "forge"], ids=["a1111", "forge"])
 def webui(request, tiny_sam, gdino):
     from sd_webui_sam.compat import host_compat
-    from sd_webui_sam.settings import EngineSettings
 
     ui = FakeWebUI(controlnet=request.param)
     try:
         ui.load_scripts()
         models, vocab = gdino
-        host_compat.host_session().configure(lambda: EngineSettings(
-            user_model_dir=tiny_sam[0].parent, device="cpu", gdino_user_model_dir=models, gdino_tokenizer_dir=vocab,
-            gdino_short_side=96, gdino_max_side=160))
+        host_compat.host_session().configure(lambda: tiny_text_settings(tiny_sam[0].parent, models, vocab))
         ui.create_ui()
         from modules import scripts
 

@@ -10,25 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.webui_stub.harness import EXTENSION_ROOT, FakeWebUI
+from tests.webui_stub.harness import EXTENSION_ROOT
 
 TITLE = "Segment Anything"
-
-
-@pytest.fixture
-def make_webui():
-    created = []
-
-    def make(**kwargs):
-        webui = FakeWebUI(**kwargs)
-        created.append(webui)
-        webui.load_scripts()
-        webui.create_ui()
-        return webui
-
-    yield make
-    for webui in reversed(created):
-        webui.close()
 
 
 def picture(width=64, height=48):
@@ -268,7 +252,7 @@ def test_send_to_inpaint_fills_inpaint_upload_and_applies_preset(make_webui, tab
 
     webui = make_webui()
     runner = webui.txt2img if tab == "txt2img" else webui.img2img
-    script = webui.script(runner, TITLE)
+    webui.script(runner, TITLE)  # the script is loaded on this tab
     send_ids = [c._id for c in webui.demo.blocks.values() if getattr(c, "elem_id", None) == f"{tab}_sam_send_to_inpaint"]
     assert len(send_ids) == 1
     dependencies = _dependencies(webui.demo)

@@ -8,7 +8,7 @@ import pytest
 
 from sd_webui_sam.errors import InvalidPromptError, ModelNotFoundError
 from sd_webui_sam.ui import text_prompt as tp
-from tests.fixtures.text_prompt_fixtures import gdino_folder
+from tests.fixtures.text_prompt_fixtures import gdino_folder, tiny_text_engine
 
 H, W = 96, 128
 ALL = dict(box_threshold=0.0, text_threshold=0.0)
@@ -16,12 +16,8 @@ ALL = dict(box_threshold=0.0, text_threshold=0.0)
 
 @pytest.fixture(scope="module")
 def engine(tiny_sam, tmp_path_factory):
-    from sd_webui_sam.engine import Engine
-    from sd_webui_sam.settings import EngineSettings
-
     models, vocab = gdino_folder(tmp_path_factory.mktemp("gdino"))
-    return Engine(EngineSettings(user_model_dir=tiny_sam[0].parent, device="cpu", gdino_user_model_dir=models,
-                                 gdino_tokenizer_dir=vocab, gdino_short_side=96, gdino_max_side=160))
+    return tiny_text_engine(tiny_sam[0].parent, models, vocab)
 
 
 @pytest.fixture(scope="module")

@@ -222,6 +222,22 @@ def to_panel(image, mask) -> Tuple[Image.Image, Image.Image, str]:
 # ----------------------------------------------------------------------------- build
 
 
+def _segmenter_row(prefix: str, part: str, choices: List[str], dataset_label: str) -> Tuple[Any, Any, Any]:
+    """The segmenter, dataset and preprocessor-resolution controls that the semantic and the
+    category tabs share (elem ids ``<part>_source`` / ``_dataset`` / ``_resolution``)."""
+    import gradio as gr
+
+    from sd_webui_sam.ui.panel import elem
+
+    with gr.Row():
+        source = gr.Dropdown(label="Segmenter", choices=choices, value=choices[0], elem_id=elem(prefix, f"{part}_source"))
+        dataset = gr.Radio(label=dataset_label, choices=list(DATASETS), value="ade20k",
+                           elem_id=elem(prefix, f"{part}_dataset"))
+        resolution = gr.Slider(64, 2048, value=512, step=1, label="Preprocessor resolution",
+                               elem_id=elem(prefix, f"{part}_resolution"))
+    return source, dataset, resolution
+
+
 def build(panel: Any) -> Dict[str, Any]:
     import gradio as gr
 
@@ -270,13 +286,7 @@ def build(panel: Any) -> Dict[str, Any]:
                 s_image = grc.image_input("Image", elem_id=elem(prefix, "semantic_image"))
                 s_gallery = grc.gallery("Before SAM / after SAM / blends", elem_id=elem(prefix, "semantic_gallery"),
                                         columns=2)
-            with gr.Row():
-                s_source = gr.Dropdown(label="Segmenter", choices=choices, value=choices[0],
-                                       elem_id=elem(prefix, "semantic_source"))
-                s_dataset = gr.Radio(label="Palette of the uploaded map", choices=list(DATASETS), value="ade20k",
-                                     elem_id=elem(prefix, "semantic_dataset"))
-                s_resolution = gr.Slider(64, 2048, value=512, step=1, label="Preprocessor resolution",
-                                         elem_id=elem(prefix, "semantic_resolution"))
+            s_source, s_dataset, s_resolution = _segmenter_row(prefix, "semantic", choices, "Palette of the uploaded map")
             s_map = grc.image_input("Uploaded segmentation map", elem_id=elem(prefix, "semantic_map"))
             s_after = gr.State(None)
             s_run = gr.Button("Segment", variant="primary", elem_id=elem(prefix, "semantic_run"))
@@ -297,13 +307,7 @@ def build(panel: Any) -> Dict[str, Any]:
             with gr.Row():
                 c_image = grc.image_input("Image", elem_id=elem(prefix, "category_image"))
                 c_gallery = grc.gallery("Blend / mask / cut-out", elem_id=elem(prefix, "category_gallery"), columns=3)
-            with gr.Row():
-                c_source = gr.Dropdown(label="Segmenter", choices=choices, value=choices[0],
-                                       elem_id=elem(prefix, "category_source"))
-                c_dataset = gr.Radio(label="Classes of", choices=list(DATASETS), value="ade20k",
-                                     elem_id=elem(prefix, "category_dataset"))
-                c_resolution = gr.Slider(64, 2048, value=512, step=1, label="Preprocessor resolution",
-                                         elem_id=elem(prefix, "category_resolution"))
+            c_source, c_dataset, c_resolution = _segmenter_row(prefix, "category", choices, "Classes of")
             with gr.Row():
                 c_classes = gr.Dropdown(label="Classes", choices=category_choices("ade20k"), value=[],
                                         multiselect=True, elem_id=elem(prefix, "category_classes"))
