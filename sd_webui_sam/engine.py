@@ -59,10 +59,10 @@ class Engine:
         return ManagedPredictor(self, model_name)
 
     @contextmanager
-    def use_predictor(self, model_name: str) -> Iterator["Predictor"]:
-        """A plain predictor for a job of many calls (AutoSAM): for the whole block the engine
-        lock is held and the model stays on the compute device, so other users wait instead of
-        moving the model between calls. Out of memory becomes OutOfMemoryError."""
+    def use_predictor(self, model_name: str, *, advice: str = "a smaller image or model") -> Iterator["Predictor"]:
+        """A plain predictor for the block: the engine lock is held and the model stays on the
+        compute device throughout, so a job of many calls (AutoSAM) is not interleaved with
+        other users moving the model. Out of memory becomes OutOfMemoryError ("Use <advice>, ...")."""
         from sd_webui_sam.predictor import Predictor
 
         self.store.resolve(model_name)
@@ -79,7 +79,7 @@ class Engine:
                 devices.release_memory()
                 raise OutOfMemoryError(
                     f"Out of memory running {model_name} on {self.store.placement.device}. "
-                    "Use a smaller image or fewer points per side, enable CPU offload, or switch SAM to the CPU."
+                    f"Use {advice}, enable CPU offload, or switch SAM to the CPU."
                 ) from error
 
     def segment(
@@ -266,25 +266,8 @@ class ManagedPredictor:
         self.model_name = model_name
 
     def _run(self, method: str, *args, **kwargs):
-        from sd_webui_sam.predictor import Predictor
-
-        engine = self.engine
-        with engine._lock:
-            try:
-                with engine.store.use(self.model_name) as loaded:
-                    predictor = Predictor(loaded.model, engine.store.placement, engine.embeddings, model_id=loaded.model_id)
-                    return getattr(predictor, method)(*args, **kwargs)
-            except OutOfMemoryError:
-                raise
-            except Exception as error:
-                if devices.is_out_of_memory(error):
-                    engine.embeddings.clear()
-                    devices.release_memory()
-                    raise OutOfMemoryError(
-                        f"Out of memory running {self.model_name} on {engine.store.placement.device}. "
-                        "Use a smaller image or model, enable CPU offload, or switch SAM to the CPU."
-                    ) from error
-                raise
+        with self.engine.use_predictor(self.model_name) as predictor:
+            return getattr(predictor, method)(*args, **kwargs)
 
     def encode(self, image: np.ndarray):
         return self._run("encode", image)

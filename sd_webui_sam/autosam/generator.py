@@ -676,5 +676,5 @@ def generate_masks_with_engine(engine, model_name: str, image: np.ndarray, confi
     """The same through the :class:`~sd_webui_sam.engine.Engine`: the model stays on the compute
     device, and other users of the engine wait, for the whole generation."""
     config = (config or AutoSamConfig()).validated()
-    with engine.use_predictor(model_name) as predictor:
+    with engine.use_predictor(model_name, advice="a smaller image or fewer points per side") as predictor:
         return generate_masks(predictor, image, config, timings=timings)
