@@ -21,7 +21,12 @@ import re
 from types import MappingProxyType
 from typing import Dict, Mapping, Optional, Tuple
 
-from sd_webui_sam.families import SAM_PROMPT_AND_DECODER_PREFIXES, derive_vit_encoder_config, variant_label
+from sd_webui_sam.families import (
+    SAM_PROMPT_AND_DECODER_PREFIXES,
+    SAM_VIT_ENCODER_PREFIXES,
+    derive_vit_encoder_config,
+    variant_label,
+)
 from sd_webui_sam.model_registry import ModelSpec
 
 from .tiny_vit import TinyViTConfig
@@ -34,12 +39,6 @@ _HQ_DECODER_PREFIXES = (
     "mask_decoder.compress_vit_feat.",
     "mask_decoder.embedding_encoder.",
     "mask_decoder.embedding_maskfeature.",
-)
-_VIT_ENCODER_PREFIXES = (
-    "image_encoder.pos_embed",
-    "image_encoder.patch_embed.proj.",
-    "image_encoder.blocks.",
-    "image_encoder.neck.",
 )
 _TINY_VIT_ENCODER_PREFIXES = (
     "image_encoder.patch_embed.seq.",
@@ -172,7 +171,7 @@ class HQSamFamily:
         if len(compress) != 4:
             return None
         decoder_prefixes = SAM_PROMPT_AND_DECODER_PREFIXES + _HQ_DECODER_PREFIXES
-        if _only_prefixes(shapes, _VIT_ENCODER_PREFIXES + decoder_prefixes):
+        if _only_prefixes(shapes, SAM_VIT_ENCODER_PREFIXES + decoder_prefixes):
             config = derive_vit_encoder_config(shapes)
             if config is None or compress[0] != config["encoder_embed_dim"]:
                 return None

@@ -15,8 +15,13 @@ Shapes = Mapping[str, Tuple[int, ...]]
 
 _BLOCK_KEY = re.compile(r"^image_encoder\.blocks\.(\d+)\.")
 
-#: The only top-level sub-modules a plain SAM checkpoint has. Anything else (HQ-SAM's
-#: hf_token/compress_vit_feat, TinyViT's image_encoder.layers) belongs to another family.
+#: SAM's ViT image encoder, which HQ-SAM shares.
+SAM_VIT_ENCODER_PREFIXES = (
+    "image_encoder.pos_embed",
+    "image_encoder.patch_embed.proj.",
+    "image_encoder.blocks.",
+    "image_encoder.neck.",
+)
 #: SAM's prompt encoder and mask decoder, which HQ-SAM and MobileSAM share.
 SAM_PROMPT_AND_DECODER_PREFIXES = (
     "prompt_encoder.",
@@ -29,12 +34,9 @@ SAM_PROMPT_AND_DECODER_PREFIXES = (
     "pixel_mean",
     "pixel_std",
 )
-_ALLOWED_PREFIXES = (
-    "image_encoder.pos_embed",
-    "image_encoder.patch_embed.proj.",
-    "image_encoder.blocks.",
-    "image_encoder.neck.",
-) + SAM_PROMPT_AND_DECODER_PREFIXES
+#: The only top-level sub-modules a plain SAM checkpoint has. Anything else (HQ-SAM's
+#: hf_token/compress_vit_feat, TinyViT's image_encoder.layers) belongs to another family.
+_ALLOWED_PREFIXES = SAM_VIT_ENCODER_PREFIXES + SAM_PROMPT_AND_DECODER_PREFIXES
 
 _PUBLISHED_VARIANTS: Dict[str, dict] = {
     "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=(2, 5, 8, 11)),
