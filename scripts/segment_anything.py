@@ -13,9 +13,15 @@ from modules import script_callbacks, scripts, shared
 EXTENSION_ROOT = Path(scripts.basedir())  # only valid while the WebUI imports this file
 if not (EXTENSION_ROOT / "sd_webui_sam").is_dir():
     EXTENSION_ROOT = Path(__file__).resolve().parents[1]
+# A1111's load_scripts puts the extension root on a *temporary* sys.path while it imports this
+# file and restores the old list afterwards, so an insert made now does not last. Our three
+# top-level packages are therefore imported here, while the root is importable: once they are in
+# sys.modules, every later (lazy) import of their submodules resolves through their __path__.
 if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
-
+import local_groundingdino  # noqa: E402,F401  (see above)
+import sam_hq  # noqa: E402,F401  (see above)
+import sd_webui_sam  # noqa: E402,F401  (see above)
 from sd_webui_sam.compat import generation, host_compat  # noqa: E402
 from sd_webui_sam.compat.gradio_compat import current_root_block  # noqa: E402
 from sd_webui_sam.errors import SamUserError  # noqa: E402
@@ -61,10 +67,7 @@ class SegmentAnythingScript(scripts.Script):
                 tools=host_compat.tool_defaults(shared.opts),
             )
         )
-        root = current_root_block()
-        SESSION.request_send_wiring(panel, root)
-        if is_img2img:
-            SESSION.flush(root)
+        SESSION.request_send_wiring(panel, current_root_block())
         args = list(panel.script_args)
         # The AutoSAM control-map arguments come last, after the ones older API callers send.
         if len(args) == generation.control_map_offset():

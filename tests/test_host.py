@@ -5,6 +5,9 @@ import argparse
 import base64
 import io
 import importlib.util
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,6 +66,33 @@ def test_accordion_in_both_tabs_and_api_can_rebuild_ui_without_side_effects(make
     assert defaults[6] is False and defaults[7] in ("", None) and defaults[10:12] == [0.3, 0.25]
     # AutoSAM map to ControlNet: off, unit 0, no map yet.
     assert defaults[12:] == [False, "0", None]
+
+
+def test_lazy_imports_work_after_the_script_loader_restores_sys_path(tmp_path):
+    """A1111 puts the extension root on sys.path only while it imports scripts/*.py. With --api it
+    then builds the UI again; every lazy import of our packages must still resolve afterwards."""
+    program = f"""
+import importlib.util, sys
+root = {str(EXTENSION_ROOT)!r}
+sys.path[:] = [entry for entry in sys.path if entry not in ("", ".", root)]
+spec = importlib.util.spec_from_file_location("stub_harness", root + "/tests/webui_stub/harness.py")
+harness = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(harness)
+webui = harness.FakeWebUI()
+webui.load_scripts()
+assert root not in sys.path, "the stand-in left the extension root on sys.path"
+webui.create_ui()
+runner = webui.img2img
+webui.api_default_args(runner)
+session = webui.modules["segment_anything.py"].SESSION
+session.engine().list_models()
+import local_groundingdino.store, sam_hq.families  # what the engine and the text prompt load lazily
+print("lazy imports ok")
+"""
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lazy imports ok" in result.stdout
 
 
 def test_settings_registered_with_v16_compatible_sections(make_webui):

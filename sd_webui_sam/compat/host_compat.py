@@ -355,7 +355,7 @@ class HostSession:
         self._settings_factory: Optional[Callable[[], Any]] = None
         self.inpaint_targets: Dict[str, Any] = {}
         self.inpaint_targets_root: Any = None
-        self.pending_send_panels: List[Any] = []
+        self.pending_send_panels: List[Any] = []  # panels built before img2img's inpaint images
 
     def configure(self, settings_factory: Callable[[], Any]) -> None:
         """How to build the engine's settings; read when the engine is first needed."""
@@ -373,33 +373,39 @@ class HostSession:
     def engine_if_created(self) -> Any:
         return self._engine
 
-    # The inpaint-upload images exist only once img2img is built; txt2img's panel is built before
-    # them, so its send button is wired when they appear.
+    # The inpaint-upload images exist only once img2img is built, and both hosts build txt2img and
+    # img2img as separate top-level gr.Blocks that are rendered into the page afterwards. So
+    # txt2img's send button is wired later, inside img2img's Blocks, when those images appear: an
+    # event may join components of two Blocks, since rendering copies both into the page.
     def capture_component(self, component: Any, root: Any) -> None:
         elem_id = getattr(component, "elem_id", None)
         if elem_id not in INPAINT_TARGET_IDS:
             return
-        if root is not self.inpaint_targets_root:
+        if root is not self.inpaint_targets_root:  # a new page build (first build, or "Reload UI")
             self.inpaint_targets = {}
             self.inpaint_targets_root = root
-            self.pending_send_panels = [entry for entry in self.pending_send_panels if entry[1] is root]
         self.inpaint_targets[elem_id] = component
         if self._all_targets_seen():
-            self.flush(root)
+            self._wire_pending()
 
     def request_send_wiring(self, panel: Any, root: Any) -> None:
-        self.pending_send_panels.append((panel, root))
-        if root is self.inpaint_targets_root and self._all_targets_seen():
-            self.flush(root)
+        """Wire now when this Blocks already holds the targets (img2img's panel), else when they appear.
 
-    def flush(self, root: Any) -> None:
-        """Wire every waiting panel of this page, once img2img's inpaint images exist."""
-        if root is not self.inpaint_targets_root or not {"img_inpaint_base", "img_inpaint_mask"} <= set(self.inpaint_targets):
-            return
+        Only the newest panel of each tab waits: the API builds throw-away panels in blocks of its
+        own (``init_default_script_args``), which must neither pile up nor be wired.
+        """
+        prefix = panel.options.prefix
+        self.pending_send_panels = [entry for entry in self.pending_send_panels if entry.options.prefix != prefix]
+        self.pending_send_panels.append(panel)
+        # img2img's scripts come after its inpaint controls; a host that lacks a preset control
+        # still gets its send buttons wired here, with the images alone.
+        if root is self.inpaint_targets_root and {"img_inpaint_base", "img_inpaint_mask"} <= set(self.inpaint_targets):
+            self._wire_pending()
+
+    def _wire_pending(self) -> None:
         waiting, self.pending_send_panels = self.pending_send_panels, []
-        for panel, panel_root in waiting:
-            if panel_root is root:
-                self._wire(panel)
+        for panel in waiting:
+            self._wire(panel)
 
     def _all_targets_seen(self) -> bool:
         return all(name in self.inpaint_targets for name in INPAINT_TARGET_IDS)

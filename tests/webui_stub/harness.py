@@ -51,9 +51,7 @@ class FakeWebUI:
         if unit_count is not None:
             shared.opts.data["control_net_max_models_num" if legacy_unit_key else "control_net_unit_count"] = unit_count
         shared.opts.data.update(options or {})
-        from sd_webui_sam.compat import host_compat
-
-        host_compat.host_session.cache_clear()
+        self._forget_host_session()
         self.modules: Dict[str, Any] = {}
         self.demo = None
 
@@ -68,9 +66,14 @@ class FakeWebUI:
         self._purge()
         sys.path[:] = self._saved_path
         importlib.invalidate_caches()
-        from sd_webui_sam.compat import host_compat
+        self._forget_host_session()
 
-        host_compat.host_session.cache_clear()
+    @staticmethod
+    def _forget_host_session() -> None:
+        """A new WebUI gets a new session; the core may not be importable before load_scripts."""
+        host_compat = sys.modules.get("sd_webui_sam.compat.host_compat")
+        if host_compat is not None:
+            host_compat.host_session.cache_clear()
 
     # ----- loading -----------------------------------------------------------------------------
 
@@ -92,10 +95,17 @@ class FakeWebUI:
         script_callbacks.clear_callbacks()
         scripts.scripts_data.clear()
         for basedir, path in self.script_files():
-            scripts.current_basedir = str(basedir)
-            spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            # modules/scripts.py load_scripts: the script's extension root is on sys.path only
+            # while the file is imported; the old list object is put back afterwards.
+            saved_path = sys.path
+            sys.path = [str(basedir)] + sys.path
+            try:
+                scripts.current_basedir = str(basedir)
+                spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            finally:
+                sys.path = saved_path
             self.modules[path.name] = module
             for value in vars(module).values():
                 if isinstance(value, type) and issubclass(value, scripts.Script) and value is not scripts.Script \
@@ -161,47 +171,57 @@ class FakeWebUI:
 
         source = {"sources": ["upload"]} if IS_GRADIO_4 else {"source": "upload"}
         self.components: Dict[str, Any] = {}
-        with self.component_callbacks(), gr.Blocks() as demo:
-            with gr.Tabs(elem_id="tabs"):
-                with gr.TabItem("txt2img", elem_id="tab_txt2img"):
-                    scripts.scripts_current = self.txt2img
-                    gr.Slider(minimum=64, maximum=2048, value=512, label="Width", elem_id="txt2img_width")
-                    self.txt2img.setup_ui()
-                with gr.TabItem("img2img", elem_id="tab_img2img"):
-                    scripts.scripts_current = self.img2img
-                    with gr.Tabs(elem_id="mode_img2img"):
-                        for index, name in enumerate(["img2img", "sketch", "inpaint", "inpaint sketch"]):
-                            with gr.TabItem(name, id=name):
-                                gr.Image(label=name, type="pil", interactive=True, elem_id=f"stub_{index}", **source)
-                        with gr.TabItem("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab"):
-                            self.components["img_inpaint_base"] = gr.Image(
-                                label="Image for img2img", show_label=False, interactive=True, type="pil",
-                                elem_id="img_inpaint_base", **source)
-                            self.components["img_inpaint_mask"] = gr.Image(
-                                label="Mask", interactive=True, type="pil", image_mode="RGBA",
-                                elem_id="img_inpaint_mask", **source)
-                    self.components["img2img_mask_blur"] = gr.Slider(
-                        label="Mask blur", minimum=0, maximum=64, step=1, value=4, elem_id="img2img_mask_blur")
-                    self.components["img2img_mask_mode"] = gr.Radio(
-                        label="Mask mode", choices=["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
-                        type="index", elem_id="img2img_mask_mode")
-                    self.components["img2img_inpainting_fill"] = gr.Radio(
-                        label="Masked content", choices=["fill", "original", "latent noise", "latent nothing"],
-                        value="original", type="index", elem_id="img2img_inpainting_fill")
-                    self.components["img2img_inpaint_full_res"] = gr.Radio(
-                        label="Inpaint area", choices=["Whole picture", "Only masked"], type="index",
-                        value="Whole picture", elem_id="img2img_inpaint_full_res")
-                    self.components["img2img_inpaint_full_res_padding"] = gr.Slider(
-                        label="Only masked padding, pixels", minimum=0, maximum=256, step=4, value=32,
-                        elem_id="img2img_inpaint_full_res_padding")
-                    self.components["img2img_denoising_strength"] = gr.Slider(
-                        minimum=0.0, maximum=1.0, step=0.01, label="Denoising strength", value=0.75,
-                        elem_id="img2img_denoising_strength")
-                    self.img2img.setup_ui()
-                scripts.scripts_current = None
-            script_callbacks.ui_settings_callback()
+        # As modules/ui.py does: each tab is a top-level gr.Blocks of its own, rendered into the
+        # page afterwards, so while a tab is built gradio's Context.root_block is that tab's Blocks.
+        with self.component_callbacks():
+            with gr.Blocks() as txt2img_interface:
+                scripts.scripts_current = self.txt2img
+                gr.Slider(minimum=64, maximum=2048, value=512, label="Width", elem_id="txt2img_width")
+                self.txt2img.setup_ui()
+            with gr.Blocks() as img2img_interface:
+                scripts.scripts_current = self.img2img
+                self._img2img_controls(gr, source)
+                self.img2img.setup_ui()
+            scripts.scripts_current = None
+            with gr.Blocks() as demo:
+                with gr.Tabs(elem_id="tabs"):
+                    for interface, name in ((txt2img_interface, "txt2img"), (img2img_interface, "img2img")):
+                        with gr.TabItem(name, id=name, elem_id=f"tab_{name}"):
+                            interface.render()
+                script_callbacks.ui_settings_callback()
         self.demo = demo
         return demo
+
+    def _img2img_controls(self, gr, source) -> None:
+        """img2img's mode tabs with Inpaint upload, then the inpaint controls, before its scripts."""
+        with gr.Tabs(elem_id="mode_img2img"):
+            for index, name in enumerate(["img2img", "sketch", "inpaint", "inpaint sketch"]):
+                with gr.TabItem(name, id=name):
+                    gr.Image(label=name, type="pil", interactive=True, elem_id=f"stub_{index}", **source)
+            with gr.TabItem("Inpaint upload", id="inpaint_upload", elem_id="img2img_inpaint_upload_tab"):
+                self.components["img_inpaint_base"] = gr.Image(
+                    label="Image for img2img", show_label=False, interactive=True, type="pil",
+                    elem_id="img_inpaint_base", **source)
+                self.components["img_inpaint_mask"] = gr.Image(
+                    label="Mask", interactive=True, type="pil", image_mode="RGBA",
+                    elem_id="img_inpaint_mask", **source)
+        self.components["img2img_mask_blur"] = gr.Slider(
+            label="Mask blur", minimum=0, maximum=64, step=1, value=4, elem_id="img2img_mask_blur")
+        self.components["img2img_mask_mode"] = gr.Radio(
+            label="Mask mode", choices=["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
+            type="index", elem_id="img2img_mask_mode")
+        self.components["img2img_inpainting_fill"] = gr.Radio(
+            label="Masked content", choices=["fill", "original", "latent noise", "latent nothing"],
+            value="original", type="index", elem_id="img2img_inpainting_fill")
+        self.components["img2img_inpaint_full_res"] = gr.Radio(
+            label="Inpaint area", choices=["Whole picture", "Only masked"], type="index",
+            value="Whole picture", elem_id="img2img_inpaint_full_res")
+        self.components["img2img_inpaint_full_res_padding"] = gr.Slider(
+            label="Only masked padding, pixels", minimum=0, maximum=256, step=4, value=32,
+            elem_id="img2img_inpaint_full_res_padding")
+        self.components["img2img_denoising_strength"] = gr.Slider(
+            minimum=0.0, maximum=1.0, step=0.01, label="Denoising strength", value=0.75,
+            elem_id="img2img_denoising_strength")
 
     # ----- API ---------------------------------------------------------------------------------
 
