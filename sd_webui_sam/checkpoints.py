@@ -28,6 +28,14 @@ DATAPARALLEL_PREFIX = "module."
 #: A safetensors header larger than this is not a real header (the format caps it at 100 MB).
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
+#: A host that replaces ``torch.load`` with a checker of its own (AUTOMATIC1111's modules/safe.py)
+#: answers None for a file it refuses, and says why only in its console.
+_REFUSED_BY_HOST_CHECKER = (
+    "{name} was refused by the WebUI's own checkpoint checker, which stands in for torch.load; its reason "
+    "is in the WebUI console. This extension itself reads checkpoints with torch's weights-only loader, "
+    "which runs no code. Save the weights as .safetensors, or start the WebUI with --disable-safe-unpickle."
+)
+
 Shapes = Dict[str, Tuple[int, ...]]
 StateDict = Dict[str, torch.Tensor]
 
@@ -224,6 +232,8 @@ def _torch_load_unwarned(path: Path, *, mmap: bool) -> StateDict:
         raise CorruptCheckpointError(
             f"{path.name} is truncated or not a PyTorch checkpoint ({_short(error)}). {_REDOWNLOAD}"
         ) from error
+    if obj is None and torch.load is not torch.serialization.load:
+        raise UnsafeCheckpointError(_REFUSED_BY_HOST_CHECKER.format(name=path.name))
     return unwrap_state_dict(obj, path)
 
 

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,32 @@ print("lazy imports ok")
                             env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "lazy imports ok" in result.stdout
+
+
+def test_checkpoint_refused_by_a1111_checker_says_so_and_good_ones_load_through_it(make_webui, tiny_sam, tmp_path):
+    """A1111 swaps torch.load for modules/safe.py, which answers None for files it refuses (those
+    written by torch >= 2.4 among them) and explains only in its console."""
+    import shutil
+    import zipfile
+
+    import torch
+
+    from sd_webui_sam import checkpoints
+    from sd_webui_sam.errors import UnsafeCheckpointError
+
+    good = shutil.copy(tiny_sam[0], tmp_path / "good.pth")
+    newer = shutil.copy(tiny_sam[0], tmp_path / "newer_torch.pth")
+    with zipfile.ZipFile(newer, "a") as archive:
+        directory = archive.namelist()[0].split("/")[0]
+        archive.writestr(f"{directory}/.format_version", "1")
+    make_webui()
+    assert torch.load is not torch.serialization.load  # the stand-in patched it, as A1111 does
+    assert checkpoints.load_state_dict(Path(good)).keys() == torch.serialization.load(good, weights_only=True).keys()
+    with pytest.raises(UnsafeCheckpointError) as refused:
+        checkpoints.read_shapes(Path(newer))
+    message = str(refused.value)
+    assert "newer_torch.pth" in message and "WebUI" in message and "--disable-safe-unpickle" in message
+    assert "NoneType" not in message
 
 
 def test_settings_registered_with_v16_compatible_sections(make_webui):

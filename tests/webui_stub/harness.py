@@ -52,6 +52,10 @@ class FakeWebUI:
             shared.opts.data["control_net_max_models_num" if legacy_unit_key else "control_net_unit_count"] = unit_count
         shared.opts.data.update(options or {})
         self._forget_host_session()
+        if controlnet != "forge":  # A1111 replaces torch.load with its checker; Forge leaves it alone
+            from modules import safe
+
+            safe.install()
         self.modules: Dict[str, Any] = {}
         self.demo = None
 
@@ -63,6 +67,9 @@ class FakeWebUI:
                 del sys.modules[name]
 
     def close(self) -> None:
+        safe = sys.modules.get("modules.safe")
+        if safe is not None:
+            safe.uninstall()
         self._purge()
         sys.path[:] = self._saved_path
         importlib.invalidate_caches()
