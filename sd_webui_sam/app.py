@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any, List, Optional
 
+from sd_webui_sam.settings import DEFAULT_MAX_OBJECTS
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 EXTENSION_ROOT = PACKAGE_ROOT.parent
 FRONT_END_JS = EXTENSION_ROOT / "javascript" / "segment_anything.js"
@@ -54,7 +56,7 @@ def create_app(engine: Any):
     return gr.mount_gradio_app(app, blocks, path="/")
 
 
-def make_engine(model_dir: Optional[str], device: str = "auto"):
+def make_engine(model_dir: Optional[str], device: str = "auto", max_objects: int = DEFAULT_MAX_OBJECTS):
     from sd_webui_sam.engine import Engine
     from sd_webui_sam.settings import EngineSettings
 
@@ -62,6 +64,7 @@ def make_engine(model_dir: Optional[str], device: str = "auto"):
         user_model_dir=Path(model_dir).expanduser() if model_dir else None,
         default_model_dirs=(EXTENSION_ROOT / "models" / "sam",),
         device=device,
+        max_objects=max_objects,
     ))
 
 
@@ -72,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--model-dir", default=None, help="directory with SAM checkpoints (default: models/sam)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="where SAM runs")
+    parser.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS,
+                        help=f"most objects a text prompt segments per picture (default {DEFAULT_MAX_OBJECTS})")
     return parser
 
 
@@ -80,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    engine = make_engine(args.model_dir, args.device)
+    engine = make_engine(args.model_dir, args.device, args.max_objects)
     app = create_app(engine)
     print(f"Segment Anything: http://{args.host}:{args.port}/  (models: {', '.join(map(str, engine.settings.model_dirs()))})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -41,6 +41,7 @@ class CutoutResult:
     cutout: Image.Image        # RGBA, transparent outside the mask
     mask_image: Image.Image    # L, 255 = object
     boxes: List[TextBox]
+    dropped: int = 0           # boxes left out by the engine's max_objects
 
 
 def check_caption(caption: Any) -> str:
@@ -51,9 +52,22 @@ def check_caption(caption: Any) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class DetectedBoxes:
+    boxes: List[TextBox]   # best first, at most the engine's ``max_objects``
+    dropped: int           # boxes found beyond that bound, least confident
+
+    def dropped_note(self) -> str:
+        if not self.dropped:
+            return ""
+        return (f"Kept the {len(self.boxes)} most confident boxes; {self.dropped} more were left out "
+                f"(the 'max objects' setting). Raise the box threshold to find fewer.")
+
+
 def detect_boxes(engine: Any, detector: Optional[str], image: np.ndarray, caption: str, box_threshold: float,
-                 text_threshold: float) -> List[TextBox]:
-    """GroundingDINO boxes clipped to the image; boxes with no area left are dropped."""
+                 text_threshold: float) -> DetectedBoxes:
+    """GroundingDINO boxes clipped to the image, best first; boxes with no area left are dropped,
+    and so are those past the engine's ``max_objects`` (counted in ``dropped``)."""
     height, width = image.shape[:2]
     found = []
     for detection in engine.detect(detector, image, check_caption(caption), float(box_threshold), float(text_threshold)):
@@ -63,7 +77,9 @@ def detect_boxes(engine: Any, detector: Optional[str], image: np.ndarray, captio
         if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
             continue
         found.append(TextBox((x1, y1, x2, y2), str(detection.phrase), float(detection.score)))
-    return found
+    found.sort(key=lambda box: -box.score)  # stable: equal scores keep the detector's order
+    limit = max(1, int(engine.settings.max_objects))
+    return DetectedBoxes(boxes=found[:limit], dropped=max(0, len(found) - limit))
 
 
 def no_boxes_message(caption: str, box_threshold: float) -> str:
@@ -99,9 +115,10 @@ def text_cutout(engine: Any, image: np.ndarray, caption: str, *, sam_model: str,
     """Cut out everything ``caption`` names in ``image``; None when GroundingDINO finds nothing."""
     from sd_webui_sam import render
 
-    boxes = detect_boxes(engine, detector, image, caption, box_threshold, text_threshold)
-    if not boxes:
+    detected = detect_boxes(engine, detector, image, caption, box_threshold, text_threshold)
+    if not detected.boxes:
         return None
-    objects = best_masks(segment_boxes(engine, sam_model, image, [b.box for b in boxes]))
+    objects = best_masks(segment_boxes(engine, sam_model, image, [b.box for b in detected.boxes]))
     mask = objects.merged()
-    return CutoutResult(mask=mask, cutout=render.cutout(image, mask), mask_image=render.mask_image(mask), boxes=boxes)
+    return CutoutResult(mask=mask, cutout=render.cutout(image, mask), mask_image=render.mask_image(mask),
+                        boxes=detected.boxes, dropped=detected.dropped)

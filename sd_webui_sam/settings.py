@@ -14,6 +14,9 @@ MODEL_DIR_ENV = "SAM_MODEL_DIR"
 #: GroundingDINO's folder next to each default SAM folder (``models/sam`` -> ``models/grounding-dino``).
 GROUNDING_DINO_SUBDIR = "grounding-dino"
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; far past any SD image, far below a bomb
+#: Objects one text prompt may segment: each costs a decode and full-size masks, and a low box
+#: threshold can let hundreds of boxes through (900 boxes took a WebUI past 9.8 GB).
+DEFAULT_MAX_OBJECTS = 20
 
 
 @dataclass
@@ -29,6 +32,8 @@ class EngineSettings:
     embedding_cache_entries: int = 8
     embedding_cache_bytes: int = 2 * 1024**3
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    #: A text prompt keeps at most this many boxes, the most confident first.
+    max_objects: int = DEFAULT_MAX_OBJECTS
     #: GroundingDINO (text prompts): a user folder searched first, then these; empty defaults mean
     #: the ``grounding-dino`` folder beside each default ``sam`` folder.
     gdino_user_model_dir: Optional[Path] = None

@@ -132,3 +132,18 @@ def test_section_builds_inside_the_panel(engine, sd_controls):
     assert parts["detector"].choices and "keep" in parts
     assert ("cutout_enabled" in parts) == sd_controls
     assert len(panel.script_args) == (12 if sd_controls else 6)
+
+
+def test_many_boxes_are_bounded_by_max_objects_most_confident_first(engine, sam_name, image, monkeypatch):
+    """A threshold that lets every query through must not segment hundreds of objects."""
+    everything = tp.preview_boxes(engine, None, image, "hand, face", **ALL)
+    found = len(everything.selection.boxes)
+    assert found >= 3
+    monkeypatch.setattr(engine.settings, "max_objects", 2)
+    bounded = tp.preview_boxes(engine, None, image, "hand, face", **ALL)
+    kept = bounded.selection.boxes
+    assert len(kept) == 2
+    assert [box.score for box in kept] == sorted((box.score for box in everything.selection.boxes), reverse=True)[:2]
+    assert f"{found - 2} more were left out" in bounded.message and "max objects" in bounded.message
+    result = tp.segment_kept(engine, sam_name, image, bounded.selection, bounded.selection.labels(), "", tp.MERGED)
+    assert result.object_masks.shape[0] == 2

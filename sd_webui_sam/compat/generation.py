@@ -278,7 +278,8 @@ def cut_out_generated(p: Any, pp: Any, args: CutoutArgs, engine: Any) -> str:
         cutout=result.cutout, mask=result.mask_image,
     ))
     setattr(p, PENDING_ATTRIBUTE, pending)
-    return f"cut out {len(result.boxes)} object(s) for '{caption}'"
+    dropped = f" ({result.dropped} less confident box(es) left out by 'max objects')" if result.dropped else ""
+    return f"cut out {len(result.boxes)} object(s) for '{caption}'{dropped}"
 
 
 def finish_cutouts(p: Any, processed: Any, save: Any) -> List[str]:

@@ -232,6 +232,8 @@ OPTIONS: Sequence[OptionSpec] = (
     OptionSpec("sam_model_cache_size", 1, "SAM models kept loaded", "slider", {"minimum": 1, "maximum": 4, "step": 1}),
     OptionSpec("sam_embedding_cache_entries", 8, "Image embeddings kept (clicks on a cached image skip the encoder)",
                "slider", {"minimum": 1, "maximum": 64, "step": 1}),
+    OptionSpec("sam_max_objects", 20, "Text prompts: most objects segmented per picture (the most confident boxes)",
+               "slider", {"minimum": 1, "maximum": 200, "step": 1}),
     OptionSpec("sam_offload_to_cpu", False, "Move SAM to the CPU between uses (saves VRAM for generation)", "checkbox"),
     OptionSpec("sam_auto_preview", True, "Default: preview on every click", "checkbox"),
     OptionSpec("sam_default_expand", 0, "Default mask expand (+) / shrink (-), px", "slider",
@@ -292,6 +294,7 @@ def engine_settings(opts: Any, cmd_opts: Any, models_path: Optional[str], extens
         offload_to_cpu=bool(read_option(opts, "sam_offload_to_cpu", False)),
         model_cache_size=int(read_option(opts, "sam_model_cache_size", 1)),
         embedding_cache_entries=int(read_option(opts, "sam_embedding_cache_entries", 8)),
+        max_objects=int(read_option(opts, "sam_max_objects", 20)),
     )
 
 

@@ -92,13 +92,15 @@ def preview_boxes(engine: Any, detector: Optional[str], image: Any, caption: Any
     caption = check_caption(caption)
     pixels = handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
     name = engine.resolve_detector(detector or None)
-    boxes = detect_boxes(engine, name, pixels, caption, box_threshold, text_threshold)
+    detected = detect_boxes(engine, name, pixels, caption, box_threshold, text_threshold)
+    boxes = detected.boxes
     selection = BoxSelection(handlers.image_digest(pixels), caption, name, tuple(boxes))
     if not boxes:
         return BoxPreview(Image.fromarray(pixels), selection, no_boxes_message(caption, box_threshold))
     phrases = sorted({box.phrase for box in boxes})
-    message = (f"{len(boxes)} box{'es' if len(boxes) != 1 else ''} for {', '.join(phrases)}. "
-               "Untick the ones to leave out, then press 'Segment kept boxes'.")
+    message = " ".join(filter(None, (
+        f"{len(boxes)} box{'es' if len(boxes) != 1 else ''} for {', '.join(phrases)}.", detected.dropped_note(),
+        "Untick the ones to leave out, then press 'Segment kept boxes'.")))
     return BoxPreview(draw_boxes(pixels, boxes), selection, message)
 
 
