@@ -71,7 +71,10 @@ def standalone_app(model_dir: Path, *, timeout_s: float = 120.0, log_path: Optio
 
 
 @contextlib.contextmanager
-def browser_page(url: str, viewport: Tuple[int, int] = (1280, 1000)):
+def browser_page(url: str, viewport: Tuple[int, int] = (1280, 1000), *, ready: Optional[str] = f"#{PREFIX}_input_image",
+                 timeout_ms: int = 60_000, console: Optional[list] = None):
+    """A page at ``url``; ``console`` (a list) collects the browser console's messages and page errors
+    as ``(type, text)`` from before the first request."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
@@ -82,37 +85,41 @@ def browser_page(url: str, viewport: Tuple[int, int] = (1280, 1000)):
         try:
             context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, accept_downloads=True)
             page = context.new_page()
+            if console is not None:
+                page.on("console", lambda message: console.append((message.type, message.text)))
+                page.on("pageerror", lambda error: console.append(("pageerror", str(error))))
             page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector(f"#{PREFIX}_input_image", timeout=60_000)
-            page.wait_for_function("() => window.samPanel !== undefined", timeout=60_000)
+            if ready:
+                page.wait_for_selector(ready, timeout=timeout_ms)
+            page.wait_for_function("() => window.samPanel !== undefined", timeout=timeout_ms)
             yield page
         finally:
             browser.close()
 
 
-def upload(page, image_path: Path) -> None:
-    page.set_input_files(f"#{PREFIX}_input_image input[type=file]", str(image_path))
+def upload(page, image_path: Path, *, prefix: str = PREFIX) -> None:
+    page.set_input_files(f"#{prefix}_input_image input[type=file]", str(image_path))
     page.wait_for_function(
         f"""() => {{
-            const svg = document.querySelector('#{PREFIX}_overlay_svg');
-            const st = window.samPanel.prompts('{PREFIX}');
+            const svg = document.querySelector('#{prefix}_overlay_svg');
+            const st = window.samPanel.prompts('{prefix}');
             return svg && st.width > 0 && svg.getBoundingClientRect().width > 0;
         }}""",
         timeout=30_000,
     )
 
 
-def set_auto_preview(page, enabled: bool) -> None:
-    box = page.locator(f"#{PREFIX}_auto_preview input[type=checkbox]")
+def set_auto_preview(page, enabled: bool, *, prefix: str = PREFIX) -> None:
+    box = page.locator(f"#{prefix}_auto_preview input[type=checkbox]")
     if box.is_checked() != enabled:
         box.click()
 
 
-def client_point(page, x: int, y: int) -> Tuple[float, float]:
+def client_point(page, x: int, y: int, *, prefix: str = PREFIX) -> Tuple[float, float]:
     """Where image pixel (x, y)'s centre is on screen now, from the img's own geometry."""
     return page.evaluate(
         f"""([x, y]) => {{
-            const img = document.querySelector('#{PREFIX}_input_image img');
+            const img = document.querySelector('#{prefix}_input_image img');
             const r = img.getBoundingClientRect();
             const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
             const left = r.left + (r.width - img.naturalWidth * s) / 2;
@@ -123,9 +130,9 @@ def client_point(page, x: int, y: int) -> Tuple[float, float]:
     )
 
 
-def dot_centres(page):
+def dot_centres(page, *, prefix: str = PREFIX):
     return page.evaluate(
-        f"""() => Array.from(document.querySelectorAll('#{PREFIX}_overlay_svg circle')).map((c) => {{
+        f"""() => Array.from(document.querySelectorAll('#{prefix}_overlay_svg circle')).map((c) => {{
             const r = c.getBoundingClientRect();
             return {{x: +c.dataset.x, y: +c.dataset.y, cx: r.left + r.width / 2, cy: r.top + r.height / 2,
                      positive: c.classList.contains('sam-dot-positive')}};
@@ -133,17 +140,17 @@ def dot_centres(page):
     )
 
 
-def candidate_sources(page):
+def candidate_sources(page, *, prefix: str = PREFIX):
     return page.evaluate(
-        f"""() => Array.from(document.querySelectorAll('#{PREFIX}_candidates img'))
+        f"""() => Array.from(document.querySelectorAll('#{prefix}_candidates img'))
                  .filter((i) => i.complete && i.naturalWidth > 0).map((i) => i.src)"""
     )
 
 
-def wait_for_new_candidates(page, previous, count: int = 3, timeout_ms: int = 60_000) -> None:
+def wait_for_new_candidates(page, previous, count: int = 3, timeout_ms: int = 60_000, *, prefix: str = PREFIX) -> None:
     page.wait_for_function(
         f"""([previous, count]) => {{
-            const imgs = Array.from(document.querySelectorAll('#{PREFIX}_candidates img'));
+            const imgs = Array.from(document.querySelectorAll('#{prefix}_candidates img'));
             const ready = imgs.filter((i) => i.complete && i.naturalWidth > 0);
             const srcs = [...new Set(ready.map((i) => i.src))];
             return srcs.length >= count && srcs.some((s) => !previous.includes(s));
@@ -153,11 +160,11 @@ def wait_for_new_candidates(page, previous, count: int = 3, timeout_ms: int = 60
     )
 
 
-def previews_answered(page) -> int:
-    return page.evaluate(f"() => window.samPanel.prompts('{PREFIX}').previewsAnswered")
+def previews_answered(page, *, prefix: str = PREFIX) -> int:
+    return page.evaluate(f"() => window.samPanel.prompts('{prefix}').previewsAnswered")
 
 
-def wait_for_answered_candidates(page, answered_before: int, count: int = 3, timeout_ms: int = 60_000) -> None:
+def wait_for_answered_candidates(page, answered_before: int, count: int = 3, timeout_ms: int = 60_000, *, prefix: str = PREFIX) -> None:
     """A preview sent after ``answered_before`` answers came back and its candidates are drawn.
 
     Identical masks give identical image URLs (gradio names files by content), so "a new src"
@@ -165,10 +172,46 @@ def wait_for_answered_candidates(page, answered_before: int, count: int = 3, tim
     """
     page.wait_for_function(
         f"""([before, count]) => {{
-            if (window.samPanel.prompts('{PREFIX}').previewsAnswered <= before) return false;
-            const imgs = Array.from(document.querySelectorAll('#{PREFIX}_candidates img'));
+            if (window.samPanel.prompts('{prefix}').previewsAnswered <= before) return false;
+            const imgs = Array.from(document.querySelectorAll('#{prefix}_candidates img'));
             return imgs.length >= count && imgs.every((i) => i.complete && i.naturalWidth > 0);
         }}""",
         arg=[answered_before, count],
         timeout=timeout_ms,
     )
+
+
+def wait_for_output(page, name: str, previous_src: Optional[str], timeout_ms: int = 30_000, *, prefix: str = PREFIX) -> str:
+    """The src of output ``name`` (mask, cutout, overlay) once it shows a picture other than ``previous_src``."""
+    selector = f"#{prefix}_{name} img"
+    page.wait_for_function(
+        """([selector, previous]) => {
+            const img = document.querySelector(selector);
+            return img && img.complete && img.naturalWidth > 0 && img.src !== previous;
+        }""",
+        arg=[selector, previous_src],
+        timeout=timeout_ms,
+    )
+    return page.evaluate("(selector) => document.querySelector(selector).src", selector)
+
+
+def decode(page, src: str):
+    """An image's bytes as the browser gets them (data: URL on gradio 3, a file URL on 4), as PIL."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    data = page.evaluate(
+        """async (src) => {
+            const response = await fetch(src);
+            const bytes = new Uint8Array(await response.arrayBuffer());
+            let text = '';
+            for (const b of bytes) text += String.fromCharCode(b);
+            return btoa(text);
+        }""",
+        src,
+    )
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image.load()
+    return image

@@ -5,9 +5,7 @@ A failure saves a screenshot under test-artifacts/.
 """
 from __future__ import annotations
 
-import io
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,15 +68,15 @@ def test_click_preview_pick_expand_download_box_remove_resize(app_url, picture_p
 
             # Pick mask 2, then expand it; the mask output follows.
             page.locator(f"#{driver.PREFIX}_choice label", has_text="Mask 2").click()
-            cutout_before = wait_for_output(page, "cutout", None)
-            mask_before = wait_for_output(page, "mask", None)
+            cutout_before = driver.wait_for_output(page, "cutout", None)
+            mask_before = driver.wait_for_output(page, "mask", None)
             expand = page.locator(f"#{driver.PREFIX}_expand input[type=number]")
             expand.fill("1")  # the random-weight mask is speckled: 1 px already grows it a lot
             expand.press("Enter")
-            mask_after = wait_for_output(page, "mask", mask_before)
-            grown = decode(page, mask_after)
-            assert np.count_nonzero(np.asarray(grown)) > np.count_nonzero(np.asarray(decode(page, mask_before)))
-            cutout_after = wait_for_output(page, "cutout", cutout_before)
+            mask_after = driver.wait_for_output(page, "mask", mask_before)
+            grown = driver.decode(page, mask_after)
+            assert np.count_nonzero(np.asarray(grown)) > np.count_nonzero(np.asarray(driver.decode(page, mask_before)))
+            cutout_after = driver.wait_for_output(page, "cutout", cutout_before)
 
             # Download the cut-out: RGBA, the picture inside the mask, transparent outside.
             with page.expect_download() as download_info:
@@ -94,7 +92,7 @@ def test_click_preview_pick_expand_download_box_remove_resize(app_url, picture_p
             assert inside.any() and (~inside).any()
             assert np.array_equal(rgba[inside][:, :3], pixels[inside])
             assert not rgba[rgba[..., 3] == 0].any()
-            assert decode(page, cutout_after).size == (128, 96)
+            assert driver.decode(page, cutout_after).size == (128, 96)
 
             # Drag: a box prompt.
             page.locator(f"#{driver.PREFIX}_input_image").scroll_into_view_if_needed()
@@ -195,33 +193,3 @@ def test_preview_without_prompt_says_what_to_do(app_url, picture_path, request):
             raise
 
 
-def wait_for_output(page, name, previous_src, timeout_ms=30_000):
-    selector = f"#{driver.PREFIX}_{name} img"
-    page.wait_for_function(
-        """([selector, previous]) => {
-            const img = document.querySelector(selector);
-            return img && img.complete && img.naturalWidth > 0 && img.src !== previous;
-        }""",
-        arg=[selector, previous_src],
-        timeout=timeout_ms,
-    )
-    return page.evaluate("(selector) => document.querySelector(selector).src", selector)
-
-
-def decode(page, src) -> Image.Image:
-    """An output image's PNG bytes as the browser got them (data: URL on gradio 3, a file URL on 4)."""
-    data = page.evaluate(
-        """async (src) => {
-            const response = await fetch(src);
-            const bytes = new Uint8Array(await response.arrayBuffer());
-            let text = '';
-            for (const b of bytes) text += String.fromCharCode(b);
-            return btoa(text);
-        }""",
-        src,
-    )
-    import base64
-
-    image = Image.open(io.BytesIO(base64.b64decode(data)))
-    image.load()
-    return image
