@@ -2,15 +2,32 @@
 # Set up both host stacks (first run only) and run the whole test suite under each:
 #   A1111 1.6-1.10: torch 2.1.2, gradio 3.41.2, fastapi 0.94, pydantic 1
 #   Forge 2:        torch 2.3.1, gradio 4.40.0, fastapi 0.104.1, pydantic 2
+# then the real-host tests: the extension inside a real A1111 1.10.1 and a real Forge 2, each
+# set up once in .hosts/ by tools/hosts/setup_host.sh and started on 127.0.0.1, one after the other.
 # Extra arguments go to pytest: ./test.sh -k predictor
+# SAM_REAL_HOSTS=0 skips the real-host tests; SAM_REAL_HOSTS_ONLY=a1111 (or forge) runs one host.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$root"
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 status=0
+timings=()
+phase_start=$SECONDS
+phase_done() { timings+=("$1: $((SECONDS - phase_start))s"); echo "=== $1 took $((SECONDS - phase_start))s"; phase_start=$SECONDS; }
 for stack in a1111 forge; do
     "$root/tools/setup_env.sh" "$stack" --with-tests
+    phase_done "set-up of the $stack test venv"
     echo "=== tests on the $stack stack"
-    SAM_TEST_STACK=$stack "$root/.venv/$stack/bin/python" -m pytest -q -p no:cacheprovider "$@" tests || status=$?
+    # tests/real_hosts deselects itself without SAM_REAL_HOSTS=1
+    SAM_REAL_HOSTS= SAM_TEST_STACK=$stack "$root/.venv/$stack/bin/python" -m pytest -q -p no:cacheprovider "$@" tests || status=$?
+    phase_done "unit tests on the $stack stack"
 done
+if [ "${SAM_REAL_HOSTS:-1}" != 0 ]; then
+    echo "=== real-host tests (A1111 1.10.1, then Forge 2; set-up of each host on the first run)"
+    rc=0
+    SAM_REAL_HOSTS=1 "$root/.venv/a1111/bin/python" -m pytest -q -p no:cacheprovider "$@" tests/real_hosts || rc=$?
+    [ "$rc" = 5 ] || [ "$rc" = 0 ] || status=$rc  # 5: every real-host test deselected by -k/-m
+    phase_done "real-host tests (set-up and start-up included)"
+fi
+printf '%s\n' "=== timings" "${timings[@]}"
 exit $status

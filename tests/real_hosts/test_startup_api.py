@@ -1,0 +1,61 @@
+"""The extension inside a real A1111 / Forge started with ``--api --api-auth``: it loads without a
+traceback, its accordion is in the UI config, its routes answer (behind the host's credentials),
+and its install.py changes no installed package."""
+import subprocess
+import sys
+
+import pytest
+
+from tools.hosts import host as hosts
+
+pytestmark = pytest.mark.real_host
+
+
+def test_starts_without_a_traceback_of_ours(webui):
+    assert webui.running.alive(), webui.log_text()[-3000:]
+    ours = hosts.extension_tracebacks(webui.log_text())
+    assert not ours, "\n\n".join(ours)
+
+
+def test_ui_config_has_our_accordion(webui):
+    response = webui.get("/config", auth=False)
+    assert response.status_code == 200
+    elem_ids = {str((component.get("props") or {}).get("elem_id") or "")
+                for component in response.json().get("components", [])}
+    for tab in ("txt2img", "img2img"):
+        ours = sorted(elem_id for elem_id in elem_ids if elem_id.startswith(f"{tab}_sam_"))
+        assert ours, f"no element with an elem_id starting {tab}_sam_ in /config"
+
+
+@pytest.mark.parametrize("path", ["/sam/heartbeat", "/sam/v2/health"])
+def test_routes_answer_in_the_real_app(webui, path):
+    response = webui.get(path)
+    assert response.status_code == 200, response.text[:2000]
+    assert response.json() is not None
+
+
+def test_api_auth_guards_our_routes(webui):
+    assert webui.get("/sam/heartbeat", auth=False).status_code == 401
+    wrong = __import__("requests").get(webui.base_url + "/sam/heartbeat", auth=("sam-user", "wrong"), timeout=60)
+    assert wrong.status_code == 401
+    assert webui.get("/sam/heartbeat").status_code == 200
+    # the host's own API is guarded the same way: the credentials are really in force
+    assert webui.get("/sdapi/v1/options", auth=False).status_code == 401
+
+
+def _freeze(python):
+    result = subprocess.run([str(python), "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True)
+    return sorted(line for line in result.stdout.splitlines() if line.strip())
+
+
+def test_install_py_changes_no_installed_version(host_setup):
+    before = _freeze(host_setup.python)
+    extension = host_setup.webui_dir / "extensions" / hosts.EXTENSION_DIR_NAME
+    env = hosts.host_env(host_setup.name)
+    env["PYTHONPATH"] = str(host_setup.webui_dir)  # as the WebUI's run_extension_installer sets it
+    result = subprocess.run([str(host_setup.python), str(extension / "install.py")], cwd=host_setup.webui_dir,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = _freeze(host_setup.python)
+    changed = sorted(set(before) ^ set(after))
+    assert not changed, f"install.py changed: {changed}\n{result.stdout}{result.stderr}"
