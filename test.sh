@@ -24,10 +24,15 @@ for stack in a1111 forge; do
 done
 if [ "${SAM_REAL_HOSTS:-1}" != 0 ]; then
     echo "=== real-host tests (A1111 1.10.1, then Forge 2; set-up of each host on the first run)"
+    for host in a1111 forge; do
+        case ",${SAM_REAL_HOSTS_ONLY:-a1111,forge}," in *",$host,"*) ;; *) continue ;; esac
+        "$root/tools/hosts/setup_host.sh" "$host" || status=$?
+        phase_done "set-up of the $host host (.hosts/$host)"
+    done
     rc=0
     SAM_REAL_HOSTS=1 "$root/.venv/a1111/bin/python" -m pytest -q -p no:cacheprovider "$@" tests/real_hosts || rc=$?
     [ "$rc" = 5 ] || [ "$rc" = 0 ] || status=$rc  # 5: every real-host test deselected by -k/-m
-    phase_done "real-host tests (set-up and start-up included)"
+    phase_done "real-host tests (start-ups included)"
 fi
 printf '%s\n' "=== timings" "${timings[@]}"
 exit $status

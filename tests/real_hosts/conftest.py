@@ -150,6 +150,7 @@ def webui(host_setup, host_models, request) -> RealHost:
     running = hosts.start_host(name, extra_args=["--api-auth", f"{AUTH[0]}:{AUTH[1]}"], log_path=log_path,
                                timeout=float(os.environ.get("SAM_REAL_HOSTS_START_TIMEOUT", "900")))
     host = RealHost(name, running, AUTH)
+    held_since = time.monotonic()
     try:
         host.extension_seconds = running.extension_seconds()
         reported = hosts.startup_total(host.log_text())
@@ -159,4 +160,4 @@ def webui(host_setup, host_models, request) -> RealHost:
         yield host
     finally:
         code = running.stop()
-        note(f"{name}: stopped (exit {code})")
+        note(f"{name}: {module} held the host {time.monotonic() - held_since:.0f}s after start-up; stopped (exit {code})")

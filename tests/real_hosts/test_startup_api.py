@@ -59,3 +59,12 @@ def test_install_py_changes_no_installed_version(host_setup):
     after = _freeze(host_setup.python)
     changed = sorted(set(before) ^ set(after))
     assert not changed, f"install.py changed: {changed}\n{result.stdout}{result.stderr}"
+
+
+def test_the_hosts_controlnet_is_loaded(webui):
+    """Mikubill's sd-webui-controlnet (A1111) / Forge's built-in one loaded with its API: what the
+    panel's "Send to ControlNet unit" needs is there."""
+    response = webui.get("/controlnet/model_list")
+    assert response.status_code == 200, response.text[:2000]
+    assert "model_list" in response.json()
+    assert not [block for block in hosts.tracebacks(webui.log_text()) if "controlnet" in block.lower()]
