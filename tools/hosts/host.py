@@ -321,13 +321,19 @@ def main(argv=None):
         if not pid_file.exists():
             print(f"{args.host}: no pid file")
             return 1
-        pid = int(pid_file.read_text())
+        group = int(pid_file.read_text())  # the leader of its own session: its pid is the group's id
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                os.killpg(pid, sig)
+                os.killpg(group, sig)
             except ProcessLookupError:
                 break
-            time.sleep(10)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(group, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.5)
         pid_file.unlink()
         return 0
     host = start_host(args.host, args.port, extra, args.log, args.timeout)

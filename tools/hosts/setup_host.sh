@@ -31,7 +31,7 @@ else
     repositories=(stable-diffusion-webui-assets huggingface_guess BLIP)
 fi
 
-stamp_input=$(cat "$here/setup_host.sh" "$here/build_checkpoint.py" "$here/make_hf_cache.py" "$here/host.py" "$manifest" | sha256sum | cut -c1-16)
+stamp_input=$(cat "$here/setup_host.sh" "$here/build_checkpoint.py" "$here/make_hf_cache.py" "$manifest" | sha256sum | cut -c1-16)
 stamp="$work/.stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_input" ] && [ -x "$venv/bin/python" ]; then
     exit 0
