@@ -57,14 +57,29 @@ unpack() {
     fi
 }
 
-# 1. The host tree (re-unpacked on every set-up that is not a no-op: it holds no state of ours).
-phase "unpacking the $host tree into $webui"
-unpack "$host-webui" "$webui"
-for name in "${repositories[@]}"; do
-    unpack "$host-repositories-$name" "$webui/repositories/$name"
-done
-if [ "$host" = a1111 ]; then
-    unpack a1111-extension-sd-webui-controlnet "$webui/extensions/sd-webui-controlnet"
+# 1. The host tree: unpacked again only when its sources changed, and never under a running host.
+archives=("$host-webui")
+for name in "${repositories[@]}"; do archives+=("$host-repositories-$name"); done
+[ "$host" = forge ] || archives+=(a1111-extension-sd-webui-controlnet)
+tree_stamp_input=$(for name in "${archives[@]}"; do
+    grep -P "^$name\t" "$manifest"; [ -f "$src/$name.tar.gz" ] && stat -c '%s %Y' "$src/$name.tar.gz"
+done | sha256sum | cut -c1-16)
+if [ "$(cat "$webui/.sam-tree-stamp" 2>/dev/null)" != "$tree_stamp_input" ]; then
+    for cwd in /proc/[0-9]*/cwd; do
+        if [ "$(readlink "$cwd" 2>/dev/null)" = "$webui" ]; then
+            echo "a process runs in $webui (pid $(basename "$(dirname "$cwd")")); stop it before the tree is unpacked again" >&2
+            exit 1
+        fi
+    done
+    phase "unpacking the $host tree into $webui"
+    unpack "$host-webui" "$webui"
+    for name in "${repositories[@]}"; do
+        unpack "$host-repositories-$name" "$webui/repositories/$name"
+    done
+    if [ "$host" = a1111 ]; then
+        unpack a1111-extension-sd-webui-controlnet "$webui/extensions/sd-webui-controlnet"
+    fi
+    echo "$tree_stamp_input" > "$webui/.sam-tree-stamp"
 fi
 "$python" "$here/host.py" link "$host" >/dev/null  # refreshed again at every start
 [ -d "$hosts_dir/src/openai-clip" ] || unpack openai-clip "$hosts_dir/src/openai-clip"
