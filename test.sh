@@ -3,7 +3,7 @@
 #   A1111 1.6-1.10: torch 2.1.2, gradio 3.41.2, fastapi 0.94, pydantic 1
 #   Forge 2:        torch 2.3.1, gradio 4.40.0, fastapi 0.104.1, pydantic 2
 # then the real-host tests: the extension inside a real A1111 1.10.1 and a real Forge 2, each
-# set up once in .hosts/ by tools/hosts/setup_host.sh and started on 127.0.0.1, one after the other.
+# set up once in webui-hosts/ by tools/hosts/setup_host.sh and started on 127.0.0.1, one after the other.
 # Extra arguments go to pytest: ./test.sh -k predictor
 # SAM_REAL_HOSTS=0 skips the real-host tests; SAM_REAL_HOSTS_ONLY=a1111 (or forge) runs one host.
 set -euo pipefail
@@ -32,7 +32,7 @@ if [ "${SAM_REAL_HOSTS:-1}" != 0 ]; then
     for host in a1111 forge; do
         case ",${SAM_REAL_HOSTS_ONLY:-a1111,forge}," in *",$host,"*) ;; *) continue ;; esac
         "$root/tools/hosts/setup_host.sh" "$host" || status=$?
-        phase_done "set-up of the $host host (.hosts/$host)"
+        phase_done "set-up of the $host host (webui-hosts/$host)"
     done
     rc=0
     SAM_REAL_HOSTS=1 "$root/.venv/a1111/bin/python" -m pytest -q -p no:cacheprovider "$@" tests/real_hosts || rc=$?

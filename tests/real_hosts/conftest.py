@@ -1,6 +1,6 @@
 """Real-host harness: the extension inside a real A1111 1.10.1 / Forge 2, on the CPU.
 
-The hosts are set up by ``tools/hosts/setup_host.sh`` (in ``.hosts/``, first run only) and
+The hosts are set up by ``tools/hosts/setup_host.sh`` (in ``webui-hosts/``, first run only) and
 started as subprocesses on 127.0.0.1. Everything here is marked ``real_host`` and deselected
 unless ``SAM_REAL_HOSTS=1`` (``./test.sh`` sets it); ``SAM_REAL_HOSTS_ONLY=a1111`` (or ``forge``)
 limits the run to one host.

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
-HOSTS_DIR = Path(os.environ.get("SAM_HOSTS_DIR", ROOT / ".hosts"))
+#: Not a dot-folder: gradio refuses to serve any file whose path has a part starting with "."
+#: (A1111's own scripts and ours answer 403 from under .hosts/).
+HOSTS_DIR = Path(os.environ.get("SAM_HOSTS_DIR", ROOT / "webui-hosts"))
 HOST_NAMES = ("a1111", "forge")
 EXTENSION_DIR_NAME = "sd-webui-segment-anything"
 #: Names that identify our extension in a console log.
@@ -67,7 +69,7 @@ def link_extension(name: str) -> Path:
         target.unlink()
     target.mkdir(parents=True, exist_ok=True)
     wanted = {entry.name: entry for entry in ROOT.iterdir()
-              if not entry.name.startswith(".") and entry.name not in ("test-artifacts", "__pycache__")}
+              if not entry.name.startswith(".") and entry.name not in ("test-artifacts", "__pycache__", HOSTS_DIR.name)}
     for existing in target.iterdir():
         if existing.is_symlink() and (existing.name not in wanted or existing.resolve() != wanted[existing.name]):
             existing.unlink()

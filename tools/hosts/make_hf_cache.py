@@ -1,6 +1,6 @@
 """An offline Hugging Face cache with ``openai/clip-vit-large-patch14``'s tokenizer and config.
 
-    python tools/hosts/make_hf_cache.py --clip <openai CLIP source> --hf-home .hosts/hf
+    python tools/hosts/make_hf_cache.py --clip <openai CLIP source> --hf-home webui-hosts/hf
 
 A1111 calls ``CLIPTokenizer.from_pretrained("openai/clip-vit-large-patch14")`` (and reads the
 model's config.json). With ``HF_HOME`` pointing at the folder written here and

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Unpack one real WebUI host for the real-host tests, with its own venv and its real pins:
 #   tools/hosts/setup_host.sh a1111|forge
-# Everything goes to .hosts/ (ignored): .hosts/<host>/webui (the host tree, with this
-# extension linked into extensions/), .hosts/<host>/venv, .hosts/models (one random-weight SD 1.5
-# checkpoint shared by both hosts) and .hosts/hf (an offline Hugging Face cache with the CLIP
+# Everything goes to webui-hosts/ (ignored): webui-hosts/<host>/webui (the host tree, with this
+# extension linked into extensions/), webui-hosts/<host>/venv, webui-hosts/models (one random-weight SD 1.5
+# checkpoint shared by both hosts) and webui-hosts/hf (an offline Hugging Face cache with the CLIP
 # tokenizer A1111 asks for). A stamp makes a second run a no-op.
 # Host sources: the archives in ../shared/hosts (SAM_HOSTS_SRC); where they are absent the
 # upstream repositories are cloned at the commits listed in tools/hosts/MANIFEST.tsv.
@@ -14,7 +14,7 @@ host=${1:?usage: tools/hosts/setup_host.sh a1111|forge}
 case "$host" in a1111|forge) ;; *) echo "unknown host: $host" >&2; exit 2 ;; esac
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 here="$root/tools/hosts"
-hosts_dir=${SAM_HOSTS_DIR:-$root/.hosts}
+hosts_dir=${SAM_HOSTS_DIR:-$root/webui-hosts}
 src=${SAM_HOSTS_SRC:-$root/../shared/hosts}
 manifest="$here/MANIFEST.tsv"
 work="$hosts_dir/$host"
