@@ -526,6 +526,15 @@
             if (typeof switch_to_img2img_tab === "function") {
                 switch_to_img2img_tab(4);
             }
+            // The host switches tabs but leaves the page scrolled where the send button was, often
+            // far below the inpaint images: bring the picture that was just sent into view.
+            setTimeout(function () {
+                const root = typeof gradioApp === "function" ? gradioApp() : document;
+                const target = root.querySelector("#img_inpaint_base");
+                if (target) {
+                    target.scrollIntoView({block: "start"});
+                }
+            }, 100);
             return [];
         },
         rescan: scan,
