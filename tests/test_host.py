@@ -240,6 +240,18 @@ def test_mikubill_unit_receives_image_and_mask(make_webui, tab, invert):
     assert received[1] is not state_units[1]
 
 
+@pytest.mark.parametrize("controlnet", ["mikubill", "forge"])
+def test_unit_without_a_controlnet_model_is_reported(make_webui, controlnet, capsys):
+    """Both ControlNets raise 'no model selected' for such a unit and generate without it: the
+    console says so in our words, next to what we sent."""
+    webui = make_webui(controlnet=controlnet, unit_count=2)
+    values = webui.ui_values(webui.txt2img, {TITLE: sam_values(False, picture(), mask_image(), cn=True, unit=1)})
+    webui.generate_txt2img({}, script_args=values)
+    printed = capsys.readouterr().out
+    assert "mask sent to ControlNet unit 1" in printed
+    assert "unit 1 has no ControlNet model selected, so ControlNet will skip it" in printed
+
+
 def test_mikubill_api_units_as_dicts(make_webui):
     webui = make_webui(controlnet="mikubill", unit_count=2)
     image, mask = picture(), mask_image()

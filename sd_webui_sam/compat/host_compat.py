@@ -110,6 +110,16 @@ class InstalledControlNet(ControlNetAdapter):
         return controlnet_unit_count(opts)
 
 
+def _missing_model_note(unit_index: int, unit: Any) -> str:
+    """What to tell the user when the unit has no ControlNet model: ControlNet then raises "You
+    have not selected any ControlNet Model" for the unit and the generation runs without it."""
+    model = getattr(unit, "model", None)
+    if model is not None and str(model).strip().lower() not in ("", "none"):
+        return ""
+    return (f"; but unit {unit_index} has no ControlNet model selected, so ControlNet will skip it: choose a "
+            "model in that unit (ControlNet models go in models/ControlNet)")
+
+
 def _find_controlnet_script(runner: Any) -> Optional[Any]:
     for script in getattr(runner, "alwayson_scripts", None) or []:
         try:
@@ -125,7 +135,7 @@ class MikubillControlNet(InstalledControlNet):
 
     name = "sd-webui-controlnet"
 
-    def _edit_unit(self, p: Any, unit_index: int, edit: Callable[[Any], None]) -> None:
+    def _edit_unit(self, p: Any, unit_index: int, edit: Callable[[Any], None]) -> Any:
         units = list(self.external_code.get_all_units_in_processing(p))
         if not units:
             raise RuntimeError("ControlNet is installed but not active in this generation.")
@@ -136,14 +146,15 @@ class MikubillControlNet(InstalledControlNet):
         edit(units[unit_index])
         units[unit_index].enabled = True
         self.external_code.update_cn_script_in_processing(p, units)
+        return units[unit_index]
 
     def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
         def edit(unit: Any) -> None:
             unit.image = {"image": np.ascontiguousarray(image, dtype=np.uint8),
                           "mask": np.ascontiguousarray(mask, dtype=np.uint8)}
 
-        self._edit_unit(p, unit_index, edit)
-        return f"mask sent to ControlNet unit {unit_index}"
+        unit = self._edit_unit(p, unit_index, edit)
+        return f"mask sent to ControlNet unit {unit_index}" + _missing_model_note(unit_index, unit)
 
     def assign_control_image(self, p: Any, unit_index: int, image: np.ndarray) -> str:
         def edit(unit: Any) -> None:
@@ -152,8 +163,8 @@ class MikubillControlNet(InstalledControlNet):
             if hasattr(unit, "mask"):  # v1.1.455's separate mask field: a mask drawn for another picture
                 unit.mask = None
 
-        self._edit_unit(p, unit_index, edit)
-        return f"control map sent to ControlNet unit {unit_index} (preprocessor none)"
+        unit = self._edit_unit(p, unit_index, edit)
+        return f"control map sent to ControlNet unit {unit_index} (preprocessor none)" + _missing_model_note(unit_index, unit)
 
 
 class ForgeControlNet(InstalledControlNet):
@@ -161,7 +172,7 @@ class ForgeControlNet(InstalledControlNet):
 
     name = "forge"
 
-    def _replace_unit(self, p: Any, unit_index: int, **changes: Any) -> None:
+    def _replace_unit(self, p: Any, unit_index: int, **changes: Any) -> Any:
         script = _find_controlnet_script(getattr(p, "scripts", None))
         if script is None:
             raise RuntimeError("Forge's ControlNet is not active in this generation.")
@@ -179,12 +190,13 @@ class ForgeControlNet(InstalledControlNet):
         # dataclasses.replace makes a new unit: the session's gr.State unit is left as it was.
         args[position] = dataclasses.replace(unit, enabled=True, **changes)
         p.script_args = tuple(args) if isinstance(p.script_args, tuple) else args
+        return args[position]
 
     def assign(self, p: Any, unit_index: int, image: np.ndarray, mask: np.ndarray) -> str:
         mask3 = np.repeat(np.asarray(mask, dtype=np.uint8)[:, :, None], 3, axis=2)
-        self._replace_unit(p, unit_index, image=np.ascontiguousarray(image, dtype=np.uint8), image_fg=None,
-                           mask_image=mask3, mask_image_fg=None)
-        return f"mask sent to ControlNet unit {unit_index}"
+        unit = self._replace_unit(p, unit_index, image=np.ascontiguousarray(image, dtype=np.uint8), image_fg=None,
+                                  mask_image=mask3, mask_image_fg=None)
+        return f"mask sent to ControlNet unit {unit_index}" + _missing_model_note(unit_index, unit)
 
     def assign_control_image(self, p: Any, unit_index: int, image: np.ndarray) -> str:
         image = np.ascontiguousarray(image, dtype=np.uint8)
@@ -192,9 +204,9 @@ class ForgeControlNet(InstalledControlNet):
         # that raises for a dark map (an EditAnything map of few segments is nearly black). An empty,
         # fully transparent foreground keeps the map as the input and adds no mask.
         empty_foreground = np.zeros(image.shape[:2] + (4,), dtype=np.uint8)
-        self._replace_unit(p, unit_index, module="None", image=image, image_fg=empty_foreground,
-                           mask_image=None, mask_image_fg=None)
-        return f"control map sent to ControlNet unit {unit_index} (preprocessor None)"
+        unit = self._replace_unit(p, unit_index, module="None", image=image, image_fg=empty_foreground,
+                                  mask_image=None, mask_image_fg=None)
+        return f"control map sent to ControlNet unit {unit_index} (preprocessor None)" + _missing_model_note(unit_index, unit)
 
 
 def find_controlnet(import_module: Callable[[str], Any] = importlib.import_module) -> ControlNetAdapter:
