@@ -17,13 +17,12 @@ time because pytest finishes one parameter's fixture before it sets up the next)
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import pytest
 

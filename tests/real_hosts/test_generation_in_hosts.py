@@ -82,3 +82,19 @@ def test_cut_out_after_generation_writes_cutout_and_mask(host_models, webui):
     assert cutout.mode == "RGBA" and cutout.size == (W, H)
     saved_mask = np.asarray(Image.open(masks[0]).convert("L"))
     assert np.array_equal(np.asarray(cutout)[..., 3] > 0, saved_mask > 0)
+
+
+def test_controlnet_unit_gets_the_mask_and_a_missing_model_is_explained(host_models, webui, source):
+    """Mikubill's ControlNet on A1111, the built-in one on Forge: the generation runs, our script puts
+    the picture and mask into unit 0 and enables it, and with no ControlNet model installed the
+    console says in our words why ControlNet skips the unit."""
+    pixels, mask = source
+    picture = Image.fromarray(pixels)
+    request = dict(_generation_settings(),
+                   alwayson_scripts={SCRIPT: {"args": [False, _b64(picture), _b64(Image.fromarray(mask)),
+                                                       True, "0", False]}})
+    response = webui.post("/sdapi/v1/txt2img", json=request, timeout=1200)
+    assert response.status_code == 200, response.text[:3000]
+    log = webui.log_text()
+    assert "[Segment Anything] mask sent to ControlNet unit 0" in log, log[-3000:]
+    assert "unit 0 has no ControlNet model selected, so ControlNet will skip it" in log

@@ -2,7 +2,6 @@
 traceback, its accordion is in the UI config, its routes answer (behind the host's credentials),
 and its install.py changes no installed package."""
 import subprocess
-import sys
 
 import pytest
 
