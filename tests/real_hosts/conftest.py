@@ -5,11 +5,12 @@ started as subprocesses on 127.0.0.1. Everything here is marked ``real_host`` an
 unless ``SAM_REAL_HOSTS=1`` (``./test.sh`` sets it); ``SAM_REAL_HOSTS_ONLY=a1111`` (or ``forge``)
 limits the run to one host.
 
-Fixtures (all module-scoped, so each test module starts each host once; only one host runs at a
-time because pytest finishes one parameter's fixture before it sets up the next):
+Fixtures (all session-scoped: pytest runs every test of one host, whatever its module, before
+the other host's, so each host starts once and only one host runs at a time):
 
 - ``host_name``: "a1111" or "forge" (parametrised).
 - ``host_setup``: ``HostSetup`` -- the host is set up (venv, tree, checkpoint), nothing runs.
+- ``host_models``: tiny SAM and GroundingDINO files in the host's model folders ({"sam", "gdino"}).
 - ``webui``: ``RealHost`` -- the host started with ``--api --api-auth`` (``AUTH``): ``base_url``,
   ``auth``, ``get(path, auth=True)``, ``log_text()``, ``log_path``, ``startup_seconds``,
   ``extension_seconds`` (the host's own timer records that name our extension), ``running``
@@ -71,7 +72,10 @@ def note(line: str):
     print(line)
 
 
-@pytest.fixture(scope="module", params=selected_hosts())
+# Session scope: pytest runs every test of one host before the next host's (it groups tests by a
+# session fixture's parameter), so each host is started once for all modules and stopped before
+# the other starts.
+@pytest.fixture(scope="session", params=selected_hosts())
 def host_name(request):
     return request.param
 
@@ -87,7 +91,7 @@ class HostSetup:
 _SETUP_DONE: Dict[str, HostSetup] = {}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def host_setup(host_name) -> HostSetup:
     if host_name not in _SETUP_DONE:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,7 @@ class RealHost:
         return requests.post(self.base_url + path, auth=self.auth if auth else None, timeout=timeout, **kwargs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def host_models(host_setup, tiny_sam) -> Dict[str, str]:
     """Tiny SAM and GroundingDINO checkpoints in the host's models/sam and models/grounding-dino, put
     there before the host starts (the GroundingDINO one uses the bundled BERT vocabulary)."""
@@ -141,11 +145,10 @@ def host_models(host_setup, tiny_sam) -> Dict[str, str]:
     return {"sam": sam.name, "gdino": gdino.name}
 
 
-@pytest.fixture(scope="module")
-def webui(host_setup, host_models, request) -> RealHost:
+@pytest.fixture(scope="session")
+def webui(host_setup, host_models) -> RealHost:
     name = host_setup.name
-    module = request.module.__name__.rsplit(".", 1)[-1]
-    log_path = ARTIFACTS / f"{module}-{name}-{time.strftime('%H%M%S')}.log"
+    log_path = ARTIFACTS / f"{name}-{time.strftime('%H%M%S')}.log"
     running = hosts.start_host(name, extra_args=["--api-auth", f"{AUTH[0]}:{AUTH[1]}"], log_path=log_path,
                                timeout=float(os.environ.get("SAM_REAL_HOSTS_START_TIMEOUT", "900")))
     host = RealHost(name, running, AUTH)
@@ -159,4 +162,4 @@ def webui(host_setup, host_models, request) -> RealHost:
         yield host
     finally:
         code = running.stop()
-        note(f"{name}: {module} held the host {time.monotonic() - held_since:.0f}s after start-up; stopped (exit {code})")
+        note(f"{name}: the tests held the host {time.monotonic() - held_since:.0f}s after start-up; stopped (exit {code})")

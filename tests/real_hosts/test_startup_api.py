@@ -66,4 +66,7 @@ def test_the_hosts_controlnet_is_loaded(webui):
     response = webui.get("/controlnet/model_list")
     assert response.status_code == 200, response.text[:2000]
     assert "model_list" in response.json()
-    assert not [block for block in hosts.tracebacks(webui.log_text()) if "controlnet" in block.lower()]
+    # Only start-up counts: a later test runs a unit with no ControlNet model, which ControlNet
+    # itself reports with a traceback.
+    startup = webui.log_text().split("Startup time:")[0]
+    assert not [block for block in hosts.tracebacks(startup) if "controlnet" in block.lower()]
