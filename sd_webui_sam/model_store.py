@@ -133,10 +133,11 @@ class ModelStore:
         self._models_lock = threading.RLock()
         self._listing: Optional[Dict[str, Path]] = None
         self._descriptions: Dict[FileKey, ModelDescription] = {}
-        # Keyed by the name each model was loaded under, least recently used first; every name
-        # whose file has the same content maps to the one entry in ``_by_name``, with the file
-        # key it had when it joined (a file replaced since then no longer belongs there).
-        self._loaded: "OrderedDict[str, LoadedModel]" = OrderedDict()
+        # Keyed by id(entry), least recently used first (not by name: the name a model was loaded
+        # under may since hold another file while copies keep the model). Every name whose file
+        # has the same content maps to the one entry in ``_by_name``, with the file key it had
+        # when it joined (a file replaced since then no longer belongs there).
+        self._loaded: "OrderedDict[int, LoadedModel]" = OrderedDict()
         self._by_name: Dict[str, Tuple[LoadedModel, FileKey]] = {}
         self._fingerprints: Dict[FileKey, str] = {}
         self._digests: Dict[FileKey, str] = {}
@@ -229,7 +230,7 @@ class ModelStore:
         with self._models_lock:
             attached = self._by_name.get(name)
             if attached is not None and attached[1] == key:
-                self._loaded.move_to_end(attached[0].name)
+                self._loaded.move_to_end(id(attached[0]))
                 return attached[0]
             if attached is not None:  # the file was replaced on disk
                 self._detach(name)
@@ -242,10 +243,10 @@ class ModelStore:
                         self._drop(next(iter(self._loaded)))
                     devices.release_memory()
                 entry = self._load(name, path, key)
-                self._loaded[name] = entry
+                self._loaded[id(entry)] = entry
             else:
                 logger.info("%s has the same content as %s: sharing the loaded model", name, entry.name)
-                self._loaded.move_to_end(entry.name)
+                self._loaded.move_to_end(id(entry))
             entry.names.append(name)
             self._by_name[name] = (entry, key)
             return entry
@@ -316,7 +317,7 @@ class ModelStore:
             try:
                 yield entry
             finally:
-                if placement.offload_to_cpu and self._loaded.get(entry.name) is entry:
+                if placement.offload_to_cpu and self._loaded.get(id(entry)) is entry:
                     entry.model.to(placement.storage_device)
 
     def unload(self, name: Optional[str] = None) -> List[LoadedModel]:
@@ -324,11 +325,11 @@ class ModelStore:
         memory back. Returns what was dropped (their ``model`` is None by then)."""
         with self._models_lock:
             if name is None:
-                names = list(self._loaded)
+                keys = list(self._loaded)
             else:
                 attached = self._by_name.get(name)
-                names = [attached[0].name] if attached is not None else []
-            dropped = [entry for entry in map(self._drop, names) if entry is not None]
+                keys = [id(attached[0])] if attached is not None else []
+            dropped = [entry for entry in map(self._drop, keys) if entry is not None]
         devices.release_memory()
         return dropped
 
@@ -337,12 +338,12 @@ class ModelStore:
         entry, _ = self._by_name.pop(name)
         entry.names.remove(name)
         if not entry.names:
-            self._drop(entry.name)
+            self._drop(id(entry))
 
-    def _drop(self, name: str) -> Optional[LoadedModel]:
-        entry = self._loaded.pop(name, None)
+    def _drop(self, key: int) -> Optional[LoadedModel]:
+        entry = self._loaded.pop(key, None)
         if entry is not None:
-            logger.info("Unloaded %s", ", ".join(entry.names) or name)
+            logger.info("Unloaded %s", ", ".join(entry.names) or entry.name)
             for alias in entry.names:
                 self._by_name.pop(alias, None)
             if self._on_drop is not None:

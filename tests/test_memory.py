@@ -136,20 +136,23 @@ def test_same_size_and_sampled_bytes_but_different_weights_are_two_models(tiny_s
     assert not torch.equal(a.model.mask_decoder.iou_token.weight, b.model.mask_decoder.iou_token.weight)
 
 
-def test_replacing_one_copy_leaves_the_other_on_the_shared_model(tiny_sam, tmp_path):
+@pytest.mark.parametrize("replaced_name", ["a.pth", "b.pth"])  # the file the model was loaded from, or its copy
+def test_replacing_one_copy_leaves_the_other_on_the_shared_model(tiny_sam, tmp_path, replaced_name):
     shutil.copy(tiny_sam[0], tmp_path / "a.pth")
     shutil.copy(tiny_sam[0], tmp_path / "b.pth")
+    kept_name = "b.pth" if replaced_name == "a.pth" else "a.pth"
     store = _sam_engine(tmp_path, model_cache_size=2).store
     shared = store.get("a.pth")
     assert store.get("b.pth") is shared
     weights = torch.load(tiny_sam[0], weights_only=True)
     weights["mask_decoder.iou_token.weight"] = torch.full((1, 256), 5.0)
-    (tmp_path / "b.pth").unlink()  # a new file (new inode), as a download or copy would leave it
-    torch.save(weights, tmp_path / "b.pth")
-    replaced = store.get("b.pth")
-    assert replaced is not shared and store.get("a.pth") is shared
+    (tmp_path / replaced_name).unlink()  # a new file (new inode), as a download or copy would leave it
+    torch.save(weights, tmp_path / replaced_name)
+    replaced = store.get(replaced_name)
+    assert replaced is not shared and store.get(kept_name) is shared
     assert torch.all(replaced.model.mask_decoder.iou_token.weight == 5.0)
-    assert shared.names == ["a.pth"]
+    assert shared.names == [kept_name] and shared.model is not None
+    assert sorted(store.loaded_names()) == ["a.pth", "b.pth"]
 
 
 def test_unload_route_frees_everything_and_says_how_much(tiny_sam, tmp_path):

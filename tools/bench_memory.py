@@ -121,3 +121,59 @@ def measure(side: str, family: str, path: Path, *, text_dir: Optional[Path] = No
     if completed.returncode != 0 or not lines:
         raise RuntimeError(f"{side} {family} measurement failed:\n{completed.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def _write_checkpoints(directory: Path) -> Dict[str, tuple]:
+    """Random weights at real size in the official key layouts: label -> (family, path, text_dir or None)."""
+    import gc
+
+    from local_groundingdino.tokenizer import BUNDLED_VOCAB
+    from tests.fixtures.gdino_checkpoints import TinyBert, build_reference_gdino, save_checkpoint, write_text_encoder_dir
+    from tests.fixtures.hq_checkpoints import BENCHMARK_MODELS, build_reference_mobile_sam
+    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam, save_state_dict
+
+    files = {}
+    for label, family, build, name in (
+        ("SAM ViT-B", "sam", lambda: build_reference_sam(VIT_B, seed=0), "sam_vit_b_random.pth"),
+        ("MobileSAM", "mobile_sam", lambda: build_reference_mobile_sam(seed=0), "mobile_sam_random.pt"),
+        ("HQ-SAM ViT-B", "sam_hq", lambda: BENCHMARK_MODELS["HQ-SAM ViT-B"][0](0), "sam_hq_vit_b_random.pth"),
+    ):
+        folder = directory / family
+        files[label] = (family, save_state_dict(build().state_dict(), folder / name), None)
+        gc.collect()
+    # The reference builds BERT with from_pretrained(): a bert-base-sized folder stands in for the
+    # download, with the bundled (bert-base-uncased) vocabulary so both sides tokenize alike.
+    vocab = BUNDLED_VOCAB.read_text(encoding="utf-8").splitlines()
+    text_dir = write_text_encoder_dir(directory / "bert-base", vocab=vocab,
+                                      shape=TinyBert(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072))
+    reference = build_reference_gdino("swin_t", text_dir, seed=0)
+    files["GroundingDINO Swin-T"] = ("gdino", save_checkpoint(reference, directory / "gdino" / "groundingdino_swint_random.pth"), text_dir)
+    del reference
+    gc.collect()
+    return files
+
+
+def memory_table() -> None:
+    """Print peak RSS while loading (and RSS after the load and after the first use) per family,
+    ours vs the reference loader, each in a fresh process on the same file."""
+    import tempfile
+
+    mib = lambda value: value / 2**20  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _write_checkpoints(Path(tmp))
+        print("CPU, fp32; MiB above the process's baseline after its imports; x = multiple of the file size")
+        print(f"  {'model':<22}{'file':>8}  {'side':<10}{'load peak':>16}{'after load':>12}{'use peak':>10}"
+              f"{'after use':>11}{'load s':>8}   use")
+        for label, (family, path, text_dir) in files.items():
+            size = path.stat().st_size
+            use = "text prompt 'hand . face', 800x1067" if family == "gdino" else "encode 1024x768 + 1 click"
+            for side in ("ours", "reference"):
+                try:
+                    figures = measure(side, family, path, text_dir=text_dir)
+                except Exception as error:  # one failed child must not hide the others
+                    print(f"  {label:<22}{mib(size):>8.0f}  {side:<10} failed: {str(error).splitlines()[-1]}")
+                    continue
+                peak = figures["load_peak"]
+                print(f"  {label:<22}{mib(size):>8.0f}  {side:<10}{mib(peak):>9.0f} {peak / size:>4.2f}x"
+                      f"{mib(figures['after_load']):>12.0f}{mib(figures['use_peak']):>10.0f}"
+                      f"{mib(figures['after_use']):>11.0f}{figures['load_s']:>8.1f}   {use}")
