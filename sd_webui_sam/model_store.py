@@ -113,6 +113,14 @@ def _file_key(path: Path) -> FileKey:
     return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
+def _unchanged(entry: LoadedModel) -> bool:
+    """Whether the file a model was loaded from still holds what was loaded."""
+    try:
+        return _file_key(entry.path) == entry.file_key
+    except OSError:  # deleted since
+        return False
+
+
 class ModelStore:
     """Model discovery, descriptions and the LRU of loaded models. Thread-safe."""
 
@@ -262,7 +270,7 @@ class ModelStore:
             return None
         fingerprint = self._fingerprint(path, key)
         for entry in candidates:
-            if entry.fingerprint != fingerprint or _file_key(entry.path) != entry.file_key:
+            if entry.fingerprint != fingerprint or not _unchanged(entry):
                 continue  # different bytes, or its file changed since (its content is unknown now)
             if self._digest(entry.path, entry.file_key) == self._digest(path, key):
                 return entry
