@@ -217,15 +217,14 @@ class Engine:
     def memory(self) -> Dict[str, Any]:
         """What is loaded and roughly how much memory it takes (parameter and buffer bytes for
         models, tensor bytes for embeddings), for a status line or /sam/v2/health."""
-        with self._lock:
-            models = [
-                {"names": list(entry.names), "label": entry.spec.label, "family": entry.spec.family,
-                 "device": str(self.store.placement.storage_device), "bytes": entry.nbytes}
-                for entry in self.store.loaded()
-            ]
-            detectors = self.detectors.memory()
-            embeddings = self.embeddings.stats()
-        return _memory_report(models, detectors, embeddings)
+        # Not under the engine lock: each store guards itself, and a health check should not
+        # wait for a long job to finish.
+        models = [
+            {"names": list(entry.names), "label": entry.spec.label, "family": entry.spec.family,
+             "device": str(self.store.placement.storage_device), "bytes": entry.nbytes}
+            for entry in self.store.loaded()
+        ]
+        return _memory_report(models, self.detectors.memory(), self.embeddings.stats())
 
     def unload(self) -> Dict[str, Any]:
         """Free every loaded model and every cached embedding; returns what was freed, as
