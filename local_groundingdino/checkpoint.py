@@ -21,6 +21,7 @@ from local_groundingdino.text_encoder import BertShape
 from local_groundingdino.transformer import TransformerShape
 from sd_webui_sam.checkpoints import check_shapes
 from sd_webui_sam.errors import UnrecognisedCheckpointError
+from sd_webui_sam.weights import assign_weights, build_empty
 
 Shapes = Mapping[str, Tuple[int, ...]]
 TRANSFORMER_HEADS = 8
@@ -146,8 +147,8 @@ def canonical_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "
 
 
 def build_model(spec: GroundingDinoSpec, state_dict: Mapping[str, torch.Tensor], source: str = "The checkpoint") -> GroundingDino:
-    """fp32 CPU model with the checkpoint's weights, loaded strictly."""
-    model = GroundingDino(spec.shape)
+    """fp32 CPU model whose parameters are the checkpoint's tensors (no copy when they are fp32), loaded strictly."""
+    model = build_empty(lambda: GroundingDino(spec.shape))
     weights = canonical_state_dict(state_dict, source)
     check_shapes(
         source,
@@ -155,5 +156,4 @@ def build_model(spec: GroundingDinoSpec, state_dict: Mapping[str, torch.Tensor],
         {name: tuple(tensor.shape) for name, tensor in weights.items()},
         spec.label,
     )
-    model.load_state_dict({name: tensor.float() for name, tensor in weights.items()}, strict=True)
-    return model.eval()
+    return assign_weights(model, weights).eval()

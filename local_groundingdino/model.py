@@ -15,6 +15,7 @@ from local_groundingdino.deformable_attention import build_layout
 from local_groundingdino.swin import SwinBackbone, SwinShape
 from local_groundingdino.text_encoder import BertShape, BertTextEncoder
 from local_groundingdino.transformer import MLP, GroundingTransformer, TransformerShape, contrastive_logits, inverse_sigmoid, sine_embedding
+from sd_webui_sam.weights import computed_buffer
 
 #: GroundingDINO's image position embedding uses a low temperature in both axes.
 IMAGE_POSITION_TEMPERATURE = 20.0
@@ -72,8 +73,8 @@ class GroundingDino(nn.Module):
         self.input_proj = nn.ModuleList(projections)
         self.transformer = GroundingTransformer(shape.transformer)
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
+        computed_buffer(self, "pixel_mean", lambda: torch.tensor(PIXEL_MEAN).view(3, 1, 1))
+        computed_buffer(self, "pixel_std", lambda: torch.tensor(PIXEL_STD).view(3, 1, 1))
 
     def encode_text(self, text_inputs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """Returns (text features (B,T,C), allowed-attention mask (B,T,T), position embedding (B,T,256))."""

@@ -21,6 +21,7 @@ from sd_webui_sam.devices import Placement
 from sd_webui_sam.downloads import ProgressCallback, catalogue_entry, download_file
 from sd_webui_sam.errors import DownloadError, ModelNotFoundError, SamUserError
 from sd_webui_sam.model_store import is_candidate_file, validate_model_name
+from sd_webui_sam.weights import tensor_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +163,22 @@ class GroundingDinoStore:
         with self._lock:
             return list(self._loaded)
 
-    def unload(self) -> None:
-        """Free every loaded detector."""
+    def memory(self) -> List[Dict[str, object]]:
+        """Each loaded detector: name, label, device and the bytes its parameters and buffers hold."""
         with self._lock:
+            return [
+                {"name": name, "label": detector.label, "device": str(detector.placement.storage_device),
+                 "bytes": tensor_bytes(detector.model)}
+                for name, detector in self._loaded.items()
+            ]
+
+    def unload(self) -> List[Dict[str, object]]:
+        """Free every loaded detector; returns what was freed (as :meth:`memory` described it)."""
+        with self._lock:
+            freed = self.memory()
             self._loaded.clear()
         devices.release_memory()
+        return freed
 
     def set_placement(self, placement: Placement) -> None:
         """A new device/dtype/offload choice: loaded detectors are dropped and reload on next use."""

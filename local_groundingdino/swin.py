@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sd_webui_sam.weights import computed_buffer
+
 #: The bias added between tokens of different regions in a shifted window (as trained).
 SHIFTED_REGION_BIAS = -100.0
 
@@ -65,7 +67,7 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.window = window
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
-        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+        computed_buffer(self, "relative_position_index", lambda: relative_position_index(window))
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 

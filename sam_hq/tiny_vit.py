@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sd_webui_sam.modeling.common import LayerNorm2d
+from sd_webui_sam.weights import computed_buffer
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window_size * window_size))
-        self.register_buffer("attention_bias_idxs", relative_offset_index(window_size), persistent=False)
+        computed_buffer(self, "attention_bias_idxs", lambda: relative_offset_index(window_size))
 
     def forward(self, x: Tensor) -> Tensor:
         batch, tokens, _ = x.shape

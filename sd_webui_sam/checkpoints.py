@@ -7,6 +7,7 @@ subclass whose message names the file and says what to do.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -104,6 +105,9 @@ def load_state_dict(path: Path) -> StateDict:
     _check_regular_file(path)
     if path.suffix.lower() == ".safetensors":
         _safetensors_header_shapes(path)  # clear errors for a truncated or foreign file first
+        mapped = _safetensors_mapped(path)
+        if mapped is not None:
+            return unwrap_state_dict(mapped, path)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -112,6 +116,21 @@ def load_state_dict(path: Path) -> StateDict:
         except SafetensorError as error:
             raise CorruptCheckpointError(f"{path.name} is not a readable .safetensors file ({error}). {_REDOWNLOAD}") from error
     return _torch_load(path, mmap=True)
+
+
+def sampled_fingerprint(path: Path, samples: int = 64, block: int = 4096) -> str:
+    """sha256 of the file's size and of ``samples`` blocks spread evenly over it (a quarter MiB read).
+
+    Cheap enough for every load; equal fingerprints only make two files candidates for being
+    the same (two fine-tunes may differ only between the samples): a full sha256 decides.
+    """
+    size = Path(path).stat().st_size
+    digest = hashlib.sha256(str(size).encode("ascii"))
+    with open(path, "rb") as handle:
+        for index in range(samples):
+            handle.seek(max(0, (size - block) * index // max(1, samples - 1)))
+            digest.update(handle.read(block))
+    return digest.hexdigest()
 
 
 def check_shapes(path_or_name: object, expected: Mapping[str, Tuple[int, ...]], found: Mapping[str, Tuple[int, ...]], label: str) -> None:
@@ -203,6 +222,41 @@ def _safetensors_header_shapes(path: Path) -> Shapes:
     if not shapes:
         raise CorruptCheckpointError(f"{path.name} holds no tensors. {_REDOWNLOAD}")
     return shapes
+
+
+def _safetensors_mapped(path: Path) -> Optional[StateDict]:
+    """The tensors of a .safetensors file as views of one private memory map of it.
+
+    Nothing is read until a tensor is used, and a model built on these tensors holds no other
+    copy (the safetensors package's reader copies every tensor into memory). Pages are
+    copy-on-write: nothing ever writes to the file. None for a dtype this reader does not know,
+    so the caller falls back to the package's reader.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        (header_length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_length).decode("utf-8"))
+    entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    if any(entry.get("dtype") not in _SAFETENSORS_DTYPES for entry in entries.values()):
+        return None
+    file_bytes = torch.tensor([], dtype=torch.uint8).set_(torch.UntypedStorage.from_file(str(path), False, size))
+    data_start = 8 + header_length
+    tensors: StateDict = {}
+    for name, entry in entries.items():
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        begin, end = (data_start + int(offset) for offset in entry["data_offsets"])
+        shape = [int(dim) for dim in entry["shape"]]
+        raw = file_bytes[begin:end]
+        if begin % torch.empty(0, dtype=dtype).element_size():
+            raw = raw.clone()  # a writer that did not align the data: this one tensor is copied
+        tensors[name] = raw.view(dtype).reshape(shape)
+    return tensors
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
 
 def _torch_load(path: Path, *, mmap: bool) -> StateDict:

@@ -169,11 +169,12 @@ def _matches(path: Path, size: Optional[int], sha256: Optional[str]) -> bool:
     if size is not None and path.stat().st_size != size:
         return False
     if sha256 is not None:
-        return _file_sha256(path) == sha256
+        return file_sha256(path) == sha256
     return True
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a whole file, read in chunks (the page cache holds it, not the process)."""
     hasher = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(partial(handle.read, CHUNK_BYTES), b""):

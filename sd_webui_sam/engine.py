@@ -214,13 +214,28 @@ class Engine:
             self.settings.offload_to_cpu = bool(offload_to_cpu)
         self.set_device(self.settings.device)
 
-    def unload(self) -> None:
-        """Free every loaded model and every cached embedding."""
+    def memory(self) -> Dict[str, Any]:
+        """What is loaded and roughly how much memory it takes (parameter and buffer bytes for
+        models, tensor bytes for embeddings), for a status line or /sam/v2/health."""
+        # Not under the engine lock: each store guards itself, and a health check should not
+        # wait for a long job to finish.
+        models = [
+            {"names": list(entry.names), "label": entry.spec.label, "family": entry.spec.family,
+             "device": str(self.store.placement.storage_device), "bytes": entry.nbytes}
+            for entry in self.store.loaded()
+        ]
+        return _memory_report(models, self.detectors.memory(), self.embeddings.stats())
+
+    def unload(self) -> Dict[str, Any]:
+        """Free every loaded model and every cached embedding; returns what was freed, as
+        :meth:`memory` described it just before (a panel button or /sam/v2/unload shows it)."""
         with self._lock:
+            freed = self.memory()
             self.embeddings.clear()
             self.store.unload()
             self.detectors.unload()
         devices.release_memory()
+        return freed
 
     def stats(self) -> Dict[str, Any]:
         placement = self.store.placement
@@ -236,6 +251,13 @@ class Engine:
             "detector_cache_size": self.detectors.settings.cache_size,
             "detector_dirs": [str(directory) for directory in self.detector_dirs()],
         }
+
+
+def _memory_report(models: List[Dict[str, Any]], detectors: List[Dict[str, Any]], embeddings: Mapping[str, int]) -> Dict[str, Any]:
+    embedding_part = {"entries": int(embeddings["entries"]), "bytes": int(embeddings["bytes"])}
+    total = sum(int(item["bytes"]) for item in models + detectors) + embedding_part["bytes"]
+    return {"models": models, "detectors": detectors, "embeddings": embedding_part, "total_bytes": total,
+            "total_mib": round(total / 2**20, 1)}
 
 
 def _detector_store(settings: EngineSettings, placement: devices.Placement):

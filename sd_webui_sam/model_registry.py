@@ -17,6 +17,7 @@ import torch
 
 from sd_webui_sam.checkpoints import check_shapes, unwrap_state_dict
 from sd_webui_sam.errors import UnrecognisedCheckpointError
+from sd_webui_sam.weights import assign_weights, build_empty
 
 if TYPE_CHECKING:
     from sd_webui_sam.modeling.segmenter import PromptableSegmenter
@@ -136,14 +137,16 @@ def _known_foreign_layout(names: Sequence[str]) -> Optional[str]:
 
 
 def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], *, source: str = "The checkpoint") -> "PromptableSegmenter":
-    """Build the model for ``spec`` and load ``state_dict`` into it strictly.
+    """The model for ``spec`` whose parameters are ``state_dict``'s tensors (no copy when they are fp32), strictly.
 
     Tolerates a "model"/"state_dict" wrapper and a "module." prefix; drops the non-persistent
     pixel statistics that some exports include. Tensors that do not fit the architecture raise
     CorruptCheckpointError naming them.
     """
     weights = dict(unwrap_state_dict(state_dict))
-    model = family_named(spec.family).build(spec)
+    family = family_named(spec.family)
+    # Built without memory or random init: the checkpoint's tensors become the weights.
+    model = build_empty(lambda: family.build(spec))
     expected = model.state_dict()
     for name in list(weights):
         if name.rsplit(".", 1)[-1] in NON_PERSISTENT_BUFFERS and name not in expected:
@@ -154,5 +157,4 @@ def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], *, sour
         {name: tuple(tensor.shape) for name, tensor in weights.items()},
         spec.label or spec.family,
     )
-    model.load_state_dict(weights, strict=True)
-    return model.eval()
+    return assign_weights(model, weights).eval()

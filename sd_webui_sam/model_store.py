@@ -12,7 +12,7 @@ import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -20,9 +20,11 @@ import torch
 
 from sd_webui_sam import checkpoints, devices
 from sd_webui_sam.devices import Placement
+from sd_webui_sam.downloads import file_sha256
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
 from sd_webui_sam.model_registry import ModelSpec, build_model, identify
 from sd_webui_sam.settings import EngineSettings
+from sd_webui_sam.weights import tensor_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +55,14 @@ class ModelDescription:
 
 @dataclass
 class LoadedModel:
-    name: str
+    name: str  # the file it was loaded from; ``names`` also lists identical copies sharing it
     path: Path
     spec: ModelSpec
     model: torch.nn.Module
     file_key: FileKey
+    fingerprint: str = ""
+    names: List[str] = field(default_factory=list)
+    nbytes: int = 0  # parameters and buffers
 
     @property
     def model_id(self) -> str:
@@ -108,6 +113,14 @@ def _file_key(path: Path) -> FileKey:
     return (str(path), stat.st_size, stat.st_mtime_ns)
 
 
+def _unchanged(entry: LoadedModel) -> bool:
+    """Whether the file a model was loaded from still holds what was loaded."""
+    try:
+        return _file_key(entry.path) == entry.file_key
+    except OSError:  # deleted since
+        return False
+
+
 class ModelStore:
     """Model discovery, descriptions and the LRU of loaded models. Thread-safe."""
 
@@ -128,7 +141,14 @@ class ModelStore:
         self._models_lock = threading.RLock()
         self._listing: Optional[Dict[str, Path]] = None
         self._descriptions: Dict[FileKey, ModelDescription] = {}
-        self._loaded: "OrderedDict[str, LoadedModel]" = OrderedDict()
+        # Keyed by id(entry), least recently used first (not by name: the name a model was loaded
+        # under may since hold another file while copies keep the model). Every name whose file
+        # has the same content maps to the one entry in ``_by_name``, with the file key it had
+        # when it joined (a file replaced since then no longer belongs there).
+        self._loaded: "OrderedDict[int, LoadedModel]" = OrderedDict()
+        self._by_name: Dict[str, Tuple[LoadedModel, FileKey]] = {}
+        self._fingerprints: Dict[FileKey, str] = {}
+        self._digests: Dict[FileKey, str] = {}
 
     # ------------------------------------------------------------------ discovery
 
@@ -200,34 +220,78 @@ class ModelStore:
         return max(1, int(self.settings.model_cache_size or 1))
 
     def loaded_names(self) -> List[str]:
+        """Names of the loaded models, least recently used first; copies sharing a model follow it."""
         with self._models_lock:
-            return list(self._loaded)
+            return [name for entry in self._loaded.values() for name in entry.names]
+
+    def loaded(self) -> List[LoadedModel]:
+        with self._models_lock:
+            return list(self._loaded.values())
 
     def get(self, name: str) -> LoadedModel:
-        """The loaded model (on its resting device), loading it through the LRU if needed."""
+        """The loaded model (on its resting device), loading it through the LRU if needed.
+
+        A file with the same content as a loaded one (a renamed copy) shares that model.
+        """
         path = self.resolve(name)
         key = _file_key(path)
         with self._models_lock:
-            entry = self._loaded.get(name)
-            if entry is not None and entry.file_key == key:
-                self._loaded.move_to_end(name)
-                return entry
-            if entry is not None:  # the file was replaced on disk
-                self._drop(name)
-            # Free the least recently used models before loading, so that two large models
-            # never have to fit at once.
-            if len(self._loaded) >= self.capacity:
-                while len(self._loaded) >= self.capacity:
-                    self._drop(next(iter(self._loaded)))
-                devices.release_memory()
-            entry = self._load(name, path, key)
-            self._loaded[name] = entry
+            attached = self._by_name.get(name)
+            if attached is not None and attached[1] == key:
+                self._loaded.move_to_end(id(attached[0]))
+                return attached[0]
+            if attached is not None:  # the file was replaced on disk
+                self._detach(name)
+            entry = self._same_content(path, key)
+            if entry is None:
+                # Free the least recently used models before loading, so that two large models
+                # never have to fit at once.
+                if len(self._loaded) >= self.capacity:
+                    while len(self._loaded) >= self.capacity:
+                        self._drop(next(iter(self._loaded)))
+                    devices.release_memory()
+                entry = self._load(name, path, key)
+                self._loaded[id(entry)] = entry
+            else:
+                logger.info("%s has the same content as %s: sharing the loaded model", name, entry.name)
+                self._loaded.move_to_end(id(entry))
+            entry.names.append(name)
+            self._by_name[name] = (entry, key)
             return entry
 
+    def _same_content(self, path: Path, key: FileKey) -> Optional[LoadedModel]:
+        """The loaded model whose file holds exactly these bytes, if any.
+
+        A cheap fingerprint finds candidates; only a candidate costs a full sha256 of both files,
+        so loading a file that matches nothing reads no more than before.
+        """
+        candidates = [entry for entry in self._loaded.values() if entry.file_key[1] == key[1]]
+        if not candidates:
+            return None
+        fingerprint = self._fingerprint(path, key)
+        for entry in candidates:
+            if entry.fingerprint != fingerprint or not _unchanged(entry):
+                continue  # different bytes, or its file changed since (its content is unknown now)
+            if self._digest(entry.path, entry.file_key) == self._digest(path, key):
+                return entry
+        return None
+
+    def _fingerprint(self, path: Path, key: FileKey) -> str:
+        if key not in self._fingerprints:
+            self._fingerprints[key] = checkpoints.sampled_fingerprint(path)
+        return self._fingerprints[key]
+
+    def _digest(self, path: Path, key: FileKey) -> str:
+        if key not in self._digests:
+            self._digests[key] = file_sha256(path)
+        return self._digests[key]
+
     def _load(self, name: str, path: Path, key: FileKey) -> LoadedModel:
+        fingerprint = self._fingerprint(path, key)
         state_dict = checkpoints.load_state_dict(path)
         spec = identify({tensor_name: tuple(tensor.shape) for tensor_name, tensor in state_dict.items()})
         try:
+            # The parameters are the (memory-mapped) file's tensors; this is their one move.
             model = build_model(spec, state_dict, source=name)
             del state_dict
             model.requires_grad_(False)
@@ -243,7 +307,8 @@ class ModelStore:
         with self._scan_lock:
             self._descriptions[key] = ModelDescription(name=name, path=path, size=key[1], spec=spec)
         logger.info("Loaded %s (%s) on %s", name, spec.label, self._placement.storage_device)
-        return LoadedModel(name=name, path=path, spec=spec, model=model, file_key=key)
+        return LoadedModel(name=name, path=path, spec=spec, model=model, file_key=key, fingerprint=fingerprint,
+                           nbytes=tensor_bytes(model))
 
     @contextmanager
     def use(self, name: str) -> Iterator[LoadedModel]:
@@ -260,25 +325,40 @@ class ModelStore:
             try:
                 yield entry
             finally:
-                if placement.offload_to_cpu and self._loaded.get(name) is entry:
+                if placement.offload_to_cpu and self._loaded.get(id(entry)) is entry:
                     entry.model.to(placement.storage_device)
 
-    def unload(self, name: Optional[str] = None) -> None:
-        """Drop one loaded model, or all of them, and give the memory back."""
+    def unload(self, name: Optional[str] = None) -> List[LoadedModel]:
+        """Drop one loaded model (with the copies sharing it), or all of them, and give the
+        memory back. Returns what was dropped (their ``model`` is None by then)."""
         with self._models_lock:
-            names = [name] if name is not None else list(self._loaded)
-            for model_name in names:
-                self._drop(model_name)
+            if name is None:
+                keys = list(self._loaded)
+            else:
+                attached = self._by_name.get(name)
+                keys = [id(attached[0])] if attached is not None else []
+            dropped = [entry for entry in map(self._drop, keys) if entry is not None]
         devices.release_memory()
+        return dropped
 
-    def _drop(self, name: str) -> None:
-        entry = self._loaded.pop(name, None)
+    def _detach(self, name: str) -> None:
+        """One name leaves its model (its file changed); the model goes when no name is left."""
+        entry, _ = self._by_name.pop(name)
+        entry.names.remove(name)
+        if not entry.names:
+            self._drop(id(entry))
+
+    def _drop(self, key: int) -> Optional[LoadedModel]:
+        entry = self._loaded.pop(key, None)
         if entry is not None:
-            logger.info("Unloaded %s", name)
+            logger.info("Unloaded %s", ", ".join(entry.names) or entry.name)
+            for alias in entry.names:
+                self._by_name.pop(alias, None)
             if self._on_drop is not None:
                 self._on_drop(entry)
             # The LoadedModel may still be referenced by a caller; release the weights anyway.
             entry.model = None  # type: ignore[assignment]
+        return entry
 
     def set_placement(self, placement: Placement) -> None:
         """Move loaded models to a new device/dtype (e.g. the user switched to the CPU)."""
@@ -286,4 +366,5 @@ class ModelStore:
             self._placement = placement
             for entry in self._loaded.values():
                 entry.model.to(device=placement.storage_device, dtype=placement.dtype)
+                entry.nbytes = tensor_bytes(entry.model)
         devices.release_memory()

@@ -148,9 +148,14 @@ def test_describe_reports_unusable_files_without_raising(tiny_sam, dirs, tmp_pat
 
 
 def _store_with_models(tiny_sam, dirs, names, **settings):
+    """The first name is the tiny SAM itself; each further one a different model (identical
+    copies would share one loaded model)."""
     path, _ = tiny_sam
-    for name in names:
-        _copy(path, dirs[0] / name)
+    _copy(path, dirs[0] / names[0])
+    for index, name in enumerate(names[1:], start=1):
+        weights = torch.load(path, weights_only=True)
+        weights["mask_decoder.iou_token.weight"] = torch.full((1, 256), float(index))
+        torch.save(weights, dirs[0] / name)
     return ModelStore(_settings(dirs, **settings))
 
 

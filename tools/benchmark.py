@@ -159,6 +159,13 @@ def section_models() -> None:
     print(f"  {'HQ-SAM / SAM ViT-B, warm click':<52} {hq_warm / sam_warm:>10.3f}")
 
 
+def section_memory() -> None:
+    """Issue 20: peak RSS while loading each family at real size vs the file, ours vs the reference loaders."""
+    from tools.bench_memory import memory_table
+
+    memory_table()
+
+
 def section_text() -> None:
     """Issue 7: text -> boxes with Swin-T, ours vs groundingdino-py's PyTorch path, same weights."""
     from tests.fixtures.gdino_checkpoints import benchmark_text_to_boxes
@@ -230,6 +237,7 @@ SECTIONS: Dict[str, Callable[[], None]] = {
     "click": section_click,
     "masks": section_masks,
     "models": section_models,
+    "memory": section_memory,
     "text": section_text,
     "api": section_api,
     "batch": section_batch,

@@ -254,11 +254,17 @@ class SamApi:
             "models_loaded": list(stats.get("loaded_models", stats.get("models_loaded", []))),
             "device": str(stats.get("device", getattr(self.engine.settings, "device", "unknown"))),
             "memory": memory,
+            "loaded": self.engine.memory(),
             "engine": {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
             "images_stored": len(self.images),
             "python": platform.python_version(),
             "pid": os.getpid(),
         }
+
+    def unload(self) -> Dict[str, Any]:
+        """Free every loaded model and cached embedding; what was freed and the memory it took."""
+        with self.gpu():
+            return {"freed": self.engine.unload()}
 
     def models(self) -> Dict[str, Any]:
         names = self.list_models()

@@ -88,6 +88,10 @@ def build_v2_router(api: SamApi, dependencies: list, *, batch_interrupt: Optiona
     async def health():
         return await run_operation(api, "/sam/v2/health", api.health)
 
+    @router.post("/unload", summary="Free every loaded model and cached embedding; says what and how much")
+    async def unload():
+        return await run_operation(api, "/sam/v2/unload", api.unload)
+
     @router.get("/models", summary="SAM models with their labels")
     async def models():
         return await run_operation(api, "/sam/v2/models", api.models)

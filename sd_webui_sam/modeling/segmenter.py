@@ -6,6 +6,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from sd_webui_sam.weights import computed_buffer
+
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -25,8 +27,8 @@ class PromptableSegmenter(nn.Module):
 
     def __init__(self, pixel_mean: Sequence[float] = SAM_PIXEL_MEAN, pixel_std: Sequence[float] = SAM_PIXEL_STD) -> None:
         super().__init__()
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        computed_buffer(self, "pixel_mean", lambda: torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1))
+        computed_buffer(self, "pixel_std", lambda: torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1))
 
     @property
     def device(self) -> torch.device:

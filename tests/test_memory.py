@@ -1,0 +1,244 @@
+"""Memory: a loaded model is the checkpoint file's memory map (no second copy, no random init),
+identical files share one model and its embeddings, and /sam/v2/unload frees and reports."""
+from __future__ import annotations
+
+import gc
+import shutil
+import sys
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sd_webui_sam import checkpoints
+from sd_webui_sam.engine import Engine
+from sd_webui_sam.predictor import Prompts
+from sd_webui_sam.settings import EngineSettings
+from sd_webui_sam.weights import tensor_bytes
+from tests.fixtures.sam_checkpoints import save_state_dict
+from tests.fixtures.text_prompt_fixtures import tiny_shape, write_tiny_gdino, write_tiny_vocab
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+
+
+def _mapped_ranges(path: Path):
+    """(start, end) of every mapping of ``path`` in this process."""
+    ranges = []
+    target = str(Path(path).resolve())
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() == target:
+                start, end = (int(value, 16) for value in fields[0].split("-"))
+                ranges.append((start, end))
+    return ranges
+
+
+def _assert_weights_are_the_file(model: torch.nn.Module, path: Path) -> None:
+    ranges = _mapped_ranges(path)
+    assert ranges, f"{path.name} is not memory-mapped"
+    outside = [name for name, parameter in model.named_parameters()
+               if not any(start <= parameter.data_ptr() < end for start, end in ranges)]
+    assert not outside, f"parameters copied out of the file: {outside[:5]}"
+
+
+def _sam_engine(folder: Path, **settings) -> Engine:
+    return Engine(EngineSettings(user_model_dir=folder, device="cpu", **settings))
+
+
+@linux_only
+@pytest.mark.parametrize("file_name", ["sam.pth", "sam.safetensors"])
+def test_sam_weights_are_the_mapped_file(tiny_sam, tmp_path, file_name):
+    path, reference = tiny_sam
+    target = tmp_path / file_name
+    save_state_dict(torch.load(path, weights_only=True), target)
+    loaded = _sam_engine(tmp_path).store.get(file_name)
+    _assert_weights_are_the_file(loaded.model, target)
+    assert torch.equal(loaded.model.image_encoder.blocks[1].attn.rel_pos_h, reference.image_encoder.blocks[1].attn.rel_pos_h)
+    # The computed buffers exist (they are not in the file) and are right.
+    assert torch.allclose(loaded.model.pixel_mean.flatten(), reference.pixel_mean.flatten())
+
+
+@linux_only
+@pytest.mark.parametrize("kind", ["sam_hq", "mobile_sam"])
+def test_hq_and_mobile_sam_weights_are_the_mapped_file(tmp_path, kind):
+    hq = pytest.importorskip("tests.fixtures.hq_checkpoints")
+    pytest.importorskip("segment_anything_hq" if kind == "sam_hq" else "mobile_sam")
+    reference = hq.build_reference_hq_sam(seed=1) if kind == "sam_hq" else hq.build_reference_mobile_sam(seed=1)
+    path = save_state_dict(hq.float_state_dict(reference), tmp_path / f"{kind}.pth")
+    engine = _sam_engine(tmp_path)
+    loaded = engine.store.get(path.name)
+    assert loaded.spec.family == kind
+    _assert_weights_are_the_file(loaded.model, path)
+    # It works: the encoder runs on the mapped weights and the computed TinyViT/HQ buffers.
+    engine.segment(path.name, np.full((40, 50, 3), 90, np.uint8), Prompts(points=[(20.0, 20.0)], labels=[1]))
+
+
+@linux_only
+def test_groundingdino_weights_are_the_mapped_file(tmp_path):
+    from local_groundingdino.detector import load_detector
+    from sd_webui_sam.devices import Placement
+
+    path = write_tiny_gdino(tmp_path / "gdino", "tiny.pth")
+    detector = load_detector(path, Placement(torch.device("cpu")), tokenizer_dir=write_tiny_vocab(tmp_path / "vocab"))
+    _assert_weights_are_the_file(detector.model, path)
+    assert detector.model.bert.embeddings.word_embeddings.weight.shape[0] == tiny_shape().bert.vocab_size
+    assert detector.detect(np.full((64, 80, 3), 120, np.uint8), "dog", box_threshold=0.0, text_threshold=0.0)
+
+
+def test_no_random_initialisation_touches_real_memory(tiny_sam, tmp_path, monkeypatch):
+    """Every init function that runs while loading runs on the meta device (no memory, no time)."""
+    shutil.copy(tiny_sam[0], tmp_path / "m.pth")
+    touched = []
+    for name in ("uniform_", "normal_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_", "constant_"):
+        real = getattr(torch.nn.init, name)
+
+        def spy(tensor, *args, _real=real, **kwargs):
+            if not tensor.is_meta:
+                touched.append(tuple(tensor.shape))
+            return _real(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.init, name, spy)
+    _sam_engine(tmp_path).store.get("m.pth")
+    assert touched == []
+
+
+def test_a_renamed_copy_shares_the_model_and_its_embeddings(tiny_sam, tmp_path):
+    shutil.copy(tiny_sam[0], tmp_path / "a.pth")
+    shutil.copy(tiny_sam[0], tmp_path / "renamed copy.pth")
+    engine = _sam_engine(tmp_path, model_cache_size=2)
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    prompts = Prompts(points=[(30.0, 20.0)], labels=[1])
+    first = engine.segment("a.pth", image, prompts)
+    second = engine.segment("renamed copy.pth", image, prompts)
+    assert engine.store.get("a.pth") is engine.store.get("renamed copy.pth")
+    assert engine.store.loaded_names() == ["a.pth", "renamed copy.pth"]
+    stats = engine.embeddings.stats()
+    assert (stats["entries"], stats["misses"], stats["hits"]) == (1, 1, 1)  # the encoder ran once
+    assert np.array_equal(first.masks, second.masks)
+    memory = engine.memory()
+    assert [model["names"] for model in memory["models"]] == [["a.pth", "renamed copy.pth"]]
+
+
+def test_same_size_and_sampled_bytes_but_different_weights_are_two_models(tiny_sam, tmp_path, monkeypatch):
+    """The cheap fingerprint only nominates; the full sha256 decides."""
+    weights = torch.load(tiny_sam[0], weights_only=True)
+    save_state_dict(weights, tmp_path / "a.pth")
+    weights["mask_decoder.iou_token.weight"] = weights["mask_decoder.iou_token.weight"] + 1.0
+    save_state_dict(weights, tmp_path / "b.pth")
+    assert (tmp_path / "a.pth").stat().st_size == (tmp_path / "b.pth").stat().st_size
+    monkeypatch.setattr(checkpoints, "sampled_fingerprint", lambda path: "same for every file")
+    store = _sam_engine(tmp_path, model_cache_size=2).store
+    a, b = store.get("a.pth"), store.get("b.pth")
+    assert a is not b
+    assert not torch.equal(a.model.mask_decoder.iou_token.weight, b.model.mask_decoder.iou_token.weight)
+
+
+@pytest.mark.parametrize("replaced_name", ["a.pth", "b.pth"])  # the file the model was loaded from, or its copy
+def test_replacing_one_copy_leaves_the_other_on_the_shared_model(tiny_sam, tmp_path, replaced_name):
+    shutil.copy(tiny_sam[0], tmp_path / "a.pth")
+    shutil.copy(tiny_sam[0], tmp_path / "b.pth")
+    kept_name = "b.pth" if replaced_name == "a.pth" else "a.pth"
+    store = _sam_engine(tmp_path, model_cache_size=2).store
+    shared = store.get("a.pth")
+    assert store.get("b.pth") is shared
+    weights = torch.load(tiny_sam[0], weights_only=True)
+    weights["mask_decoder.iou_token.weight"] = torch.full((1, 256), 5.0)
+    (tmp_path / replaced_name).unlink()  # a new file (new inode), as a download or copy would leave it
+    torch.save(weights, tmp_path / replaced_name)
+    replaced = store.get(replaced_name)
+    assert replaced is not shared and store.get(kept_name) is shared
+    assert torch.all(replaced.model.mask_decoder.iou_token.weight == 5.0)
+    assert shared.names == [kept_name] and shared.model is not None
+    assert sorted(store.loaded_names()) == ["a.pth", "b.pth"]
+
+
+def test_unload_route_frees_everything_and_says_how_much(tiny_sam, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sd_webui_sam.api import mount_api
+
+    shutil.copy(tiny_sam[0], tmp_path / "tiny.pth")
+    engine = _sam_engine(tmp_path)
+    app = FastAPI()
+    mount_api(app, engine)
+    image = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    engine.segment("tiny.pth", image, Prompts(points=[(30.0, 20.0)], labels=[1]))
+    model_ref = weakref.ref(engine.store.get("tiny.pth").model)
+    expected_model_bytes = sum(t.numel() * t.element_size() for t in [*tiny_sam[1].parameters(), *tiny_sam[1].buffers()])
+    embedding_bytes = engine.embeddings.nbytes
+    assert embedding_bytes > 0
+
+    with TestClient(app) as client:
+        loaded = client.get("/sam/v2/health").json()["loaded"]
+        assert [model["names"] for model in loaded["models"]] == [["tiny.pth"]]
+        assert loaded["models"][0]["bytes"] == expected_model_bytes
+        freed = client.post("/sam/v2/unload").json()["freed"]
+        assert [model["names"] for model in freed["models"]] == [["tiny.pth"]]
+        assert freed["models"][0]["bytes"] == expected_model_bytes
+        assert freed["embeddings"] == {"entries": 1, "bytes": embedding_bytes}
+        assert freed["total_bytes"] == expected_model_bytes + embedding_bytes
+        gc.collect()
+        assert model_ref() is None
+        assert engine.store.loaded_names() == [] and len(engine.embeddings) == 0
+        after = client.get("/sam/v2/health").json()["loaded"]
+        assert after["models"] == [] and after["total_bytes"] == 0
+        assert client.post("/sam/v2/unload").json()["freed"]["total_bytes"] == 0  # nothing left: still fine
+
+
+def test_engine_memory_counts_detectors(tmp_path):
+    vocab = write_tiny_vocab(tmp_path / "vocab")
+    write_tiny_gdino(tmp_path / "gdino", "tiny_gdino.pth")
+    engine = Engine(EngineSettings(user_model_dir=tmp_path, device="cpu", gdino_user_model_dir=tmp_path / "gdino",
+                                   gdino_tokenizer_dir=vocab, gdino_short_side=64, gdino_max_side=96))
+    engine.detect("tiny_gdino.pth", np.full((64, 80, 3), 100, np.uint8), "dog")
+    detectors = engine.memory()["detectors"]
+    assert [d["name"] for d in detectors] == ["tiny_gdino.pth"]
+    assert detectors[0]["bytes"] == tensor_bytes(engine.detectors.detector("tiny_gdino.pth").model) > 0
+    assert engine.unload()["detectors"] == detectors
+    assert engine.memory()["detectors"] == [] and engine.detectors.loaded() == []
+
+
+# ----------------------------------------------------------------------------- peak RSS, fresh process each
+
+def _medium_sam(path: Path) -> Path:
+    """SAM with ViT-B's width and 3 blocks (about 130 MB): big enough that a copy would show."""
+    from sd_webui_sam.modeling import build_sam
+
+    model = build_sam({"encoder_embed_dim": 768, "encoder_depth": 3, "encoder_num_heads": 12,
+                       "encoder_global_attn_indexes": (2,)})
+    return save_state_dict(model.state_dict(), path)
+
+
+def _medium_gdino(path: Path) -> Path:
+    """GroundingDINO with bert-base's vocabulary (the bundled tokenizer's) and fewer, narrower layers."""
+    from local_groundingdino.model import GroundingDino, GroundingDinoShape
+    from local_groundingdino.swin import SwinShape
+    from local_groundingdino.text_encoder import BertShape
+    from local_groundingdino.transformer import TransformerShape
+    from tests.fixtures.gdino_checkpoints import official_layout
+
+    shape = GroundingDinoShape(
+        swin=SwinShape(embed_dim=96, depths=(2, 2, 2, 2)),
+        bert=BertShape(hidden_size=384, num_layers=2, intermediate_size=1536),
+        transformer=TransformerShape(encoder_layers=2, decoder_layers=2),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": official_layout(GroundingDino(shape).state_dict(), decoder_layers=2)}, str(path))
+    return path
+
+
+@linux_only
+@pytest.mark.parametrize("family", ["sam", "gdino"])
+def test_peak_memory_while_loading_stays_near_the_file_size(tmp_path, family):
+    from tools.bench_memory import measure
+
+    path = _medium_sam(tmp_path / "medium_sam.pth") if family == "sam" else _medium_gdino(tmp_path / "medium_gdino.pth")
+    size = path.stat().st_size
+    assert size > 80 * 2**20
+    figures = measure("ours", family, path, use=False, timeout=300)
+    # Building with random init and copying the file in would peak at about 2x the file.
+    assert figures["load_peak"] <= 1.3 * size, figures
