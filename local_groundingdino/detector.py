@@ -46,6 +46,9 @@ def detection_size(width: int, height: int, short_side: int = DEFAULT_SHORT_SIDE
     target = float(short_side)
     if long / short * target > max_side:
         target = round(max_side * short / long)
+    if target < 1:
+        # a picture over max_side/2 times longer than wide (1x3000): one pixel across, the long side capped
+        return (1, max_side) if width < height else (max_side, 1)
     if width < height:
         return int(target), int(target * height / width)
     return int(target * width / height), int(target)

@@ -314,3 +314,34 @@ def test_mounting_twice_adds_routes_once(api_engine):
     first = mount_api(app, api_engine)
     count = len(app.routes)
     assert mount_api(app, api_engine) is first and len(app.routes) == count
+
+
+@pytest.mark.parametrize("shape", [(1, 3000), (3000, 1)], ids=["1x3000", "3000x1"])
+def test_a_thin_picture_is_segmented_not_a_500(client, shape):
+    # issue #19 item 1: SAM's resize rule gave a 0-pixel side and a ValueError
+    height, width = shape
+    thin = image_b64(sample_image(height, width, seed=5))
+    uploaded = client.post("/sam/v2/images", json={"image": thin, "model": "tiny_sam.pth"})
+    assert uploaded.status_code == 200, uploaded.text
+    assert (uploaded.json()["width"], uploaded.json()["height"]) == (width, height)
+    answer = client.post("/sam/sam-predict", json={"sam_model_name": "tiny_sam.pth", "input_image": thin,
+                                                    "sam_positive_points": [[width / 2, height / 2]]})
+    assert answer.status_code == 200, answer.text
+    assert decode_png(answer.json()["masks"][0]).size == (width, height)
+
+
+def test_v2_several_boxes_do_not_cross_talk(client, image):
+    # issue #19 item 2: a point inside box 1 must not change box 2's mask or score
+    base = {"model": "tiny_sam.pth", "image": image_b64(image), "multimask": False, "mask_format": "rle",
+            "return_logits": True}
+    both = client.post("/sam/v2/predict", json={**base, "boxes": [[15, 15, 55, 45], [50, 34, 95, 68]],
+                                                "points": [[35, 30]], "labels": [1]}).json()
+    alone = client.post("/sam/v2/predict", json={**base, "boxes": [[50, 34, 95, 68]]}).json()
+    second, single = both["objects"][1]["masks"][0], alone["objects"][0]["masks"][0]
+    assert second["score"] == pytest.approx(single["score"], abs=1e-4)
+    from sd_webui_sam import rle
+
+    got, expected = (np.asarray(rle.decode(m["mask"]), dtype=bool) for m in (second, single))
+    got_logits, expected_logits = (np.frombuffer(base64.b64decode(m["logits"]), dtype=np.float32) for m in (second, single))
+    np.testing.assert_allclose(got_logits, expected_logits, atol=1e-4)
+    assert np.array_equal(got, expected)

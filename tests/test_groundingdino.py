@@ -288,6 +288,9 @@ def test_detection_size_follows_the_trained_resize():
     assert detection_size(1000, 500) == (1332, 666)   # long side capped at 1333, aspect kept
     assert detection_size(600, 800) == (800, 1066)
     assert detection_size(800, 800) == (800, 800)
+    # issue #19 item 1: a thin picture keeps one pixel across instead of a 0-pixel side
+    assert detection_size(1, 3000) == (1, 1333)
+    assert detection_size(3000, 1) == (1333, 1)
 
 
 # ----------------------------------------------------------------------------- store
