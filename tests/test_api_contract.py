@@ -34,16 +34,20 @@ def allowed_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(api_engine, allowed_root):
+def fixed_detector():
+    return FixedDetector()
+
+
+@pytest.fixture(scope="module")
+def server(api_engine, allowed_root, fixed_detector):
     from fastapi import FastAPI
 
     from sd_webui_sam.api import ApiSettings, DetectorAccess, SourcePolicy, mount_api
     from sd_webui_sam.metrics import ApiMetrics
 
     app = FastAPI()
-    detector = FixedDetector()
     settings = ApiSettings(source_policy=SourcePolicy(allowed_roots=(allowed_root,)))
-    mount_api(app, api_engine, settings=settings, detector=DetectorAccess(provider=lambda name: detector),
+    mount_api(app, api_engine, settings=settings, detector=DetectorAccess(provider=lambda name: fixed_detector),
               metrics=ApiMetrics())
     with ServerThread(app) as running:
         yield running
@@ -345,3 +349,69 @@ def test_v2_several_boxes_do_not_cross_talk(client, image):
     got_logits, expected_logits = (np.frombuffer(base64.b64decode(m["logits"]), dtype=np.float32) for m in (second, single))
     np.testing.assert_allclose(got_logits, expected_logits, atol=1e-4)
     assert np.array_equal(got, expected)
+
+
+def test_reference_routes_segment_the_raw_colours_of_a_semi_transparent_picture(client, api_engine):
+    # issue #19 item 3: the reference segments the RGB channels under alpha 128; v2 composites
+    # on white unless asked not to
+    from sd_webui_sam.images import load_image
+    from sd_webui_sam.predictor import Prompts
+
+    rgba = np.dstack([sample_image(H, W, seed=7), np.full((H, W), 128, np.uint8)])
+    encoded = b64(png_bytes(rgba, "RGBA"))
+    raw, white = rgba[..., :3], load_image(png_bytes(rgba, "RGBA"))
+    assert not np.array_equal(raw, white)
+    prompts = Prompts(points=[(60, 48)], labels=[1])
+    expected = {name: api_engine.segment("tiny_sam.pth", picture, prompts, multimask_output=True).masks[0]
+                for name, picture in (("raw", raw), ("white", white))}
+    assert not np.array_equal(expected["raw"], expected["white"])
+    body = {"sam_model_name": "tiny_sam.pth", "input_image": encoded, "sam_positive_points": [[60, 48]]}
+    reference = client.post("/sam/sam-predict", json=body).json()
+    for index in range(3):
+        assert np.array_equal(np.asarray(decode_png(reference["masks"][index]), dtype=bool), expected["raw"][index])
+    v2 = {"model": "tiny_sam.pth", "image": encoded, "points": [[60, 48]], "mask_format": "rle"}
+    from sd_webui_sam import rle
+
+    for transparency, name in ((None, "white"), ("white", "white"), ("ignore", "raw")):
+        body = v2 if transparency is None else {**v2, "transparency": transparency}
+        masks = client.post("/sam/v2/predict", json=body).json()["objects"][0]["masks"]
+        for index in range(3):
+            assert np.array_equal(np.asarray(rle.decode(masks[index]["mask"]), dtype=bool), expected[name][index])
+    assert client.post("/sam/v2/predict", json={**v2, "transparency": "grey"}).status_code == 422
+
+
+def test_reference_routes_ask_for_the_reference_detection_rule(client, image, fixed_detector):
+    # issue #19 item 3: no extra phrase threshold, query order and the reference's phrase strings
+    # on /sam/*; v2 keeps its own rule unless asked (the rule itself: tests/test_groundingdino.py)
+    fixed_detector.rules.clear()
+    client.post("/sam/dino-predict", json={"input_image": image_b64(image), "text_prompt": "dog"})
+    client.post("/sam/sam-predict", json={"input_image": image_b64(image), "dino_enabled": True,
+                                          "dino_text_prompt": "dog", "sam_model_name": "tiny_sam.pth"})
+    client.post("/sam/v2/detect", json={"image": image_b64(image), "text": "dog"})
+    client.post("/sam/v2/detect", json={"image": image_b64(image), "text": "dog", "detection_rule": "reference"})
+    assert fixed_detector.rules == [True, True, False, True]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("PredictV2Request", "DetectV2Request"):
+        assert "query order" in schema[name]["properties"]["detection_rule"]["description"]
+        assert "composites them on white" in schema[name]["properties"]["transparency"]["description"]
+
+
+def test_unusable_files_are_listed_apart_and_never_the_default(client, image, api_model_dir):
+    # issue #19 item 6: a bogus file sorting first must not become the default model
+    bogus = api_model_dir / "aaa_bogus.safetensors"
+    bogus.write_bytes(b"not a safetensors file at all")
+    try:
+        answer = client.post("/sam/v2/predict", json={"image": image_b64(image), "points": [[60, 48]],
+                                                      "mask_format": "none"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "sam_vit_h_4b8939.pth"
+        assert "aaa_bogus.safetensors" not in client.get("/sam/sam-model").json()
+        health = client.get("/sam/v2/health").json()
+        assert "aaa_bogus.safetensors" not in health["models_available"]
+        (listed,) = health["models_unusable"]
+        assert listed["name"] == "aaa_bogus.safetensors" and listed["reason"]
+        models = client.get("/sam/v2/models").json()
+        assert "aaa_bogus.safetensors" not in {m["name"] for m in models["models"]}
+        assert [u["name"] for u in models["unusable"]] == ["aaa_bogus.safetensors"]
+    finally:
+        bogus.unlink()

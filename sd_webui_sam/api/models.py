@@ -9,7 +9,7 @@ route code so that they answer 4xx with a message.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, Field
 
@@ -19,6 +19,19 @@ IMAGE_FIELD_DOC = (
 )
 DEFAULT_SAM_MODEL = "sam_vit_h_4b8939.pth"
 DEFAULT_DINO_MODEL = "GroundingDINO_SwinT_OGC (694MB)"
+TRANSPARENCY_DOC = (
+    "Transparent pixels: 'white' (default) composites them on white, as a viewer shows the picture, so "
+    "hidden colours do not leak into the masks; 'ignore' keeps the raw colour channels under the alpha, "
+    "as the reference routes (/sam/sam-predict, /sam/dino-predict) do."
+)
+DETECTION_RULE_DOC = (
+    "GroundingDINO rule for 'text': 'phrases' (default) names each box after the caption phrase it matches "
+    "best, drops boxes that match no phrase past text_threshold, and lists boxes best first; 'reference' "
+    "answers as /sam/dino-predict does (every box past box_threshold in the model's query order, named by "
+    "the text of its tokens past text_threshold)."
+)
+Transparency = Literal["white", "ignore"]
+DetectionRule = Literal["phrases", "reference"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +135,7 @@ class ImageUploadRequest(BaseModel):
 
     image: str = Field(..., description=IMAGE_FIELD_DOC)
     model: Optional[str] = Field(None, description="If given, compute this model's image embedding now.")
+    transparency: Transparency = Field("white", description=TRANSPARENCY_DOC)
 
 
 class ImageUploadResponse(BaseModel):
@@ -159,6 +173,8 @@ class PredictV2Request(BaseModel):
     return_blend: bool = Field(False, description="Add a preview of the image with the mask drawn over it.")
     return_logits: bool = Field(False, description="Add low-res logits per mask (pass back as previous_logits).")
     hq_token_only: bool = Field(False, description="HQ-SAM only: use the HQ output token alone.")
+    transparency: Transparency = Field("white", description=TRANSPARENCY_DOC + " Applies to 'image', not image_id.")
+    detection_rule: DetectionRule = Field("phrases", description=DETECTION_RULE_DOC)
 
 
 class MaskOut(BaseModel):
@@ -194,6 +210,8 @@ class DetectV2Request(BaseModel):
     dino_model: Optional[str] = Field(None, description="GroundingDINO model; default: the first available.")
     box_threshold: float = Field(0.3, ge=0, le=1, description="Keep boxes whose best score exceeds this.")
     text_threshold: float = Field(0.25, ge=0, le=1, description="Phrase token threshold.")
+    transparency: Transparency = Field("white", description=TRANSPARENCY_DOC + " Applies to 'image', not image_id.")
+    detection_rule: DetectionRule = Field("phrases", description=DETECTION_RULE_DOC)
 
 
 class DetectionOut(BaseModel):
@@ -204,7 +222,8 @@ class DetectionOut(BaseModel):
 
 class DetectV2Response(BaseModel):
     image_id: str = Field(..., description="Reuse to prompt the same image.")
-    detections: List[DetectionOut] = Field([], description="Boxes above the threshold, best first.")
+    detections: List[DetectionOut] = Field([], description="Boxes above the threshold, best first "
+                                                          "(query order with detection_rule 'reference').")
 
 
 class BatchV2Request(BaseModel):
@@ -242,3 +261,4 @@ class SegmentEverythingRequest(BaseModel):
     autosam_conf: AutoSAMConfig = Field(AutoSAMConfig(), description="Generator settings (reference names and defaults).")
     mask_format: str = Field("rle", description="'rle' (COCO RLE per record), 'png' (base64 mask per record) or 'none'.")
     max_masks: Optional[int] = Field(None, ge=1, description="Return at most this many records, largest first.")
+    transparency: Transparency = Field("white", description=TRANSPARENCY_DOC + " Applies to 'image', not image_id.")

@@ -110,15 +110,44 @@ class ImageStore:
             return len(self._images)
 
 
+def model_inventory(engine: Any, refresh: bool = False) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """(usable model names, [(unusable file name, why)]), each in the engine's list order.
+
+    A file in the model folder is not a model until its tensors say so (a bogus or foreign
+    checkpoint must neither be listed as a model nor become the default).
+    """
+    names = list(engine.list_models(refresh=refresh))
+    describe = getattr(engine, "describe", None)
+    if describe is None:  # an engine that cannot tell: every file counts as usable
+        return names, []
+    usable, unusable = [], []
+    for name in names:
+        try:
+            description = describe(name)
+        except SamUserError as error:  # vanished or unreadable since the listing
+            unusable.append((name, str(error)))
+            continue
+        if description.usable:
+            usable.append(name)
+        else:
+            unusable.append((name, str(description.error)))
+    return usable, unusable
+
+
 def resolve_model_name(engine: Any, name: Optional[str]) -> str:
-    """The model file a client means: exact file name, else case-insensitive, else a unique stem."""
+    """The model file a client means: exact file name, else case-insensitive, else a unique stem;
+    without a name, the first usable model."""
     available = list(engine.list_models())
     if name is None:
-        if not available:
-            available = list(engine.list_models(refresh=True))
-        if not available:
-            raise ModelNotFoundError("No SAM model found; put a checkpoint (e.g. sam_vit_b_01ec64.pth) in the models/sam folder.")
-        return available[0]
+        usable, unusable = model_inventory(engine)
+        if not usable:
+            usable, unusable = model_inventory(engine, refresh=True)
+        if usable:
+            return usable[0]
+        if unusable:
+            reasons = "; ".join(f"{file}: {why}" for file, why in unusable)
+            raise ModelNotFoundError(f"No usable SAM model found ({reasons}).")
+        raise ModelNotFoundError("No SAM model found; put a checkpoint (e.g. sam_vit_b_01ec64.pth) in the models/sam folder.")
     name = validate_model_name(name)
     for attempt in (0, 1):
         if attempt:
@@ -222,20 +251,30 @@ class DetectorAccess:
         return self
 
     def _raw(self, image: np.ndarray, caption: str, model: Optional[str], box_threshold: float,
-             text_threshold: float) -> List[Any]:
+             text_threshold: float, like_reference: bool) -> List[Any]:
+        # only a reference-style request passes the flag, so a provider's detector that has
+        # no such mode still serves the v2 rule
+        extra = {"like_reference": True} if like_reference else {}
         if self._provider is not None:
             with self._lock:
                 detector = self._provider(model)
-                return list(detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold))
+                return list(detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold,
+                                            **extra))
         if self._engine is None or not hasattr(self._engine, "detect"):
             raise ServiceUnavailableError("GroundingDINO is not available on this server (no engine to run it).")
-        return list(self._engine.detect(model, image, caption, box_threshold, text_threshold))
+        return list(self._engine.detect(model, image, caption, box_threshold, text_threshold, **extra))
 
     def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float,
-               text_threshold: float = 0.25) -> List[Detection]:
+               text_threshold: float = 0.25, like_reference: bool = False) -> List[Detection]:
+        """Detections in image pixels, clamped to the image.
+
+        like_reference: the reference extension's boxes, order and phrase strings (see
+        ``Detector.detect``); a box lying wholly outside the image is then kept (clamped to
+        an edge) so that box indices stay the reference's; otherwise it is dropped.
+        """
         caption = check_caption(text)
         height, width = image.shape[:2]
-        raw = self._raw(image, caption, model, box_threshold, text_threshold)
+        raw = self._raw(image, caption, model, box_threshold, text_threshold, like_reference)
         detections = []
         for item in raw:
             box = getattr(item, "box", None)
@@ -247,7 +286,7 @@ class DetectorAccess:
             # GroundingDINO boxes can stick out of the image; SAM wants them inside.
             x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
             y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-            if x2 - x1 < 1 or y2 - y1 < 1:
+            if (x2 - x1 < 1 or y2 - y1 < 1) and not like_reference:
                 continue
             phrase = getattr(item, "phrase", None) if not isinstance(item, dict) else item.get("phrase")
             score = getattr(item, "score", None) if not isinstance(item, dict) else item.get("score")
