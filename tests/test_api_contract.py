@@ -415,3 +415,43 @@ def test_unusable_files_are_listed_apart_and_never_the_default(client, image, ap
         assert [u["name"] for u in models["unusable"]] == ["aaa_bogus.safetensors"]
     finally:
         bogus.unlink()
+
+
+def test_every_error_has_one_shape_and_types_are_not_coerced(client, image):
+    # issue #19 item 9: `true` as a model name was searched for as 'True'; FastAPI's 422 had no msg
+    for body in ({"input_image": image_b64(image), "sam_model_name": True},
+                 {"input_image": image_b64(image), "sam_model_name": 12},
+                 {"input_image": 5}):
+        answer = client.post("/sam/sam-predict", json={"sam_positive_points": [[1, 1]], **body})
+        assert answer.status_code == 422, answer.text
+        data = answer.json()
+        assert isinstance(data["msg"], str) and data["msg"] == data["detail"]
+        assert ("sam_model_name" in data["msg"]) or ("input_image" in data["msg"])
+    answer = client.post("/sam/v2/predict", json={"image": image_b64(image), "points": [[1, 1]], "model": False})
+    assert answer.status_code == 422 and "model" in answer.json()["msg"]
+    assert client.post("/sam/v2/detect", json={"image": image_b64(image), "text": 7}).status_code == 422
+
+
+def test_a_wrong_method_is_405_even_behind_a_catch_all_mount(api_engine):
+    # issue #19 item 9: behind the panel mounted at "/" (as the standalone app and the WebUI do),
+    # a GET on a POST route fell through to the mount's 404
+    from fastapi import FastAPI
+    from starlette.responses import PlainTextResponse
+
+    from sd_webui_sam.api import mount_api
+
+    async def catch_all(scope, receive, send):
+        await PlainTextResponse("not found", status_code=404)(scope, receive, send)
+
+    app = FastAPI()
+    mount_api(app, api_engine)
+    app.mount("/", catch_all)
+    with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=60, trust_env=False) as c:
+        answer = c.get("/sam/sam-predict")
+        assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+        assert "POST" in answer.json()["msg"]
+        assert c.post("/sam/v2/health").status_code == 405
+        assert c.put("/sam/v2/images/" + "0" * 32).headers["allow"] == "DELETE"
+        assert c.get("/sam/heartbeat").json() == {"msg": "Success!"}
+        assert c.get("/elsewhere").status_code == 404
+        assert "/sam/sam-predict" in c.get("/openapi.json").json()["paths"]
