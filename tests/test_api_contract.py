@@ -455,3 +455,46 @@ def test_a_wrong_method_is_405_even_behind_a_catch_all_mount(api_engine):
         assert c.get("/sam/heartbeat").json() == {"msg": "Success!"}
         assert c.get("/elsewhere").status_code == 404
         assert "/sam/sam-predict" in c.get("/openapi.json").json()["paths"]
+
+
+def test_a_short_request_is_not_starved_by_a_long_job(api_engine, image):
+    # issue #19 item 7: /sam/sam-predict waited minutes behind an AutoSAM job holding the GPU lock
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+
+    from sd_webui_sam.api import ApiSettings, mount_api
+
+    started, release = threading.Event(), threading.Event()
+
+    def long_autosam(engine, picture, body, conf):
+        started.set()
+        release.wait(20)
+        return {"msg": "done"}
+
+    app = FastAPI()
+    mount_api(app, api_engine, gpu_lock=threading.Lock(), settings=ApiSettings(busy_timeout_s=0.5),
+              autosam=SimpleNamespace(controlnet_seg=long_autosam))
+    timer = threading.Timer(15, release.set)  # without a bound the short request would wait for this
+    timer.start()
+    try:
+        with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=60, trust_env=False) as c:
+            long_job = threading.Thread(target=c.post, args=("/sam/controlnet-seg",),
+                                        kwargs={"json": {"payload": {"input_image": image_b64(image)}, "autosam_conf": {}}})
+            long_job.start()
+            assert started.wait(20)
+            begun = time.monotonic()
+            body = {"sam_model_name": "tiny_sam.pth", "input_image": image_b64(image), "sam_positive_points": [[60, 48]]}
+            busy = c.post("/sam/sam-predict", json=body)
+            assert time.monotonic() - begun < 10
+            assert busy.status_code == 503, busy.text
+            assert int(busy.headers["retry-after"]) >= 1
+            assert "/sam/controlnet-seg" in busy.json()["msg"] and "running for" in busy.json()["msg"]
+            release.set()
+            long_job.join(30)
+            assert c.post("/sam/sam-predict", json=body).status_code == 200
+    finally:
+        release.set()
+        timer.cancel()

@@ -1,7 +1,6 @@
 """One method per route: validated request in, JSON-ready dict out (blocking; run in a worker thread)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 from pathlib import Path
@@ -15,6 +14,7 @@ from sd_webui_sam.api.compat import model_to_dict
 from sd_webui_sam.api.service import (
     ApiSettings,
     DetectorAccess,
+    GpuGate,
     ImageStore,
     NotImplementedYetError,
     check_boxes,
@@ -65,14 +65,16 @@ class SamApi:
         self.images = ImageStore(self.settings.image_store_entries, self.settings.image_store_bytes)
         self.detector = (detector or DetectorAccess()).bind(engine)
         self._gpu_lock = gpu_lock
+        self._gate = GpuGate(gpu_lock, self.settings.busy_timeout_s)
         self._autosam = autosam
         self.metrics = metrics
 
     # ---------------------------------------------------------------- helpers
 
-    def gpu(self) -> ContextManager:
-        """The host's GPU lock (A1111's queue_lock) around model work, if the host gave one."""
-        return self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext()
+    def gpu(self, what: str) -> ContextManager:
+        """The host's GPU lock (A1111's queue_lock) around model work, if the host gave one,
+        waited for at most ``settings.busy_timeout_s`` (then 503 naming ``what`` holds it)."""
+        return self._gate.hold(what)
 
     @property
     def max_pixels(self) -> int:
@@ -95,7 +97,7 @@ class SamApi:
     def segment(self, model: str, image: np.ndarray, prompts: Any, *, multimask: bool, options: Optional[dict] = None):
         objects = max(1, len(prompts.boxes) + (1 if len(prompts.points) else 0))
         check_mask_budget(objects, 3 if multimask else 1, image.shape[:2])
-        with self.gpu():
+        with self.gpu("SAM segmentation"):
             # encode and decode as two steps (both serialised by the engine) so that the
             # metrics can tell the encoder's time from the decoder's
             predictor = self.engine.predictor(model)
@@ -113,7 +115,7 @@ class SamApi:
         if model is not None and ("/" in model or "\\" in model or ".." in model):
             raise InvalidPromptError("GroundingDINO model names are names, not paths.")
         start = clock()
-        with self.gpu():
+        with self.gpu("GroundingDINO detection"):
             detections = self.detector.detect(image, text, model=model, box_threshold=box_threshold,
                                               text_threshold=text_threshold, like_reference=like_reference)
         if self.metrics is not None:
@@ -231,7 +233,7 @@ class SamApi:
         body = model_to_dict(payload)
         if body.get("segmentation_map") is not None:
             body["segmentation_map"] = self.read_image(body["segmentation_map"])
-        with self.gpu():
+        with self.gpu(f"AutoSAM (/sam/{operation.replace('_', '-')})"):
             return handler(self.engine, image, body, model_to_dict(autosam_conf))
 
     def segment_everything_v2(self, request) -> Dict[str, Any]:
@@ -239,7 +241,7 @@ class SamApi:
 
         model = resolve_model_name(self.engine, request.model)
         _, image = self.image_from(request.image, request.image_id, request.transparency)
-        with self.gpu():
+        with self.gpu("AutoSAM segment-everything (/sam/v2/segment-everything)"):
             return api_hooks.segment_everything(self.engine, model, image, model_to_dict(request.autosam_conf),
                                                 mask_format=request.mask_format, max_masks=request.max_masks)
 
@@ -293,7 +295,7 @@ class SamApi:
         if request.model is not None:
             model = resolve_model_name(self.engine, request.model)
             start = clock()
-            with self.gpu():
+            with self.gpu("SAM image encoding"):
                 self.engine.predictor(model).encode(image)
             if self.metrics is not None:
                 self.metrics.observe_encode(clock() - start)

@@ -91,7 +91,8 @@ async def run_operation(api: SamApi, route: str, operation: Callable[..., Any], 
         return await run_in_threadpool(operation, *args, **kwargs)
     except SamUserError as error:
         status = error.http_status
-        return error_response(status, str(error))
+        retry_after = getattr(error, "retry_after", None)
+        return error_response(status, str(error), headers={"Retry-After": str(retry_after)} if retry_after else None)
     except MemoryError:
         status = OutOfMemoryError.http_status
         return error_response(status, "The server ran out of memory for this request; send a smaller image or fewer prompts.")

@@ -45,6 +45,14 @@ class ServiceUnavailableError(SamUserError):
     http_status = 503
 
 
+class BusyError(ServiceUnavailableError):
+    """The GPU is held by another job for longer than a request may wait; try again later."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
 @dataclass
 class ApiSettings:
     """What a server owner decides about the API (filled by the host adapters)."""
@@ -54,6 +62,9 @@ class ApiSettings:
     batch_roots: Tuple[Path, ...] = ()
     image_store_entries: int = 32
     image_store_bytes: int = 512 * 1024 * 1024
+    #: Seconds a request waits for the host's GPU lock (A1111's queue_lock) while another job
+    #: (a generation, an AutoSAM run) holds it, before answering 503 with Retry-After.
+    busy_timeout_s: float = 30.0
 
 
 class ImageStore:
@@ -292,6 +303,49 @@ class DetectorAccess:
             score = getattr(item, "score", None) if not isinstance(item, dict) else item.get("score")
             detections.append(Detection((x1, y1, x2, y2), str(phrase or ""), float(score if score is not None else 0.0)))
         return detections
+
+
+class GpuGate:
+    """The host's GPU lock, waited for at most ``timeout`` seconds, knowing which of our jobs holds it.
+
+    A long job (AutoSAM on a big picture) holds the lock for minutes; a short request must
+    not queue silently behind it, so it gets a 503 that says what is running and when to retry.
+    """
+
+    def __init__(self, lock: Optional[ContextManager], timeout: float) -> None:
+        self._lock = lock
+        self._timeout = max(0.0, float(timeout))
+        self._holder: Optional[Tuple[str, float]] = None
+
+    @contextlib.contextmanager
+    def hold(self, what: str):
+        if self._lock is None:
+            yield
+            return
+        acquire = getattr(self._lock, "acquire", None)
+        if acquire is None:  # a bare context manager cannot be waited for with a bound
+            with self._lock:
+                yield
+            return
+        if not acquire(timeout=self._timeout):
+            raise self._busy()
+        self._holder = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            self._holder = None
+            self._lock.release()
+
+    def _busy(self) -> BusyError:
+        holder = self._holder
+        if holder is None:
+            running = "The WebUI is busy with another job (an image generation or another extension)"
+            retry = self._timeout or 10
+        else:
+            elapsed = time.monotonic() - holder[1]
+            running = f"The GPU is busy with {holder[0]}, running for {elapsed:.0f} s"
+            retry = max(self._timeout, 5.0)
+        return BusyError(f"{running}; this request waited {self._timeout:g} s. Try again later.", int(retry + 0.5))
 
 
 def clock() -> float:
