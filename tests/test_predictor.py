@@ -297,13 +297,11 @@ def test_edge_points_are_accepted_and_boxes_past_the_edge_are_clipped(predictor,
 
 
 def test_objects_are_batched_only_with_objects_of_the_same_prompt_tokens():
-    objects = group_objects(RULE_POINTS, RULE_LABELS, np.concatenate([RULE_BOXES, [[0.0, 0.0, 5.0, 5.0]]]))
-    # box 0: 4 points, box 1: 3 points, the tiny box: the 2 stray negatives... each its own shape
-    groups = prompt_token_groups(objects)
-    for group in groups:
-        shapes = {(objects[i].box is not None, len(objects[i].point_indices)) for i in group}
-        assert len(shapes) == 1
-    assert sorted(i for group in groups for i in group) == list(range(len(objects)))
+    tiny_boxes = [[0.0, 180.0, 5.0, 185.0], [195.0, 0.0, 200.0, 5.0]]   # each gets only the stray negative point 2
+    objects = group_objects(RULE_POINTS, RULE_LABELS, np.concatenate([RULE_BOXES, tiny_boxes]))
+    shapes = [(obj.box is not None, len(obj.point_indices)) for obj in objects]
+    assert shapes == [(True, 4), (True, 3), (True, 1), (True, 1), (False, 2)]
+    assert prompt_token_groups(objects) == [[0], [1], [2, 3], [4]]
 
 
 @pytest.mark.parametrize("shape", [(3000, 1), (1, 3000), (5000, 2)], ids=["1x3000", "3000x1", "2x5000"])
