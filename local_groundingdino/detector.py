@@ -19,7 +19,7 @@ from PIL import Image
 
 from local_groundingdino.checkpoint import GroundingDinoSpec, build_model, identify_checkpoint
 from local_groundingdino.model import GroundingDino, GroundingOutput
-from local_groundingdino.tokenizer import CaptionTokens, WordPieceTokenizer, tokenize_caption
+from local_groundingdino.tokenizer import CaptionTokens, WordPieceTokenizer, reference_caption_tokens, tokenize_caption
 from sd_webui_sam import checkpoints
 from sd_webui_sam.devices import Placement
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, UnrecognisedCheckpointError
@@ -46,6 +46,9 @@ def detection_size(width: int, height: int, short_side: int = DEFAULT_SHORT_SIDE
     target = float(short_side)
     if long / short * target > max_side:
         target = round(max_side * short / long)
+    if target < 1:
+        # a picture over max_side/2 times longer than wide (1x3000): one pixel across, the long side capped
+        return (1, max_side) if width < height else (max_side, 1)
     if width < height:
         return int(target), int(target * height / width)
     return int(target * width / height), int(target)
@@ -101,10 +104,14 @@ class Detector:
         pixels = (pixels - self.model.pixel_mean.float()) / self.model.pixel_std.float()
         return pixels[None].to(self.placement.dtype)
 
-    def run(self, image_rgb: np.ndarray, caption: str) -> Tuple[CaptionTokens, GroundingOutput]:
-        """The raw model output for one image and caption (logits (1,Q,T), boxes (1,Q,4) cxcywh normalised)."""
+    def run(self, image_rgb: np.ndarray, caption: str, *, like_reference: bool = False) -> Tuple[CaptionTokens, GroundingOutput]:
+        """The raw model output for one image and caption (logits (1,Q,T), boxes (1,Q,4) cxcywh normalised).
+
+        ``like_reference``: the caption is tokenized whole, as the reference extension does
+        (see :func:`reference_caption_tokens`), instead of split into phrases.
+        """
         image_rgb = _check_image(image_rgb)
-        tokens = tokenize_caption(self.tokenizer, caption)
+        tokens = (reference_caption_tokens if like_reference else tokenize_caption)(self.tokenizer, caption)
         if tokens.truncated:
             logger.warning(
                 "The text prompt is longer than %d tokens; phrases past the limit are ignored.", 256
@@ -120,20 +127,28 @@ class Detector:
         return tokens, output
 
     def detect(self, image_rgb: np.ndarray, caption: str, box_threshold: float = DEFAULT_BOX_THRESHOLD,
-               text_threshold: float = DEFAULT_TEXT_THRESHOLD, nms_threshold: Optional[float] = None) -> List[Detection]:
+               text_threshold: float = DEFAULT_TEXT_THRESHOLD, nms_threshold: Optional[float] = None,
+               like_reference: bool = False) -> List[Detection]:
         """Boxes of the objects named in ``caption`` ('hand, face' or 'hand . face'), best first.
 
         A box is kept when its best token score passes ``box_threshold``; it is named after the
         phrase with the highest token score, which must pass ``text_threshold`` (boxes matching
         no phrase that well are dropped). ``nms_threshold`` (IoU) removes overlapping boxes of
         the same phrase.
+
+        ``like_reference``: the reference extension's answer instead (the caption tokenized
+        whole, every box past ``box_threshold`` kept in the model's query order, not clamped,
+        named by the text of its tokens past ``text_threshold``; no NMS). See
+        :func:`postprocess_like_reference`.
         """
         box_threshold = _check_threshold("box threshold", box_threshold)
         text_threshold = _check_threshold("text threshold", text_threshold)
         if nms_threshold is not None:
             nms_threshold = _check_threshold("NMS threshold", nms_threshold)
-        tokens, output = self.run(image_rgb, caption)
+        tokens, output = self.run(image_rgb, caption, like_reference=like_reference)
         height, width = image_rgb.shape[:2]
+        if like_reference:
+            return postprocess_like_reference(self.tokenizer, tokens, output, width, height, box_threshold, text_threshold)
         return postprocess(tokens, output, width, height, box_threshold, text_threshold, nms_threshold)
 
 
@@ -169,6 +184,29 @@ def postprocess(tokens: CaptionTokens, output: GroundingOutput, width: int, heig
         )
         for i in order.tolist()
     ]
+
+
+def postprocess_like_reference(tokenizer: WordPieceTokenizer, tokens: CaptionTokens, output: GroundingOutput,
+                               width: int, height: int, box_threshold: float, text_threshold: float) -> List[Detection]:
+    """Detections as GroundingDINO's own ``predict`` gives them, for drop-in routes.
+
+    Every query whose best token score passes ``box_threshold`` is kept, in query order (a
+    client's box indices refer to this order); its phrase is the decoded text of the tokens
+    whose score passes ``text_threshold``, with "." removed (it can be empty; no box is
+    dropped for it); boxes are in pixels and not clamped.
+    """
+    probabilities = output.logits[0].float().sigmoid().cpu()        # Q, T
+    boxes = output.boxes[0].float().cpu()                            # Q, 4
+    scores = probabilities.max(-1)[0]
+    ids = torch.tensor(tokens.input_ids[: probabilities.shape[-1]], dtype=torch.long)
+    detections = []
+    for query in torch.nonzero(scores > box_threshold).flatten().tolist():
+        cx, cy, w, h = boxes[query].tolist()
+        box = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+        named = ids[probabilities[query, : len(ids)] > text_threshold].tolist()
+        detections.append(Detection(box_xyxy=box, phrase=tokenizer.decode(named).replace(".", ""),
+                                    score=float(scores[query])))
+    return detections
 
 
 def load_detector(path: Path, placement: Placement, tokenizer_dir: Optional[Path] = None,

@@ -74,6 +74,7 @@ class WordPieceTokenizer:
                 raise InvalidPromptError(
                     f"The tokenizer vocabulary has no {required!r} token; point the tokenizer setting at a BERT uncased vocab.txt."
                 )
+        self.tokens: Tuple[str, ...] = tuple(vocab)
         self.unk_id = self.vocab["[UNK]"]
         self.cls_id = self.vocab["[CLS]"]
         self.sep_id = self.vocab["[SEP]"]
@@ -145,6 +146,24 @@ class WordPieceTokenizer:
         for word in self._basic_tokens(text):
             ids.extend(self._word_pieces(word))
         return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids back to text as BERT's tokenizer writes it: word pieces glued, special
+        tokens kept ("[SEP]"), no blank before punctuation or English contractions.
+
+        GroundingDINO names its boxes with this text, so the reference-compatible routes must
+        spell phrases exactly this way.
+        """
+        text = " ".join(self.tokens[i] if 0 <= i < len(self.tokens) else "[UNK]" for i in ids)
+        text = text.replace(" ##", "").strip()
+        for spaced, tight in _DECODE_CLEAN_UP:
+            text = text.replace(spaced, tight)
+        return text
+
+
+#: BERT's clean-up of decoded text (the same literal replacements, in the same order).
+_DECODE_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                    (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
 def split_caption(caption: str) -> List[str]:
@@ -230,3 +249,19 @@ def tokenize_caption(tokenizer: WordPieceTokenizer, caption: str) -> CaptionToke
         raise InvalidPromptError("The text prompt has no words the model can read. Type what to find, e.g. 'hand, face'.")
     ids.append(tokenizer.sep_id)
     return CaptionTokens(tuple(kept_phrases), tuple(ids), tuple(spans), tokenizer.separator_ids)
+
+
+def reference_caption_tokens(tokenizer: WordPieceTokenizer, caption: str) -> CaptionTokens:
+    """The caption as the reference extension feeds it: lower case, stripped, a final "." added,
+    and tokenized whole (commas stay inside one phrase block), with no phrase splitting.
+
+    Its single "phrase" spans every token between [CLS] and [SEP]; boxes are named by
+    :meth:`WordPieceTokenizer.decode` of their tokens instead.
+    """
+    text = (caption or "").lower().strip()
+    if not text.strip(" .,?"):
+        raise InvalidPromptError("The text prompt is empty. Type what to find, e.g. 'hand, face'.")
+    if not text.endswith("."):
+        text += "."
+    ids = [tokenizer.cls_id, *tokenizer.encode(text), tokenizer.sep_id]
+    return CaptionTokens((text,), tuple(ids), ((1, len(ids) - 1),), tokenizer.separator_ids)

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -31,10 +30,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 OUTPUT_KINDS = ("mask", "cutout", "blend", "coco")
 NAMINGS = ("reference", "inpaint")
 STATE_FILE = ".sam-batch-state.jsonl"
+#: Every output file this tool wrote into the folder (one relative path a line). A file that
+#: exists and is not listed was not written by us and is never replaced, whatever its name.
+MANIFEST_FILE = ".sam-batch-manifest.txt"
 REPORT_FILE = "batch_report.json"
 COCO_FILE = "annotations.json"
-#: Names the reference naming produces; never taken as inputs when outputs share the folder.
-_OUTPUT_NAME = re.compile(r"_\d+(_obj\d+)?_(mask|output|blend)\.png$")
 #: reference naming: what each output kind is called ({stem}_{idx}_{suffix}.png)
 _REFERENCE_SUFFIX = {"mask": "mask", "cutout": "output", "blend": "blend"}
 _INPAINT_FOLDER = {"mask": "masks", "cutout": "cutouts", "blend": "blends"}
@@ -72,9 +72,15 @@ class BatchOptions:
 
 @dataclass
 class FileResult:
+    """What happened to one source, output by output (paths relative to the output folder)."""
+
     source: str
-    status: str  # "done" | "skipped" | "failed" | "no_objects"
-    outputs: List[str] = field(default_factory=list)
+    status: str  # "done" (something written) | "kept" (every output existed) | "skipped" | "failed" | "no_objects"
+    written: List[str] = field(default_factory=list)
+    #: existed and were left alone: ours from an earlier run (without overwrite), or not ours at all
+    kept: List[str] = field(default_factory=list)
+    #: of ``kept``, the files this tool did not write (never overwritten, even with overwrite)
+    not_ours: List[str] = field(default_factory=list)
     error: Optional[str] = None
 
 
@@ -90,12 +96,15 @@ class BatchProgress:
 class BatchReport:
     output_dir: str
     total: int = 0
-    done: int = 0
-    skipped: int = 0
+    done: int = 0  # sources with at least one output written
+    kept: int = 0  # sources processed whose outputs all existed already (nothing written)
+    skipped: int = 0  # sources not processed: an earlier run finished them
     no_objects: int = 0
     failed: List[Dict[str, str]] = field(default_factory=list)
     ignored: List[str] = field(default_factory=list)
     outputs_written: int = 0
+    outputs_kept: int = 0
+    files: List[FileResult] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
     coco: Optional[str] = None
@@ -105,8 +114,9 @@ class BatchReport:
         return asdict(self)
 
     def summary(self) -> str:
-        text = (f"{self.done} done, {self.skipped} skipped (outputs exist), {self.no_objects} without objects, "
-                f"{len(self.failed)} failed, of {self.total} images in {self.seconds:.1f} s")
+        text = (f"{self.done} done, {self.kept} kept (outputs exist), {self.skipped} skipped (finished earlier), "
+                f"{self.no_objects} without objects, {len(self.failed)} failed, of {self.total} images in "
+                f"{self.seconds:.1f} s; {self.outputs_written} files written, {self.outputs_kept} kept")
         return text + (" - interrupted; run again to resume." if self.interrupted else ".")
 
 
@@ -135,13 +145,17 @@ def collect_sources(inputs: Sequence[Path], output_dir: Path, recursive: bool) -
     ignored: List[str] = []
     seen = set()
 
+    if output_dir in input_dirs:
+        # telling outputs from inputs by their names would let a source named like an output
+        # (a_0_mask.png) be taken for one; a separate folder makes the question moot
+        raise InvalidPromptError(
+            f"The output folder {output_dir} is also an input folder; write the outputs to a separate folder "
+            f"(a sub-folder such as {output_dir / 'sam_outputs'} is fine)."
+        )
+
     def is_our_output(path: Path) -> bool:
-        if output_dir != path.parent and output_dir not in path.parents:
-            return False
-        if output_dir not in input_dirs:
-            return True  # a separate output folder inside an input folder: nothing there is input
-        relative = path.relative_to(output_dir)
-        return bool(_OUTPUT_NAME.search(path.name)) or relative.parts[0] in _INPAINT_FOLDER.values()
+        # a separate output folder inside an input folder: nothing there is input
+        return output_dir == path.parent or output_dir in path.parents
 
     for item in inputs:
         item = Path(item).expanduser()
@@ -213,6 +227,32 @@ def atomic_write_png(path: Path, image: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+class _Manifest:
+    """The output files this tool wrote into one output folder (append-only, one path a line)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._written = set()
+        if path.is_file():
+            self._written = set(path.read_text(encoding="utf-8", errors="replace").splitlines())
+        self._lock = threading.Lock()
+
+    def wrote(self, relative: str) -> bool:
+        with self._lock:
+            return relative in self._written
+
+    def add(self, relative: str) -> None:
+        with self._lock:
+            if relative in self._written:
+                return
+            self._written.add(relative)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(relative + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
 class _State:
     """Which sources are finished, with their outputs and COCO annotations (append-only JSON lines)."""
 
@@ -276,6 +316,7 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
     stems = _output_stems(sources)
     output_dir.mkdir(parents=True, exist_ok=True)
     state = _State(output_dir / STATE_FILE)
+    manifest = _Manifest(output_dir / MANIFEST_FILE)
     report = BatchReport(output_dir=str(output_dir), total=len(sources), ignored=ignored)
     max_pixels = options.max_pixels or int(getattr(engine.settings, "max_image_pixels", 64_000_000))
     if options.text is not None and detector is None:
@@ -289,6 +330,8 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
 
     todo = [s for s in sources if options.overwrite or not state.finished(Path(key(s)), output_dir)]
     report.skipped = len(sources) - len(todo)
+    queued = set(todo)
+    report.files.extend(FileResult(str(s.path), "skipped") for s in sources if s not in queued)
     handled = report.skipped
     if progress is not None and report.skipped:
         progress(BatchProgress(handled, len(sources), "", "skipped"))
@@ -311,11 +354,19 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
                 still.append((source, entry, futures))
                 continue
             errors = [f.exception() for f in futures if f.exception() is not None]
+            result = entry.pop("_result")
             if errors:
-                report.failed.append({"source": str(source.path), "error": f"writing outputs failed: {errors[0]}"})
+                result.status, result.error = "failed", f"writing outputs failed: {errors[0]}"
+                report.failed.append({"source": str(source.path), "error": result.error})
             else:
                 state.record(entry)
-                report.outputs_written += entry.pop("_written", 0)
+                report.outputs_written += len(result.written)
+                report.outputs_kept += len(result.kept)
+                if result.status == "done":
+                    report.done += 1
+                elif result.status == "kept":
+                    report.kept += 1
+            report.files.append(result)
         pending[:] = still
 
     try:
@@ -327,21 +378,23 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
                 break
             read(index + lookahead)
             status = "done"
+            error_text = None
             try:
                 image = reads.pop(index).result()
                 entry, futures = _process(engine, options, detector, lock, image, source, key(source),
-                                          stems[source.path], output_dir, source_paths, writer)
+                                          stems[source.path], output_dir, source_paths, writer, manifest)
+                result = entry["_result"]
                 if not entry["outputs"] and not futures:
-                    status = "no_objects" if entry.get("objects") == 0 else "done"
+                    result.status = "no_objects" if entry.get("objects") == 0 else "done"
+                status = result.status
                 pending.append((source, entry, futures))
             except SamUserError as error:
-                status = "failed"
-                report.failed.append({"source": str(source.path), "error": str(error)})
+                status, error_text = "failed", str(error)
             except (OSError, ValueError) as error:
-                status = "failed"
-                report.failed.append({"source": str(source.path), "error": f"{type(error).__name__}: {error}"})
-            if status == "done":
-                report.done += 1
+                status, error_text = "failed", f"{type(error).__name__}: {error}"
+            if status == "failed":
+                report.failed.append({"source": str(source.path), "error": error_text})
+                report.files.append(FileResult(str(source.path), "failed", error=error_text))
             elif status == "no_objects":
                 report.no_objects += 1
             settle(wait=False)
@@ -386,7 +439,7 @@ def _finish_mask(mask: np.ndarray, options: BatchOptions) -> np.ndarray:
     return masks.postprocess(mask, expand=options.expand, invert=options.invert)
 
 
-def _process(engine, options, detector, lock, image, source, key, stem, output_dir, source_paths, writer):
+def _process(engine, options, detector, lock, image, source, key, stem, output_dir, source_paths, writer, manifest):
     from sd_webui_sam import render
     from sd_webui_sam.api.codec import mask_box
 
@@ -440,15 +493,27 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
             entry["annotations"].append(_annotation(_finish_mask(candidates[best], options),
                                                     float(candidate_scores[best]), obj, detections, mask_box))
     futures = []
+    result = FileResult(str(source.path), "done")
     for path, make in jobs:
         if path.resolve() in source_paths:
             raise SamUserError(f"Output {path} would replace a source image; choose another output folder.")
-        entry["outputs"].append(path.relative_to(output_dir).as_posix())
-        if path.is_file() and not options.overwrite:
-            continue
+        relative = path.relative_to(output_dir).as_posix()
+        entry["outputs"].append(relative)
+        if os.path.lexists(path):
+            ours = manifest.wrote(relative)
+            if not ours or not options.overwrite:
+                result.kept.append(relative)
+                if not ours:
+                    result.not_ours.append(relative)
+                continue
+        # listed before the write: a crash mid-write leaves a listed file that is ours or absent
+        manifest.add(relative)
+        result.written.append(relative)
         # rendering (cut-out, blend) happens in the writer thread too, overlapping inference
         futures.append(writer.submit(lambda target=path, render_image=make: atomic_write_png(target, render_image())))
-    entry["_written"] = len(futures)
+    if result.kept and not result.written:
+        result.status = "kept"
+    entry["_result"] = result
     return entry, futures
 
 

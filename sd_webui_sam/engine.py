@@ -155,9 +155,10 @@ class Engine:
             return f"{name} ({error})"
 
     def detect(self, model_name: Optional[str], image: np.ndarray, caption: str, box_threshold: float = 0.3,
-               text_threshold: float = 0.25, nms: Optional[float] = None) -> list:
+               text_threshold: float = 0.25, nms: Optional[float] = None, like_reference: bool = False) -> list:
         """Boxes of what ``caption`` names ('hand, face' or 'hand . face'): a list of
-        ``local_groundingdino.detector.Detection`` (image pixels, best first)."""
+        ``local_groundingdino.detector.Detection`` (image pixels, best first; in query order
+        with ``like_reference``, see ``Detector.detect``)."""
         if not isinstance(caption, str) or not caption.strip(" .,\t\n"):
             from sd_webui_sam.errors import InvalidPromptError
 
@@ -167,7 +168,7 @@ class Engine:
             try:
                 detector = self.detectors.detector(name)
                 return detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold,
-                                       nms_threshold=nms)
+                                       nms_threshold=nms, like_reference=like_reference)
             except OutOfMemoryError:
                 raise
             except Exception as error:

@@ -152,14 +152,14 @@ def _decode_stream(stream, max_pixels: int, name: str) -> Tuple[np.ndarray, "np.
     try:
         with Image.open(stream, formats=_available_formats()) as opened:
             _check_size(opened.size, max_pixels)  # header only: nothing decoded yet
-            _check_pil_limit(opened.size)
             opened.load()
             image = _apply_exif_orientation(opened)
             return _from_pil(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # PIL refuses far-too-large headers inside Image.open, before _check_size sees them;
+        # say it with the same single limit, not in PIL's words
         raise ImageTooLargeError(
-            f"{name} is too large to decode safely ({error}). Resize it below "
-            f"{max_pixels:,} pixels."
+            f"{name} has more pixels than the limit of {pixel_limit(max_pixels):,}. Resize it first."
         ) from None
     except UnidentifiedImageError:
         raise InvalidImageError(
@@ -177,30 +177,24 @@ def _available_formats() -> Tuple[str, ...]:
     return tuple(name for name in ALLOWED_FORMATS if name in Image.OPEN)
 
 
+def pixel_limit(max_pixels: int) -> int:
+    """The one pixel limit a picture must respect: ours, or the image library's (which the host
+    may have set lower) if that is smaller. PIL only warns between its limit and twice it, so
+    checking here, rather than turning warnings into errors, leaves the process-wide warning
+    filters alone (threads share them)."""
+    library = Image.MAX_IMAGE_PIXELS
+    return min(max_pixels, int(library)) if library else max_pixels
+
+
 def _check_size(size: Tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise InvalidImageError(f"The image is empty ({width}x{height} pixels).")
-    if width * height > max_pixels:
+    limit = pixel_limit(max_pixels)
+    if width * height > limit:
         raise ImageTooLargeError(
             f"The image is {width}x{height} = {width * height:,} pixels, more than the limit of "
-            f"{max_pixels:,}. Resize it first (or raise the limit in the settings)."
-        )
-
-
-def _check_pil_limit(size: Tuple[int, int]) -> None:
-    """Refuse what PIL would only warn about (its limit, which the host may have set).
-
-    PIL raises past twice ``Image.MAX_IMAGE_PIXELS`` but only warns past it, and the warning
-    would let the decode go ahead. Checking the same condition here, rather than turning
-    warnings into errors, leaves the process-wide warning filters alone (threads share them).
-    """
-    limit = Image.MAX_IMAGE_PIXELS
-    width, height = size
-    if limit and width * height > limit:
-        raise ImageTooLargeError(
-            f"The image is {width}x{height} = {width * height:,} pixels, more than the image "
-            f"library's safety limit of {limit:,} (it could be a decompression bomb). Resize it first."
+            f"{limit:,}. Resize it first."
         )
 
 

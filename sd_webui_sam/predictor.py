@@ -58,9 +58,13 @@ class ObjectPrompt:
 
 
 def resized_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
-    """(h, w) with the longest side scaled to ``long_side``, rounded half up."""
+    """(h, w) with the longest side scaled to ``long_side``, rounded half up, at least 1 pixel.
+
+    SamPredictor's rule alone gives a 0-pixel side for a picture more than 2 * long_side times
+    longer than wide (1x3000); such a picture still has one row of pixels worth segmenting.
+    """
     scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_image(image: np.ndarray, long_side: int) -> np.ndarray:
@@ -208,6 +212,18 @@ def group_objects(points: np.ndarray, labels: np.ndarray, boxes: np.ndarray) -> 
     return objects
 
 
+def prompt_token_groups(objects: Sequence[ObjectPrompt]) -> List[List[int]]:
+    """Indices of ``objects`` grouped by their prompt-token layout (box or not, point count).
+
+    A batch of prompts must share one token count; padding a shorter prompt with "not a
+    point" tokens changes its masks, so objects are batched only with objects of the same shape.
+    """
+    groups: dict = {}
+    for index, obj in enumerate(objects):
+        groups.setdefault((obj.box is not None, len(obj.point_indices)), []).append(index)
+    return list(groups.values())
+
+
 # -- predictor --------------------------------------------------------------------------------
 
 
@@ -291,9 +307,9 @@ class Predictor:
     ) -> Prediction:
         """Masks for the prompts; see :func:`group_objects` for how points and boxes form objects.
 
-        All boxed objects go through one batched decoder call; positive points outside every
-        box (with several boxes) go through a second one. Boxed objects that got fewer points
-        than others are padded with "not a point" tokens, as SAM pads point prompts.
+        Objects with the same prompt tokens (box or not, number of points) go through one
+        batched decoder call; nothing is padded, since "not a point" tokens change SAM's
+        output, so each object's masks are exactly those of its own prompts sent alone.
 
         ``prompts.mask_input`` (low-res logits of an earlier prediction, (256, 256) or
         (1, 256, 256)) refines every object; (K, 256, 256) gives each of K objects its own.
@@ -311,18 +327,18 @@ class Predictor:
             )
         options = dict(options or {})
 
-        boxed = [index for index, obj in enumerate(objects) if obj.box is not None]
-        unboxed = [index for index, obj in enumerate(objects) if obj.box is None]
         with torch.inference_mode():
-            logits_parts, iou_parts = [], []
-            for group in (boxed, unboxed):
-                if group:
-                    logits, iou = self._decode_group(encoded, checked, objects, group, multimask_output, options)
-                    logits_parts.append(logits)
-                    iou_parts.append(iou)
+            logits_parts, iou_parts, order = [], [], []
+            for group in prompt_token_groups(objects):
+                logits, iou = self._decode_group(encoded, checked, objects, group, multimask_output, options)
+                logits_parts.append(logits)
+                iou_parts.append(iou)
+                order.extend(group)
             low_res = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
             iou = torch.cat(iou_parts) if len(iou_parts) > 1 else iou_parts[0]
-            # Objects come out boxed first, then the box-less one: the order of `objects`.
+            # back to the order of `objects` (boxed first, then the box-less one)
+            back = torch.as_tensor(np.argsort(order, kind="stable"), device=low_res.device)
+            low_res, iou = low_res[back], iou[back]
             upscaled = upscale_logits(low_res, int(self.model.image_size), encoded.input_size, encoded.original_size)
             masks = (upscaled > self.model.mask_threshold).cpu().numpy()
             low_res_logits = low_res.float().cpu().numpy()
@@ -341,15 +357,11 @@ class Predictor:
     ) -> Tuple[Tensor, Tensor]:
         device = self.placement.device
         members = [objects[index] for index in group]
-        most_points = max(len(obj.point_indices) for obj in members)
         point_coords = point_labels = boxes = mask_input = None
-        if most_points:
-            coords = np.zeros((len(members), most_points, 2), dtype=np.float64)
-            labels = np.full((len(members), most_points), -1, dtype=np.int64)
-            for row, obj in enumerate(members):
-                count = len(obj.point_indices)
-                coords[row, :count] = checked.points[obj.point_indices]
-                labels[row, :count] = checked.labels[obj.point_indices]
+        if len(members[0].point_indices):
+            # every member has as many points (prompt_token_groups), so nothing is padded
+            coords = np.stack([checked.points[obj.point_indices] for obj in members])
+            labels = np.stack([checked.labels[obj.point_indices] for obj in members])
             coords = scale_coords(coords, encoded.original_size, encoded.input_size)
             point_coords = torch.as_tensor(coords, dtype=torch.float32).to(device)
             point_labels = torch.as_tensor(labels, dtype=torch.int32).to(device)

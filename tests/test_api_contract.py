@@ -34,16 +34,20 @@ def allowed_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(api_engine, allowed_root):
+def fixed_detector():
+    return FixedDetector()
+
+
+@pytest.fixture(scope="module")
+def server(api_engine, allowed_root, fixed_detector):
     from fastapi import FastAPI
 
     from sd_webui_sam.api import ApiSettings, DetectorAccess, SourcePolicy, mount_api
     from sd_webui_sam.metrics import ApiMetrics
 
     app = FastAPI()
-    detector = FixedDetector()
     settings = ApiSettings(source_policy=SourcePolicy(allowed_roots=(allowed_root,)))
-    mount_api(app, api_engine, settings=settings, detector=DetectorAccess(provider=lambda name: detector),
+    mount_api(app, api_engine, settings=settings, detector=DetectorAccess(provider=lambda name: fixed_detector),
               metrics=ApiMetrics())
     with ServerThread(app) as running:
         yield running
@@ -314,3 +318,183 @@ def test_mounting_twice_adds_routes_once(api_engine):
     first = mount_api(app, api_engine)
     count = len(app.routes)
     assert mount_api(app, api_engine) is first and len(app.routes) == count
+
+
+@pytest.mark.parametrize("shape", [(1, 3000), (3000, 1)], ids=["1x3000", "3000x1"])
+def test_a_thin_picture_is_segmented_not_a_500(client, shape):
+    # issue #19 item 1: SAM's resize rule gave a 0-pixel side and a ValueError
+    height, width = shape
+    thin = image_b64(sample_image(height, width, seed=5))
+    uploaded = client.post("/sam/v2/images", json={"image": thin, "model": "tiny_sam.pth"})
+    assert uploaded.status_code == 200, uploaded.text
+    assert (uploaded.json()["width"], uploaded.json()["height"]) == (width, height)
+    answer = client.post("/sam/sam-predict", json={"sam_model_name": "tiny_sam.pth", "input_image": thin,
+                                                    "sam_positive_points": [[width / 2, height / 2]]})
+    assert answer.status_code == 200, answer.text
+    assert decode_png(answer.json()["masks"][0]).size == (width, height)
+
+
+def test_v2_several_boxes_do_not_cross_talk(client, image):
+    # issue #19 item 2: a point inside box 1 must not change box 2's mask or score
+    base = {"model": "tiny_sam.pth", "image": image_b64(image), "multimask": False, "mask_format": "rle",
+            "return_logits": True}
+    both = client.post("/sam/v2/predict", json={**base, "boxes": [[15, 15, 55, 45], [50, 34, 95, 68]],
+                                                "points": [[35, 30]], "labels": [1]}).json()
+    alone = client.post("/sam/v2/predict", json={**base, "boxes": [[50, 34, 95, 68]]}).json()
+    second, single = both["objects"][1]["masks"][0], alone["objects"][0]["masks"][0]
+    assert second["score"] == pytest.approx(single["score"], abs=1e-4)
+    from sd_webui_sam import rle
+
+    got, expected = (np.asarray(rle.decode(m["mask"]), dtype=bool) for m in (second, single))
+    got_logits, expected_logits = (np.frombuffer(base64.b64decode(m["logits"]), dtype=np.float32) for m in (second, single))
+    np.testing.assert_allclose(got_logits, expected_logits, atol=1e-4)
+    assert np.array_equal(got, expected)
+
+
+def test_reference_routes_segment_the_raw_colours_of_a_semi_transparent_picture(client, api_engine):
+    # issue #19 item 3: the reference segments the RGB channels under alpha 128; v2 composites
+    # on white unless asked not to
+    from sd_webui_sam.images import load_image
+    from sd_webui_sam.predictor import Prompts
+
+    rgba = np.dstack([sample_image(H, W, seed=7), np.full((H, W), 128, np.uint8)])
+    encoded = b64(png_bytes(rgba, "RGBA"))
+    raw, white = rgba[..., :3], load_image(png_bytes(rgba, "RGBA"))
+    assert not np.array_equal(raw, white)
+    prompts = Prompts(points=[(60, 48)], labels=[1])
+    expected = {name: api_engine.segment("tiny_sam.pth", picture, prompts, multimask_output=True).masks[0]
+                for name, picture in (("raw", raw), ("white", white))}
+    assert not np.array_equal(expected["raw"], expected["white"])
+    body = {"sam_model_name": "tiny_sam.pth", "input_image": encoded, "sam_positive_points": [[60, 48]]}
+    reference = client.post("/sam/sam-predict", json=body).json()
+    for index in range(3):
+        assert np.array_equal(np.asarray(decode_png(reference["masks"][index]), dtype=bool), expected["raw"][index])
+    v2 = {"model": "tiny_sam.pth", "image": encoded, "points": [[60, 48]], "mask_format": "rle"}
+    from sd_webui_sam import rle
+
+    for transparency, name in ((None, "white"), ("white", "white"), ("ignore", "raw")):
+        body = v2 if transparency is None else {**v2, "transparency": transparency}
+        masks = client.post("/sam/v2/predict", json=body).json()["objects"][0]["masks"]
+        for index in range(3):
+            assert np.array_equal(np.asarray(rle.decode(masks[index]["mask"]), dtype=bool), expected[name][index])
+    assert client.post("/sam/v2/predict", json={**v2, "transparency": "grey"}).status_code == 422
+
+
+def test_reference_routes_ask_for_the_reference_detection_rule(client, image, fixed_detector):
+    # issue #19 item 3: no extra phrase threshold, query order and the reference's phrase strings
+    # on /sam/*; v2 keeps its own rule unless asked (the rule itself: tests/test_groundingdino.py)
+    fixed_detector.rules.clear()
+    client.post("/sam/dino-predict", json={"input_image": image_b64(image), "text_prompt": "dog"})
+    client.post("/sam/sam-predict", json={"input_image": image_b64(image), "dino_enabled": True,
+                                          "dino_text_prompt": "dog", "sam_model_name": "tiny_sam.pth"})
+    client.post("/sam/v2/detect", json={"image": image_b64(image), "text": "dog"})
+    client.post("/sam/v2/detect", json={"image": image_b64(image), "text": "dog", "detection_rule": "reference"})
+    assert fixed_detector.rules == [True, True, False, True]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("PredictV2Request", "DetectV2Request"):
+        assert "query order" in schema[name]["properties"]["detection_rule"]["description"]
+        assert "composites them on white" in schema[name]["properties"]["transparency"]["description"]
+
+
+def test_unusable_files_are_listed_apart_and_never_the_default(client, image, api_model_dir):
+    # issue #19 item 6: a bogus file sorting first must not become the default model
+    bogus = api_model_dir / "aaa_bogus.safetensors"
+    bogus.write_bytes(b"not a safetensors file at all")
+    try:
+        answer = client.post("/sam/v2/predict", json={"image": image_b64(image), "points": [[60, 48]],
+                                                      "mask_format": "none"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "sam_vit_h_4b8939.pth"
+        assert "aaa_bogus.safetensors" not in client.get("/sam/sam-model").json()
+        health = client.get("/sam/v2/health").json()
+        assert "aaa_bogus.safetensors" not in health["models_available"]
+        (listed,) = health["models_unusable"]
+        assert listed["name"] == "aaa_bogus.safetensors" and listed["reason"]
+        models = client.get("/sam/v2/models").json()
+        assert "aaa_bogus.safetensors" not in {m["name"] for m in models["models"]}
+        assert [u["name"] for u in models["unusable"]] == ["aaa_bogus.safetensors"]
+    finally:
+        bogus.unlink()
+
+
+def test_every_error_has_one_shape_and_types_are_not_coerced(client, image):
+    # issue #19 item 9: `true` as a model name was searched for as 'True'; FastAPI's 422 had no msg
+    for body in ({"input_image": image_b64(image), "sam_model_name": True},
+                 {"input_image": image_b64(image), "sam_model_name": 12},
+                 {"input_image": 5}):
+        answer = client.post("/sam/sam-predict", json={"sam_positive_points": [[1, 1]], **body})
+        assert answer.status_code == 422, answer.text
+        data = answer.json()
+        assert isinstance(data["msg"], str) and data["msg"] == data["detail"]
+        assert ("sam_model_name" in data["msg"]) or ("input_image" in data["msg"])
+    answer = client.post("/sam/v2/predict", json={"image": image_b64(image), "points": [[1, 1]], "model": False})
+    assert answer.status_code == 422 and "model" in answer.json()["msg"]
+    assert client.post("/sam/v2/detect", json={"image": image_b64(image), "text": 7}).status_code == 422
+
+
+def test_a_wrong_method_is_405_even_behind_a_catch_all_mount(api_engine):
+    # issue #19 item 9: behind the panel mounted at "/" (as the standalone app and the WebUI do),
+    # a GET on a POST route fell through to the mount's 404
+    from fastapi import FastAPI
+    from starlette.responses import PlainTextResponse
+
+    from sd_webui_sam.api import mount_api
+
+    async def catch_all(scope, receive, send):
+        await PlainTextResponse("not found", status_code=404)(scope, receive, send)
+
+    app = FastAPI()
+    mount_api(app, api_engine)
+    app.mount("/", catch_all)
+    with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=60, trust_env=False) as c:
+        answer = c.get("/sam/sam-predict")
+        assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+        assert "POST" in answer.json()["msg"]
+        assert c.post("/sam/v2/health").status_code == 405
+        assert c.put("/sam/v2/images/" + "0" * 32).headers["allow"] == "DELETE"
+        assert c.get("/sam/heartbeat").json() == {"msg": "Success!"}
+        assert c.get("/elsewhere").status_code == 404
+        assert "/sam/sam-predict" in c.get("/openapi.json").json()["paths"]
+
+
+def test_a_short_request_is_not_starved_by_a_long_job(api_engine, image):
+    # issue #19 item 7: /sam/sam-predict waited minutes behind an AutoSAM job holding the GPU lock
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+
+    from sd_webui_sam.api import ApiSettings, mount_api
+
+    started, release = threading.Event(), threading.Event()
+
+    def long_autosam(engine, picture, body, conf):
+        started.set()
+        release.wait(20)
+        return {"msg": "done"}
+
+    app = FastAPI()
+    mount_api(app, api_engine, gpu_lock=threading.Lock(), settings=ApiSettings(busy_timeout_s=0.5),
+              autosam=SimpleNamespace(controlnet_seg=long_autosam))
+    timer = threading.Timer(15, release.set)  # without a bound the short request would wait for this
+    timer.start()
+    try:
+        with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=60, trust_env=False) as c:
+            long_job = threading.Thread(target=c.post, args=("/sam/controlnet-seg",),
+                                        kwargs={"json": {"payload": {"input_image": image_b64(image)}, "autosam_conf": {}}})
+            long_job.start()
+            assert started.wait(20)
+            begun = time.monotonic()
+            body = {"sam_model_name": "tiny_sam.pth", "input_image": image_b64(image), "sam_positive_points": [[60, 48]]}
+            busy = c.post("/sam/sam-predict", json=body)
+            assert time.monotonic() - begun < 10
+            assert busy.status_code == 503, busy.text
+            assert int(busy.headers["retry-after"]) >= 1
+            assert "/sam/controlnet-seg" in busy.json()["msg"] and "running for" in busy.json()["msg"]
+            release.set()
+            long_job.join(30)
+            assert c.post("/sam/sam-predict", json=body).status_code == 200
+    finally:
+        release.set()
+        timer.cancel()

@@ -125,16 +125,53 @@ def test_inpaint_naming_and_per_object(api_engine, tmp_path):
     assert sorted(p.name for p in (tmp_path / "obj").glob("img00*")) == ["img00_0_obj0_mask.png", "img00_0_obj1_mask.png"]
 
 
-def test_outputs_beside_sources_never_touch_them_nor_become_inputs(api_engine, tmp_path):
+def test_an_output_folder_that_is_an_input_folder_is_refused(api_engine, tmp_path):
+    # issue #19 item 4: a real input named like an output (a_0_mask.png) was overwritten
+    from sd_webui_sam.batch import run_batch
+    from sd_webui_sam.errors import InvalidPromptError
+
+    folder = make_folder(tmp_path / "in", 1)
+    (folder / "img00_0_mask.png").write_bytes(png_bytes(sample_image(64, 80, seed=9)))
+    before = digest_tree(folder)
+    with pytest.raises(InvalidPromptError, match="separate folder"):
+        run_batch(api_engine, options([folder], folder, outputs=("mask",), overwrite=True))
+    assert digest_tree(folder) == before
+    # a sub-folder of the input folder is fine, and nothing in it is taken as input
+    inside = folder / "sam_outputs"
+    first = run_batch(api_engine, options([folder], inside, outputs=("mask",), recursive=True))
+    second = run_batch(api_engine, options([folder], inside, outputs=("mask",), recursive=True, overwrite=True))
+    assert first.total == second.total == 2 and second.done == 2
+    assert {k: v for k, v in digest_tree(folder).items() if not k.startswith("sam_outputs/")} == before
+
+
+def test_a_file_this_tool_did_not_write_is_never_overwritten(api_engine, tmp_path):
+    # issue #19 items 4 and 5: whatever its name, and the report says what was written and kept
     from sd_webui_sam.batch import run_batch
 
     folder = make_folder(tmp_path / "in", 2)
-    before = digest_tree(folder)
-    first = run_batch(api_engine, options([folder], folder, outputs=("mask",)))
-    second = run_batch(api_engine, options([folder], folder, outputs=("mask",), overwrite=True))
-    assert first.total == second.total == 2 and second.done == 2
-    after = digest_tree(folder)
-    assert {k: v for k, v in after.items() if k in before} == before
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = png_bytes(sample_image(64, 80, seed=11))
+    (out / "img00_0_mask.png").write_bytes(foreign)
+    report = run_batch(api_engine, options([folder], out, outputs=("mask",), overwrite=True))
+    assert (out / "img00_0_mask.png").read_bytes() == foreign
+    files = {Path(f.source).name: f for f in report.files}
+    assert files["img00.png"].kept == files["img00.png"].not_ours == ["img00_0_mask.png"]
+    assert "img00_0_mask.png" not in files["img00.png"].written
+    assert sorted(files["img01.png"].written) == ["img01_0_mask.png", "img01_1_mask.png", "img01_2_mask.png"]
+    assert report.outputs_written == 5 and report.outputs_kept == 1 and report.done == 2
+    # a second run without overwrite writes nothing and says so, file by file
+    (out / ".sam-batch-state.jsonl").unlink()   # not "finished": each source is processed again
+    again = run_batch(api_engine, options([folder], out, outputs=("mask",)))
+    assert again.done == 0 and again.kept == 2 and again.skipped == 0
+    assert again.outputs_written == 0 and again.outputs_kept == 6
+    assert all(f.status == "kept" and not f.written for f in again.files)
+    assert "0 done, 2 kept" in again.summary() and "0 files written, 6 kept" in again.summary()
+    saved = json.loads((out / "batch_report.json").read_text())
+    assert {f["status"] for f in saved["files"]} == {"kept"}
+    # overwrite replaces our own outputs, never the foreign one
+    third = run_batch(api_engine, options([folder], out, outputs=("mask",), overwrite=True))
+    assert third.outputs_written == 5 and (out / "img00_0_mask.png").read_bytes() == foreign
 
 
 def test_ctrl_c_stops_cleanly(api_engine, tmp_path):

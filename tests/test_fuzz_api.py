@@ -1,11 +1,15 @@
 """Bounded fuzzing: malformed requests to every route never get a 5xx, and the server keeps answering."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
@@ -40,11 +44,42 @@ VALID = {
 }
 GET_ROUTES = ["/sam/heartbeat", "/sam/sam-model", "/sam/v2/health", "/sam/v2/models"]
 
+
+def _encoded(image: Image.Image, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return b64(buffer.getvalue())
+
+
+def _huge_declared_png() -> str:
+    from tests.test_images import _png_claiming_size
+
+    return b64(_png_claiming_size(200_000, 200_000))
+
+
+def _palette_with_transparency() -> str:
+    image = Image.fromarray(sample_image(H, W)).convert("P")
+    image.info["transparency"] = 0
+    return _encoded(image)
+
+
+#: Pictures a black-box check sends (issue #19): thin, palette, 16-bit, CMYK, a huge declared size.
+CORPUS = {
+    "thin-1x3000": image_b64(sample_image(3000, 1)),
+    "thin-3000x1": image_b64(sample_image(1, 3000)),
+    "palette": _palette_with_transparency(),
+    "16-bit": _encoded(Image.fromarray((np.arange(H * W, dtype=np.uint16).reshape(H, W) * 13), mode="I;16")),
+    "cmyk-jpeg": _encoded(Image.fromarray(sample_image(H, W)).convert("CMYK"), "JPEG"),
+    "huge-declared": _huge_declared_png(),
+}
+IMAGE_FIELDS = ("input_image", "image", "mask", "segmentation_map")
+
 json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-10**20, max_value=10**20),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
     st.sampled_from(["", "../../etc/passwd", "/etc/passwd", "data:image/png;base64,AAAA", "!!!", GOOD_IMAGE[:100],
-                     b64(b"not an image"), b64(png_bytes(sample_image(8, 8))[:60]), "0" * 32, "nan", "png", "rle"]),
+                     b64(b"not an image"), b64(png_bytes(sample_image(8, 8))[:60]), "0" * 32, "nan", "png", "rle",
+                     *CORPUS.values()]),
 )
 json_value = st.recursive(json_leaf, lambda children: st.one_of(
     st.lists(children, max_size=5), st.dictionaries(st.text(max_size=12), children, max_size=5)), max_leaves=12)
@@ -111,3 +146,24 @@ def test_get_routes_and_server_still_answers(fuzz_client):
     assert fuzz_client.get("/sam/heartbeat").json() == {"msg": "Success!"}
     answer = fuzz_client.post("/sam/v2/predict", json=VALID["/sam/v2/predict"])
     assert answer.status_code == 200 and answer.json()["objects"]
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_every_route_takes_the_picture_corpus_without_5xx(fuzz_client, name):
+    for route in ROUTES:
+        body = json.loads(json.dumps(VALID[route]))
+        target = body.get("payload", body)
+        for field in IMAGE_FIELDS:
+            if field in target:
+                target[field] = CORPUS[name]
+        answer = fuzz_client.post(route, json=body)
+        assert acceptable(route, answer), (route, answer.status_code, answer.text[:300])
+        if name == "huge-declared" and route != "/sam/v2/batch":
+            assert answer.status_code == 413 and "bomb" not in answer.json()["msg"].lower(), (route, answer.text[:300])
+    # the readable ones are segmented (a point in the middle of each)
+    if name != "huge-declared":
+        size = Image.open(io.BytesIO(base64.b64decode(CORPUS[name]))).size
+        body = {"model": "tiny_sam.pth", "image": CORPUS[name], "points": [[size[0] / 2, size[1] / 2]],
+                "mask_format": "rle"}
+        answer = fuzz_client.post("/sam/v2/predict", json=body)
+        assert answer.status_code == 200, answer.text[:300]

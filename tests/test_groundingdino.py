@@ -98,6 +98,63 @@ def test_swin_t_matches_reference(swin_t_pair, caption):
         assert tokens.truncated and len(tokens.kept_phrase_spans()) < len(tokens.phrases)
 
 
+def _threshold_in_a_gap(values, quantile, fallback=None):
+    """A threshold near ``quantile`` of ``values`` that no value lies within 1e-4 of, so that
+    float noise between two implementations cannot move a value across it."""
+    ordered = values.flatten().sort()[0]
+    start = int(quantile * (len(ordered) - 1))
+    for index in sorted(range(len(ordered) - 1), key=lambda i: abs(i - start)):
+        low, high = float(ordered[index]), float(ordered[index + 1])
+        if high - low > 2e-4:
+            return (low + high) / 2
+    assert fallback is not None, "no gap between the scores to put a threshold in"
+    return fallback
+
+
+@pytest.mark.parametrize("caption", ["Hand, FACE", "red cat . dog ? blue shirt"], ids=["commas", "separators"])
+def test_reference_rule_is_groundingdino_predict(swin_t_pair, caption):
+    # issue #19 item 3: the drop-in routes keep every box GroundingDINO's predict keeps (no extra
+    # phrase threshold), in its query order, named with its own phrase strings
+    # groundingdino.util.inference.predict's steps (that module needs `supervision`, which the
+    # test stacks lack), with the oracle's own model, tokenizer and get_phrases_from_posmap
+    from groundingdino.util.utils import get_phrases_from_posmap
+
+    reference, detector = swin_t_pair
+    image = _image(4)
+    pixels = detector._pixels(image)
+    height, width = image.shape[:2]
+    text = caption.lower().strip() + "."
+    with torch.no_grad():
+        output = reference(pixels, captions=[text])
+    logits, all_boxes = output["pred_logits"][0].sigmoid(), output["pred_boxes"][0]
+    # random weights can saturate every box score at 1.0 (the Forge stack's BERT): then all are kept
+    box_threshold = _threshold_in_a_gap(logits.max(-1)[0], 0.25, fallback=0.5)
+    text_threshold = _threshold_in_a_gap(logits[logits > 0], 0.5)   # some tokens pass, some do not
+    keep = logits.max(-1)[0] > box_threshold
+    tokenized = reference.tokenizer(text)
+    phrases = [get_phrases_from_posmap(row > text_threshold, tokenized, reference.tokenizer).replace(".", "")
+               for row in logits[keep]]
+    boxes, scores = all_boxes[keep], logits[keep].max(-1)[0]
+    ours = detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold, like_reference=True)
+    assert len(ours) == len(phrases) > 1
+    assert [d.phrase for d in ours] == phrases
+    assert len(set(phrases)) > 1   # the strings differ per box, so the comparison means something
+    np.testing.assert_allclose([d.score for d in ours], scores.numpy(), atol=1e-4)
+    cx, cy, w, h = boxes.unbind(-1)
+    xyxy = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1) * torch.tensor([width, height, width, height])
+    np.testing.assert_allclose(np.array([d.box_xyxy for d in ours]), xyxy.numpy(), atol=1e-3)
+
+
+def test_decode_writes_what_bert_writes():
+    from transformers import BertTokenizer
+
+    reference = BertTokenizer(vocab_file=str(BUNDLED_VOCAB), do_lower_case=True)
+    ours = WordPieceTokenizer.from_directory()
+    for text in ["[CLS] a man's hand, holding it . unaffable [SEP]", "don't stop ? ok !", ""]:
+        ids = reference.convert_tokens_to_ids(reference.tokenize(text))
+        assert ours.decode(ids) == reference.decode(ids), text
+
+
 def test_reduced_swin_b_matches_reference(swin_b_pair):
     reference, detector = swin_b_pair
     assert detector.spec.shape.swin.window_size == 12 and detector.spec.shape.swin.embed_dim == 128
@@ -288,6 +345,9 @@ def test_detection_size_follows_the_trained_resize():
     assert detection_size(1000, 500) == (1332, 666)   # long side capped at 1333, aspect kept
     assert detection_size(600, 800) == (800, 1066)
     assert detection_size(800, 800) == (800, 800)
+    # issue #19 item 1: a thin picture keeps one pixel across instead of a 0-pixel side
+    assert detection_size(1, 3000) == (1, 1333)
+    assert detection_size(3000, 1) == (1333, 1)
 
 
 # ----------------------------------------------------------------------------- store

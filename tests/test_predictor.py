@@ -10,7 +10,7 @@ from sd_webui_sam.devices import Placement
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 from sd_webui_sam.modeling import build_sam
-from sd_webui_sam.predictor import Predictor, Prompts, group_objects, resize_image
+from sd_webui_sam.predictor import Predictor, Prompts, group_objects, prompt_token_groups, resize_image, resized_shape
 from tests.fixtures.mask_compare import assert_masks_match
 from tests.fixtures.sam_checkpoints import TINY, VIT_B, VitShape, build_reference_sam, save_state_dict
 
@@ -224,25 +224,14 @@ def test_several_boxes_and_points_decode_per_rule(predictor, small_scene):
     assert ours.masks.shape == (3, 1, 200, 300)
     assert ours.object_boxes == [tuple(RULE_BOXES[0]), tuple(RULE_BOXES[1]), None]
 
-    # Boxed objects: one batched call, box 1's shorter point list padded with "not a point".
-    transform = reference.transform
-    coords = np.stack([RULE_POINTS[[0, 2, 4, 5]], np.concatenate([RULE_POINTS[[1, 2, 4]], [[0.0, 0.0]]])])
-    labels = np.array([RULE_LABELS[[0, 2, 4, 5]], [*RULE_LABELS[[1, 2, 4]], -1]])
-    coords_torch = torch.as_tensor(transform.apply_coords(coords, reference.original_size), dtype=torch.float)
-    boxes_torch = transform.apply_boxes_torch(torch.as_tensor(RULE_BOXES, dtype=torch.float), reference.original_size)
-    logits, scores, low_res = reference.predict_torch(
-        coords_torch, torch.as_tensor(labels, dtype=torch.int), boxes=boxes_torch, multimask_output=False, return_logits=True
-    )
-    assert_masks_match(ours.masks[:2], logits.numpy())
-    np.testing.assert_allclose(ours.scores[:2], scores.numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(ours.low_res_logits[:2], low_res.numpy(), atol=1e-4, rtol=0)
-
-    # Box 0 has the most points, so it is unpadded: the same as prompting it alone.
-    alone_logits, alone_scores, alone_low = reference.predict(
-        point_coords=RULE_POINTS[[0, 2, 4, 5]], point_labels=RULE_LABELS[[0, 2, 4, 5]], box=RULE_BOXES[0],
-        multimask_output=False, return_logits=True,
-    )
-    assert_same_prediction(ours, alone_logits, alone_scores, alone_low, index=0)
+    # Each boxed object equals its own prompts sent alone (issue #19 item 2): box 1 has fewer
+    # points than box 0, and padding it with "not a point" tokens would change its masks.
+    for index, chosen in ((0, [0, 2, 4, 5]), (1, [1, 2, 4])):
+        alone_logits, alone_scores, alone_low = reference.predict(
+            point_coords=RULE_POINTS[chosen], point_labels=RULE_LABELS[chosen], box=RULE_BOXES[index],
+            multimask_output=False, return_logits=True,
+        )
+        assert_same_prediction(ours, alone_logits, alone_scores, alone_low, index=index)
 
     # The stray positive point, with the negative point outside every box.
     extra_masks, extra_scores, extra_low = reference.predict(
@@ -305,6 +294,25 @@ def test_edge_points_are_accepted_and_boxes_past_the_edge_are_clipped(predictor,
     logits, scores, low_res = reference.predict(box=np.array([100.0, 0.0, 300.0, 200.0]), return_logits=True)
     assert_same_prediction(ours, logits, scores, low_res)
     assert ours.object_boxes == [(100.0, 0.0, 300.0, 200.0)]
+
+
+def test_objects_are_batched_only_with_objects_of_the_same_prompt_tokens():
+    tiny_boxes = [[0.0, 180.0, 5.0, 185.0], [195.0, 0.0, 200.0, 5.0]]   # each gets only the stray negative point 2
+    objects = group_objects(RULE_POINTS, RULE_LABELS, np.concatenate([RULE_BOXES, tiny_boxes]))
+    shapes = [(obj.box is not None, len(obj.point_indices)) for obj in objects]
+    assert shapes == [(True, 4), (True, 3), (True, 1), (True, 1), (False, 2)]
+    assert prompt_token_groups(objects) == [[0], [1], [2, 3], [4]]
+
+
+@pytest.mark.parametrize("shape", [(3000, 1), (1, 3000), (5000, 2)], ids=["1x3000", "3000x1", "2x5000"])
+def test_a_picture_thinner_than_one_input_pixel_still_segments(predictor, shape):
+    # SamPredictor's resize rule gives a 0-pixel side here (issue #19 item 1)
+    assert min(resized_shape(*shape, 1024)) == 1
+    image = test_image(*shape, seed=3)
+    height, width = shape
+    prediction = predictor.predict(image, Prompts(points=[(width / 2, height / 2)], labels=[1]))
+    assert prediction.masks.shape == (1, 3, height, width)
+    assert np.all(np.isfinite(prediction.scores))
 
 
 @pytest.mark.parametrize(

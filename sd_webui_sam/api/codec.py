@@ -83,9 +83,22 @@ def decode_base64(text: Any, *, what: str = "image", max_bytes: int = 128 * 1024
         raise InvalidImageError(f"The {what} is not valid base64.") from None
 
 
-def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int) -> np.ndarray:
+#: What becomes of transparent pixels: "white" composites them on white (as a viewer shows
+#: them); "ignore" keeps the raw colour channels, as the reference extension segments them.
+TRANSPARENCY_MODES = ("white", "ignore")
+
+
+def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int, transparency: str = "white") -> np.ndarray:
     """An ``input_image``/``image`` field as an RGB uint8 array (H, W, 3)."""
-    from sd_webui_sam.images import load_image
+    from sd_webui_sam.images import load_image, load_image_rgba
+
+    if transparency not in TRANSPARENCY_MODES:
+        raise InvalidPromptError(f"transparency must be one of {', '.join(TRANSPARENCY_MODES)}.")
+
+    def decode(source: Any) -> np.ndarray:
+        if transparency == "ignore":
+            return np.ascontiguousarray(load_image_rgba(source, max_pixels=max_pixels)[..., :3])
+        return load_image(source, max_pixels=max_pixels)
 
     if not isinstance(text, str):
         raise InvalidImageError("The image must be a base64 string.")
@@ -94,10 +107,10 @@ def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int) -> np.nd
         raise InvalidImageError("Image URLs are not fetched; send the image itself as base64.")
     path = policy.resolve_inside_roots(stripped)
     if path is not None:
-        return load_image(path, max_pixels=max_pixels)
+        return decode(path)
     try:
         raw = decode_base64(stripped, max_bytes=policy.max_encoded_bytes)
-        return load_image(raw, max_pixels=max_pixels)
+        return decode(raw)
     except ImageTooLargeError:
         raise
     except InvalidImageError:

@@ -1,7 +1,6 @@
 """One method per route: validated request in, JSON-ready dict out (blocking; run in a worker thread)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 from pathlib import Path
@@ -15,6 +14,7 @@ from sd_webui_sam.api.compat import model_to_dict
 from sd_webui_sam.api.service import (
     ApiSettings,
     DetectorAccess,
+    GpuGate,
     ImageStore,
     NotImplementedYetError,
     check_boxes,
@@ -24,11 +24,14 @@ from sd_webui_sam.api.service import (
     check_threshold,
     clock,
     mask_to_low_res_logits,
+    model_inventory,
     resolve_model_name,
 )
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 
 MASK_FORMATS = ("png", "rle", "none")
+#: The reference-compatible routes read a semi-transparent picture's raw colour channels.
+REFERENCE_TRANSPARENCY = "ignore"
 
 
 def _render():
@@ -62,23 +65,25 @@ class SamApi:
         self.images = ImageStore(self.settings.image_store_entries, self.settings.image_store_bytes)
         self.detector = (detector or DetectorAccess()).bind(engine)
         self._gpu_lock = gpu_lock
+        self._gate = GpuGate(gpu_lock, self.settings.busy_timeout_s)
         self._autosam = autosam
         self.metrics = metrics
 
     # ---------------------------------------------------------------- helpers
 
-    def gpu(self) -> ContextManager:
-        """The host's GPU lock (A1111's queue_lock) around model work, if the host gave one."""
-        return self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext()
+    def gpu(self, what: str) -> ContextManager:
+        """The host's GPU lock (A1111's queue_lock) around model work, if the host gave one,
+        waited for at most ``settings.busy_timeout_s`` (then 503 naming ``what`` holds it)."""
+        return self._gate.hold(what)
 
     @property
     def max_pixels(self) -> int:
         return int(getattr(self.engine.settings, "max_image_pixels", 64_000_000))
 
-    def read_image(self, text: Any) -> np.ndarray:
-        return codec.read_image_source(text, self.settings.source_policy, self.max_pixels)
+    def read_image(self, text: Any, transparency: str = "white") -> np.ndarray:
+        return codec.read_image_source(text, self.settings.source_policy, self.max_pixels, transparency)
 
-    def image_from(self, image: Optional[str], image_id: Optional[str]):
+    def image_from(self, image: Optional[str], image_id: Optional[str], transparency: str = "white"):
         if image is not None and image_id is not None:
             raise InvalidPromptError("Give either image or image_id, not both.")
         if image_id is not None:
@@ -86,13 +91,13 @@ class SamApi:
             return image_id, array
         if image is None:
             raise InvalidPromptError("No image: send 'image' (base64) or an 'image_id' from /sam/v2/images.")
-        array = self.read_image(image)
+        array = self.read_image(image, transparency)
         return self.images.put(array), array
 
     def segment(self, model: str, image: np.ndarray, prompts: Any, *, multimask: bool, options: Optional[dict] = None):
         objects = max(1, len(prompts.boxes) + (1 if len(prompts.points) else 0))
         check_mask_budget(objects, 3 if multimask else 1, image.shape[:2])
-        with self.gpu():
+        with self.gpu("SAM segmentation"):
             # encode and decode as two steps (both serialised by the engine) so that the
             # metrics can tell the encoder's time from the decoder's
             predictor = self.engine.predictor(model)
@@ -105,13 +110,14 @@ class SamApi:
             self.metrics.observe_decode(clock() - encoded_at)
         return prediction
 
-    def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float, text_threshold: float = 0.25):
+    def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float, text_threshold: float = 0.25,
+               like_reference: bool = False):
         if model is not None and ("/" in model or "\\" in model or ".." in model):
             raise InvalidPromptError("GroundingDINO model names are names, not paths.")
         start = clock()
-        with self.gpu():
+        with self.gpu("GroundingDINO detection"):
             detections = self.detector.detect(image, text, model=model, box_threshold=box_threshold,
-                                              text_threshold=text_threshold)
+                                              text_threshold=text_threshold, like_reference=like_reference)
         if self.metrics is not None:
             self.metrics.observe_detect(clock() - start)
         return detections
@@ -119,11 +125,17 @@ class SamApi:
     # ---------------------------------------------------------------- reference routes
 
     def list_models(self) -> List[str]:
-        return list(self.engine.list_models(refresh=True))
+        """The usable models (the reference answers a plain list of names; files that are not
+        models, with the reason, are listed by /sam/v2/models and /sam/v2/health)."""
+        return model_inventory(self.engine, refresh=True)[0]
+
+    def unusable_models(self, refresh: bool = False) -> List[Dict[str, str]]:
+        return [{"name": name, "reason": why} for name, why in model_inventory(self.engine, refresh)[1]]
 
     def sam_predict(self, request) -> Dict[str, Any]:
         model = resolve_model_name(self.engine, request.sam_model_name)
-        image = self.read_image(request.input_image)
+        # the reference segments the raw colour channels of a semi-transparent picture
+        image = self.read_image(request.input_image, REFERENCE_TRANSPARENCY)
         shape = image.shape[:2]
         positive = check_points(request.sam_positive_points, shape, "sam_positive_points")
         negative = check_points(request.sam_negative_points, shape, "sam_negative_points")
@@ -133,12 +145,15 @@ class SamApi:
             threshold = check_threshold(0.3 if request.dino_box_threshold is None else request.dino_box_threshold,
                                         "dino_box_threshold")
             detections = self.detect(image, request.dino_text_prompt, model=request.dino_model_name,
-                                     box_threshold=threshold)
+                                     box_threshold=threshold, like_reference=True)
             boxes = [d.box for d in detections]
             selection = request.dino_preview_boxes_selection
             if request.dino_preview_checkbox and selection is not None:
                 keep = sorted({int(i) for i in selection if 0 <= int(i) < len(boxes)})
                 boxes = [boxes[i] for i in keep]
+            # the reference's boxes may lie wholly outside the picture (clamped to a line here);
+            # such a box has nothing for SAM to segment
+            boxes = [b for b in boxes if b[2] - b[0] >= 1 and b[3] - b[1] >= 1]
         if not boxes and not positive and not negative:
             if dino_enabled and request.dino_preview_checkbox:
                 msg = ("GroundingDINO generated 0 box. Please lower the box threshold if you want any "
@@ -167,9 +182,10 @@ class SamApi:
         }
 
     def dino_predict(self, request) -> Dict[str, Any]:
-        image = self.read_image(request.input_image)
+        image = self.read_image(request.input_image, REFERENCE_TRANSPARENCY)
         threshold = check_threshold(request.box_threshold, "box_threshold")
-        detections = self.detect(image, request.text_prompt, model=request.dino_model_name, box_threshold=threshold)
+        detections = self.detect(image, request.text_prompt, model=request.dino_model_name, box_threshold=threshold,
+                                 like_reference=True)
         boxes = [d.box for d in detections]
         render = _render()
         preview = render.Image.fromarray(render.overlay(image, [], boxes=boxes, box_color=render.REFERENCE_BOX_COLOUR))
@@ -217,15 +233,15 @@ class SamApi:
         body = model_to_dict(payload)
         if body.get("segmentation_map") is not None:
             body["segmentation_map"] = self.read_image(body["segmentation_map"])
-        with self.gpu():
+        with self.gpu(f"AutoSAM (/sam/{operation.replace('_', '-')})"):
             return handler(self.engine, image, body, model_to_dict(autosam_conf))
 
     def segment_everything_v2(self, request) -> Dict[str, Any]:
         from sd_webui_sam.autosam import api_hooks
 
         model = resolve_model_name(self.engine, request.model)
-        _, image = self.image_from(request.image, request.image_id)
-        with self.gpu():
+        _, image = self.image_from(request.image, request.image_id, request.transparency)
+        with self.gpu("AutoSAM segment-everything (/sam/v2/segment-everything)"):
             return api_hooks.segment_everything(self.engine, model, image, model_to_dict(request.autosam_conf),
                                                 mask_format=request.mask_format, max_masks=request.max_masks)
 
@@ -250,7 +266,8 @@ class SamApi:
             memory["cuda"] = "unavailable"
         return {
             "status": "ok",
-            "models_available": list(self.engine.list_models()),
+            "models_available": model_inventory(self.engine)[0],
+            "models_unusable": self.unusable_models(),
             "models_loaded": list(stats.get("loaded_models", stats.get("models_loaded", []))),
             "device": str(stats.get("device", getattr(self.engine.settings, "device", "unknown"))),
             "memory": memory,
@@ -268,7 +285,8 @@ class SamApi:
 
     def models(self) -> Dict[str, Any]:
         names = self.list_models()
-        return {"models": [{"name": name, "label": self._label(name)} for name in names]}
+        return {"models": [{"name": name, "label": self._label(name)} for name in names],
+                "unusable": self.unusable_models()}
 
     def _label(self, name: str) -> str:
         try:
@@ -277,13 +295,13 @@ class SamApi:
             return name
 
     def upload_image(self, request) -> Dict[str, Any]:
-        image = self.read_image(request.image)
+        image = self.read_image(request.image, request.transparency)
         image_id = self.images.put(image)
         encoded = False
         if request.model is not None:
             model = resolve_model_name(self.engine, request.model)
             start = clock()
-            with self.gpu():
+            with self.gpu("SAM image encoding"):
                 self.engine.predictor(model).encode(image)
             if self.metrics is not None:
                 self.metrics.observe_encode(clock() - start)
@@ -294,9 +312,10 @@ class SamApi:
         return {"deleted": self.images.delete(image_id)}
 
     def detect_v2(self, request) -> Dict[str, Any]:
-        image_id, image = self.image_from(request.image, request.image_id)
+        image_id, image = self.image_from(request.image, request.image_id, request.transparency)
         detections = self.detect(image, request.text, model=request.dino_model,
-                                 box_threshold=request.box_threshold, text_threshold=request.text_threshold)
+                                 box_threshold=request.box_threshold, text_threshold=request.text_threshold,
+                                 like_reference=request.detection_rule == "reference")
         return {
             "image_id": image_id,
             "detections": [{"box": [float(v) for v in d.box], "phrase": d.phrase, "score": float(d.score)}
@@ -307,7 +326,7 @@ class SamApi:
         if request.mask_format not in MASK_FORMATS:
             raise InvalidPromptError(f"mask_format must be one of {', '.join(MASK_FORMATS)}.")
         model = resolve_model_name(self.engine, request.model)
-        image_id, image = self.image_from(request.image, request.image_id)
+        image_id, image = self.image_from(request.image, request.image_id, request.transparency)
         shape = image.shape[:2]
         points = check_points(request.points, shape)
         labels = list(request.labels) if request.labels else [1] * len(points)
@@ -319,7 +338,10 @@ class SamApi:
         detected: List = []
         if request.text is not None:
             detected = self.detect(image, request.text, model=request.dino_model,
-                                   box_threshold=request.box_threshold, text_threshold=request.text_threshold)
+                                   box_threshold=request.box_threshold, text_threshold=request.text_threshold,
+                                   like_reference=request.detection_rule == "reference")
+            # boxes lying wholly outside the picture (kept by the reference rule) segment nothing
+            detected = [d for d in detected if d.box[2] - d.box[0] >= 1 and d.box[3] - d.box[1] >= 1]
         mask_input = None
         if request.previous_logits is not None and request.previous_mask is not None:
             raise InvalidPromptError("Give previous_mask or previous_logits, not both.")

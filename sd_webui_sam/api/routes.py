@@ -1,8 +1,8 @@
 """FastAPI routers: the reference-compatible ``/sam/*`` set and the ``/sam/v2/*`` set.
 
 Handlers are ``async`` only to hand the blocking work to a worker thread; nothing blocking
-runs on the event loop. Every user error becomes a 4xx JSON answer with both ``detail``
-(FastAPI's convention) and ``msg`` (the reference's key).
+runs on the event loop. Every error, FastAPI's own included, is a JSON answer with both
+``detail`` (FastAPI's convention) and ``msg`` (the reference's key), the same text.
 """
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from sd_webui_sam.api import models as m
@@ -22,8 +25,62 @@ from sd_webui_sam.errors import OutOfMemoryError, SamUserError
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": message, "msg": message})
+#: Methods a client might try on a route; the others than a route's own answer 405.
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def error_response(status: int, message: str, headers: Optional[dict] = None, **extra: Any) -> JSONResponse:
+    """Every error of our routes has this shape: ``detail`` and ``msg``, the same text."""
+    return JSONResponse(status_code=status, content={"detail": message, "msg": message, **extra}, headers=headers)
+
+
+def describe_validation_errors(errors: list) -> str:
+    """FastAPI's list of body errors as one sentence: 'body.sam_model_name: str type expected; ...'."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "Invalid request: " + "; ".join(parts) + "."
+
+
+class SamRoute(APIRoute):
+    """Our routes answer FastAPI's own errors (422 validation, 401 from the auth dependency) in
+    our shape too, without touching the host app's handlers for its other routes."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as error:
+                errors = jsonable_encoder(error.errors())
+                return error_response(422, describe_validation_errors(errors), errors=errors)
+            except HTTPException as error:
+                return error_response(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+
+        return route_handler
+
+
+def add_method_not_allowed(router: APIRouter) -> None:
+    """A wrong method on one of our paths answers 405 with ``Allow``. Starlette does that by
+    itself only when no later route takes the path: behind the WebUI's or the panel's catch-all
+    mount at "/", the mount would answer 404."""
+    allowed: dict = {}
+    for route in list(router.routes):
+        allowed.setdefault(route.path, set()).update(getattr(route, "methods", ()) or ())
+    for path, methods in allowed.items():
+        allow = ", ".join(sorted(methods - {"HEAD"}))
+        others = [method for method in _METHODS if method not in methods]
+        if others:
+            router.add_api_route(path, _not_allowed(path, allow), methods=others, include_in_schema=False)
+
+
+def _not_allowed(path: str, allow: str) -> Callable:
+    async def not_allowed() -> JSONResponse:
+        return error_response(405, f"{path} accepts {allow} only.", headers={"Allow": allow})
+
+    return not_allowed
 
 
 async def run_operation(api: SamApi, route: str, operation: Callable[..., Any], *args: Any, **kwargs: Any):
@@ -34,7 +91,8 @@ async def run_operation(api: SamApi, route: str, operation: Callable[..., Any], 
         return await run_in_threadpool(operation, *args, **kwargs)
     except SamUserError as error:
         status = error.http_status
-        return error_response(status, str(error))
+        retry_after = getattr(error, "retry_after", None)
+        return error_response(status, str(error), headers={"Retry-After": str(retry_after)} if retry_after else None)
     except MemoryError:
         status = OutOfMemoryError.http_status
         return error_response(status, "The server ran out of memory for this request; send a smaller image or fewer prompts.")
@@ -48,7 +106,7 @@ async def run_operation(api: SamApi, route: str, operation: Callable[..., Any], 
 
 
 def build_reference_router(api: SamApi, dependencies: list) -> APIRouter:
-    router = APIRouter(dependencies=dependencies, tags=["Segment Anything (reference-compatible)"])
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything (reference-compatible)"], route_class=SamRoute)
 
     @router.get("/heartbeat", summary="Is the SAM API up?")
     async def heartbeat():
@@ -78,11 +136,12 @@ def build_reference_router(api: SamApi, dependencies: list) -> APIRouter:
     async def category_mask(payload: m.CategoryMaskRequest = Body(...), autosam_conf: m.AutoSAMConfig = Body(...)):
         return await run_operation(api, "/sam/category-mask", api.autosam, "category_mask", payload, autosam_conf)
 
+    add_method_not_allowed(router)
     return router
 
 
 def build_v2_router(api: SamApi, dependencies: list, *, batch_interrupt: Optional[Callable[[], bool]] = None) -> APIRouter:
-    router = APIRouter(dependencies=dependencies, tags=["Segment Anything v2"])
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything v2"], route_class=SamRoute)
 
     @router.get("/health", summary="Models available and loaded, device, memory")
     async def health():
@@ -122,6 +181,7 @@ def build_v2_router(api: SamApi, dependencies: list, *, batch_interrupt: Optiona
     async def batch(payload: m.BatchV2Request = Body(...)):
         return await run_operation(api, "/sam/v2/batch", api.batch, payload, interrupt=batch_interrupt)
 
+    add_method_not_allowed(router)
     return router
 
 

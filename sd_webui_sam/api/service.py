@@ -45,6 +45,14 @@ class ServiceUnavailableError(SamUserError):
     http_status = 503
 
 
+class BusyError(ServiceUnavailableError):
+    """The GPU is held by another job for longer than a request may wait; try again later."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
 @dataclass
 class ApiSettings:
     """What a server owner decides about the API (filled by the host adapters)."""
@@ -54,6 +62,9 @@ class ApiSettings:
     batch_roots: Tuple[Path, ...] = ()
     image_store_entries: int = 32
     image_store_bytes: int = 512 * 1024 * 1024
+    #: Seconds a request waits for the host's GPU lock (A1111's queue_lock) while another job
+    #: (a generation, an AutoSAM run) holds it, before answering 503 with Retry-After.
+    busy_timeout_s: float = 30.0
 
 
 class ImageStore:
@@ -110,15 +121,44 @@ class ImageStore:
             return len(self._images)
 
 
+def model_inventory(engine: Any, refresh: bool = False) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """(usable model names, [(unusable file name, why)]), each in the engine's list order.
+
+    A file in the model folder is not a model until its tensors say so (a bogus or foreign
+    checkpoint must neither be listed as a model nor become the default).
+    """
+    names = list(engine.list_models(refresh=refresh))
+    describe = getattr(engine, "describe", None)
+    if describe is None:  # an engine that cannot tell: every file counts as usable
+        return names, []
+    usable, unusable = [], []
+    for name in names:
+        try:
+            description = describe(name)
+        except SamUserError as error:  # vanished or unreadable since the listing
+            unusable.append((name, str(error)))
+            continue
+        if description.usable:
+            usable.append(name)
+        else:
+            unusable.append((name, str(description.error)))
+    return usable, unusable
+
+
 def resolve_model_name(engine: Any, name: Optional[str]) -> str:
-    """The model file a client means: exact file name, else case-insensitive, else a unique stem."""
+    """The model file a client means: exact file name, else case-insensitive, else a unique stem;
+    without a name, the first usable model."""
     available = list(engine.list_models())
     if name is None:
-        if not available:
-            available = list(engine.list_models(refresh=True))
-        if not available:
-            raise ModelNotFoundError("No SAM model found; put a checkpoint (e.g. sam_vit_b_01ec64.pth) in the models/sam folder.")
-        return available[0]
+        usable, unusable = model_inventory(engine)
+        if not usable:
+            usable, unusable = model_inventory(engine, refresh=True)
+        if usable:
+            return usable[0]
+        if unusable:
+            reasons = "; ".join(f"{file}: {why}" for file, why in unusable)
+            raise ModelNotFoundError(f"No usable SAM model found ({reasons}).")
+        raise ModelNotFoundError("No SAM model found; put a checkpoint (e.g. sam_vit_b_01ec64.pth) in the models/sam folder.")
     name = validate_model_name(name)
     for attempt in (0, 1):
         if attempt:
@@ -222,20 +262,30 @@ class DetectorAccess:
         return self
 
     def _raw(self, image: np.ndarray, caption: str, model: Optional[str], box_threshold: float,
-             text_threshold: float) -> List[Any]:
+             text_threshold: float, like_reference: bool) -> List[Any]:
+        # only a reference-style request passes the flag, so a provider's detector that has
+        # no such mode still serves the v2 rule
+        extra = {"like_reference": True} if like_reference else {}
         if self._provider is not None:
             with self._lock:
                 detector = self._provider(model)
-                return list(detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold))
+                return list(detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold,
+                                            **extra))
         if self._engine is None or not hasattr(self._engine, "detect"):
             raise ServiceUnavailableError("GroundingDINO is not available on this server (no engine to run it).")
-        return list(self._engine.detect(model, image, caption, box_threshold, text_threshold))
+        return list(self._engine.detect(model, image, caption, box_threshold, text_threshold, **extra))
 
     def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float,
-               text_threshold: float = 0.25) -> List[Detection]:
+               text_threshold: float = 0.25, like_reference: bool = False) -> List[Detection]:
+        """Detections in image pixels, clamped to the image.
+
+        like_reference: the reference extension's boxes, order and phrase strings (see
+        ``Detector.detect``); a box lying wholly outside the image is then kept (clamped to
+        an edge) so that box indices stay the reference's; otherwise it is dropped.
+        """
         caption = check_caption(text)
         height, width = image.shape[:2]
-        raw = self._raw(image, caption, model, box_threshold, text_threshold)
+        raw = self._raw(image, caption, model, box_threshold, text_threshold, like_reference)
         detections = []
         for item in raw:
             box = getattr(item, "box", None)
@@ -247,12 +297,55 @@ class DetectorAccess:
             # GroundingDINO boxes can stick out of the image; SAM wants them inside.
             x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
             y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-            if x2 - x1 < 1 or y2 - y1 < 1:
+            if (x2 - x1 < 1 or y2 - y1 < 1) and not like_reference:
                 continue
             phrase = getattr(item, "phrase", None) if not isinstance(item, dict) else item.get("phrase")
             score = getattr(item, "score", None) if not isinstance(item, dict) else item.get("score")
             detections.append(Detection((x1, y1, x2, y2), str(phrase or ""), float(score if score is not None else 0.0)))
         return detections
+
+
+class GpuGate:
+    """The host's GPU lock, waited for at most ``timeout`` seconds, knowing which of our jobs holds it.
+
+    A long job (AutoSAM on a big picture) holds the lock for minutes; a short request must
+    not queue silently behind it, so it gets a 503 that says what is running and when to retry.
+    """
+
+    def __init__(self, lock: Optional[ContextManager], timeout: float) -> None:
+        self._lock = lock
+        self._timeout = max(0.0, float(timeout))
+        self._holder: Optional[Tuple[str, float]] = None
+
+    @contextlib.contextmanager
+    def hold(self, what: str):
+        if self._lock is None:
+            yield
+            return
+        acquire = getattr(self._lock, "acquire", None)
+        if acquire is None:  # a bare context manager cannot be waited for with a bound
+            with self._lock:
+                yield
+            return
+        if not acquire(timeout=self._timeout):
+            raise self._busy()
+        self._holder = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            self._holder = None
+            self._lock.release()
+
+    def _busy(self) -> BusyError:
+        holder = self._holder
+        if holder is None:
+            running = "The WebUI is busy with another job (an image generation or another extension)"
+            retry = self._timeout or 10
+        else:
+            elapsed = time.monotonic() - holder[1]
+            running = f"The GPU is busy with {holder[0]}, running for {elapsed:.0f} s"
+            retry = max(self._timeout, 5.0)
+        return BusyError(f"{running}; this request waited {self._timeout:g} s. Try again later.", int(retry + 0.5))
 
 
 def clock() -> float:
