@@ -24,6 +24,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from sd_webui_sam.cutout import most_confident
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -417,7 +418,8 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
     return report
 
 
-def _prompts_for(options: BatchOptions, image: np.ndarray, detector: Any, lock: ContextManager):
+def _prompts_for(options: BatchOptions, image: np.ndarray, detector: Any, lock: ContextManager, max_objects: int):
+    """(prompts, the detections they came from, how many detections 'max objects' left out)."""
     from sd_webui_sam.api.service import check_boxes, check_points
     from sd_webui_sam.predictor import Prompts
 
@@ -426,10 +428,11 @@ def _prompts_for(options: BatchOptions, image: np.ndarray, detector: Any, lock: 
         with lock:
             detections = detector.detect(image, options.text, model=options.dino_model,
                                          box_threshold=options.box_threshold, text_threshold=options.text_threshold)
-        return Prompts(boxes=[d.box for d in detections]), detections
+        detections, dropped = most_confident(detections, max_objects)
+        return Prompts(boxes=[d.box for d in detections]), detections, dropped
     points = check_points(list(options.points), shape)
     labels = list(options.labels) if options.labels else [1] * len(points)
-    return Prompts(points=points, labels=labels, boxes=check_boxes(list(options.boxes), shape)), []
+    return Prompts(points=points, labels=labels, boxes=check_boxes(list(options.boxes), shape)), [], 0
 
 
 def _finish_mask(mask: np.ndarray, options: BatchOptions) -> np.ndarray:
@@ -452,7 +455,9 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
             entry["objects"] = 0
             return entry, []
     else:
-        prompts, detections = _prompts_for(options, image, detector, lock)
+        prompts, detections, dropped = _prompts_for(options, image, detector, lock, engine.settings.max_objects)
+        if dropped:
+            entry["objects_left_out"] = dropped  # the least confident, past the 'max objects' setting
         if not prompts.boxes and not prompts.points:
             entry["objects"] = 0
             return entry, []

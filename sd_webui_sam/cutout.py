@@ -52,6 +52,19 @@ def check_caption(caption: Any) -> str:
     return text
 
 
+def most_confident(found: Sequence[Any], limit: int) -> Tuple[List[Any], int]:
+    """(the ``limit`` highest-scoring of ``found``, in their given order; how many were left out).
+
+    Every text prompt that leads to SAM is bounded this way: a low box threshold can let hundreds
+    of boxes through, and each one costs a decode and full-size masks."""
+    limit = max(1, int(limit))
+    if len(found) <= limit:
+        return list(found), 0
+    ranked = sorted(range(len(found)), key=lambda index: -float(found[index].score))  # stable on ties
+    keep = set(ranked[:limit])
+    return [item for index, item in enumerate(found) if index in keep], len(found) - limit
+
+
 @dataclass(frozen=True)
 class DetectedBoxes:
     boxes: List[TextBox]   # best first, at most the engine's ``max_objects``
@@ -78,8 +91,8 @@ def detect_boxes(engine: Any, detector: Optional[str], image: np.ndarray, captio
             continue
         found.append(TextBox((x1, y1, x2, y2), str(detection.phrase), float(detection.score)))
     found.sort(key=lambda box: -box.score)  # stable: equal scores keep the detector's order
-    limit = max(1, int(engine.settings.max_objects))
-    return DetectedBoxes(boxes=found[:limit], dropped=max(0, len(found) - limit))
+    kept, dropped = most_confident(found, engine.settings.max_objects)
+    return DetectedBoxes(boxes=kept, dropped=dropped)
 
 
 def no_boxes_message(caption: str, box_threshold: float) -> str:

@@ -127,6 +127,23 @@ def test_v2_predict_with_text_gives_one_object_per_box_or_merged(client, engine,
     assert nothing["objects"] == [] and "box_threshold" in nothing["msg"]
 
 
+def test_text_prompts_segment_at_most_max_objects_the_most_confident(client, engine, image, monkeypatch):
+    """A threshold that lets every query through must not run SAM on every box (900 boxes took a
+    WebUI past 9.8 GB): the most confident 'max objects' are segmented, and the answer says so."""
+    found = engine.detect("groundingdino_swint_ogc.pth", image, "hand, face", 0.0, 0.0)
+    assert len(found) > 2
+    monkeypatch.setattr(engine.settings, "max_objects", 2)
+    body = {"image": image_b64(image), "text": "hand, face", **ALL, "multimask": False, "mask_format": "rle"}
+    data = client.post("/sam/v2/predict", json=body).json()
+    assert len(data["objects"]) == 2
+    assert f"{len(found) - 2} less confident detection(s) were left out" in data["msg"]
+    reference = client.post("/sam/sam-predict", json={"input_image": image_b64(image), "dino_enabled": True,
+                                                      "dino_text_prompt": "hand, face", "dino_box_threshold": 0.0}).json()
+    assert len(reference["boxes"]) == 2 and "left out (max objects 2)" in reference["msg"]
+    too_many = client.post("/sam/v2/predict", json={"image": image_b64(image), "boxes": [[0, 0, 10, 10]] * 3})
+    assert too_many.status_code == 400 and "at most 2 objects" in too_many.json()["msg"]
+
+
 @pytest.mark.parametrize("text", ["", "  ", "."])
 def test_empty_text_is_a_clear_error(client, image, text):
     answer = client.post("/sam/v2/detect", json={"image": image_b64(image), "text": text})

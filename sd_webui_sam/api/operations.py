@@ -27,6 +27,7 @@ from sd_webui_sam.api.service import (
     model_inventory,
     resolve_model_name,
 )
+from sd_webui_sam.cutout import most_confident
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 
 MASK_FORMATS = ("png", "rle", "none")
@@ -140,20 +141,22 @@ class SamApi:
         positive = check_points(request.sam_positive_points, shape, "sam_positive_points")
         negative = check_points(request.sam_negative_points, shape, "sam_negative_points")
         boxes: List = []
+        dropped = 0  # detections left out by max_objects
         dino_enabled = bool(request.dino_enabled) and request.dino_text_prompt is not None
         if dino_enabled:
             threshold = check_threshold(0.3 if request.dino_box_threshold is None else request.dino_box_threshold,
                                         "dino_box_threshold")
             detections = self.detect(image, request.dino_text_prompt, model=request.dino_model_name,
                                      box_threshold=threshold, like_reference=True)
-            boxes = [d.box for d in detections]
             selection = request.dino_preview_boxes_selection
             if request.dino_preview_checkbox and selection is not None:
-                keep = sorted({int(i) for i in selection if 0 <= int(i) < len(boxes)})
-                boxes = [boxes[i] for i in keep]
+                keep = sorted({int(i) for i in selection if 0 <= int(i) < len(detections)})
+                detections = [detections[i] for i in keep]
             # the reference's boxes may lie wholly outside the picture (clamped to a line here);
             # such a box has nothing for SAM to segment
-            boxes = [b for b in boxes if b[2] - b[0] >= 1 and b[3] - b[1] >= 1]
+            inside = [d for d in detections if d.box[2] - d.box[0] >= 1 and d.box[3] - d.box[1] >= 1]
+            kept, dropped = most_confident(inside, self.engine.settings.max_objects)
+            boxes = [d.box for d in kept]
         if not boxes and not positive and not negative:
             if dino_enabled and request.dino_preview_checkbox:
                 msg = ("GroundingDINO generated 0 box. Please lower the box threshold if you want any "
@@ -171,9 +174,11 @@ class SamApi:
         blends = [codec.png_base64(render.reference_blend(image, mask, boxes)) for mask in candidates]
         mask_images = [codec.bool_mask_png_base64(mask, one_bit=True) for mask in candidates]
         mattes = [codec.png_base64(render.cutout(image, mask)) for mask in candidates]
+        left_out = (f" {dropped} less confident box(es) were left out (max objects {self.engine.settings.max_objects})."
+                    if dropped else "")
         return {
             "msg": (f"SAM inference with {len(boxes)} box(es), {len(positive)} positive prompts, "
-                    f"{len(negative)} negative prompts done."),
+                    f"{len(negative)} negative prompts done.{left_out}"),
             "blended_images": blends,
             "masks": mask_images,
             "masked_images": mattes,
@@ -342,6 +347,12 @@ class SamApi:
                                    like_reference=request.detection_rule == "reference")
             # boxes lying wholly outside the picture (kept by the reference rule) segment nothing
             detected = [d for d in detected if d.box[2] - d.box[0] >= 1 and d.box[3] - d.box[1] >= 1]
+        max_objects = self.engine.settings.max_objects
+        if len(boxes) > max_objects:
+            raise InvalidPromptError(f"{len(boxes)} boxes in one request; at most {max_objects} objects are "
+                                     "segmented per request (the 'max objects' setting).")
+        room = max_objects - len(boxes)
+        detected, dropped = most_confident(detected, room) if room > 0 else ([], len(detected))
         mask_input = None
         if request.previous_logits is not None and request.previous_mask is not None:
             raise InvalidPromptError("Give previous_mask or previous_logits, not both.")
@@ -364,7 +375,9 @@ class SamApi:
         options = {"hq_token_only": True} if request.hq_token_only else {}
         prediction = self.segment(model, image, prompts, multimask=request.multimask, options=options)
         objects = self._objects(request, image, prediction, boxes, detected)
-        return {**base, "objects": objects, "msg": "Done"}
+        left_out = (f" {dropped} less confident detection(s) were left out "
+                    f"(max objects {self.engine.settings.max_objects})." if dropped else "")
+        return {**base, "objects": objects, "msg": "Done." + left_out if left_out else "Done"}
 
     def _objects(self, request, image, prediction, boxes, detected) -> List[Dict[str, Any]]:
         masks = np.asarray(prediction.masks, dtype=bool)
