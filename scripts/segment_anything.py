@@ -119,6 +119,7 @@ def _on_app_started(demo, app):
         app,
         SESSION.engine(),
         auth=getattr(shared.cmd_opts, "api_auth", None),
+        settings=host_compat.api_settings(shared.opts),
         gpu_lock=queue_lock,
         batch_interrupt=lambda: bool(getattr(shared.state, "interrupted", False)),
     )

@@ -122,6 +122,18 @@ def test_checkpoint_refused_by_a1111_checker_says_so_and_good_ones_load_through_
     assert "NoneType" not in message
 
 
+def test_api_busy_timeout_setting_reaches_the_mounted_api(make_webui):
+    """How long an HTTP request waits behind a generation is the WebUI setting, not a constant."""
+    from fastapi import FastAPI
+
+    make_webui(options={"sam_api_busy_timeout": 7})
+    from modules import script_callbacks  # the stand-in's modules exist once it is made
+
+    app = FastAPI()
+    script_callbacks.app_started_callback(None, app)
+    assert app.state.sd_webui_sam_api.settings.busy_timeout_s == 7.0
+
+
 def test_settings_registered_with_v16_compatible_sections(make_webui):
     make_webui()
     from modules import shared

@@ -246,6 +246,9 @@ OPTIONS: Sequence[OptionSpec] = (
                "slider", {"minimum": 1, "maximum": 64, "step": 1}),
     OptionSpec("sam_max_objects", 20, "Text prompts: most objects segmented per picture (the most confident boxes)",
                "slider", {"minimum": 1, "maximum": 200, "step": 1}),
+    OptionSpec("sam_api_busy_timeout", 30, "HTTP API: seconds a request waits while a generation or another job "
+               "holds the GPU, before it is answered 503 with Retry-After", "slider",
+               {"minimum": 1, "maximum": 600, "step": 1}),
     OptionSpec("sam_offload_to_cpu", False, "Move SAM to the CPU between uses (saves VRAM for generation)", "checkbox"),
     OptionSpec("sam_auto_preview", True, "Default: preview on every click", "checkbox"),
     OptionSpec("sam_default_expand", 0, "Default mask expand (+) / shrink (-), px", "slider",
@@ -308,6 +311,17 @@ def engine_settings(opts: Any, cmd_opts: Any, models_path: Optional[str], extens
         embedding_cache_entries=int(read_option(opts, "sam_embedding_cache_entries", 8)),
         max_objects=int(read_option(opts, "sam_max_objects", 20)),
     )
+
+
+def api_settings(opts: Any):
+    """The HTTP API's settings from the WebUI's options."""
+    from sd_webui_sam.api.service import ApiSettings
+
+    try:
+        busy = float(read_option(opts, "sam_api_busy_timeout", 30))
+    except (TypeError, ValueError):
+        busy = 30.0
+    return ApiSettings(busy_timeout_s=max(1.0, busy))
 
 
 # ----- saving next to the generated images ----------------------------------------------------
