@@ -31,6 +31,8 @@ CANDIDATE_COUNT = 3
 #: so a 4000x3000 photo costs the same small transfer as a 1024x768 one.
 DISPLAY_MASK_SIDE = 1024
 DEFAULT_PICTURE_NAME = "picture"
+#: Longest side of the overlay output (the mask and the cut-out keep the picture's size).
+OVERLAY_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Candidates:
     image_digest: str = ""
     prompt_summary: str = ""
     picture_name: str = DEFAULT_PICTURE_NAME  # file-name stem for the downloads
+    #: Which answer for its picture this is (SessionImage.answered): a newer one makes it stale.
+    sequence: int = 0
 
     @property
     def best(self) -> int:
@@ -340,9 +344,12 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
     merged_scores = scores.mean(axis=0)
     if merged.shape[0] == 1:  # single-output models: show the one mask three times is misleading
         merged_scores = merged_scores[:1]
+    sequence = 0
     if isinstance(image, SessionImage):
         image.answered["previews"] += 1
+        sequence = image.answered["previews"]
     return Candidates(
+        sequence=sequence,
         image=pixels,
         masks=merged,
         scores=merged_scores,
@@ -365,6 +372,13 @@ def candidate_label(index: int, score: float) -> str:
     return f"Mask {index + 1} (score {score:.3f})"
 
 
+def superseded(candidates: Optional[Candidates], image: Any) -> bool:
+    """Whether a newer preview of the same picture has been answered since ``candidates``."""
+    if candidates is None or not isinstance(image, SessionImage) or not candidates.sequence:
+        return False
+    return image.answered["previews"] > candidates.sequence
+
+
 def candidates_status(candidates: Candidates, index: Any) -> str:
     """The status line for the candidate in use: what made them, their scores, which one is used."""
     chosen = candidates.index(index)
@@ -379,7 +393,8 @@ def candidates_status(candidates: Candidates, index: Any) -> str:
 def picture_stem(name: Any) -> str:
     """A safe file-name stem from the uploaded file's name ('My photo.jpg' -> 'My_photo')."""
     text = Path(str(name or "")).name
-    stem = text.rsplit(".", 1)[0] if "." in text.strip(".") else text
+    dot = text.rfind(".")
+    stem = text[:dot] if dot > 0 else text  # the same rule as the panel's script (pictureStem)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80]
     return stem or DEFAULT_PICTURE_NAME
 
@@ -437,11 +452,20 @@ def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.n
 
 
 def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
+    """Mask and cut-out at the picture's size; the overlay, a picture to look at, at most
+    ``OVERLAY_SIDE`` px long (a 4000x3000 overlay took 4 s of PNG encoding after every click)."""
     from sd_webui_sam import render
 
     alpha = processed_mask(candidates, index, tools)
+    height, width = alpha.shape
+    size = display_size(width, height, OVERLAY_SIDE)
+    if size == (width, height):
+        picture, small_alpha = candidates.image, alpha
+    else:
+        picture = np.asarray(Image.fromarray(candidates.image).resize(size, Image.BILINEAR))
+        small_alpha = np.asarray(Image.fromarray(np.ascontiguousarray(alpha, dtype=np.float32)).resize(size, Image.BILINEAR))
     return ChosenOutputs(
-        overlay=Image.fromarray(render.overlay(candidates.image, alpha)),
+        overlay=Image.fromarray(render.overlay(picture, small_alpha)),
         mask=render.mask_image(alpha),
         cutout=render.cutout(candidates.image, alpha),
     )

@@ -401,14 +401,19 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
 
     guarded_render = handlers.guarded(render_choice, render_failure)
 
-    def render_answer(*values):
+    def render_answer(image, found, *values):
+        # A newer click was answered meanwhile (a burst): its own render follows, this one would
+        # only cost CPU the decoder needs.
+        if handlers.superseded(found, image):
+            return grc.update(), grc.update(), grc.update()
         # The preview has just written the status; leaving it alone keeps it from looking busy.
-        return guarded_render(*values)[:3]
+        return guarded_render(found, *values)[:3]
 
     # The browser draws the masks first (previewDone), then the full-size outputs are built; off
     # gradio 3's one-at-a-time queue too, so rendering never holds up the next preview.
     grc.listen(event.then, None, [masks_data], [], js=f"(data) => window.samPanel.previewDone({prefix!r}, data)")
-    grc.listen(event.then, render_answer, tool_inputs, render_outputs, show_progress=False, queue=grc.FAST_EVENT_QUEUE)
+    grc.listen(event.then, render_answer, [image_state, *tool_inputs], render_outputs, show_progress=False,
+               queue=grc.FAST_EVENT_QUEUE)
     for control in [panel.choice, *panel.tools]:
         grc.listen(control.change if control is not panel.choice else control.input, guarded_render, tool_inputs,
                    [*render_outputs, panel.status], show_progress=False, queue=grc.FAST_EVENT_QUEUE)

@@ -112,16 +112,20 @@ def test_click_preview_pick_expand_download_box_remove_resize(app_url, picture_p
             page.mouse.click(negative["cx"], negative["cy"])
             assert_dots_on_pixels(page, [(60, 50, True)])
 
-            # Undo last removes the box (the last prompt added that is still there).
+            # Undo reverts the last action: the removed dot comes back, then the box goes.
+            page.click(f"#{driver.PREFIX}_undo")
+            assert_dots_on_pixels(page, [(60, 50, True), (10, 12, False)])
+            assert page.evaluate(f"() => window.samPanel.prompts('{driver.PREFIX}').boxes.length") == 1
             page.click(f"#{driver.PREFIX}_undo")
             page.wait_for_function(f"() => window.samPanel.prompts('{driver.PREFIX}').boxes.length === 0")
 
             # Resizing the window re-fits the overlay: the dot stays on its pixel.
+            page.locator(f"#{driver.PREFIX}_input_image").scroll_into_view_if_needed()
             page.mouse.click(*driver.client_point(page, 100, 80), button="right")
             for size in ((760, 900), (1500, 800)):
                 page.set_viewport_size({"width": size[0], "height": size[1]})
                 page.wait_for_timeout(300)
-                assert_dots_on_pixels(page, [(60, 50, True), (100, 80, False)])
+                assert_dots_on_pixels(page, [(60, 50, True), (10, 12, False), (100, 80, False)])
         except Exception:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
