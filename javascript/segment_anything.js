@@ -30,7 +30,7 @@
     const IMAGE_READY_WAIT_MS = 5000;
     // The chosen mask on the canvas: a translucent fill, and an opaque outline so its edge reads on
     // any picture.
-    const MASK_FILL = [30, 144, 255, 110];
+    const MASK_FILL = [30, 144, 255, 130];
     const MASK_OUTLINE = [255, 255, 255, 255];
     const THUMB_WIDTH = 240;   // canvas pixels of a candidate thumbnail (shown at about half that)
     const THUMB_HEIGHT = 180;
@@ -218,9 +218,14 @@
             const cx = Math.max(r, Math.min(st.width - r, b.x1));
             const cy = Math.max(r, Math.min(st.height - r, b.y0));
             const handle = removable(svgElement("g", {class: "sam-box-remove", "data-index": String(index)}), st, b);
-            handle.appendChild(svgElement("circle", {cx: cx, cy: cy, r: r, "stroke-width": 1.5 * unit}));
+            // A disc drawn as a path: every <circle> in the overlay is a point (tests count them).
+            handle.appendChild(svgElement("path", {
+                class: "sam-box-remove-disc", "stroke-width": 1.5 * unit,
+                d: "M" + (cx - r) + " " + cy + "a" + r + " " + r + " 0 1 0 " + 2 * r + " 0a" + r + " " + r + " 0 1 0 " + (-2 * r) + " 0",
+            }));
             const d = 3.5 * unit;
             handle.appendChild(svgElement("path", {
+                class: "sam-box-remove-cross",
                 d: "M" + (cx - d) + " " + (cy - d) + "L" + (cx + d) + " " + (cy + d) + "M" + (cx + d) + " " + (cy - d) + "L" + (cx - d) + " " + (cy + d),
                 "stroke-width": 2 * unit,
             }));
@@ -352,6 +357,10 @@
             const slot = document.createElement(index < count ? "button" : "div");
             slot.className = "sam-candidate" + (index < count ? "" : " sam-candidate-empty");
             slot.dataset.index = String(index);
+            const number = document.createElement("span");
+            number.className = "sam-candidate-number";
+            number.textContent = String(index + 1);
+            slot.appendChild(number);
             const caption = document.createElement("span");
             caption.className = "sam-candidate-caption";
             caption.textContent = "Mask " + (index + 1);
@@ -365,7 +374,8 @@
                 img.alt = "Mask " + (index + 1);
                 img.src = st.thumbs[index];
                 slot.appendChild(img);
-                caption.textContent += " \u00b7 " + data.scores[index].toFixed(3);
+                // The number is on the badge; the caption has room for the score alone.
+                caption.textContent = "score " + data.scores[index].toFixed(3);
                 slot.addEventListener("click", (event) => {
                     event.preventDefault();
                     select(st, index, true);
@@ -903,8 +913,12 @@
             }
             if (!hasPrompts(st)) {
                 // Cleared while the preview was in flight: its answer is stale, and so is what the
-                // server now shows.
-                resetOutputs(st);
+                // server now shows. (A failed preview left nothing but its message, which stays.)
+                if (data) {
+                    resetOutputs(st);
+                } else {
+                    forgetCandidates(st);
+                }
                 return [];
             }
             showCandidates(st, data);

@@ -22,8 +22,8 @@ CHOICES = tuple(f"Mask {i + 1}" for i in range(handlers.CANDIDATE_COUNT))
 OUTPUT_HEIGHT = 240
 #: The candidate strip before the first answer: the same three slots the script fills later.
 CANDIDATE_STRIP_HTML = '<div class="sam-strip">' + "".join(
-    f'<div class="sam-candidate sam-candidate-empty" data-index="{i}"><span class="sam-candidate-caption">'
-    f"Mask {i + 1}</span></div>" for i in range(handlers.CANDIDATE_COUNT)) + "</div>"
+    f'<div class="sam-candidate sam-candidate-empty" data-index="{i}"><span class="sam-candidate-number">{i + 1}</span>'
+    f'<span class="sam-candidate-caption">Mask {i + 1}</span></div>' for i in range(handlers.CANDIDATE_COUNT)) + "</div>"
 
 HELP_HTML = (
     "<b>Left click</b>: positive point. <b>Right click</b>: negative point. <b>Drag</b>: box (several boxes "
@@ -338,10 +338,9 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     def encode_ahead(model_name, image):
         if image is None or not model_name:
             return grc.update()
-        previews_before = image.answered["previews"]
         seconds = handlers.encode_ahead(engine(), model_name, image)
-        if image.answered["previews"] != previews_before:
-            return grc.update()  # a click's answer is on screen: its status stays
+        if image.answered["attempts"]:
+            return grc.update()  # a preview's answer or message is on screen (or on its way): it stays
         width, height = image.size
         took = "already encoded" if seconds is None else f"encoded in {seconds:.1f} s"
         return status_html(f"Picture {width}x{height} {took}; each click now runs the mask decoder only.")
@@ -362,6 +361,8 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     # the browser draws them on the canvas and in the strip. The full-size overlay, mask and
     # cut-out of the chosen one follow in a second step that the canvas does not wait for.
     def preview_masks(model_name, image, prompts_json):
+        if isinstance(image, handlers.SessionImage):
+            image.answered["attempts"] += 1
         found = handlers.segment(engine(), model_name, image, prompts_json)
         payload = handlers.candidates_payload(found, token=next(answers))
         return payload, grc.update(value=CHOICES[found.best]), found, status_html(handlers.candidates_status(found, None))
