@@ -316,7 +316,10 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
         return grc.update(value=selection.labels() if selection is not None else [])
 
     grc.listen(parts["keep_all"].click, keep_all, [parts["selection"]], [parts["keep"]], show_progress=False)
-    grc.listen(parts["keep_none"].click, lambda: grc.update(value=[]), [], [parts["keep"]], show_progress=False)
+    def keep_none():
+        return grc.update(value=[])
+
+    grc.listen(parts["keep_none"].click, keep_none, [], [parts["keep"]], show_progress=False)
 
     def segment(model, image, prompts_json, selection, ticked, mode, expand, feather, fill_holes, min_island,
                 invert):
