@@ -8,7 +8,6 @@ nothing of any machine but this one. Screenshots of each state go to test-artifa
 from __future__ import annotations
 
 import io
-import shutil
 from urllib.parse import urlparse
 
 import numpy as np
@@ -27,18 +26,6 @@ STACK = f"gradio{grc.GRADIO_MAJOR}"
 #: Elements whose place on the page must not change once the user starts clicking.
 STEADY = ("input_image", "candidates", "choice", "status", "undo", "clear", "preview", "expand", "overlay", "mask",
           "cutout")
-
-
-@pytest.fixture(scope="module")
-def app_url(tiny_sam, tmp_path_factory):
-    if driver.chromium_path() is None:
-        pytest.skip("Debian's chromium is not installed")
-    pytest.importorskip("playwright")
-    model_dir = tmp_path_factory.mktemp("canvas_models")
-    shutil.copy(tiny_sam[0], model_dir / "tiny_sam.pth")
-    log = tmp_path_factory.mktemp("canvas_logs") / "app.log"
-    with driver.standalone_app(model_dir, log_path=log) as url:
-        yield url
 
 
 def _picture(path, size, seed=0):
@@ -287,12 +274,7 @@ def test_clear_undo_new_picture_and_box_removal_leave_nothing_stale(app_url, pic
 
             # A box goes away with a click on its handle.
             page.locator(f"#{P}_input_image").evaluate("(e) => e.scrollIntoView({block: 'start'})")
-            start, end = driver.client_point(page, 100, 60), driver.client_point(page, 220, 180)
-            page.mouse.move(*start)
-            page.mouse.down()
-            page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
-            page.mouse.move(*end)
-            page.mouse.up()
+            driver.drag_box(page, (100, 60), (220, 180))
             assert page.locator(f"#{P}_overlay_svg rect.sam-box").count() == 1
             shot(page, "4_box")
             page.click(f"#{P}_overlay_svg .sam-box-remove")

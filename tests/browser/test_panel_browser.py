@@ -5,7 +5,6 @@ A failure saves a screenshot under test-artifacts/.
 """
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -16,18 +15,6 @@ from tests.browser import driver
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = driver.ROOT / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def app_url(tiny_sam, tmp_path_factory):
-    if driver.chromium_path() is None:
-        pytest.skip("Debian's chromium is not installed")
-    pytest.importorskip("playwright")
-    model_dir = tmp_path_factory.mktemp("browser_models")
-    shutil.copy(tiny_sam[0], model_dir / "tiny_sam.pth")
-    log = tmp_path_factory.mktemp("browser_logs") / "app.log"
-    with driver.standalone_app(model_dir, log_path=log) as url:
-        yield url
 
 
 @pytest.fixture
@@ -96,12 +83,7 @@ def test_click_preview_pick_expand_download_box_remove_resize(app_url, picture_p
 
             # Drag: a box prompt.
             page.locator(f"#{driver.PREFIX}_input_image").scroll_into_view_if_needed()
-            start, end = driver.client_point(page, 35, 25), driver.client_point(page, 95, 75)
-            page.mouse.move(*start)
-            page.mouse.down()
-            page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
-            page.mouse.move(*end)
-            page.mouse.up()
+            driver.drag_box(page, (35, 25), (95, 75))
             boxes = page.evaluate(f"() => window.samPanel.prompts('{driver.PREFIX}').boxes")
             assert boxes == [{"x0": 35, "y0": 25, "x1": 96, "y1": 76}]
             assert page.locator(f"#{driver.PREFIX}_overlay_svg rect.sam-box").count() == 1
