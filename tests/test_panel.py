@@ -265,3 +265,15 @@ def test_upload_encode_message_never_replaces_a_preview_answered_meanwhile(engin
     engine.embeddings.clear()
     quiet = handlers.session_image(picture)
     assert handlers.encode_ahead(engine, "tiny_sam.pth", quiet) > 0  # no click meanwhile: the time is reported
+
+
+def test_outputs_of_superseded_or_reset_candidates_stay_out(engine, picture):
+    """A render for candidates older than the newest answer, or than a reset, must not show."""
+    session = handlers.session_image(picture)
+    first = handlers.segment(engine, "tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
+    assert not handlers.superseded(first, session)
+    second = handlers.segment(engine, "tiny_sam.pth", session, prompts([(30.5, 20.5, 1)]))
+    assert handlers.superseded(first, session) and not handlers.superseded(second, session)
+    handlers.invalidate(session)  # Clear: the prompts are gone
+    assert handlers.superseded(second, session)
+    assert not handlers.superseded(second, handlers.session_image(picture))  # another picture's counters

@@ -56,7 +56,7 @@ class Candidates:
     image_digest: str = ""
     prompt_summary: str = ""
     picture_name: str = DEFAULT_PICTURE_NAME  # file-name stem for the downloads
-    #: Which answer for its picture this is (SessionImage.answered): a newer one makes it stale.
+    #: When it was made, in its picture's answers and resets (SessionImage.answered["generation"]).
     sequence: int = 0
 
     @property
@@ -347,7 +347,8 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
     sequence = 0
     if isinstance(image, SessionImage):
         image.answered["previews"] += 1
-        sequence = image.answered["previews"]
+        image.answered["generation"] += 1
+        sequence = image.answered["generation"]
     return Candidates(
         sequence=sequence,
         image=pixels,
@@ -373,10 +374,17 @@ def candidate_label(index: int, score: float) -> str:
 
 
 def superseded(candidates: Optional[Candidates], image: Any) -> bool:
-    """Whether a newer preview of the same picture has been answered since ``candidates``."""
+    """Whether a newer preview of the same picture was answered, or the outputs were reset, since
+    ``candidates`` were made: their outputs would then be stale."""
     if candidates is None or not isinstance(image, SessionImage) or not candidates.sequence:
         return False
-    return image.answered["previews"] > candidates.sequence
+    return image.answered["generation"] > candidates.sequence
+
+
+def invalidate(image: Any) -> None:
+    """The outputs were emptied: any candidates made before are stale (see ``superseded``)."""
+    if isinstance(image, SessionImage):
+        image.answered["generation"] += 1
 
 
 def candidates_status(candidates: Candidates, index: Any) -> str:

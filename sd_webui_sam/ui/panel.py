@@ -319,11 +319,15 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     # Everything a preview produced, emptied: the prompts it answered are gone.
     cleared = ["", None, "", None, None, None]
     cleared_outputs = [masks_data, panel.state, panel.status, *render_outputs]
-    grc.listen(panel.extra["reset"].click, lambda: cleared, [], cleared_outputs, show_progress=False,
-               queue=grc.FAST_EVENT_QUEUE)
-
     files = handlers.ImageFiles()
     image_state = panel.extra["image_state"]
+
+    def reset_outputs(image):
+        handlers.invalidate(image)  # a render still running for the old prompts then keeps out
+        return cleared
+
+    grc.listen(panel.extra["reset"].click, reset_outputs, [image_state], cleared_outputs, show_progress=False,
+               queue=grc.FAST_EVENT_QUEUE)
 
     # The picture is decoded once when it changes and encoded right away, so a click sends only
     # its prompts and runs only the mask decoder. A new picture also empties the old outputs.
@@ -401,14 +405,20 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
         return None, None, None, status_html(message, error=True)
 
     guarded_render = handlers.guarded(render_choice, render_failure)
+    unchanged = (grc.update(), grc.update(), grc.update(), grc.update())
+
+    def render_current(image, found, *values):
+        # A newer answer, or a reset, came before or while these outputs were built (a burst of
+        # clicks, Clear during a large picture's render): they would be stale, so they stay out,
+        # and a superseded render is not even started (it would take CPU the decoder needs).
+        if handlers.superseded(found, image):
+            return unchanged
+        outputs = guarded_render(found, *values)
+        return unchanged if handlers.superseded(found, image) else outputs
 
     def render_answer(image, found, *values):
-        # A newer click was answered meanwhile (a burst): its own render follows, this one would
-        # only cost CPU the decoder needs.
-        if handlers.superseded(found, image):
-            return grc.update(), grc.update(), grc.update()
         # The preview has just written the status; leaving it alone keeps it from looking busy.
-        return guarded_render(found, *values)[:3]
+        return render_current(image, found, *values)[:3]
 
     # The browser draws the masks first (previewDone), then the full-size outputs are built; off
     # gradio 3's one-at-a-time queue too, so rendering never holds up the next preview.
@@ -416,8 +426,9 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     grc.listen(event.then, render_answer, [image_state, *tool_inputs], render_outputs, show_progress=False,
                queue=grc.FAST_EVENT_QUEUE)
     for control in [panel.choice, *panel.tools]:
-        grc.listen(control.change if control is not panel.choice else control.input, guarded_render, tool_inputs,
-                   [*render_outputs, panel.status], show_progress=False, queue=grc.FAST_EVENT_QUEUE)
+        grc.listen(control.change if control is not panel.choice else control.input, render_current,
+                   [image_state, *tool_inputs], [*render_outputs, panel.status], show_progress=False,
+                   queue=grc.FAST_EVENT_QUEUE)
 
     if "download_button" in panel.extra:
         _wire_download(panel)
