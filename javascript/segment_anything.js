@@ -4,6 +4,11 @@
 // overlay is an SVG whose viewBox is the image's own pixel grid. Resizing the window or zooming
 // the page therefore cannot move a dot off its pixel: only the overlay's CSS box is re-fitted.
 //
+// The candidate masks arrive as small PNGs (the hidden "<prefix>_masks_data" textbox, read by
+// previewDone); the chosen one is drawn on a canvas between the picture and the SVG, translucent with
+// an outline, and all three as thumbnails in the "<prefix>_candidates" strip. The strip, the
+// "<prefix>_choice" radio and the canvas always show the same candidate.
+//
 // The same file serves AUTOMATIC1111 (gradio 3), Forge (gradio 4) and the standalone app. Each
 // panel is an element with class "sam-panel" and id "<prefix>_panel"; every other element of the
 // panel has the id "<prefix>_<part>".
@@ -23,6 +28,13 @@
     const PREVIEW_LOST_MS = 180000;
     // How long a click waits for the server to have decoded a new picture before it is sent anyway.
     const IMAGE_READY_WAIT_MS = 5000;
+    // The chosen mask on the canvas: a translucent fill, and an opaque outline so its edge reads on
+    // any picture.
+    const MASK_FILL = [30, 144, 255, 130];
+    const MASK_OUTLINE = [255, 255, 255, 255];
+    const THUMB_WIDTH = 240;   // canvas pixels of a candidate thumbnail (shown at about half that)
+    const THUMB_HEIGHT = 180;
+    const OUTPUTS = ["mask", "cutout", "overlay"];
     const panels = {};
 
     function appRoot() {
@@ -40,7 +52,7 @@
                 prefix: prefix,
                 points: [],   // {x, y, label}: integer pixel indices, label 1 positive / 0 negative
                 boxes: [],    // {x0, y0, x1, y1}: pixel edges, x1/y1 exclusive
-                order: [],    // items in the order they were added, for "undo last"
+                history: [],  // actions, newest last, for "undo": {op: "add"|"remove"|"clear", ...}
                 img: null,
                 src: null,
                 width: 0,
@@ -54,6 +66,14 @@
                 srcSince: 0,
                 readyWaiters: [],
                 resizeObserver: null,
+                name: "",       // the uploaded file's name, for the download names
+                data: null,     // the last answer: {token, width, height, maskWidth, maskHeight, scores, best, masks}
+                layers: [],     // per candidate: a canvas with the tinted mask, at mask resolution
+                thumbs: [],     // per candidate: the strip's thumbnail (data URL)
+                selected: 0,
+                canvas: null,   // the chosen mask, over the picture
+                masksDrawn: 0,
+                drawToken: 0,
             };
         }
         return panels[prefix];
@@ -128,6 +148,18 @@
         if (getComputedStyle(parent).position === "static") {
             parent.style.position = "relative";
         }
+        if (!st.canvas || st.canvas.parentElement !== parent) {
+            if (st.canvas) {
+                st.canvas.remove();
+            }
+            st.canvas = document.createElement("canvas");
+            st.canvas.className = "sam-mask-canvas";
+            st.canvas.id = st.prefix + "_mask_canvas";
+            st.canvas.width = 1;
+            st.canvas.height = 1;
+            parent.appendChild(st.canvas);
+            drawMask(st);
+        }
         if (!st.svg || st.svg.parentElement !== parent) {
             if (st.svg) {
                 st.svg.remove();
@@ -138,27 +170,66 @@
         return st.svg;
     }
 
+    // A click on a dot or on a box's handle removes it, and never reaches the picture below.
+    function removable(element, st, item) {
+        element.addEventListener("mousedown", function (event) {
+            event.stopPropagation();
+            event.preventDefault();
+        });
+        const remove = function (event) {
+            event.stopPropagation();
+            event.preventDefault();
+            removeItem(st, item);
+        };
+        element.addEventListener("click", remove);
+        element.addEventListener("contextmenu", remove);
+        return element;
+    }
+
     function render(st) {
         if (!st.img || !st.img.isConnected || !st.width) {
             return;
         }
         const svg = ensureOverlay(st);
         const box = contentBox(st.img);
-        svg.style.left = box.left + "px";
-        svg.style.top = box.top + "px";
-        svg.style.width = box.width + "px";
-        svg.style.height = box.height + "px";
+        [svg, st.canvas].forEach(function (layer) {
+            layer.style.left = box.left + "px";
+            layer.style.top = box.top + "px";
+            layer.style.width = box.width + "px";
+            layer.style.height = box.height + "px";
+        });
         svg.setAttribute("viewBox", "0 0 " + st.width + " " + st.height);
         const unit = box.width > 0 ? st.width / box.width : 1; // image pixels per CSS pixel
         while (svg.firstChild) {
             svg.removeChild(svg.firstChild);
         }
         st.boxes.forEach(function (b, index) {
-            svg.appendChild(svgElement("rect", {
+            const rect = removable(svgElement("rect", {
                 class: "sam-box", "data-index": String(index),
                 x: b.x0, y: b.y0, width: b.x1 - b.x0, height: b.y1 - b.y0,
                 "stroke-width": 2 * unit,
+            }), st, b);
+            const title = svgElement("title", {});
+            title.textContent = "box (" + b.x0 + ", " + b.y0 + ") to (" + b.x1 + ", " + b.y1 + "), click its edge or its \u00d7 to remove";
+            rect.appendChild(title);
+            svg.appendChild(rect);
+            // The handle sits on the corner, inside the picture, so it can always be reached.
+            const r = 8 * unit;
+            const cx = Math.max(r, Math.min(st.width - r, b.x1));
+            const cy = Math.max(r, Math.min(st.height - r, b.y0));
+            const handle = removable(svgElement("g", {class: "sam-box-remove", "data-index": String(index)}), st, b);
+            // A disc drawn as a path: every <circle> in the overlay is a point (tests count them).
+            handle.appendChild(svgElement("path", {
+                class: "sam-box-remove-disc", "stroke-width": 1.5 * unit,
+                d: "M" + (cx - r) + " " + cy + "a" + r + " " + r + " 0 1 0 " + 2 * r + " 0a" + r + " " + r + " 0 1 0 " + (-2 * r) + " 0",
             }));
+            const d = 3.5 * unit;
+            handle.appendChild(svgElement("path", {
+                class: "sam-box-remove-cross",
+                d: "M" + (cx - d) + " " + (cy - d) + "L" + (cx + d) + " " + (cy + d) + "M" + (cx + d) + " " + (cy - d) + "L" + (cx - d) + " " + (cy + d),
+                "stroke-width": 2 * unit,
+            }));
+            svg.appendChild(handle);
         });
         if (st.drag && st.drag.moved) {
             const d = st.drag;
@@ -170,46 +241,278 @@
             }));
         }
         st.points.forEach(function (p, index) {
-            const dot = svgElement("circle", {
+            const dot = removable(svgElement("circle", {
                 class: "sam-dot " + (p.label === 1 ? "sam-dot-positive" : "sam-dot-negative"),
                 "data-index": String(index), "data-x": String(p.x), "data-y": String(p.y),
                 cx: p.x + 0.5, cy: p.y + 0.5, r: DOT_RADIUS_CSS * unit, "stroke-width": 2 * unit,
-            });
+            }), st, p);
             const title = svgElement("title", {});
             title.textContent = (p.label === 1 ? "positive" : "negative") + " point (" + p.x + ", " + p.y + "), click to remove";
             dot.appendChild(title);
-            dot.addEventListener("mousedown", function (event) {
-                event.stopPropagation();
-                event.preventDefault();
-            });
-            dot.addEventListener("click", function (event) {
-                event.stopPropagation();
-                event.preventDefault();
-                removeItem(st, p);
-            });
-            dot.addEventListener("contextmenu", function (event) {
-                event.stopPropagation();
-                event.preventDefault();
-                removeItem(st, p);
-            });
             svg.appendChild(dot);
+        });
+    }
+
+    // ----- candidate masks --------------------------------------------------------------------
+
+    function loadImage(src) {
+        return new Promise(function (resolve, reject) {
+            const image = new Image();
+            image.onload = () => resolve(image);
+            image.onerror = () => reject(new Error("a candidate mask could not be decoded"));
+            image.src = src;
+        });
+    }
+
+    // The mask (white on black) as a canvas of the same size: translucent fill inside, opaque
+    // outline on its edge pixels, transparent outside.
+    function tintedLayer(maskImage, width, height) {
+        const layer = document.createElement("canvas");
+        layer.width = width;
+        layer.height = height;
+        const context = layer.getContext("2d");
+        context.drawImage(maskImage, 0, 0, width, height);
+        const pixels = context.getImageData(0, 0, width, height);
+        const source = pixels.data;
+        const inside = new Uint8Array(width * height);
+        for (let i = 0; i < inside.length; i++) {
+            inside[i] = source[i * 4] > 127 ? 1 : 0;
+        }
+        const out = new Uint8ClampedArray(source.length);
+        for (let y = 0; y < height; y++) {
+            for (let x = 0; x < width; x++) {
+                const i = y * width + x;
+                if (!inside[i]) {
+                    continue;
+                }
+                const edge = (x > 0 && !inside[i - 1]) || (x < width - 1 && !inside[i + 1])
+                    || (y > 0 && !inside[i - width]) || (y < height - 1 && !inside[i + width]);
+                const colour = edge ? MASK_OUTLINE : MASK_FILL;
+                out[i * 4] = colour[0];
+                out[i * 4 + 1] = colour[1];
+                out[i * 4 + 2] = colour[2];
+                out[i * 4 + 3] = colour[3];
+            }
+        }
+        context.putImageData(new ImageData(out, width, height), 0, 0);
+        return layer;
+    }
+
+    function drawMask(st) {
+        const canvas = st.canvas;
+        if (!canvas) {
+            return;
+        }
+        const layer = st.data ? st.layers[st.selected] : null;
+        if (!layer) {
+            canvas.width = 1;
+            canvas.height = 1;
+            canvas.dataset.drawn = "";
+            return;
+        }
+        canvas.width = layer.width;
+        canvas.height = layer.height;
+        canvas.getContext("2d").drawImage(layer, 0, 0);
+        canvas.dataset.drawn = st.data.token + ":" + st.selected;
+    }
+
+    function strip(st) {
+        const container = part(st.prefix, "candidates");
+        if (!container) {
+            return null;
+        }
+        let element = container.querySelector(".sam-strip");
+        if (!element) {
+            element = document.createElement("div");
+            element.className = "sam-strip";
+            container.appendChild(element);
+        }
+        return element;
+    }
+
+    // The picture with one candidate on it, whole (letterboxed, never cropped), as a small JPEG.
+    function thumbnail(st, layer) {
+        const canvas = document.createElement("canvas");
+        const scale = Math.min(THUMB_WIDTH / st.width, THUMB_HEIGHT / st.height);
+        canvas.width = Math.max(1, Math.round(st.width * scale));
+        canvas.height = Math.max(1, Math.round(st.height * scale));
+        const context = canvas.getContext("2d");
+        if (st.img && st.img.complete && st.img.naturalWidth) {
+            context.drawImage(st.img, 0, 0, canvas.width, canvas.height);
+        }
+        context.drawImage(layer, 0, 0, canvas.width, canvas.height);
+        return canvas.toDataURL("image/jpeg", 0.85);
+    }
+
+    // Three slots, always there (empty before the first answer), so the strip never changes size.
+    function renderStrip(st) {
+        const element = strip(st);
+        if (!element) {
+            return;
+        }
+        const data = st.data;
+        const count = data ? data.scores.length : 0;
+        element.innerHTML = "";
+        for (let index = 0; index < 3; index++) {
+            const slot = document.createElement(index < count ? "button" : "div");
+            slot.className = "sam-candidate" + (index < count ? "" : " sam-candidate-empty");
+            slot.dataset.index = String(index);
+            const number = document.createElement("span");
+            number.className = "sam-candidate-number";
+            number.textContent = String(index + 1);
+            slot.appendChild(number);
+            const caption = document.createElement("span");
+            caption.className = "sam-candidate-caption";
+            caption.textContent = "Mask " + (index + 1);
+            if (index < count) {
+                const selected = index === st.selected;
+                slot.type = "button";
+                slot.classList.toggle("sam-candidate-selected", selected);
+                slot.setAttribute("aria-pressed", selected ? "true" : "false");
+                slot.title = "Use Mask " + (index + 1);
+                const img = document.createElement("img");
+                img.alt = "Mask " + (index + 1);
+                img.src = st.thumbs[index];
+                slot.appendChild(img);
+                // The number is on the badge; the caption has room for the score alone.
+                caption.textContent = "score " + data.scores[index].toFixed(3);
+                slot.addEventListener("click", (event) => {
+                    event.preventDefault();
+                    select(st, index, true);
+                });
+            }
+            slot.appendChild(caption);
+            element.appendChild(slot);
+        }
+    }
+
+    function radioInputs(st) {
+        const radio = part(st.prefix, "choice");
+        return radio ? Array.from(radio.querySelectorAll("input[type=radio]")) : [];
+    }
+
+    // The one place the selection changes: canvas, strip and radio follow. ``pushToRadio``: also
+    // check the radio, whose input event makes the server build the outputs for this candidate.
+    function select(st, index, pushToRadio) {
+        if (!st.data || index < 0 || index >= st.layers.length) {
+            return;
+        }
+        st.selected = index;
+        drawMask(st);
+        renderStrip(st);
+        if (pushToRadio) {
+            const input = radioInputs(st)[index];
+            if (input && !input.checked) {
+                input.click();
+            }
+        }
+    }
+
+    async function showCandidates(st, json) {
+        let data = null;
+        try {
+            data = json ? JSON.parse(json) : null;
+        } catch (error) {
+            data = null;
+        }
+        if (!data || !data.masks || !data.masks.length) {
+            forgetCandidates(st);
+            return;
+        }
+        if (st.data && st.data.token === data.token) {
+            return;
+        }
+        const token = ++st.drawToken;
+        const images = await Promise.all(data.masks.map(loadImage));
+        if (token !== st.drawToken) {
+            return; // a newer answer (or a reset) came meanwhile
+        }
+        st.data = data;
+        st.layers = images.map((image) => tintedLayer(image, data.maskWidth, data.maskHeight));
+        st.thumbs = st.layers.map((layer) => thumbnail(st, layer));
+        st.selected = Math.min(Math.max(0, data.best || 0), st.layers.length - 1);
+        render(st);
+        drawMask(st);
+        renderStrip(st);
+        st.masksDrawn += 1;
+    }
+
+    // The candidates on screen no longer belong to the prompts (or the picture): take them away.
+    function forgetCandidates(st) {
+        st.drawToken += 1;
+        st.data = null;
+        st.layers = [];
+        st.thumbs = [];
+        st.selected = 0;
+        drawMask(st);
+        renderStrip(st);
+    }
+
+    // ...and on the server too: its outputs could otherwise still be downloaded or sent.
+    function resetOutputs(st) {
+        forgetCandidates(st);
+        const button = part(st.prefix, "reset");
+        if (button) {
+            button.click();
+        }
+    }
+
+    // ----- downloads --------------------------------------------------------------------------
+
+    function pictureStem(st) {
+        const base = (st.name || "").split(/[\\/]/).pop();
+        const dot = base.lastIndexOf(".");
+        const stem = (dot > 0 ? base.slice(0, dot) : base).replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^[._]+|[._]+$/g, "");
+        return stem.slice(0, 80) || "picture";
+    }
+
+    // gradio 3 names every image download "image"; gradio 4 uses the file's name, which the
+    // server already sets. Either way the link says "<picture>_mask.png" and so on.
+    function nameDownloads(st) {
+        const stem = pictureStem(st);
+        OUTPUTS.forEach(function (name) {
+            const container = part(st.prefix, name);
+            if (!container) {
+                return;
+            }
+            container.querySelectorAll("a[download]").forEach(function (link) {
+                const wanted = stem + "_" + name + ".png";
+                if (link.getAttribute("download") !== wanted) {
+                    link.setAttribute("download", wanted);
+                }
+            });
         });
     }
 
     // ----- prompt editing ---------------------------------------------------------------------
 
+    function hasPrompts(st) {
+        return st.points.length > 0 || st.boxes.length > 0;
+    }
+
     function changed(st) {
         render(st);
-        if (st.points.length || st.boxes.length) {
+        if (hasPrompts(st)) {
             schedulePreview(st);
+        } else {
+            clearTimeout(st.timer);
+            st.timer = null;
+            resetOutputs(st);
         }
     }
 
-    function addPoint(st, p, label) {
-        const point = {x: Math.floor(p.x), y: Math.floor(p.y), label: label};
-        st.points.push(point);
-        st.order.push(point);
+    function listOf(st, item) {
+        return st.points.includes(item) ? st.points : st.boxes;
+    }
+
+    function addItem(st, list, item) {
+        list.push(item);
+        st.history.push({op: "add", item: item});
         changed(st);
+    }
+
+    function addPoint(st, p, label) {
+        addItem(st, st.points, {x: Math.floor(p.x), y: Math.floor(p.y), label: label});
     }
 
     function addBox(st, a, b) {
@@ -224,23 +527,61 @@
         if (box.x1 - box.x0 < 2 || box.y1 - box.y0 < 2) {
             return;
         }
-        st.boxes.push(box);
-        st.order.push(box);
-        changed(st);
+        addItem(st, st.boxes, box);
     }
 
     function removeItem(st, item) {
-        st.points = st.points.filter((p) => p !== item);
-        st.boxes = st.boxes.filter((b) => b !== item);
-        st.order = st.order.filter((o) => o !== item);
+        const list = listOf(st, item);
+        const index = list.indexOf(item);
+        if (index < 0) {
+            return;
+        }
+        list.splice(index, 1);
+        st.history.push({op: "remove", item: item, list: list, index: index});
         changed(st);
     }
 
+    // Undo reverts the last action, whatever it was: an added item goes, a removed one comes back
+    // where it was, a "Clear" brings everything back.
+    function undoLast(st) {
+        const action = st.history.pop();
+        if (!action) {
+            return;
+        }
+        if (action.op === "add") {
+            const list = listOf(st, action.item);
+            const index = list.indexOf(action.item);
+            if (index >= 0) {
+                list.splice(index, 1);
+            }
+        } else if (action.op === "remove") {
+            action.list.splice(Math.min(action.index, action.list.length), 0, action.item);
+        } else if (action.op === "clear") {
+            st.points = action.points;
+            st.boxes = action.boxes;
+        }
+        changed(st);
+    }
+
+    function clearAll(st) {
+        if (hasPrompts(st)) {
+            st.history.push({op: "clear", points: st.points, boxes: st.boxes});
+        }
+        st.points = [];
+        st.boxes = [];
+        st.drag = null;
+        changed(st);
+    }
+
+    // A new picture: the prompts, their history and the candidates of the old one mean nothing on it.
     function resetPrompts(st) {
         st.points = [];
         st.boxes = [];
-        st.order = [];
+        st.history = [];
         st.drag = null;
+        clearTimeout(st.timer);
+        st.timer = null;
+        forgetCandidates(st);
         render(st);
     }
 
@@ -252,6 +593,7 @@
 
     function promptsJson(st) {
         return JSON.stringify({
+            name: st.name,
             width: st.width,
             height: st.height,
             points: st.points.map((p) => [p.x + 0.5, p.y + 0.5, p.label]),
@@ -392,7 +734,11 @@
                 if (st.svg) {
                     st.svg.remove();
                 }
+                if (st.canvas) {
+                    st.canvas.remove();
+                }
                 st.svg = null;
+                st.canvas = null;
                 st.img = null;
                 st.src = null;
                 st.width = 0;
@@ -420,13 +766,67 @@
         }
     }
 
+    // Things gradio may re-create at any time: the strip's slots (if it re-renders the HTML) and
+    // the download links (gradio 3 makes a new one named "image" with each output).
+    function keepUp(prefix) {
+        const st = panelState(prefix);
+        const element = strip(st);
+        if (element && element.children.length !== 3) {
+            renderStrip(st);
+        }
+        nameDownloads(st);
+    }
+
+    // Which panel an event inside an "<prefix>_input_image" belongs to.
+    function inputPrefix(event) {
+        const target = event.composedPath ? event.composedPath()[0] : event.target;
+        const container = target && target.closest && target.closest("[id$='_input_image']");
+        if (!container) {
+            return null;
+        }
+        const prefix = container.id.slice(0, -"_input_image".length);
+        return part(prefix, "panel") ? prefix : null;
+    }
+
+    // The uploaded file's name is known only here (gradio hands the server pixels, not a name).
+    function rememberName(event) {
+        const prefix = inputPrefix(event);
+        const files = event.type === "drop" ? (event.dataTransfer && event.dataTransfer.files) : event.target.files;
+        if (prefix && files && files.length) {
+            panelState(prefix).name = files[0].name;
+        }
+    }
+
+    // The radio is changed by the user, or by us from the strip: the canvas and the strip follow.
+    function radioChanged(event) {
+        const target = event.composedPath ? event.composedPath()[0] : event.target;
+        if (!target || target.type !== "radio" || !target.checked) {
+            return;
+        }
+        const container = target.closest && target.closest("[id$='_choice']");
+        if (!container) {
+            return;
+        }
+        const prefix = container.id.slice(0, -"_choice".length);
+        if (!panels[prefix]) {
+            return;
+        }
+        const st = panels[prefix];
+        const index = radioInputs(st).indexOf(target);
+        if (index >= 0 && index !== st.selected) {
+            select(st, index, false);
+        }
+    }
+
     let scanQueued = false;
 
     function scan() {
         scanQueued = false;
         appRoot().querySelectorAll(".sam-panel").forEach(function (panel) {
             if (panel.id && panel.id.endsWith("_panel")) {
-                bindPanel(panel.id.slice(0, -"_panel".length));
+                const prefix = panel.id.slice(0, -"_panel".length);
+                bindPanel(prefix);
+                keepUp(prefix);
             }
         });
     }
@@ -455,6 +855,15 @@
     });
 
     function start() {
+        const roots = [document];
+        if (appRoot() !== document) {
+            roots.push(appRoot()); // change events do not leave a shadow root
+        }
+        roots.forEach(function (root) {
+            root.addEventListener("change", rememberName, true);
+            root.addEventListener("drop", rememberName, true);
+            root.addEventListener("change", radioChanged, true);
+        });
         new MutationObserver(queueScan).observe(document.body || document.documentElement, {
             childList: true, subtree: true, attributes: true, attributeFilter: ["src"],
         });
@@ -491,36 +900,62 @@
             releaseIfOnServer(st);
             return [];
         },
-        // Runs when a preview has been answered (success or failure).
-        previewDone: function (prefix) {
+        // Runs when a preview has been answered (success or failure), with the answer's masks
+        // (handlers.candidates_payload; empty after a failure).
+        previewDone: function (prefix, data) {
             const st = panelState(prefix);
             const sent = st.sentPrompts;
             st.sentAt = 0;
             st.sentPrompts = null;
             st.previewsAnswered = (st.previewsAnswered || 0) + 1;
-            if (sent !== null && st.timer === null && (st.points.length || st.boxes.length)
-                    && promptsJson(st) !== sent) {
+            if (data === undefined) {
+                return [];
+            }
+            if (!hasPrompts(st)) {
+                // Cleared while the preview was in flight: its answer is stale, and so is what the
+                // server now shows. (A failed preview left nothing but its message, which stays.)
+                if (data) {
+                    resetOutputs(st);
+                } else {
+                    forgetCandidates(st);
+                }
+                return [];
+            }
+            showCandidates(st, data);
+            if (sent !== null && st.timer === null && promptsJson(st) !== sent) {
                 schedulePreview(st);
             }
             return [];
         },
+        // Candidates from another source (the text prompt's "Segment kept boxes").
+        showCandidates: function (prefix, data) {
+            showCandidates(panelState(prefix), data);
+            return [];
+        },
         undo: function (prefix) {
-            const st = panelState(prefix);
-            const last = st.order[st.order.length - 1];
-            if (last) {
-                removeItem(st, last);
-            }
+            undoLast(panelState(prefix));
             return [];
         },
         clear: function (prefix) {
-            resetPrompts(panelState(prefix));
+            clearAll(panelState(prefix));
             return [];
         },
-        // For tests and the benchmark: the prompts as the panel holds them.
+        // For tests and the benchmark: the prompts as the panel holds them, and what it shows.
         prompts: function (prefix) {
             const st = panelState(prefix);
             return {width: st.width, height: st.height, points: st.points.slice(), boxes: st.boxes.slice(),
-                    previewsSent: st.previewsSent || 0, previewsAnswered: st.previewsAnswered || 0};
+                    previewsSent: st.previewsSent || 0, previewsAnswered: st.previewsAnswered || 0,
+                    masksDrawn: st.masksDrawn, selected: st.data ? st.selected : null,
+                    token: st.data ? st.data.token : null, name: pictureStem(st)};
+        },
+        // For tests: the candidates on screen (their masks as the server sent them).
+        candidates: function (prefix) {
+            const st = panelState(prefix);
+            if (!st.data) {
+                return null;
+            }
+            return {token: st.data.token, best: st.data.best, selected: st.selected, scores: st.data.scores.slice(),
+                    masks: st.data.masks.slice(), drawn: st.canvas ? st.canvas.dataset.drawn : ""};
         },
         switchToInpaintUpload: function () {
             if (typeof switch_to_img2img_tab === "function") {

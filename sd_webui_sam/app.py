@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -21,6 +22,62 @@ PANEL_PREFIX = "sam"
 
 LOG = logging.getLogger("sd_webui_sam.app")
 
+#: System fonts: gradio's default theme imports Google Fonts, a request off this machine on every load.
+LOCAL_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")
+LOCAL_MONO_FONTS = ("ui-monospace", "Consolas", "monospace")
+#: What gradio's page template loads from elsewhere (an iframe-resizer script from a CDN, font
+#: preconnects): the app is a local tool and must work, and stay quiet, offline.
+EXTERNAL_TAGS = re.compile(
+    rb'<script[^>]*\ssrc="https?://[^"]*"[^>]*>\s*</script>|<link[^>]*\shref="https?://[^"]*"[^>]*>', re.IGNORECASE
+)
+
+
+def local_theme():
+    import gradio as gr
+
+    return gr.themes.Default(font=LOCAL_FONTS, font_mono=LOCAL_MONO_FONTS)
+
+
+class LocalPageMiddleware:
+    """ASGI middleware: the HTML pages it serves lose their external scripts and links.
+
+    Pure ASGI (not BaseHTTPMiddleware) so gradio's streamed event replies pass through untouched;
+    only ``text/html`` bodies are buffered and rewritten.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        chunks: List[bytes] = []
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                headers = dict((k.lower(), v) for k, v in message.get("headers", []))
+                if b"text/html" not in headers.get(b"content-type", b""):
+                    start["passthrough"] = True
+                    await send(message)
+                    return
+                start["message"] = message
+                return
+            if start.get("passthrough"):
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = EXTERNAL_TAGS.sub(b"", b"".join(chunks))
+            headers = [(k, v) for k, v in start["message"].get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode("ascii")))
+            await send({**start["message"], "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
 
 def build_blocks(engine: Any):
     """The gradio page; its JavaScript runs from the page's load event (no WebUI to inject it)."""
@@ -29,7 +86,8 @@ def build_blocks(engine: Any):
     from sd_webui_sam.compat import gradio_compat as grc
     from sd_webui_sam.ui.panel import PanelOptions, build_panel
 
-    with gr.Blocks(title="Segment Anything", css=STYLE_CSS.read_text(encoding="utf-8"), analytics_enabled=False) as blocks:
+    with gr.Blocks(title="Segment Anything", css=STYLE_CSS.read_text(encoding="utf-8"), analytics_enabled=False,
+                   theme=local_theme()) as blocks:
         gr.Markdown("## Segment Anything")
         build_panel(PanelOptions(prefix=PANEL_PREFIX, engine=lambda: engine, accordion=False))
         grc.on_load(blocks, "() => {\n" + FRONT_END_JS.read_text(encoding="utf-8") + "\n}")
@@ -53,15 +111,18 @@ def create_app(engine: Any):
         mount_api(app, engine, metrics=metrics.ApiMetrics() if metrics.available() else None)
     blocks = build_blocks(engine)
     blocks.queue()
+    app.add_middleware(LocalPageMiddleware)
     return gr.mount_gradio_app(app, blocks, path="/")
 
 
-def make_engine(model_dir: Optional[str], device: str = "auto", max_objects: int = DEFAULT_MAX_OBJECTS):
+def make_engine(model_dir: Optional[str], device: str = "auto", max_objects: int = DEFAULT_MAX_OBJECTS,
+                gdino_model_dir: Optional[str] = None):
     from sd_webui_sam.engine import Engine
     from sd_webui_sam.settings import EngineSettings
 
     return Engine(EngineSettings(
         user_model_dir=Path(model_dir).expanduser() if model_dir else None,
+        gdino_user_model_dir=Path(gdino_model_dir).expanduser() if gdino_model_dir else None,
         default_model_dirs=(EXTENSION_ROOT / "models" / "sam",),
         device=device,
         max_objects=max_objects,
@@ -74,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--model-dir", default=None, help="directory with SAM checkpoints (default: models/sam)")
+    parser.add_argument("--gdino-model-dir", default=None,
+                        help="directory with GroundingDINO checkpoints, searched first (default: models/grounding-dino)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="where SAM runs")
     parser.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS,
                         help=f"most objects a text prompt segments per picture (default {DEFAULT_MAX_OBJECTS})")
@@ -85,7 +148,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    engine = make_engine(args.model_dir, args.device, args.max_objects)
+    # gradio talks to its own server through httpx, which logs every such request at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    engine = make_engine(args.model_dir, args.device, args.max_objects, args.gdino_model_dir)
     app = create_app(engine)
     print(f"Segment Anything: http://{args.host}:{args.port}/  (models: {', '.join(map(str, engine.settings.model_dirs()))})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

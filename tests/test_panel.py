@@ -44,8 +44,48 @@ def test_points_give_three_candidates_matching_the_engine(engine, picture):
     direct = engine.segment("tiny_sam.pth", np.asarray(picture), Prompts(points=[(60.5, 50.5), (10.5, 12.5)], labels=[1, 0]))
     assert np.array_equal(found.masks, direct.masks[0])
     assert np.allclose(found.scores, direct.scores[0])
-    gallery = handlers.candidate_gallery(found)
-    assert [caption for _, caption in gallery] == [handlers.candidate_label(i, s) for i, s in enumerate(found.scores)]
+    # What the browser gets: each candidate as a PNG at the picture's size (it is under 1024 px),
+    # the very mask the engine made, with its score and the best one marked.
+    payload = json.loads(handlers.candidates_payload(found, token=7))
+    assert (payload["token"], payload["width"], payload["height"], payload["best"]) == ("7", 128, 96, found.best)
+    assert payload["scores"] == [round(float(s), 4) for s in found.scores]
+    for data_url, mask in zip(payload["masks"], found.masks):
+        assert np.array_equal(png_mask(data_url), mask)
+
+
+def png_mask(data_url):
+    import base64
+    import io
+
+    assert data_url.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as image:
+        return np.asarray(image.convert("L")) > 127
+
+
+def test_a_large_picture_sends_small_masks_that_keep_its_shape():
+    mask = np.zeros((3000, 4000), dtype=bool)
+    mask[750:2250, 1000:3000] = True
+    candidates = handlers.Candidates(image=np.zeros((3000, 4000, 3), np.uint8), masks=np.stack([mask] * 3),
+                                     scores=np.array([0.1, 0.9, 0.5], np.float32))
+    payload = json.loads(handlers.candidates_payload(candidates))
+    assert (payload["maskWidth"], payload["maskHeight"]) == (1024, 768)
+    assert sum(len(m) for m in payload["masks"]) < 30_000  # three masks in one small reply
+    small = png_mask(payload["masks"][1])
+    assert small.shape == (768, 1024) and small[192:576, 256:768].all() and small.sum() == 384 * 512
+
+
+@pytest.mark.parametrize("name, stem", [("My photo.JPG", "My_photo"), ("a/b/c.d.png", "c.d"), ("", "picture"),
+                                        (None, "picture"), ("../..", "picture"), ("..png", "picture")])
+def test_download_names_come_from_the_picture(name, stem):
+    assert handlers.picture_stem(name) == stem
+
+
+def test_status_names_the_candidate_in_use_and_the_best():
+    candidates = handlers.Candidates(image=np.zeros((4, 4, 3), np.uint8), masks=np.zeros((3, 4, 4), bool),
+                                     scores=np.array([0.2, 0.9, 0.5], np.float32), prompt_summary="1 positive point")
+    assert handlers.candidates_status(candidates, None).endswith("Using Mask 2, the best.")
+    assert handlers.candidates_status(candidates, 0).endswith("Using Mask 1; Mask 2 scored best.")
+    assert "3 masks from 1 positive point" in handlers.candidates_status(candidates, 5)
 
 
 def test_several_boxes_merge_per_candidate(engine, picture):
@@ -122,14 +162,14 @@ def test_panel_builds_and_preview_handler_reports_instead_of_raising(engine, pic
     functions = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns  # gradio 4: a dict by id
     preview = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "preview_masks")
     remember = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "remember_image")
-    session, _ = remember(picture)
+    # A new picture empties every output of the old one.
+    session, masks_data, state, status, overlay, mask, cutout = remember("tiny_sam.pth", picture)
     assert isinstance(session, handlers.SessionImage) and np.array_equal(session.pixels, np.asarray(picture))
-    gallery, choice, state, status = preview("tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
-    assert len(gallery) == 3 and state.masks.shape == (3, 96, 128) and "3 masks" in status
-    thumbnail = Image.open(gallery[0][0])
-    assert thumbnail.size == (128, 96) and gallery[0][1] == handlers.candidate_label(0, float(state.scores[0]))
-    gallery, choice, state, status = preview("tiny_sam.pth", None, prompts([(60.5, 50.5, 1)]))
-    assert state is None and "sam-status-error" in status and "Traceback" not in status
+    assert (masks_data, state, overlay, mask, cutout) == ("", None, None, None, None) and "Encoding" in status
+    masks_data, choice, state, status = preview("tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
+    assert len(json.loads(masks_data)["masks"]) == 3 and state.masks.shape == (3, 96, 128) and "3 masks" in status
+    masks_data, choice, state, status = preview("tiny_sam.pth", None, prompts([(60.5, 50.5, 1)]))
+    assert masks_data == "" and state is None and "sam-status-error" in status and "Traceback" not in status
 
 
 def test_session_image_is_decoded_once_and_encoded_ahead_of_the_first_click(engine, picture):
@@ -148,9 +188,10 @@ def test_session_image_is_decoded_once_and_encoded_ahead_of_the_first_click(engi
     assert found.image_digest == session.digest == handlers.image_digest(np.asarray(picture))
 
 
-def test_output_files_are_exact_pngs_and_jpeg_previews(engine, picture, tmp_path):
+def test_output_files_are_exact_pngs_named_after_the_picture(engine, picture, tmp_path):
     files = handlers.ImageFiles(keep=8)
-    found = handlers.segment(engine, "tiny_sam.pth", handlers.session_image(picture), prompts([(60.5, 50.5, 1)]))
+    named = json.dumps({**json.loads(prompts([(60.5, 50.5, 1)])), "name": "beach day.jpg"})
+    found = handlers.segment(engine, "tiny_sam.pth", handlers.session_image(picture), named)
     tools = handlers.MaskTools(expand=2)
     overlay_path, mask_path, cutout_path = handlers.chosen_output_files(found, 1, tools, files)
     expected = handlers.chosen_outputs(found, 1, tools)
@@ -158,7 +199,11 @@ def test_output_files_are_exact_pngs_and_jpeg_previews(engine, picture, tmp_path
         assert mask.format == "PNG" and np.array_equal(np.asarray(mask), np.asarray(expected.mask))
         assert cutout.format == "PNG" and cutout.mode == "RGBA"
         assert np.array_equal(np.asarray(cutout), np.asarray(expected.cutout))
-        assert overlay.format == "JPEG" and overlay.size == (128, 96)
+        assert overlay.format == "PNG" and overlay.size == (128, 96)
+    from pathlib import Path
+
+    assert [Path(p).name for p in (overlay_path, mask_path, cutout_path)] == [
+        "beach_day_overlay.png", "beach_day_mask.png", "beach_day_cutout.png"]
     # Only the newest files stay on disk.
     for _ in range(4):
         handlers.chosen_output_files(found, 0, tools, files)
@@ -220,3 +265,15 @@ def test_upload_encode_message_never_replaces_a_preview_answered_meanwhile(engin
     engine.embeddings.clear()
     quiet = handlers.session_image(picture)
     assert handlers.encode_ahead(engine, "tiny_sam.pth", quiet) > 0  # no click meanwhile: the time is reported
+
+
+def test_outputs_of_superseded_or_reset_candidates_stay_out(engine, picture):
+    """A render for candidates older than the newest answer, or than a reset, must not show."""
+    session = handlers.session_image(picture)
+    first = handlers.segment(engine, "tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
+    assert not handlers.superseded(first, session)
+    second = handlers.segment(engine, "tiny_sam.pth", session, prompts([(30.5, 20.5, 1)]))
+    assert handlers.superseded(first, session) and not handlers.superseded(second, session)
+    handlers.invalidate(session)  # Clear: the prompts are gone
+    assert handlers.superseded(second, session)
+    assert not handlers.superseded(second, handlers.session_image(picture))  # another picture's counters

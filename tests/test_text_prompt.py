@@ -147,3 +147,26 @@ def test_many_boxes_are_bounded_by_max_objects_most_confident_first(engine, sam_
     assert f"{found - 2} more were left out" in bounded.message and "max objects" in bounded.message
     result = tp.segment_kept(engine, sam_name, image, bounded.selection, bounded.selection.labels(), "", tp.MERGED)
     assert result.object_masks.shape[0] == 2
+
+
+def test_section_works_without_an_enable_tick_and_selects_all_or_none(engine, sam_name, image):
+    """Opening the section is enough: Preview boxes and Segment kept boxes need no tick; the kept
+    boxes can be ticked all or none at once; a segmentation sends the panel its compact masks."""
+    import gradio as gr
+
+    from sd_webui_sam.ui.panel import PanelOptions, build_panel
+
+    with gr.Blocks() as demo:
+        panel = build_panel(PanelOptions(prefix="t", engine=lambda: engine, accordion=False))
+    parts = panel.extra["text_prompt"]
+    assert "enabled" not in parts and "keep_all" in parts and "keep_none" in parts
+    functions = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    named = {getattr(f.fn, "__name__", ""): f.fn for f in functions if f.fn is not None}
+    box_image, keep, selection, status = named["preview"](None, image, "hand, face", 0.0, 0.0)
+    labels = selection.labels()
+    assert labels and "sam-status-error" not in status
+    assert named["keep_all"](selection)["value"] == labels and named["keep_none"]()["value"] == []
+    masks_data, _, found, overlay, mask, cutout, _, status = named["segment"](
+        sam_name, image, "", selection, labels[:1], tp.MERGED, 0, 0, False, 0, False)
+    assert "sam-status-error" not in status and mask.size == (W, H)
+    assert len(json.loads(masks_data)["masks"]) == len(found.scores)

@@ -5,9 +5,12 @@ WebUI keeps working, and a traceback only ever reaches the console.
 """
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
+import io
 import json
+import re
 import logging
 import tempfile
 import threading
@@ -24,7 +27,12 @@ from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, ModelNotF
 LOG = logging.getLogger("sd_webui_sam.ui")
 
 CANDIDATE_COUNT = 3
-THUMBNAIL_SIDE = 320
+#: Longest side of the candidate masks sent to the browser: about the canvas's size on screen,
+#: so a 4000x3000 photo costs the same small transfer as a 1024x768 one.
+DISPLAY_MASK_SIDE = 1024
+DEFAULT_PICTURE_NAME = "picture"
+#: Longest side of the overlay output (the mask and the cut-out keep the picture's size).
+OVERLAY_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -47,10 +55,21 @@ class Candidates:
     scores: np.ndarray           # (3,) float32
     image_digest: str = ""
     prompt_summary: str = ""
+    picture_name: str = DEFAULT_PICTURE_NAME  # file-name stem for the downloads
+    #: When it was made, in its picture's answers and resets (SessionImage.answered["generation"]).
+    sequence: int = 0
 
     @property
     def best(self) -> int:
         return int(np.argmax(self.scores))
+
+    def index(self, choice: Any) -> int:
+        """The candidate a choice (index or None) means; out of range falls back to the best."""
+        try:
+            index = int(choice)
+        except (TypeError, ValueError):
+            return self.best
+        return index if 0 <= index < len(self.masks) else self.best
 
 
 @dataclass(frozen=True)
@@ -84,9 +103,11 @@ class ImageFiles:
     """Output pictures written once, in a format chosen for what each is for, for gradio to serve.
 
     Gradio's own encoding of a PIL image is PNG at the default (slow) compression for every
-    output; a noisy 1024x768 overlay took ~250 ms. Previews go out as JPEG, downloadable masks and
-    cut-outs as lossless PNG with fast compression. Gradio copies (or inlines) a returned file
-    while it sends the reply, so only the most recent ``keep`` files are kept on disk.
+    output; a noisy 1024x768 overlay took ~250 ms. Downloads go out as lossless PNG with fast
+    compression (``lossless=False`` gives a JPEG, for pictures only ever looked at). Each file gets
+    a folder of its own, so it can keep the name the user downloads it under. Gradio copies (or
+    inlines) a returned file while it sends the reply, so only the most recent ``keep`` files are
+    kept on disk.
     """
 
     def __init__(self, keep: int = 96) -> None:
@@ -323,41 +344,106 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
     merged_scores = scores.mean(axis=0)
     if merged.shape[0] == 1:  # single-output models: show the one mask three times is misleading
         merged_scores = merged_scores[:1]
+    sequence = 0
     if isinstance(image, SessionImage):
         image.answered["previews"] += 1
+        image.answered["generation"] += 1
+        sequence = image.answered["generation"]
     return Candidates(
+        sequence=sequence,
         image=pixels,
         masks=merged,
         scores=merged_scores,
         image_digest=image.digest if isinstance(image, SessionImage) else image_digest(pixels),
         prompt_summary=summarise(prompts),
+        picture_name=picture_name(prompts_json),
     )
+
+
+def picture_name(prompts_json: Optional[str]) -> str:
+    """The uploaded file's name stem, which the panel's script sends with the prompts."""
+    try:
+        data = json.loads(prompts_json) if prompts_json else {}
+    except (TypeError, ValueError):
+        data = {}
+    return picture_stem(data.get("name") if isinstance(data, dict) else None)
 
 
 def candidate_label(index: int, score: float) -> str:
     return f"Mask {index + 1} (score {score:.3f})"
 
 
-def candidate_gallery(candidates: Candidates, side: int = THUMBNAIL_SIDE) -> List[Tuple[Image.Image, str]]:
-    """Small overlays, one per candidate, captioned with their predicted IoU."""
-    from sd_webui_sam import render
+def superseded(candidates: Optional[Candidates], image: Any) -> bool:
+    """Whether a newer preview of the same picture was answered, or the outputs were reset, since
+    ``candidates`` were made: their outputs would then be stale."""
+    if candidates is None or not isinstance(image, SessionImage) or not candidates.sequence:
+        return False
+    return image.answered["generation"] > candidates.sequence
 
+
+def invalidate(image: Any) -> None:
+    """The outputs were emptied: any candidates made before are stale (see ``superseded``)."""
+    if isinstance(image, SessionImage):
+        image.answered["generation"] += 1
+
+
+def candidates_status(candidates: Candidates, index: Any) -> str:
+    """The status line for the candidate in use: what made them, their scores, which one is used."""
+    chosen = candidates.index(index)
+    scores = ", ".join(f"{i + 1}: {s:.3f}" for i, s in enumerate(candidates.scores))
+    count = len(candidates.scores)
+    made = f"{count} mask{'s' if count != 1 else ''} from {candidates.prompt_summary} (scores {scores})."
+    if chosen == candidates.best:
+        return f"{made} Using Mask {chosen + 1}, the best."
+    return f"{made} Using Mask {chosen + 1}; Mask {candidates.best + 1} scored best."
+
+
+def picture_stem(name: Any) -> str:
+    """A safe file-name stem from the uploaded file's name ('My photo.jpg' -> 'My_photo')."""
+    text = Path(str(name or "")).name
+    dot = text.rfind(".")
+    stem = text[:dot] if dot > 0 else text  # the same rule as the panel's script (pictureStem)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80]
+    return stem or DEFAULT_PICTURE_NAME
+
+
+def display_size(width: int, height: int, side: int = DISPLAY_MASK_SIDE) -> Tuple[int, int]:
+    scale = min(1.0, side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def mask_png_data_url(mask: np.ndarray, size: Tuple[int, int]) -> str:
+    """One candidate as a 1-bit PNG data URL at ``size`` (a few KB): what the browser draws."""
+    height, width = mask.shape
+    if (width, height) == tuple(size):
+        small = Image.fromarray(np.ascontiguousarray(mask, dtype=bool))
+    else:
+        # Area-weighted, then thresholded: thin parts survive better than with nearest-neighbour.
+        grey = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8) * 255).resize(size, Image.BOX)
+        small = grey.point(lambda value: 255 if value >= 128 else 0).convert("1", dither=Image.Dither.NONE)
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def candidates_payload(candidates: Candidates, token: Any = "") -> str:
+    """The JSON the panel's script reads to draw the candidates on the canvas and in the strip.
+
+    ``token`` tells one answer from the next even when the masks are identical.
+    """
     height, width = candidates.image.shape[:2]
-    scale = min(1.0, side / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    base = Image.fromarray(candidates.image).resize(size, Image.BILINEAR) if scale < 1 else Image.fromarray(candidates.image)
-    base_pixels = np.asarray(base)
-    items = []
-    for index, (mask, score) in enumerate(zip(candidates.masks, candidates.scores)):
-        small = mask if scale >= 1 else np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-        items.append((Image.fromarray(render.overlay(base_pixels, small)), candidate_label(index, float(score))))
-    return items
-
-
-def candidate_gallery_files(candidates: Candidates, files: ImageFiles) -> List[Tuple[str, str]]:
-    """``candidate_gallery`` as JPEG files: thumbnails only ever get looked at, never downloaded."""
-    return [(files.write(image, f"candidate_{index + 1}", lossless=False), caption)
-            for index, (image, caption) in enumerate(candidate_gallery(candidates))]
+    size = display_size(width, height)
+    return json.dumps({
+        "token": str(token),
+        "width": width,
+        "height": height,
+        "maskWidth": size[0],
+        "maskHeight": size[1],
+        "scores": [round(float(score), 4) for score in candidates.scores],
+        "best": candidates.best,
+        "name": candidates.picture_name,
+        "masks": [mask_png_data_url(mask, size) for mask in candidates.masks],
+    })
 
 
 def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.ndarray:
@@ -374,23 +460,34 @@ def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.n
 
 
 def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
+    """Mask and cut-out at the picture's size; the overlay, a picture to look at, at most
+    ``OVERLAY_SIDE`` px long (a 4000x3000 overlay took 4 s of PNG encoding after every click)."""
     from sd_webui_sam import render
 
     alpha = processed_mask(candidates, index, tools)
+    height, width = alpha.shape
+    size = display_size(width, height, OVERLAY_SIDE)
+    if size == (width, height):
+        picture, small_alpha = candidates.image, alpha
+    else:
+        picture = np.asarray(Image.fromarray(candidates.image).resize(size, Image.BILINEAR))
+        small_alpha = np.asarray(Image.fromarray(np.ascontiguousarray(alpha, dtype=np.float32)).resize(size, Image.BILINEAR))
     return ChosenOutputs(
-        overlay=Image.fromarray(render.overlay(candidates.image, alpha)),
+        overlay=Image.fromarray(render.overlay(picture, small_alpha)),
         mask=render.mask_image(alpha),
         cutout=render.cutout(candidates.image, alpha),
     )
 
 
 def chosen_output_files(candidates: Candidates, index: int, tools: MaskTools, files: ImageFiles) -> Tuple[str, str, str]:
-    """(overlay, mask, cut-out) as files: the overlay is a JPEG preview, mask and cut-out exact PNGs."""
+    """(overlay, mask, cut-out) as PNG files named '<picture>_overlay.png' and so on: gradio 4 offers
+    a file's own name as the download name (the panel's script sets it on gradio 3)."""
     chosen = chosen_outputs(candidates, index, tools)
+    stem = candidates.picture_name
     return (
-        files.write(chosen.overlay, "overlay", lossless=False),
-        files.write(chosen.mask, "mask"),
-        files.write(chosen.cutout, "cutout"),
+        files.write(chosen.overlay, f"{stem}_overlay"),
+        files.write(chosen.mask, f"{stem}_mask"),
+        files.write(chosen.cutout, f"{stem}_cutout"),
     )
 
 

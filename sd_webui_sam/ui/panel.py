@@ -5,6 +5,8 @@ API builds every script's UI headlessly, twice per tab) has no effect beyond the
 """
 from __future__ import annotations
 
+import html
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -16,10 +18,16 @@ from sd_webui_sam.ui import handlers, text_prompt
 
 TITLE = "Segment Anything"
 CHOICES = tuple(f"Mask {i + 1}" for i in range(handlers.CANDIDATE_COUNT))
+#: CSS px of each output image: fixed, so a result arriving never moves what is below it.
+OUTPUT_HEIGHT = 240
+#: The candidate strip before the first answer: the same three slots the script fills later.
+CANDIDATE_STRIP_HTML = '<div class="sam-strip">' + "".join(
+    f'<div class="sam-candidate sam-candidate-empty" data-index="{i}"><span class="sam-candidate-number">{i + 1}</span>'
+    f'<span class="sam-candidate-caption">Mask {i + 1}</span></div>' for i in range(handlers.CANDIDATE_COUNT)) + "</div>"
 
 HELP_HTML = (
     "<b>Left click</b>: positive point. <b>Right click</b>: negative point. <b>Drag</b>: box (several boxes "
-    "segment several objects). <b>Click a dot</b> to remove it."
+    "segment several objects). <b>Click a dot</b> or a box's <b>&times;</b> to remove it."
 )
 
 
@@ -87,8 +95,6 @@ def elem(prefix: str, name: str) -> str:
 
 
 def status_html(message: str, *, error: bool = False) -> str:
-    import html
-
     css = "sam-status-error" if error else "sam-status-ok"
     return f'<p class="{css}">{html.escape(message)}</p>' if message else ""
 
@@ -124,46 +130,60 @@ def build_panel(options: PanelOptions) -> Panel:
             model = gr.Dropdown(
                 label="SAM model", choices=choices, value=choices[0] if choices else None, elem_id=elem(prefix, "model")
             )
-            refresh = gr.Button("\U0001f504", elem_id=elem(prefix, "refresh"), elem_classes=["tool"], scale=0, min_width=40)
+            # A word, not an icon: an emoji renders as an empty box where no emoji font is installed.
+            refresh = gr.Button("Refresh models", elem_id=elem(prefix, "refresh"), scale=0, min_width=130)
             device = gr.Dropdown(label="Device", choices=list(DEVICE_CHOICES), value=_current_device(engine),
                                  elem_id=elem(prefix, "device"), scale=0, min_width=110)
-        download_parts = _download_section(prefix, engine)
-        with gr.Row():
-            with gr.Column():
-                input_image = grc.image_input("Image", elem_id=elem(prefix, "input_image"))
-                gr.HTML(HELP_HTML, elem_id=elem(prefix, "help"))
-                with gr.Row():
-                    undo = gr.Button("Undo last", elem_id=elem(prefix, "undo"), size="sm")
-                    clear = gr.Button("Clear points and boxes", elem_id=elem(prefix, "clear"), size="sm")
-                with gr.Row():
-                    auto_preview = gr.Checkbox(
-                        label="Preview on every click", value=options.tools.auto_preview, interactive=True,
-                        elem_id=elem(prefix, "auto_preview")
-                    )
-                    preview = gr.Button("Preview", variant="primary", elem_id=elem(prefix, "preview"))
-            with gr.Column():
-                candidates = grc.gallery("Candidates", elem_id=elem(prefix, "candidates"), columns=3, height="auto")
+        first_run = gr.HTML(first_run_html(engine, choices), elem_id=elem(prefix, "first_run"),
+                            elem_classes=["sam-first-run"])
+        download_parts = _download_section(prefix, engine, open_=not choices)
+        with gr.Row(elem_classes=["sam-workspace"]):
+            # The canvas: the picture as large as the column and the window allow, with the chosen
+            # mask, the dots and the boxes drawn on it by javascript/segment_anything.js.
+            with gr.Column(scale=3, min_width=320):
+                input_image = grc.image_input("Image", elem_id=elem(prefix, "input_image"), elem_classes=["sam-canvas"])
+            # The tools beside it, so a click and its effect are on screen together.
+            with gr.Column(scale=1, min_width=270, elem_classes=["sam-side"]):
+                # Filled by the script (one thumbnail per candidate, the whole picture, its score);
+                # the server never writes to it, so the strip keeps its size from the start.
+                candidates = gr.HTML(CANDIDATE_STRIP_HTML, elem_id=elem(prefix, "candidates"),
+                                     elem_classes=["sam-candidates"])
                 # Fixed choices: gradio 3 validates a submitted value against the choices the server
                 # built, so choices updated in the browser would be refused.
                 choice = gr.Radio(
                     label="Use mask", choices=list(CHOICES), value=CHOICES[0], type="index", elem_id=elem(prefix, "choice")
                 )
-                status = gr.HTML("", elem_id=elem(prefix, "status"), elem_classes=["sam-status"])
-        with gr.Row():
-            expand = gr.Slider(-64, 64, value=options.tools.expand, step=1, label="Expand (+) / shrink (-), px",
-                               elem_id=elem(prefix, "expand"))
-            feather = gr.Slider(0, 32, value=options.tools.feather, step=0.5, label="Feather, px",
-                                elem_id=elem(prefix, "feather"))
-            min_island = gr.Slider(0, 4096, value=options.tools.min_island, step=16,
-                                   label="Remove islands smaller than, px", elem_id=elem(prefix, "min_island"))
-            with gr.Column(min_width=120):
-                fill_holes = gr.Checkbox(label="Fill holes", value=options.tools.fill_holes, elem_id=elem(prefix, "fill_holes"))
-                invert = gr.Checkbox(label="Invert", value=False, elem_id=elem(prefix, "invert"))
-        with gr.Row():
-            overlay = grc.image_output("Overlay", elem_id=elem(prefix, "overlay"))
-            mask = grc.image_output("Mask", elem_id=elem(prefix, "mask"), image_mode="L")
-            cutout = grc.image_output("Cut-out", elem_id=elem(prefix, "cutout"), image_mode="RGBA")
+                status = gr.HTML("", elem_id=elem(prefix, "status"), elem_classes=["sam-status", "sam-status-box"])
+                with gr.Row():
+                    undo = gr.Button("Undo", elem_id=elem(prefix, "undo"), size="sm", min_width=60)
+                    clear = gr.Button("Clear", elem_id=elem(prefix, "clear"), size="sm", min_width=60)
+                with gr.Row():
+                    auto_preview = gr.Checkbox(
+                        label="Preview on every click", value=options.tools.auto_preview, interactive=True,
+                        elem_id=elem(prefix, "auto_preview"), min_width=120,
+                    )
+                    preview = gr.Button("Preview", variant="primary", elem_id=elem(prefix, "preview"), min_width=80)
+                gr.HTML(HELP_HTML, elem_id=elem(prefix, "help"), elem_classes=["sam-help"])
+                expand = gr.Slider(-64, 64, value=options.tools.expand, step=1, label="Expand (+) / shrink (-), px",
+                                   elem_id=elem(prefix, "expand"))
+                feather = gr.Slider(0, 32, value=options.tools.feather, step=0.5, label="Feather, px",
+                                    elem_id=elem(prefix, "feather"))
+                min_island = gr.Slider(0, 4096, value=options.tools.min_island, step=16,
+                                       label="Remove islands smaller than, px", elem_id=elem(prefix, "min_island"))
+                with gr.Row():
+                    fill_holes = gr.Checkbox(label="Fill holes", value=options.tools.fill_holes,
+                                             elem_id=elem(prefix, "fill_holes"), min_width=80)
+                    invert = gr.Checkbox(label="Invert", value=False, elem_id=elem(prefix, "invert"), min_width=80)
+        with gr.Row(elem_classes=["sam-outputs"]):
+            overlay = grc.image_output("Overlay", elem_id=elem(prefix, "overlay"), height=OUTPUT_HEIGHT)
+            mask = grc.image_output("Mask", elem_id=elem(prefix, "mask"), image_mode="L", height=OUTPUT_HEIGHT)
+            cutout = grc.image_output("Cut-out", elem_id=elem(prefix, "cutout"), image_mode="RGBA", height=OUTPUT_HEIGHT)
         prompts = gr.Textbox(value="", visible=False, label="Prompts", elem_id=elem(prefix, "prompts"))
+        # The last answer's candidates as compact masks (handlers.candidates_payload) for the script.
+        masks_data = gr.Textbox(value="", visible=False, label="Candidate masks", elem_id=elem(prefix, "masks_data"))
+        # Pressed by the script when the prompts become empty (clear, undo, removing the last dot):
+        # it empties every output, so nothing of the old prompts can be downloaded or sent.
+        reset = gr.Button("Reset outputs", elem_id=elem(prefix, "reset"), elem_classes=["sam-hidden"])
         state = gr.State(None)
         image_state = gr.State(None)  # handlers.SessionImage: the picture decoded once per upload
         panel = Panel(
@@ -171,7 +191,8 @@ def build_panel(options: PanelOptions) -> Panel:
             candidates=candidates, choice=choice, status=status, overlay=overlay, mask=mask, cutout=cutout,
             tools=[expand, feather, fill_holes, min_island, invert], state=state,
             extra={"refresh": refresh, "device": device, "undo": undo, "clear": clear, "auto_preview": auto_preview,
-                   "image_state": image_state, **download_parts},
+                   "image_state": image_state, "masks_data": masks_data, "reset": reset, "first_run": first_run,
+                   **download_parts},
         )
         if options.sd_controls:
             _sd_controls(panel)
@@ -188,6 +209,24 @@ def build_panel(options: PanelOptions) -> Panel:
     return panel
 
 
+def first_run_html(engine: Callable[[], Any], choices: List[str]) -> str:
+    """With no SAM model, what to do and where; empty once there is one."""
+    if choices:
+        return ""
+    try:
+        folders = [str(path) for path in engine().settings.model_dirs()]
+    except Exception as error:  # a broken set-up must still show the hint
+        handlers.describe_failure(error)
+        folders = []
+    where = html.escape(folders[0]) if folders else "the models/sam folder"
+    return (
+        '<div class="sam-first-run-box"><b>No SAM model yet.</b> Put a checkpoint in '
+        f"<code>{where}</code> and press <b>Refresh models</b>, or get one under "
+        "<b>Download official checkpoints</b> below. On a CPU choose <b>MobileSAM</b> (39 MB, fastest) or "
+        "<b>SAM ViT-B</b> (358 MB); ViT-H needs a GPU.</div>"
+    )
+
+
 def _more_tabs(panel: Panel) -> Dict[str, Any]:
     """The "Auto SAM" and "Batch" tabs (ui/autosam_tab.py, ui/batch_tab.py), below the main tools."""
     from sd_webui_sam.ui import autosam_tab, batch_tab
@@ -201,13 +240,18 @@ def _more_tabs(panel: Panel) -> Dict[str, Any]:
     return {"autosam": autosam_parts, "batch": batch_parts}
 
 
-def _download_section(prefix: str, engine: Callable[[], Any]) -> Dict[str, Any]:
+#: The checkpoint the download section offers first: small and fast, so a first try on a CPU works.
+DEFAULT_DOWNLOAD = "mobile_sam.pt"
+
+
+def _download_section(prefix: str, engine: Callable[[], Any], open_: bool = False) -> Dict[str, Any]:
     catalogue = _official_checkpoints()
     if not catalogue:
         return {}
-    with gr.Accordion("Download official checkpoints", open=False, elem_id=elem(prefix, "download_section")):
+    default = next((label for label, name in catalogue.items() if name == DEFAULT_DOWNLOAD), next(iter(catalogue)))
+    with gr.Accordion("Download official checkpoints", open=open_, elem_id=elem(prefix, "download_section")):
         with gr.Row():
-            which = gr.Dropdown(label="Checkpoint", choices=list(catalogue), value=next(iter(catalogue)),
+            which = gr.Dropdown(label="Checkpoint", choices=list(catalogue), value=default,
                                 elem_id=elem(prefix, "download_choice"))
             button = gr.Button("Download", elem_id=elem(prefix, "download"))
         result = gr.HTML("", elem_id=elem(prefix, "download_status"), elem_classes=["sam-status"])
@@ -252,13 +296,16 @@ def _sd_controls(panel: Panel) -> None:
 def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     engine = panel.options.engine
     prefix = panel.options.prefix
+    first_run = panel.extra["first_run"]
+    masks_data = panel.extra["masks_data"]
+    render_outputs = [panel.overlay, panel.mask, panel.cutout]
 
     def refresh_models(current: Optional[str]):
         names = _model_choices(engine, refresh=True)
         value = current if current in names else (names[0] if names else None)
-        return grc.update(choices=names, value=value)
+        return grc.update(choices=names, value=value), first_run_html(engine, names)
 
-    grc.listen(refresh.click, refresh_models, [panel.model], [panel.model], show_progress=False)
+    grc.listen(refresh.click, refresh_models, [panel.model], [panel.model, first_run], show_progress=False)
 
     def change_device(preference: str):
         message, done = handlers.change_device(engine(), preference)
@@ -266,49 +313,66 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
 
     grc.listen(panel.extra["device"].change, change_device, [panel.extra["device"]], [panel.status], show_progress=False)
 
-    undo_js = f"() => window.samPanel.undo({prefix!r})"
-    clear_js = f"() => window.samPanel.clear({prefix!r})"
-    grc.listen(undo.click, None, [], [], js=undo_js)
-    grc.listen(clear.click, None, [], [], js=clear_js)
+    grc.listen(undo.click, None, [], [], js=f"() => window.samPanel.undo({prefix!r})")
+    grc.listen(clear.click, None, [], [], js=f"() => window.samPanel.clear({prefix!r})")
 
-    def show_failure(message: str):
-        return ([], grc.update(), None, status_html(message, error=True))
-
+    # Everything a preview produced, emptied: the prompts it answered are gone.
+    cleared = ["", None, "", None, None, None]
+    cleared_outputs = [masks_data, panel.state, panel.status, *render_outputs]
     files = handlers.ImageFiles()
     image_state = panel.extra["image_state"]
 
+    def reset_outputs(image):
+        handlers.invalidate(image)  # a render still running for the old prompts then keeps out
+        return cleared
+
+    grc.listen(panel.extra["reset"].click, reset_outputs, [image_state], cleared_outputs, show_progress=False,
+               queue=grc.FAST_EVENT_QUEUE)
+
     # The picture is decoded once when it changes and encoded right away, so a click sends only
-    # its prompts and runs only the mask decoder.
-    def remember_image(image):
-        return handlers.session_image(image, getattr(engine().settings, "max_image_pixels", None)), ""
+    # its prompts and runs only the mask decoder. A new picture also empties the old outputs.
+    def remember_image(model_name, image):
+        remembered = handlers.session_image(image, getattr(engine().settings, "max_image_pixels", None))
+        note = f"Encoding the picture for {model_name}..." if remembered is not None and model_name else ""
+        return [remembered, *cleared[:2], status_html(note), *cleared[3:]]
 
     def remember_failure(message: str):
-        return None, status_html(message, error=True)
+        return [None, *cleared[:2], status_html(message, error=True), *cleared[3:]]
 
     def encode_ahead(model_name, image):
-        seconds = handlers.encode_ahead(engine(), model_name, image)
-        if seconds is None:
+        if image is None or not model_name:
             return grc.update()
+        seconds = handlers.encode_ahead(engine(), model_name, image)
+        if image.answered["attempts"]:
+            return grc.update()  # a preview's answer or message is on screen (or on its way): it stays
         width, height = image.size
-        return status_html(f"Picture {width}x{height} encoded in {seconds:.1f} s; each click now runs the mask decoder only.")
+        took = "already encoded" if seconds is None else f"encoded in {seconds:.1f} s"
+        return status_html(f"Picture {width}x{height} {took}; each click now runs the mask decoder only.")
 
     def encode_failure(message: str):
         return status_html(message, error=True)
 
     remembered = grc.listen(panel.input_image.change, handlers.guarded(remember_image, remember_failure),
-                            [panel.input_image], [image_state, panel.status], show_progress=False)
+                            [panel.model, panel.input_image], [image_state, *cleared_outputs], show_progress=False)
     guarded_encode = handlers.guarded(encode_ahead, encode_failure)
     grc.listen(remembered.then, guarded_encode, [panel.model, image_state], [panel.status], show_progress=False)
     grc.listen(remembered.then, None, [], [], js=f"() => window.samPanel.imageReady({prefix!r})")
     grc.listen(panel.model.change, guarded_encode, [panel.model, image_state], [panel.status], show_progress=False)
 
+    answers = itertools.count(1)
+
+    # A click's answer is the decoder's three masks as small PNGs (handlers.candidates_payload):
+    # the browser draws them on the canvas and in the strip. The full-size overlay, mask and
+    # cut-out of the chosen one follow in a second step that the canvas does not wait for.
     def preview_masks(model_name, image, prompts_json):
+        if isinstance(image, handlers.SessionImage):
+            image.answered["attempts"] += 1
         found = handlers.segment(engine(), model_name, image, prompts_json)
-        scores = ", ".join(f"{i + 1}: {s:.3f}" for i, s in enumerate(found.scores))
-        message = (f"{len(found.scores)} masks from {found.prompt_summary} (scores {scores}). "
-                   "Mask {} is the best; pick another below, the tools apply live.".format(found.best + 1))
-        gallery = handlers.candidate_gallery_files(found, files)
-        return gallery, grc.update(value=CHOICES[found.best]), found, status_html(message)
+        payload = handlers.candidates_payload(found, token=next(answers))
+        return payload, grc.update(value=CHOICES[found.best]), found, status_html(handlers.candidates_status(found, None))
+
+    def show_failure(message: str):
+        return "", grc.update(), None, status_html(message, error=True)
 
     inputs = [panel.model, image_state, panel.prompts]
     collect_js = (
@@ -318,7 +382,7 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
         panel.preview.click,
         handlers.guarded(preview_masks, show_failure),
         inputs,
-        [panel.candidates, panel.choice, panel.state, panel.status],
+        [masks_data, panel.choice, panel.state, panel.status],
         js=collect_js,
         show_progress=False,
         queue=grc.FAST_EVENT_QUEUE,
@@ -328,26 +392,43 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
 
     def render_choice(found, index, expand, feather, fill_holes, min_island, invert):
         if found is None:
-            return None, None, None
+            return None, None, None, grc.update()
         tools = handlers.MaskTools(
             expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
             min_island=int(min_island or 0), invert=bool(invert),
         )
-        return handlers.chosen_output_files(found, found.best if index is None else int(index), tools, files)
+        chosen = found.index(index)
+        return (*handlers.chosen_output_files(found, chosen, tools, files),
+                status_html(handlers.candidates_status(found, chosen)))
 
     def render_failure(message: str):
-        return None, None, None
+        return None, None, None, status_html(message, error=True)
 
-    render_outputs = [panel.overlay, panel.mask, panel.cutout]
     guarded_render = handlers.guarded(render_choice, render_failure)
-    # Off gradio 3's one-at-a-time queue too, so rendering an answer never holds up the next preview.
-    grc.listen(event.then, guarded_render, tool_inputs, render_outputs, show_progress=False,
+    unchanged = (grc.update(), grc.update(), grc.update(), grc.update())
+
+    def render_current(image, found, *values):
+        # A newer answer, or a reset, came before or while these outputs were built (a burst of
+        # clicks, Clear during a large picture's render): they would be stale, so they stay out,
+        # and a superseded render is not even started (it would take CPU the decoder needs).
+        if handlers.superseded(found, image):
+            return unchanged
+        outputs = guarded_render(found, *values)
+        return unchanged if handlers.superseded(found, image) else outputs
+
+    def render_answer(image, found, *values):
+        # The preview has just written the status; leaving it alone keeps it from looking busy.
+        return render_current(image, found, *values)[:3]
+
+    # The browser draws the masks first (previewDone), then the full-size outputs are built; off
+    # gradio 3's one-at-a-time queue too, so rendering never holds up the next preview.
+    grc.listen(event.then, None, [masks_data], [], js=f"(data) => window.samPanel.previewDone({prefix!r}, data)")
+    grc.listen(event.then, render_answer, [image_state, *tool_inputs], render_outputs, show_progress=False,
                queue=grc.FAST_EVENT_QUEUE)
-    # Tells the front end the preview is answered, so a click made meanwhile gets its own preview.
-    grc.listen(event.then, None, [], [], js=f"() => window.samPanel.previewDone({prefix!r})")
     for control in [panel.choice, *panel.tools]:
-        grc.listen(control.change if control is not panel.choice else control.input, guarded_render, tool_inputs,
-                   render_outputs, show_progress=False, queue=grc.FAST_EVENT_QUEUE)
+        grc.listen(control.change if control is not panel.choice else control.input, render_current,
+                   [image_state, *tool_inputs], [*render_outputs, panel.status], show_progress=False,
+                   queue=grc.FAST_EVENT_QUEUE)
 
     if "download_button" in panel.extra:
         _wire_download(panel)
@@ -375,12 +456,14 @@ def _wire_download(panel: Panel) -> None:
         target = downloads.download_model(file_name, directories[0], progress=report)
         names = _model_choices(engine, refresh=True)
         value = target.name if target.name in names else current
-        return grc.update(choices=names, value=value), status_html(f"Downloaded {target.name} to {target.parent}.")
+        return (grc.update(choices=names, value=value), status_html(f"Downloaded {target.name} to {target.parent}."),
+                first_run_html(engine, names))
 
     def failure(message: str):
-        return grc.update(), status_html(message, error=True)
+        return grc.update(), status_html(message, error=True), grc.update()
 
-    grc.listen(button.click, handlers.guarded(download, failure), [which, panel.model], [panel.model, result])
+    grc.listen(button.click, handlers.guarded(download, failure), [which, panel.model],
+               [panel.model, result, panel.extra["first_run"]])
 
 
 def wire_send_to_inpaint(panel: Panel, targets: Dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ and are what the tests drive; ``build_section`` only makes components and wires 
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -24,6 +25,8 @@ from sd_webui_sam.ui import handlers
 PER_OBJECT = "Per object"
 MERGED = "Merged"
 MODES = (MERGED, PER_OBJECT)
+#: CSS px of the box picture, and of the scrolling box list beside it (style.css).
+BOX_IMAGE_HEIGHT = 360
 BOX_COLOURS = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (80, 220, 100), (200, 90, 255), (255, 140, 40))
 
 
@@ -209,13 +212,12 @@ def build_section(panel: Any) -> Dict[str, Any]:
     choices = _detector_choices(engine)
     catalogue = _catalogue()
     parts: Dict[str, Any] = {}
+    # Opening the section is the only "enable" there is: its buttons work as soon as it is open.
     with gr.Accordion("Text prompt (GroundingDINO)", open=False, elem_id=elem(prefix, "text_section")):
-        parts["enabled"] = gr.Checkbox(label="Enable text prompt", value=False, elem_id=elem(prefix, "text_enabled"))
         with gr.Row():
             parts["detector"] = gr.Dropdown(label="GroundingDINO model", choices=choices,
                                             value=choices[0] if choices else None, elem_id=elem(prefix, "text_model"))
-            parts["refresh"] = gr.Button("\U0001f504", elem_id=elem(prefix, "text_refresh"), elem_classes=["tool"],
-                                         scale=0, min_width=40)
+            parts["refresh"] = gr.Button("Refresh models", elem_id=elem(prefix, "text_refresh"), scale=0, min_width=130)
         with gr.Row():
             parts["download_choice"] = gr.Dropdown(label="Download GroundingDINO", choices=list(catalogue),
                                                    value=next(iter(catalogue)), elem_id=elem(prefix, "text_download_choice"))
@@ -231,11 +233,19 @@ def build_section(panel: Any) -> Dict[str, Any]:
             parts["preview_boxes"] = gr.Button("Preview boxes", elem_id=elem(prefix, "text_preview_boxes"))
             parts["mode"] = gr.Radio(label="Masks", choices=list(MODES), value=MERGED, elem_id=elem(prefix, "text_mode"))
             parts["segment"] = gr.Button("Segment kept boxes", variant="primary", elem_id=elem(prefix, "text_segment"))
-        with gr.Row():
-            parts["box_image"] = grc.image_output("Boxes", elem_id=elem(prefix, "text_boxes"))
-            with gr.Column():
-                parts["keep"] = gr.CheckboxGroup(label="Keep boxes", choices=[], value=[], elem_id=elem(prefix, "text_keep"))
-                parts["objects"] = grc.gallery("Objects", elem_id=elem(prefix, "text_objects"), columns=4, height="auto")
+        with gr.Row(elem_classes=["sam-text-boxes-row"]):
+            with gr.Column(scale=3, min_width=320):
+                parts["box_image"] = grc.image_output("Boxes", elem_id=elem(prefix, "text_boxes"), height=BOX_IMAGE_HEIGHT)
+            # The box list scrolls inside a fixed height beside the picture, however many boxes came.
+            with gr.Column(scale=2, min_width=220):
+                with gr.Row():
+                    parts["keep_all"] = gr.Button("Select all", size="sm", elem_id=elem(prefix, "text_keep_all"),
+                                                  min_width=60)
+                    parts["keep_none"] = gr.Button("Select none", size="sm", elem_id=elem(prefix, "text_keep_none"),
+                                                   min_width=60)
+                parts["keep"] = gr.CheckboxGroup(label="Keep boxes", choices=[], value=[], elem_id=elem(prefix, "text_keep"),
+                                                 elem_classes=["sam-box-list"])
+        parts["objects"] = grc.gallery("Objects", elem_id=elem(prefix, "text_objects"), columns=4, height="auto")
         parts["status"] = gr.HTML("", elem_id=elem(prefix, "text_status"), elem_classes=["sam-status"])
         parts["selection"] = gr.State(None)
         if options.sd_controls:
@@ -261,6 +271,7 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
     import gradio as gr
 
     prefix = panel.options.prefix
+    answers = itertools.count(1)
 
     def refresh(current):
         names = _detector_choices(engine)
@@ -286,9 +297,7 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
                handlers.guarded(download, lambda message: (grc.update(), status_html(message, error=True))),
                [parts["download_choice"], parts["detector"]], [parts["detector"], parts["status"]])
 
-    def preview(enabled, detector, image, caption, box_threshold, text_threshold):
-        if not enabled:
-            raise SamUserError("Tick 'Enable text prompt' first.")
+    def preview(detector, image, caption, box_threshold, text_threshold):
         result = preview_boxes(engine(), detector, image, caption, box_threshold, text_threshold)
         labels = result.selection.labels()
         failed = not labels
@@ -299,14 +308,21 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
         return None, grc.update(choices=[], value=[]), None, status_html(message, error=True)
 
     grc.listen(parts["preview_boxes"].click, handlers.guarded(preview, preview_failure),
-               [parts["enabled"], parts["detector"], panel.input_image, parts["caption"], parts["box_threshold"],
+               [parts["detector"], panel.input_image, parts["caption"], parts["box_threshold"],
                 parts["text_threshold"]],
                [parts["box_image"], parts["keep"], parts["selection"], parts["status"]])
 
-    def segment(model, image, prompts_json, enabled, selection, ticked, mode, expand, feather, fill_holes, min_island,
+    def keep_all(selection):
+        return grc.update(value=selection.labels() if selection is not None else [])
+
+    grc.listen(parts["keep_all"].click, keep_all, [parts["selection"]], [parts["keep"]], show_progress=False)
+    def keep_none():
+        return grc.update(value=[])
+
+    grc.listen(parts["keep_none"].click, keep_none, [], [parts["keep"]], show_progress=False)
+
+    def segment(model, image, prompts_json, selection, ticked, mode, expand, feather, fill_holes, min_island,
                 invert):
-        if not enabled:
-            raise SamUserError("Tick 'Enable text prompt' first.")
         result = segment_kept(engine(), model, image, selection, ticked, prompts_json, mode)
         found = result.candidates
         tools = handlers.MaskTools(expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
@@ -314,20 +330,22 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
         chosen = handlers.chosen_outputs(found, found.best, tools)
         from sd_webui_sam.ui.panel import CHOICES
 
-        return (handlers.candidate_gallery(found), grc.update(value=CHOICES[found.best]), found,
-                chosen.overlay, chosen.mask, chosen.cutout, result.objects, status_html(result.message))
+        return (handlers.candidates_payload(found, token=f"text-{next(answers)}"), grc.update(value=CHOICES[found.best]),
+                found, chosen.overlay, chosen.mask, chosen.cutout, result.objects, status_html(result.message))
 
     def segment_failure(message):
         return (grc.update(), grc.update(), grc.update(), grc.update(), grc.update(), grc.update(), [],
                 status_html(message, error=True))
 
-    inputs = [panel.model, panel.input_image, panel.prompts, parts["enabled"], parts["selection"], parts["keep"],
+    inputs = [panel.model, panel.input_image, panel.prompts, parts["selection"], parts["keep"],
               parts["mode"], *panel.tools]
     # The clicks live in the browser: the panel's collect() puts them into the prompts input.
     collect_js = (
         f"(...args) => {{ const values = window.samPanel.collect({prefix!r}, args, {inputs.index(panel.prompts)}, "
         f"{len(inputs)}); if (window.samPanel.previewDone) window.samPanel.previewDone({prefix!r}); return values; }}"
     )
-    grc.listen(parts["segment"].click, handlers.guarded(segment, segment_failure), inputs,
-               [panel.candidates, panel.choice, panel.state, panel.overlay, panel.mask, panel.cutout, parts["objects"],
+    masks_data = panel.extra["masks_data"]
+    event = grc.listen(parts["segment"].click, handlers.guarded(segment, segment_failure), inputs,
+               [masks_data, panel.choice, panel.state, panel.overlay, panel.mask, panel.cutout, parts["objects"],
                 parts["status"]], js=collect_js)
+    grc.listen(event.then, None, [masks_data], [], js=f"(data) => window.samPanel.showCandidates({prefix!r}, data)")

@@ -130,6 +130,16 @@ def client_point(page, x: int, y: int, *, prefix: str = PREFIX) -> Tuple[float, 
     )
 
 
+def drag_box(page, start: Tuple[int, int], end: Tuple[int, int], *, prefix: str = PREFIX) -> None:
+    """Drag from image pixel ``start`` to ``end`` through a midpoint, as a hand does: a box prompt."""
+    start_xy, end_xy = client_point(page, *start, prefix=prefix), client_point(page, *end, prefix=prefix)
+    page.mouse.move(*start_xy)
+    page.mouse.down()
+    page.mouse.move((start_xy[0] + end_xy[0]) / 2, (start_xy[1] + end_xy[1]) / 2)
+    page.mouse.move(*end_xy)
+    page.mouse.up()
+
+
 def dot_centres(page, *, prefix: str = PREFIX):
     return page.evaluate(
         f"""() => Array.from(document.querySelectorAll('#{prefix}_overlay_svg circle')).map((c) => {{

@@ -1,0 +1,304 @@
+"""The panel as a user works in it (issue #13), in a real Chromium at two window sizes.
+
+The picture is the largest thing in the panel; a click draws the chosen mask on it; nothing moves
+after the first click; the strip, the radio and the outputs agree on one candidate; Clear, undo
+and a new picture leave nothing stale; downloads are named after the picture; and the page asks
+nothing of any machine but this one. Screenshots of each state go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import io
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd_webui_sam.compat import gradio_compat as grc
+from tests.browser import driver
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = driver.ROOT / "test-artifacts"
+P = driver.PREFIX
+VIEWPORTS = ((1400, 1000), (900, 800))
+STACK = f"gradio{grc.GRADIO_MAJOR}"
+#: Elements whose place on the page must not change once the user starts clicking.
+STEADY = ("input_image", "candidates", "choice", "status", "undo", "clear", "preview", "expand", "overlay", "mask",
+          "cutout")
+
+
+def _picture(path, size, seed=0):
+    width, height = size
+    rng = np.random.default_rng(seed)
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:] = (40, 90, 160)
+    pixels[height // 4: 3 * height // 4, width // 3: 2 * width // 3] = (220, 180, 60)
+    pixels = pixels + rng.integers(0, 25, pixels.shape, dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    return {
+        "wide": _picture(tmp_path / "holiday photo.png", (320, 240)),
+        "tall": _picture(tmp_path / "tall.png", (90, 300), seed=1),
+    }
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    width = page.viewport_size["width"]
+    page.screenshot(path=str(ARTIFACTS / f"canvas_{STACK}_{width}_{name}.png"))
+
+
+def rects(page):
+    return page.evaluate(
+        """(names) => Object.fromEntries(names.map((n) => {
+            const e = document.querySelector('#' + n);
+            const r = e.getBoundingClientRect();
+            return [n, [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]];
+        }))""",
+        [f"{P}_{name}" for name in STEADY],
+    )
+
+
+def largest_other_element(page):
+    """Area of the canvas, and of the largest other component or picture in the panel (with its name)."""
+    return page.evaluate(
+        f"""() => {{
+            const panel = document.querySelector('#{P}_panel');
+            const canvas = document.querySelector('#{P}_input_image img');
+            const component = document.querySelector('#{P}_input_image');
+            const area = (e) => {{ const r = e.getBoundingClientRect(); return r.width * r.height; }};
+            let largest = 0, name = '';
+            // What a user sees as one thing: a component (a gradio block holding no other) or a picture.
+            for (const e of panel.querySelectorAll('.block, img, canvas')) {{
+                if (e.contains(canvas) || component.contains(e) || e.querySelector('.block')) continue;
+                if (e.closest('.tabs, [id$="_more_tabs"], [id$="_text_section"]')) continue;
+                const style = getComputedStyle(e);
+                if (style.display === 'none' || style.visibility === 'hidden') continue;
+                if (area(e) > largest) {{ largest = area(e); name = e.tagName + '#' + e.id + '.' + e.className; }}
+            }}
+            return [area(canvas), largest, name];
+        }}"""
+    )
+
+
+def mask_canvas_pixels(page):
+    """(painted pixels, CSS box of the mask canvas, CSS box of the picture as painted)."""
+    return page.evaluate(
+        f"""() => {{
+            const c = document.querySelector('#{P}_mask_canvas');
+            const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let painted = 0;
+            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted++;
+            const r = c.getBoundingClientRect();
+            const img = document.querySelector('#{P}_input_image img');
+            const b = img.getBoundingClientRect();
+            const s = Math.min(b.width / img.naturalWidth, b.height / img.naturalHeight);
+            const w = img.naturalWidth * s, h = img.naturalHeight * s;
+            return [painted, [r.left, r.top, r.width, r.height],
+                    [b.left + (b.width - w) / 2, b.top + (b.height - h) / 2, w, h]];
+        }}"""
+    )
+
+
+def wait_drawn(page, before):
+    page.wait_for_function(f"() => window.samPanel.prompts('{P}').masksDrawn > {before}", timeout=60_000)
+
+
+def drawn_count(page):
+    return page.evaluate(f"() => window.samPanel.prompts('{P}').masksDrawn")
+
+
+def output_srcs(page):
+    return page.evaluate(
+        f"""() => ['mask', 'cutout', 'overlay'].map((n) => {{
+            const img = document.querySelector('#{P}_' + n + ' img');
+            return img && img.getAttribute('src') ? img.src : null;
+        }})"""
+    )
+
+
+def wait_outputs_cleared(page):
+    page.wait_for_function(
+        f"""() => ['mask', 'cutout', 'overlay'].every((n) => {{
+                const img = document.querySelector('#{P}_' + n + ' img');
+                return !img || !img.getAttribute('src');
+            }})
+            && document.querySelectorAll('#{P}_candidates img').length === 0
+            && document.querySelector('#{P}_status').innerText.trim() === ''
+            && !document.querySelector('#{P}_mask_canvas').dataset.drawn""",
+        timeout=30_000,
+    )
+
+
+def decoded_png(data_url):
+    import base64
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("L")) > 127
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=lambda v: f"{v[0]}x{v[1]}")
+def test_canvas_mask_steady_layout_selection_and_downloads(app_url, pictures, viewport, request):
+    requests = []
+    with driver.browser_page(app_url, viewport) as page:
+        page.on("request", lambda r: requests.append(r.url))
+        try:
+            shot(page, "0_start")
+            driver.upload(page, pictures["wide"])
+            driver.set_auto_preview(page, True)
+            page.wait_for_function(f"() => document.querySelector('#{P}_status').innerText.includes('encoded')",
+                                   timeout=60_000)
+            page.locator(f"#{P}_input_image").scroll_into_view_if_needed()
+            before_click = rects(page)
+
+            # The canvas is the largest thing in the panel, as wide as its column allows and never
+            # taller than the window.
+            canvas_area, other_area, other = largest_other_element(page)
+            assert canvas_area > other_area, other
+            box = page.locator(f"#{P}_input_image img").bounding_box()
+            assert box["height"] <= viewport[1] and box["width"] >= 0.5 * viewport[0] - 120
+
+            # A click: the chosen mask is drawn on the picture, exactly over it.
+            drawn = drawn_count(page)
+            page.mouse.click(*driver.client_point(page, 160, 120))
+            wait_drawn(page, drawn)
+            painted, mask_box, picture_box = mask_canvas_pixels(page)
+            assert painted > 0
+            assert all(abs(a - b) <= 1.5 for a, b in zip(mask_box, picture_box)), (mask_box, picture_box)
+            first = driver.wait_for_output(page, "mask", None)
+            shot(page, "1_first_click")
+
+            # More clicks and a box: nothing on the page moves.
+            drawn = drawn_count(page)
+            page.mouse.click(*driver.client_point(page, 20, 20), button="right")
+            wait_drawn(page, drawn)
+            driver.wait_for_output(page, "mask", first)
+            after = rects(page)
+            for name, rect in before_click.items():
+                shift = max(abs(a - b) for a, b in zip(rect, after[name]))
+                assert shift <= 10, (name, rect, after[name])
+
+            # The strip: three whole-picture thumbnails with scores; one selected, the radio's.
+            shown = page.evaluate(f"() => window.samPanel.candidates('{P}')")
+            assert len(shown["scores"]) == 3
+            thumbs = page.locator(f"#{P}_candidates img")
+            assert thumbs.count() == 3
+            natural = page.evaluate(f"() => Array.from(document.querySelectorAll('#{P}_candidates img'))"
+                                    ".map((i) => i.naturalWidth / i.naturalHeight)")
+            assert all(abs(ratio - 320 / 240) < 0.05 for ratio in natural)  # the whole picture, not a crop
+            for index, score in enumerate(shown["scores"]):
+                assert f"{score:.3f}" in page.inner_text(f"#{P}_candidates .sam-candidate[data-index='{index}']")
+
+            # Pick another candidate in the strip: radio, canvas, status and outputs follow it.
+            other_index = next(i for i in range(3) if i != shown["selected"])
+            mask_before = driver.wait_for_output(page, "mask", None)
+            page.click(f"#{P}_candidates .sam-candidate[data-index='{other_index}']")
+            page.wait_for_function(
+                f"""(i) => document.querySelectorAll('#{P}_choice input[type=radio]')[i].checked
+                          && document.querySelector('#{P}_status').innerText.includes('Using Mask ' + (i + 1))""",
+                arg=other_index, timeout=30_000,
+            )
+            assert page.locator(f"#{P}_candidates .sam-candidate-selected").count() == 1
+            assert page.get_attribute(f"#{P}_candidates .sam-candidate-selected", "data-index") == str(other_index)
+            shown = page.evaluate(f"() => window.samPanel.candidates('{P}')")
+            assert shown["selected"] == other_index and shown["drawn"].endswith(f":{other_index}")
+            mask_src = driver.wait_for_output(page, "mask", mask_before)
+            chosen = np.asarray(driver.decode(page, mask_src).convert("L")) > 127
+            candidate = decoded_png(shown["masks"][other_index])
+            assert np.array_equal(chosen, candidate)
+            shot(page, "2_other_candidate")
+
+            # The radio works the other way round: the strip and the canvas follow it.
+            third = next(i for i in range(3) if i not in (other_index,))
+            page.locator(f"#{P}_choice label", has_text=f"Mask {third + 1}").click()
+            page.wait_for_function(f"(i) => window.samPanel.candidates('{P}').selected === i", arg=third)
+            assert page.get_attribute(f"#{P}_candidates .sam-candidate-selected", "data-index") == str(third)
+
+            # Downloads are PNGs named after the picture.
+            for name in ("mask", "cutout", "overlay"):
+                driver.wait_for_output(page, name, None)
+                link = page.locator(f"#{P}_{name} a[download]").first
+                with page.expect_download() as download_info:
+                    link.click()
+                download = download_info.value
+                assert download.suggested_filename == f"holiday_photo_{name}.png"
+                with open(download.path(), "rb") as handle:
+                    assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+        except Exception:
+            shot(page, f"failed_{request.node.name}")
+            raise
+    outside = [url for url in requests if urlparse(url).scheme in ("http", "https", "ws", "wss")
+               and urlparse(url).hostname not in ("127.0.0.1", "localhost")]
+    assert not outside, outside
+
+
+def test_clear_undo_new_picture_and_box_removal_leave_nothing_stale(app_url, pictures, request):
+    with driver.browser_page(app_url, VIEWPORTS[0]) as page:
+        try:
+            driver.upload(page, pictures["wide"])
+            driver.set_auto_preview(page, True)
+
+            def click_and_wait(x, y, button="left"):
+                page.locator(f"#{P}_input_image").evaluate("(e) => e.scrollIntoView({block: 'start'})")
+                drawn = drawn_count(page)
+                page.mouse.click(*driver.client_point(page, x, y), button=button)
+                wait_drawn(page, drawn)
+                driver.wait_for_output(page, "cutout", None)
+
+            click_and_wait(160, 120)
+            page.click(f"#{P}_clear")
+            wait_outputs_cleared(page)
+            shot(page, "3_cleared")
+
+            # Undo brings the cleared point back (and its masks); undoing that empties it all again.
+            page.click(f"#{P}_undo")
+            wait_drawn(page, 0)
+            driver.wait_for_output(page, "mask", None)
+            assert len(driver.dot_centres(page)) == 1
+            page.click(f"#{P}_undo")
+            page.wait_for_function(f"() => window.samPanel.prompts('{P}').points.length === 0")
+            wait_outputs_cleared(page)
+
+            # Undo follows actions: a removed dot comes back.
+            click_and_wait(160, 120)
+            click_and_wait(30, 30, "right")
+            negative = [d for d in driver.dot_centres(page) if not d["positive"]][0]
+            page.mouse.click(negative["cx"], negative["cy"])
+            assert len(driver.dot_centres(page)) == 1
+            page.click(f"#{P}_undo")
+            page.wait_for_function(f"() => window.samPanel.prompts('{P}').points.length === 2")
+
+            # A box goes away with a click on its handle.
+            page.locator(f"#{P}_input_image").evaluate("(e) => e.scrollIntoView({block: 'start'})")
+            driver.drag_box(page, (100, 60), (220, 180))
+            assert page.locator(f"#{P}_overlay_svg rect.sam-box").count() == 1
+            shot(page, "4_box")
+            page.click(f"#{P}_overlay_svg .sam-box-remove")
+            assert page.locator(f"#{P}_overlay_svg rect.sam-box").count() == 0
+            assert page.evaluate(f"() => window.samPanel.prompts('{P}').boxes.length") == 0
+
+            # A new picture: no prompt, candidate, status or output of the old one survives.
+            driver.wait_for_output(page, "overlay", None)
+            page.set_input_files(f"#{P}_input_image input[type=file]", str(pictures["tall"]))
+            page.wait_for_function(f"() => window.samPanel.prompts('{P}').height === 300")
+            assert page.evaluate(f"() => window.samPanel.prompts('{P}').points.length") == 0
+            page.wait_for_function(
+                f"""() => ['mask', 'cutout', 'overlay'].every((n) => {{
+                        const img = document.querySelector('#{P}_' + n + ' img');
+                        return !img || !img.getAttribute('src');
+                    }}) && document.querySelectorAll('#{P}_candidates img').length === 0
+                    && !document.querySelector('#{P}_status').innerText.includes('masks from')""",
+                timeout=30_000,
+            )
+            # The tall picture still fits the window, whole.
+            box = page.locator(f"#{P}_input_image img").bounding_box()
+            assert box["height"] <= VIEWPORTS[0][1]
+            click_and_wait(45, 150)
+            shot(page, "5_tall_picture")
+        except Exception:
+            shot(page, f"failed_{request.node.name}")
+            raise
