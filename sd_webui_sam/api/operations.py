@@ -285,7 +285,7 @@ class SamApi:
 
     def unload(self) -> Dict[str, Any]:
         """Free every loaded model and cached embedding; what was freed and the memory it took."""
-        with self.gpu():
+        with self.gpu("freeing SAM memory (/sam/v2/unload)"):
             return {"freed": self.engine.unload()}
 
     def models(self) -> Dict[str, Any]:
