@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,13 @@ def host_models(host_setup, tiny_sam) -> Dict[str, str]:
     gdino = models / "grounding-dino" / "groundingdino_swint_ogc.pth"
     if not gdino.exists():
         write_tiny_gdino(gdino.parent, gdino.name, vocab_size=BUNDLED_VOCAB_SIZE)
-    return {"sam": sam.name, "gdino": gdino.name}
+    # The same weights re-saved the way torch >= 2.4 writes zips (an extra ".format_version"
+    # record): A1111's torch.load checker refuses such a file, Forge has no checker.
+    newer = models / "sam" / "tiny_sam_newer_torch.pth"  # sorts after tiny_sam.pth, the panel's default
+    shutil.copy(tiny_sam[0], newer)
+    with zipfile.ZipFile(newer, "a") as archive:
+        archive.writestr(f"{archive.namelist()[0].split('/')[0]}/.format_version", "1")
+    return {"sam": sam.name, "gdino": gdino.name, "newer_torch_sam": newer.name}
 
 
 @pytest.fixture(scope="session")

@@ -65,16 +65,6 @@ def _preview_three_masks(page, prefix: str) -> None:
     assert "3 masks" in page.inner_text(f"#{prefix}_status")
 
 
-def _drag_box(page, prefix: str, start_px, end_px) -> None:
-    start = driver.client_point(page, *start_px, prefix=prefix)
-    end = driver.client_point(page, *end_px, prefix=prefix)
-    page.mouse.move(*start)
-    page.mouse.down()
-    page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
-    page.mouse.move(*end)
-    page.mouse.up()
-
-
 def _inpaint_upload_images(page):
     """The picture and the mask img2img's Inpaint upload shows now (None where it shows nothing)."""
     found = []
@@ -147,7 +137,7 @@ def test_click_box_pick_expand_and_send_to_inpaint(host_models, webui, picture_p
             page.click(f"#{prefix}_clear")
             page.wait_for_function(f"() => window.samPanel.prompts('{prefix}').points.length === 0")
             _centre_picture(page, prefix)
-            _drag_box(page, prefix, (35, 25), (95, 75))
+            driver.drag_box(page, (35, 25), (95, 75), prefix=prefix)
             assert page.evaluate(f"() => window.samPanel.prompts('{prefix}').boxes.length") == 1
             _preview_three_masks(page, prefix)
             _shot(page, webui.name, f"{tab}-three-masks")

@@ -70,3 +70,27 @@ def test_the_hosts_controlnet_is_loaded(webui):
     # itself reports with a traceback.
     startup = webui.log_text().split("Startup time:")[0]
     assert not [block for block in hosts.tracebacks(startup) if "controlnet" in block.lower()]
+
+
+def test_checkpoints_load_through_the_hosts_torch_load_and_a_refusal_is_explained(webui, host_models):
+    """A1111 replaces torch.load with its own checker: official-format files load through it, and a
+    file it refuses gets a message naming the checker (not "holds no model weights")."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((48, 64, 3), 120, dtype=np.uint8)).save(buffer, format="PNG")
+    body = {"image": base64.b64encode(buffer.getvalue()).decode(), "points": [[30, 20]], "labels": [1],
+            "multimask": False, "mask_format": "rle"}
+    good = webui.post("/sam/v2/predict", json={**body, "model": host_models["sam"]})
+    assert good.status_code == 200, good.text[:2000]
+    newer = webui.post("/sam/v2/predict", json={**body, "model": host_models["newer_torch_sam"]})
+    if webui.name == "a1111":
+        assert newer.status_code == 422, newer.text[:2000]
+        message = newer.json()["msg"]
+        assert "refused by the WebUI's own checkpoint checker" in message and "--disable-safe-unpickle" in message
+    else:  # Forge keeps torch's own loader
+        assert newer.status_code == 200, newer.text[:2000]
