@@ -134,6 +134,24 @@ def test_api_busy_timeout_setting_reaches_the_mounted_api(make_webui):
     assert app.state.sd_webui_sam_api.settings.busy_timeout_s == 7.0
 
 
+def test_api_waits_for_the_hosts_fifo_queue_lock_at_most_the_setting_then_503(make_webui):
+    """The WebUI's queue_lock is a FIFOLock with no timed acquire: a request made while a
+    generation holds it is answered 503 after the busy timeout, and runs once the lock is free."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    make_webui(options={"sam_api_busy_timeout": 1})
+    from modules import call_queue, script_callbacks  # the stand-in's modules exist once it is made
+
+    app = FastAPI()
+    script_callbacks.app_started_callback(None, app)
+    with TestClient(app) as client:
+        with call_queue.queue_lock:  # a generation is running
+            busy = client.post("/sam/v2/unload")
+        assert busy.status_code == 503 and busy.headers.get("Retry-After")
+        assert client.post("/sam/v2/unload").status_code == 200
+
+
 def test_settings_registered_with_v16_compatible_sections(make_webui):
     make_webui()
     from modules import shared

@@ -327,7 +327,7 @@ class GpuGate:
             with self._lock:
                 yield
             return
-        if not acquire(timeout=self._timeout):
+        if not self._acquire_within(acquire):
             raise self._busy()
         self._holder = (what, time.monotonic())
         try:
@@ -335,6 +335,23 @@ class GpuGate:
         finally:
             self._holder = None
             self._lock.release()
+
+    #: How often a lock without a timed acquire is tried again.
+    POLL_S = 0.05
+
+    def _acquire_within(self, acquire: Callable[..., bool]) -> bool:
+        """Acquire in at most ``timeout`` seconds. A1111's and Forge's ``queue_lock`` is a FIFOLock
+        whose ``acquire`` takes ``blocking`` only, so it is tried without blocking until then."""
+        try:
+            return bool(acquire(timeout=self._timeout))
+        except TypeError:
+            pass
+        deadline = time.monotonic() + self._timeout
+        while not acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.POLL_S)
+        return True
 
     def _busy(self) -> BusyError:
         holder = self._holder

@@ -1,3 +1,3 @@
-import threading
+from modules.fifo_lock import FIFOLock
 
-queue_lock = threading.Lock()
+queue_lock = FIFOLock()  # as A1111 and Forge: no timed acquire
