@@ -2,7 +2,7 @@
 
 Models are built on the meta device (no memory, no random initialisation), then the
 checkpoint's tensors -- memory-mapped from the file where the format allows -- become the
-parameters themselves (``load_state_dict(assign=True)``). The only tensors a checkpoint does not
+parameters themselves (what ``load_state_dict(assign=True)`` does). The only tensors a checkpoint does not
 provide are the small non-persistent buffers a module computes from its configuration; modules
 create those with :func:`computed_buffer`, which builds them on the CPU even during a meta build.
 """
@@ -44,11 +44,41 @@ def assign_weights(model: nn.Module, weights: Mapping[str, Tensor]) -> nn.Module
     in one move. Raises RuntimeError if a tensor of the model was left on the meta device.
     """
     fp32 = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
-    model.load_state_dict(fp32, strict=True, assign=True)
+    _assign_strictly(model, fp32)
     left = [name for name, tensor in named_tensors(model) if tensor.is_meta]
     if left:
         raise RuntimeError(f"{type(model).__name__} still has tensors without data after loading: {', '.join(left[:5])}")
     return model
+
+
+def _assign_strictly(model: nn.Module, weights: Mapping[str, Tensor]) -> None:
+    """What ``load_state_dict(weights, strict=True, assign=True)`` does, without calling it: a host
+    may swap ``nn.Module.load_state_dict`` while it loads its own model in another thread (A1111's
+    ``LoadStateDictOnMeta``, whose stand-in takes no ``assign``)."""
+    slots = {}
+    for name, _ in model.named_parameters(remove_duplicate=False):
+        slots[name] = "_parameters"
+    for owner_name, owner in model.named_modules(remove_duplicate=False):
+        for leaf in owner._buffers:
+            if leaf not in owner._non_persistent_buffers_set and owner._buffers[leaf] is not None:
+                slots[f"{owner_name}.{leaf}" if owner_name else leaf] = "_buffers"
+    missing = sorted(set(slots) - set(weights))
+    unexpected = sorted(set(weights) - set(slots))
+    if missing or unexpected:
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__}: missing keys {missing[:5]}, "
+                           f"unexpected keys {unexpected[:5]}")
+    for name, kind in slots.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        current = getattr(owner, kind)[leaf]
+        tensor = weights[name]
+        if tuple(tensor.shape) != tuple(current.shape):
+            raise RuntimeError(f"size mismatch for {name}: the checkpoint has {tuple(tensor.shape)}, "
+                               f"the model {tuple(current.shape)}")
+        if kind == "_parameters":
+            owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=current.requires_grad)
+        else:
+            owner._buffers[leaf] = tensor
 
 
 def named_tensors(module: nn.Module) -> Iterator[Tuple[str, Tensor]]:

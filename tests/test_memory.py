@@ -105,6 +105,20 @@ def test_no_random_initialisation_touches_real_memory(tiny_sam, tmp_path, monkey
     assert touched == []
 
 
+def test_loading_works_while_the_host_has_swapped_load_state_dict(tiny_sam, tmp_path, monkeypatch):
+    """A1111 replaces nn.Module.load_state_dict (with a version that takes no ``assign``) while it
+    loads an SD checkpoint in another thread; a SAM model loaded meanwhile must not fail."""
+    def hosts_load_state_dict(module, state_dict, strict=True):
+        raise AssertionError("the host's load_state_dict must not be needed")
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", hosts_load_state_dict)
+    shutil.copy(tiny_sam[0], tmp_path / "m.pth")
+    model = _sam_engine(tmp_path).store.get("m.pth").model
+    reference = tiny_sam[1].state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+
+
 def test_a_renamed_copy_shares_the_model_and_its_embeddings(tiny_sam, tmp_path):
     shutil.copy(tiny_sam[0], tmp_path / "a.pth")
     shutil.copy(tiny_sam[0], tmp_path / "renamed copy.pth")

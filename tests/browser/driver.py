@@ -130,6 +130,11 @@ def client_point(page, x: int, y: int, *, prefix: str = PREFIX) -> Tuple[float, 
     )
 
 
+def centre_picture(page, *, prefix: str = PREFIX) -> None:
+    """Scroll so the whole picture is on screen: a click outside the viewport reaches nothing."""
+    page.evaluate(f"() => document.querySelector('#{prefix}_input_image').scrollIntoView({{block: 'center'}})")
+
+
 def drag_box(page, start: Tuple[int, int], end: Tuple[int, int], *, prefix: str = PREFIX) -> None:
     """Drag from image pixel ``start`` to ``end`` through a midpoint, as a hand does: a box prompt."""
     start_xy, end_xy = client_point(page, *start, prefix=prefix), client_point(page, *end, prefix=prefix)

@@ -43,6 +43,7 @@ def test_click_preview_pick_expand_download_box_remove_resize(app_url, picture_p
             driver.set_auto_preview(page, False)
 
             # Left click: positive point, right click: negative point, both on the clicked pixel.
+            driver.centre_picture(page)
             page.mouse.click(*driver.client_point(page, 60, 50))
             page.mouse.click(*driver.client_point(page, 10, 12), button="right")
             assert_dots_on_pixels(page, [(60, 50, True), (10, 12, False)])

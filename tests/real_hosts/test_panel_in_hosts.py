@@ -52,11 +52,6 @@ def _open_panel(page, prefix: str) -> None:
     page.wait_for_selector(f"#{prefix}_input_image", state="visible", timeout=30_000)
 
 
-def _centre_picture(page, prefix: str) -> None:
-    """Scroll so the whole picture is on screen: a click outside the viewport reaches nothing."""
-    page.evaluate(f"() => document.querySelector('#{prefix}_input_image').scrollIntoView({{block: 'center'}})")
-
-
 def _preview_three_masks(page, prefix: str) -> None:
     answered = driver.previews_answered(page, prefix=prefix)
     page.click(f"#{prefix}_preview")
@@ -125,7 +120,7 @@ def test_click_box_pick_expand_and_send_to_inpaint(host_models, webui, picture_p
             _shot(page, webui.name, f"{tab}-uploaded")
 
             # A left click and a right click: two dots on the clicked pixels, then three masks.
-            _centre_picture(page, prefix)
+            driver.centre_picture(page, prefix=prefix)
             page.mouse.click(*driver.client_point(page, 60, 50, prefix=prefix))
             page.mouse.click(*driver.client_point(page, 10, 12, prefix=prefix), button="right")
             dots = driver.dot_centres(page, prefix=prefix)
@@ -136,7 +131,7 @@ def test_click_box_pick_expand_and_send_to_inpaint(host_models, webui, picture_p
             # A box alone: three masks again.
             page.click(f"#{prefix}_clear")
             page.wait_for_function(f"() => window.samPanel.prompts('{prefix}').points.length === 0")
-            _centre_picture(page, prefix)
+            driver.centre_picture(page, prefix=prefix)
             driver.drag_box(page, (35, 25), (95, 75), prefix=prefix)
             assert page.evaluate(f"() => window.samPanel.prompts('{prefix}').boxes.length") == 1
             _preview_three_masks(page, prefix)
