@@ -28,6 +28,13 @@ def picture_path(tmp_path):
 
 
 def assert_dots_on_pixels(page, expected, tolerance=1.0):
+    # The overlay is redrawn on the next animation frame after a click: give it a moment.
+    try:
+        page.wait_for_function(
+            f"(count) => document.querySelectorAll('#{driver.PREFIX}_overlay_svg circle').length === count",
+            arg=len(expected), timeout=10_000)
+    except Exception:  # the assertion below says what is on screen instead
+        pass
     dots = driver.dot_centres(page)
     assert sorted((d["x"], d["y"], d["positive"]) for d in dots) == sorted(expected)
     for dot in dots:
@@ -43,6 +50,9 @@ def test_click_preview_pick_expand_download_box_remove_resize(app_url, picture_p
             driver.set_auto_preview(page, False)
 
             # Left click: positive point, right click: negative point, both on the clicked pixel.
+            # (after the upload's own events have settled: the picture is encoded)
+            page.wait_for_function(
+                f"() => /encoded/.test(document.querySelector('#{driver.PREFIX}_status').innerText)", timeout=60_000)
             driver.centre_picture(page)
             page.mouse.click(*driver.client_point(page, 60, 50))
             page.mouse.click(*driver.client_point(page, 10, 12), button="right")
