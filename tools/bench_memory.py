@@ -68,7 +68,7 @@ else:
         def load():  # what the reference extension's GroundingDINO loader does
             with contextlib.redirect_stdout(io.StringIO()):
                 model = build_model(reference_args("swin_t", args["text_dir"]))
-            checkpoint = torch.load(path, map_location="cpu")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # same tensors; runs no code
             model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False)
             return model.eval()
         def use(model):
