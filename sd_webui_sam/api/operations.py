@@ -154,7 +154,7 @@ class SamApi:
                 detections = [detections[i] for i in keep]
             # the reference's boxes may lie wholly outside the picture (clamped to a line here);
             # such a box has nothing for SAM to segment
-            inside = [d for d in detections if d.box[2] - d.box[0] >= 1 and d.box[3] - d.box[1] >= 1]
+            inside = [d for d in detections if d.has_area]
             kept, dropped = most_confident(inside, self.engine.settings.max_objects)
             boxes = [d.box for d in kept]
         if not boxes and not positive and not negative:
@@ -346,7 +346,7 @@ class SamApi:
                                    box_threshold=request.box_threshold, text_threshold=request.text_threshold,
                                    like_reference=request.detection_rule == "reference")
             # boxes lying wholly outside the picture (kept by the reference rule) segment nothing
-            detected = [d for d in detected if d.box[2] - d.box[0] >= 1 and d.box[3] - d.box[1] >= 1]
+            detected = [d for d in detected if d.has_area]
         max_objects = self.engine.settings.max_objects
         if len(boxes) > max_objects:
             raise InvalidPromptError(f"{len(boxes)} boxes in one request; at most {max_objects} objects are "

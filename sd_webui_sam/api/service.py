@@ -244,6 +244,11 @@ class Detection:
     phrase: str
     score: float
 
+    @property
+    def has_area(self) -> bool:
+        """False for a box clamped to a line (it lay wholly outside the picture): nothing to segment."""
+        return self.box[2] - self.box[0] >= 1 and self.box[3] - self.box[1] >= 1
+
 
 class DetectorAccess:
     """GroundingDINO for the API and batch: the engine's detector store (the one cache), or a
