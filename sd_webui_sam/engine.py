@@ -148,12 +148,6 @@ class Engine:
             f"in {self._detector_dirs_text()}, or download it from the text-prompt section."
         )
 
-    def detector_label(self, name: str) -> str:
-        try:
-            return f"{self.detectors.describe(name).label} ({name})"
-        except SamUserError as error:
-            return f"{name} ({error})"
-
     def detect(self, model_name: Optional[str], image: np.ndarray, caption: str, box_threshold: float = 0.3,
                text_threshold: float = 0.25, nms: Optional[float] = None, like_reference: bool = False) -> list:
         """Boxes of what ``caption`` names ('hand, face' or 'hand . face'): a list of
@@ -208,12 +202,6 @@ class Engine:
             self.store.set_placement(placement)
             self.detectors.set_placement(placement)
         devices.release_memory()
-
-    def set_offload(self, offload_to_cpu: bool) -> None:
-        """Turn resting-on-CPU between uses on or off for loaded and future models."""
-        with self._lock:
-            self.settings.offload_to_cpu = bool(offload_to_cpu)
-        self.set_device(self.settings.device)
 
     def memory(self) -> Dict[str, Any]:
         """What is loaded and roughly how much memory it takes (parameter and buffer bytes for

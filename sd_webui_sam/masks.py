@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Tuple
 
@@ -253,24 +252,6 @@ def shrink(mask: np.ndarray, radius_px: float) -> np.ndarray:
     out = np.zeros_like(m)
     out[y0:y1, x0:x1] = ~_dilate_disk(~m[y0:y1, x0:x1], float(radius_px))
     return out
-
-
-def time_expand_4096(radius: float = 100) -> float:
-    """Seconds to expand a 4096 x 4096 mask by ``radius`` (best of 3); for the benchmark.
-
-    The mask is a large disk and a smaller one, so the work covers most of the image
-    (about the size of the object mask a user selects on a large image).
-    """
-    mask = np.zeros((4096, 4096), np.uint8)
-    cv2.circle(mask, (2048, 2200), 1500, 1, -1)
-    cv2.circle(mask, (3500, 600), 350, 1, -1)
-    boolean = mask.astype(bool)
-    best = math.inf
-    for _ in range(3):
-        started = time.perf_counter()
-        expand(boolean, radius)
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 # ---------------------------------------------------------------- feather

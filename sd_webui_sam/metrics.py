@@ -44,7 +44,7 @@ class _EngineCollector:
             ("sam_embedding_cache_misses", misses, "Image embeddings computed by the encoder."),
             ("sam_embedding_cache_hit_ratio", hits / (hits + misses) if hits + misses else 0.0,
              "Share of embedding look-ups served from the cache."),
-            ("sam_models_loaded", float(len(stats.get("loaded_models", stats.get("models_loaded", [])) or [])),
+            ("sam_models_loaded", float(len(stats["loaded_models"])),
              "SAM models in memory."),
         ):
             family = GaugeMetricFamily(name, text)

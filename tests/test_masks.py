@@ -127,13 +127,6 @@ def test_inputs_are_not_modified_and_other_dtypes_are_accepted():
         masks.expand(np.zeros((2, 2, 3), bool), 1)
 
 
-def test_benchmark_helper_returns_seconds():
-    # The 4096 x 4096 timing itself is printed by the benchmark command, not asserted here.
-    small = masks.expand(_disk(512, 512, 256, 256, 100), 100)
-    assert small.sum() > 0
-    assert callable(masks.time_expand_4096)
-
-
 # ---------------------------------------------------------------- feather
 
 def test_feather_is_a_soft_alpha_bounded_by_the_radius():

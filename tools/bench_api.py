@@ -37,7 +37,7 @@ def api_latency(engine: Any, model: str, image: np.ndarray, point: Sequence[floa
     from fastapi import FastAPI
 
     from sd_webui_sam.api import mount_api
-    from tests.fixtures.api_fixtures import ServerThread
+    from tools.server_thread import ServerThread
 
     app = FastAPI()
     mount_api(app, engine)

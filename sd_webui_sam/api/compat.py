@@ -27,9 +27,3 @@ def model_fields(model_class: Any) -> Dict[str, Any]:
         return dict(model_class.model_fields)
     return dict(model_class.__fields__)
 
-
-def field_description(model_class: Any, name: str) -> str:
-    field = model_fields(model_class)[name]
-    if PYDANTIC_V2:
-        return field.description or ""
-    return field.field_info.description or ""

@@ -372,7 +372,3 @@ class GpuGate:
 
 def clock() -> float:
     return time.perf_counter()
-
-
-def null_lock() -> ContextManager:
-    return contextlib.nullcontext()
