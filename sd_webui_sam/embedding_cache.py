@@ -6,7 +6,6 @@ entry ranges from 4 MiB (SAM) to tens of MiB (HQ-SAM keeps early ViT features to
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -42,15 +41,6 @@ class EncodedImage:
     @staticmethod
     def size_of(features: Mapping[str, Tensor]) -> int:
         return int(sum(tensor.numel() * tensor.element_size() for tensor in features.values()))
-
-
-def image_content_hash(image: np.ndarray) -> str:
-    """Hash of pixel values and shape: equal images share embeddings, whatever object holds them."""
-    contiguous = np.ascontiguousarray(image)
-    digest = hashlib.sha256()
-    digest.update(f"{contiguous.shape}|{contiguous.dtype.str}|".encode("ascii"))
-    digest.update(memoryview(contiguous).cast("B"))
-    return digest.hexdigest()
 
 
 class EmbeddingCache:

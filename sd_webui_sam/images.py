@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sd_webui_sam.errors import ImageTooLargeError, InvalidImageError
+from sd_webui_sam.errors import ImageTooLargeError, InvalidImageError, SamUserError
 from sd_webui_sam.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 ImageSource = Union[Image.Image, np.ndarray, bytes, bytearray, memoryview, str, "os.PathLike[str]"]
@@ -33,7 +33,10 @@ ImageSource = Union[Image.Image, np.ndarray, bytes, bytearray, memoryview, str, 
 #: are left out.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO", "JPEG2000")
 
-_DATA_URL = re.compile(r"^data:[\w/+.\-]*(;[\w=\-]+)*;base64,", re.IGNORECASE)
+_DATA_URL = re.compile(r"^data:[\w/+.\-]*(;[\w=.\-]+)*;base64,", re.IGNORECASE)
+_BASE64_BODY = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
+#: Largest base64 payload accepted, in decoded bytes (checked before decoding; pixel limits follow).
+MAX_ENCODED_BYTES = 128 * 1024 * 1024
 _WHITE = 255
 #: What PIL raises for damaged or truncated files (its plugins are not consistent).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError)
@@ -68,12 +71,85 @@ def load_image_rgba(source: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIX
 
 
 def image_content_key(image: np.ndarray) -> str:
-    """A hash of the pixels (and shape and dtype), for caching per image content."""
+    """The one hash of a picture's content (pixels, shape and dtype; 32 hex digits): equal pictures
+    share cached embeddings, API image ids and panel selections, whatever array object holds them."""
     array = np.ascontiguousarray(image)
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{array.shape}|{array.dtype.str}|".encode())
     digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
+
+
+def decode_base64(text: object, *, what: str = "image", max_bytes: int = MAX_ENCODED_BYTES) -> bytes:
+    """The bytes of a base64 string, with or without a ``data:...;base64,`` prefix (the URL-safe
+    alphabet and missing padding are accepted). A string longer than ``max_bytes`` would decode
+    to is refused before it is decoded."""
+    if not isinstance(text, str):
+        raise InvalidImageError(f"The {what} must be a base64 string.")
+    stripped = text.strip()
+    match = _DATA_URL.match(stripped)
+    if match:
+        stripped = stripped[match.end():]
+    elif stripped.startswith("data:"):
+        raise InvalidImageError(f"This data URL is not base64-encoded; send the {what} as 'data:image/png;base64,...'.")
+    compact = re.sub(r"\s+", "", stripped)
+    if not compact:
+        raise InvalidImageError(f"The {what} string is empty; send it base64-encoded (a PNG, JPEG or WebP for a picture).")
+    if len(compact) > (max_bytes * 4) // 3 + 4:
+        raise ImageTooLargeError(f"The {what} is larger than {max_bytes // (1024 * 1024)} MiB encoded; send a smaller one.")
+    try:
+        if not _BASE64_BODY.match(compact):
+            raise ValueError(compact)
+        compact = compact.replace("-", "+").replace("_", "/")  # accept the URL-safe alphabet too
+        data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        hint = ""
+        if len(text) < 4096 and ("/" in text or "\\" in text or "." in text[-6:]):
+            hint = " (text is never read as a file name; to load a file pass a pathlib.Path)"
+        raise InvalidImageError(
+            f"The {what} string is not valid base64{hint}; send it base64-encoded or as a "
+            "'data:image/png;base64,...' URL."
+        ) from None
+    if not data:
+        raise InvalidImageError(f"The {what} string decodes to nothing; send it base64-encoded.")
+    return data
+
+
+def mask_grey(image: Image.Image) -> Image.Image:
+    """A mask picture as "L", 255 = selected: its white pixels, or, for a mask with transparency,
+    its opaque ones. 16-bit and float masks are scaled by their own maximum."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        return alpha if alpha.getextrema()[0] < 255 else rgba.convert("L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = float(values.max()) if values.size else 0.0
+        scaled = values * (255.0 / top) if top > 0 else np.zeros_like(values)
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    return image.convert("L")
+
+
+def load_mask(source: Union[str, bytes], shape: Tuple[int, int], *, what: str = "mask",
+              max_bytes: int = MAX_ENCODED_BYTES) -> np.ndarray:
+    """A mask picture (base64 text or file bytes) as bool (H, W), selected where :func:`mask_grey`
+    is more than half; it must have the picture's ``shape``."""
+    raw = decode_base64(source, what=what, max_bytes=max_bytes) if isinstance(source, str) else bytes(source)
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            if image.width * image.height > shape[0] * shape[1] * 16:
+                raise ImageTooLargeError(f"The {what} is far larger than the image.")
+            image.load()
+            mask = np.asarray(mask_grey(image)) > 127
+    except SamUserError:
+        raise
+    except Exception as error:  # PIL raises many types for damaged data
+        raise InvalidImageError(f"The {what} is not a readable image ({type(error).__name__}).") from None
+    if mask.shape != tuple(shape):
+        raise InvalidImageError(
+            f"The {what} is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}; they must match."
+        )
+    return mask
 
 
 # ---------------------------------------------------------------- dispatch
@@ -93,40 +169,13 @@ def _load(source: ImageSource, max_pixels: int) -> Tuple[np.ndarray, "np.ndarray
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _from_bytes(bytes(source), max_pixels)
     if isinstance(source, str):
-        return _from_bytes(_decode_base64(source), max_pixels)
+        return _from_bytes(decode_base64(source), max_pixels)
     if isinstance(source, os.PathLike):
         return _from_path(os.fspath(source), max_pixels)
     raise InvalidImageError(
         f"Cannot read an image from a {type(source).__name__}; send a PNG/JPEG/WebP file, its "
         "bytes, a base64 string or a data URL."
     )
-
-
-def _decode_base64(text: str) -> bytes:
-    stripped = text.strip()
-    match = _DATA_URL.match(stripped)
-    if match:
-        stripped = stripped[match.end():]
-    elif stripped.startswith("data:"):
-        raise InvalidImageError("This data URL is not base64-encoded; send 'data:image/png;base64,...'.")
-    compact = re.sub(r"\s+", "", stripped)
-    if not compact:
-        raise InvalidImageError("The image string is empty; send a base64-encoded PNG/JPEG/WebP.")
-    compact = compact.replace("-", "+").replace("_", "/")  # accept the URL-safe alphabet too
-    compact += "=" * (-len(compact) % 4)
-    try:
-        data = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        hint = ""
-        if len(text) < 4096 and ("/" in text or "\\" in text or "." in text[-6:]):
-            hint = " (text is never read as a file name; to load a file pass a pathlib.Path)"
-        raise InvalidImageError(
-            f"The image string is not valid base64{hint}; send a base64-encoded image or a "
-            "'data:image/png;base64,...' URL."
-        ) from None
-    if not data:
-        raise InvalidImageError("The image string decodes to nothing; send a base64-encoded PNG/JPEG/WebP.")
-    return data
 
 
 def _from_path(path: str, max_pixels: int) -> Tuple[np.ndarray, "np.ndarray | None"]:

@@ -20,8 +20,9 @@ from PIL import Image
 from torch import Tensor
 
 from sd_webui_sam.devices import Placement
-from sd_webui_sam.embedding_cache import CacheKey, EmbeddingCache, EncodedImage, dtype_name, image_content_hash
+from sd_webui_sam.embedding_cache import CacheKey, EmbeddingCache, EncodedImage, dtype_name
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
+from sd_webui_sam.images import image_content_key
 from sd_webui_sam.modeling.segmenter import PromptableSegmenter
 
 LOW_RES_SIDE = 256  # SAM's mask logits are a quarter of the 1024 input side
@@ -260,7 +261,7 @@ class Predictor:
 
     def cache_key(self, image: np.ndarray) -> CacheKey:
         return CacheKey(
-            image_hash=image_content_hash(image),
+            image_hash=image_content_key(image),
             model_id=self.model_id,
             device=str(self.placement.device),
             dtype=dtype_name(self.placement.dtype),

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sd_webui_sam.embedding_cache import CacheKey, EmbeddingCache, EncodedImage, image_content_hash
+from sd_webui_sam.embedding_cache import CacheKey, EmbeddingCache, EncodedImage
+from sd_webui_sam.images import image_content_key
 
 
 def entry(name: str, nbytes: int = 1000, model: str = "m") -> EncodedImage:
@@ -96,12 +97,12 @@ def test_negative_limits_are_refused():
 def test_content_hash_depends_on_pixels_and_shape_not_on_the_array_object():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    assert image_content_hash(image) == image_content_hash(image.copy())
+    assert image_content_key(image) == image_content_key(image.copy())
     # A non-contiguous view with the same pixels hashes like its contiguous copy.
     wide = np.zeros((20, 60, 3), dtype=np.uint8)
     wide[:, ::2] = image
-    assert image_content_hash(wide[:, ::2]) == image_content_hash(image)
+    assert image_content_key(wide[:, ::2]) == image_content_key(image)
     changed = image.copy()
     changed[5, 5, 1] ^= 1
-    assert image_content_hash(changed) != image_content_hash(image)
-    assert image_content_hash(image.reshape(30, 20, 3)) != image_content_hash(image)
+    assert image_content_key(changed) != image_content_key(image)
+    assert image_content_key(image.reshape(30, 20, 3)) != image_content_key(image)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from sd_webui_sam.errors import InvalidPromptError
+from sd_webui_sam.images import image_content_key
 from sd_webui_sam.ui import handlers
 
 
@@ -185,7 +186,7 @@ def test_session_image_is_decoded_once_and_encoded_ahead_of_the_first_click(engi
     stats = fresh.embeddings.stats()
     assert (stats["misses"], stats["hits"]) == (1, hits + 1)  # the click reused the embedding from the upload
     assert handlers.encode_ahead(fresh, "tiny_sam.pth", session) is None  # already cached: nothing to report
-    assert found.image_digest == session.digest == handlers.image_digest(np.asarray(picture))
+    assert found.image_digest == session.digest == image_content_key(np.asarray(picture))
 
 
 def test_output_files_are_exact_pngs_named_after_the_picture(engine, picture, tmp_path):

@@ -6,7 +6,6 @@ client sends can make these functions raise anything else.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import re
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from sd_webui_sam import images, rle
 from sd_webui_sam.errors import ImageTooLargeError, InvalidImageError, InvalidPromptError, SamUserError
 
-_DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
-_BASE64_BODY = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
 
 
 class ForbiddenPathError(SamUserError):
@@ -63,26 +61,6 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
-def decode_base64(text: Any, *, what: str = "image", max_bytes: int = 128 * 1024 * 1024) -> bytes:
-    """Bytes of a base64 string with an optional ``data:...;base64,`` prefix."""
-    if not isinstance(text, str):
-        raise InvalidImageError(f"The {what} must be a base64 string.")
-    body = _DATA_URL.sub("", text.strip(), count=1)
-    body = re.sub(r"\s+", "", body)
-    if not body:
-        raise InvalidImageError(f"The {what} is empty; send it as base64.")
-    if len(body) > (max_bytes * 4) // 3 + 4:
-        raise ImageTooLargeError(f"The {what} is larger than {max_bytes // (1024 * 1024)} MiB encoded; send a smaller one.")
-    if not _BASE64_BODY.match(body):
-        raise InvalidImageError(f"The {what} is not valid base64.")
-    body = body.replace("-", "+").replace("_", "/")
-    body += "=" * (-len(body) % 4)
-    try:
-        return base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidImageError(f"The {what} is not valid base64.") from None
-
-
 #: What becomes of transparent pixels: "white" composites them on white (as a viewer shows
 #: them); "ignore" keeps the raw colour channels, as the reference extension segments them.
 TRANSPARENCY_MODES = ("white", "ignore")
@@ -90,15 +68,13 @@ TRANSPARENCY_MODES = ("white", "ignore")
 
 def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int, transparency: str = "white") -> np.ndarray:
     """An ``input_image``/``image`` field as an RGB uint8 array (H, W, 3)."""
-    from sd_webui_sam.images import load_image, load_image_rgba
-
     if transparency not in TRANSPARENCY_MODES:
         raise InvalidPromptError(f"transparency must be one of {', '.join(TRANSPARENCY_MODES)}.")
 
     def decode(source: Any) -> np.ndarray:
         if transparency == "ignore":
-            return np.ascontiguousarray(load_image_rgba(source, max_pixels=max_pixels)[..., :3])
-        return load_image(source, max_pixels=max_pixels)
+            return np.ascontiguousarray(images.load_image_rgba(source, max_pixels=max_pixels)[..., :3])
+        return images.load_image(source, max_pixels=max_pixels)
 
     if not isinstance(text, str):
         raise InvalidImageError("The image must be a base64 string.")
@@ -109,7 +85,7 @@ def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int, transpar
     if path is not None:
         return decode(path)
     try:
-        raw = decode_base64(stripped, max_bytes=policy.max_encoded_bytes)
+        raw = images.decode_base64(stripped, max_bytes=policy.max_encoded_bytes)
         return decode(raw)
     except ImageTooLargeError:
         raise
@@ -128,37 +104,7 @@ def read_image_source(text: Any, policy: SourcePolicy, max_pixels: int, transpar
         raise
 
 
-def read_mask_image(text: Any, shape: Tuple[int, int], policy: SourcePolicy, *, what: str = "mask") -> np.ndarray:
-    """A base64 mask image as bool (H, W); white (or opaque, for masks with alpha) = selected."""
-    raw = decode_base64(text, what=what, max_bytes=policy.max_encoded_bytes)
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if image.width * image.height > shape[0] * shape[1] * 16:
-                raise ImageTooLargeError(f"The {what} is far larger than the image.")
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                alpha = np.asarray(rgba)[..., 3]
-                mask = alpha > 127 if alpha.min() < 255 else np.asarray(rgba.convert("L")) > 127
-            elif image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                values = np.asarray(image, dtype=np.float64)
-                mask = values > (values.max() / 2 if values.max() > 0 else 0)
-            else:
-                mask = np.asarray(image.convert("L")) > 127
-    except SamUserError:
-        raise
-    except Exception as error:  # PIL raises many types for damaged data
-        raise InvalidImageError(f"The {what} is not a readable image ({type(error).__name__}).") from None
-    if mask.shape != tuple(shape):
-        raise InvalidImageError(
-            f"The {what} is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}; they must match."
-        )
-    return mask
-
-
 def read_rle_mask(value: Mapping, shape: Tuple[int, int]) -> np.ndarray:
-    from sd_webui_sam import rle
-
     try:
         size = value.get("size")
         if not isinstance(size, (list, tuple)) or len(size) != 2 or [int(s) for s in size] != list(shape):
@@ -193,7 +139,7 @@ def logits_base64(logits: np.ndarray) -> str:
 
 
 def read_logits(text: Any, side: int = 256) -> np.ndarray:
-    raw = decode_base64(text, what="previous_logits", max_bytes=side * side * 4 + 16)
+    raw = images.decode_base64(text, what="previous_logits", max_bytes=side * side * 4 + 16)
     if len(raw) != side * side * 4:
         raise InvalidPromptError(
             f"previous_logits must be {side}x{side} float32 as returned with return_logits; got {len(raw)} bytes."

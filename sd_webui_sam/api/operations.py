@@ -8,6 +8,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional
 
 import numpy as np
 
+from sd_webui_sam import images
 from sd_webui_sam.api import codec
 from sd_webui_sam.api.codec import ForbiddenPathError
 from sd_webui_sam.api.compat import model_to_dict
@@ -204,7 +205,7 @@ class SamApi:
 
     def dilate_mask(self, request) -> Dict[str, Any]:
         image = self.read_image(request.input_image)
-        mask = codec.read_mask_image(request.mask, image.shape[:2], self.settings.source_policy)
+        mask = images.load_mask(request.mask, image.shape[:2], max_bytes=self.settings.source_policy.max_encoded_bytes)
         amount = request.dilate_amount
         if not 0 <= amount <= 2048:
             raise InvalidPromptError("dilate_amount must be between 0 and 2048.")
@@ -361,8 +362,8 @@ class SamApi:
         elif isinstance(request.previous_mask, dict):
             mask_input = mask_to_low_res_logits(codec.read_rle_mask(request.previous_mask, shape))
         elif request.previous_mask is not None:
-            previous = codec.read_mask_image(request.previous_mask, shape, self.settings.source_policy,
-                                             what="previous_mask")
+            previous = images.load_mask(request.previous_mask, shape, what="previous_mask",
+                                        max_bytes=self.settings.source_policy.max_encoded_bytes)
             mask_input = mask_to_low_res_logits(previous)
         all_boxes = boxes + [d.box for d in detected]
         base = {"image_id": image_id, "width": int(shape[1]), "height": int(shape[0]), "model": model}

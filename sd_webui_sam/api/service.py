@@ -9,7 +9,6 @@ images cannot see each other's data.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import threading
 import time
@@ -23,6 +22,7 @@ import numpy as np
 from sd_webui_sam.api import codec
 from sd_webui_sam.api.codec import NotFoundError, SourcePolicy
 from sd_webui_sam.errors import InvalidPromptError, ModelNotFoundError, SamUserError
+from sd_webui_sam.images import image_content_key
 from sd_webui_sam.model_store import match_model_name, validate_model_name
 
 MAX_POINTS = 1024
@@ -77,15 +77,8 @@ class ImageStore:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    @staticmethod
-    def image_id(image: np.ndarray) -> str:
-        digest = hashlib.sha256()
-        digest.update(repr(image.shape).encode())
-        digest.update(np.ascontiguousarray(image).data)
-        return digest.hexdigest()[:32]
-
     def put(self, image: np.ndarray) -> str:
-        image_id = self.image_id(image)
+        image_id = image_content_key(image)
         frozen = np.array(image, copy=True)
         frozen.setflags(write=False)
         with self._lock:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import hashlib
 import io
 import json
 import re
@@ -22,6 +21,7 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from sd_webui_sam import images
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, ModelNotFoundError, OutOfMemoryError, SamUserError
 
 LOG = logging.getLogger("sd_webui_sam.ui")
@@ -160,10 +160,6 @@ def change_device(engine, preference: str) -> Tuple[str, bool]:
     return f"SAM runs on {actual} now.", True
 
 
-def image_digest(image: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=12).hexdigest()
-
-
 def describe_failure(error: BaseException) -> str:
     """One line for the panel; the traceback goes to the console only."""
     from sd_webui_sam.devices import is_out_of_memory
@@ -198,14 +194,11 @@ def guarded(function: Callable[..., Any], failure: Callable[[str], Any]) -> Call
 
 def to_rgb_array(image: Any, max_pixels: Optional[int] = None) -> np.ndarray:
     """Any value an image control can hold (PIL, ndarray, path, base64 string) -> (H,W,3) uint8."""
-    from sd_webui_sam import images
-
     if image is None:
         raise InvalidImageError("No image: upload a picture into 'Image' first.")
     if isinstance(image, SessionImage):
         return image.pixels
-    if isinstance(image, str):  # only ever base64: a path from a request must never open a server file
-        image = decode_base64_image(image)
+    # a str is only ever base64 to images.load_image: a path from a request never opens a server file
     if max_pixels is None:
         return images.load_image(image)
     return images.load_image(image, max_pixels)
@@ -216,7 +209,7 @@ def session_image(image: Any, max_pixels: Optional[int] = None) -> Optional[Sess
     if image is None:
         return None
     pixels = to_rgb_array(image, max_pixels)
-    return SessionImage(pixels=pixels, digest=image_digest(pixels))
+    return SessionImage(pixels=pixels, digest=images.image_content_key(pixels))
 
 
 def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage]) -> Optional[float]:
@@ -247,19 +240,9 @@ def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage
 
 
 def decode_base64_image(text: str) -> Image.Image:
-    """A base64 image as the WebUI API sends it (with or without a ``data:`` prefix)."""
-    import base64
-    import binascii
-    import io
-
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text
-    try:
-        raw = base64.b64decode(payload, validate=False)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (binascii.Error, ValueError, OSError) as error:
-        raise InvalidImageError(f"The image is not a valid base64-encoded picture ({error}).") from error
-    return image
+    """A base64 picture (the WebUI API's script arguments) as an RGBA PIL image, within the size limits.
+    Kept for ``compat.generation``; the decoding itself is ``images.load_image_rgba``."""
+    return Image.fromarray(images.load_image_rgba(text), "RGBA")
 
 
 def parse_prompts(text: Optional[str], image_shape: Tuple[int, int]):
@@ -354,7 +337,7 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
         image=pixels,
         masks=merged,
         scores=merged_scores,
-        image_digest=image.digest if isinstance(image, SessionImage) else image_digest(pixels),
+        image_digest=image.digest if isinstance(image, SessionImage) else images.image_content_key(pixels),
         prompt_summary=summarise(prompts),
         picture_name=picture_name(prompts_json),
     )
@@ -527,8 +510,7 @@ def inpaint_pair(image: Any, mask: Any) -> Tuple[Image.Image, Image.Image]:
     if mask is None:
         raise SamUserError("No mask yet: press Preview and pick a mask before sending it.")
     pixels = to_rgb_array(image)
-    mask_image = mask if isinstance(mask, Image.Image) else Image.fromarray(np.asarray(mask))
-    mask_image = mask_image.convert("L")
+    mask_image = images.mask_grey(mask if isinstance(mask, Image.Image) else Image.fromarray(np.asarray(mask)))
     if mask_image.size != (pixels.shape[1], pixels.shape[0]):
         raise SamUserError("The mask belongs to another picture: press Preview again for the current image.")
     return Image.fromarray(pixels), mask_image

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from sd_webui_sam import images
 from sd_webui_sam.cutout import TextBox, best_masks, check_caption, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.ui import handlers
@@ -97,7 +98,7 @@ def preview_boxes(engine: Any, detector: Optional[str], image: Any, caption: Any
     name = engine.resolve_detector(detector or None)
     detected = detect_boxes(engine, name, pixels, caption, box_threshold, text_threshold)
     boxes = detected.boxes
-    selection = BoxSelection(handlers.image_digest(pixels), caption, name, tuple(boxes))
+    selection = BoxSelection(images.image_content_key(pixels), caption, name, tuple(boxes))
     if not boxes:
         return BoxPreview(Image.fromarray(pixels), selection, no_boxes_message(caption, box_threshold))
     phrases = sorted({box.phrase for box in boxes})
@@ -158,7 +159,7 @@ def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: O
     pixels = handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
     numbers = kept_indices(selection, ticked)
     boxes = [selection.boxes[i] for i in numbers]
-    if selection.image_digest != handlers.image_digest(pixels):
+    if selection.image_digest != images.image_content_key(pixels):
         raise InvalidPromptError("The picture changed since 'Preview boxes'; press 'Preview boxes' again.")
     points, labels, drawn = _points(prompts_json, pixels.shape[:2])
     prediction = segment_boxes(engine, sam_model, pixels, [b.box for b in boxes] + drawn, points, labels)
