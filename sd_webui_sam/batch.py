@@ -26,6 +26,7 @@ import numpy as np
 
 from sd_webui_sam.cutout import most_confident
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
+from sd_webui_sam.prompts import Prompts, check_boxes, check_caption, check_labels, check_points
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 OUTPUT_KINDS = ("mask", "cutout", "blend", "coco")
@@ -286,8 +287,8 @@ def validate_options(options: BatchOptions) -> None:
     modes = [options.text is not None, bool(options.points or options.boxes), options.everything]
     if sum(modes) != 1:
         raise InvalidPromptError("Choose one prompt mode: a text prompt, fixed points/boxes, or 'segment everything'.")
-    if options.text is not None and not options.text.strip():
-        raise InvalidPromptError("The text prompt is empty; describe what to detect, e.g. 'dog . cat'.")
+    if options.text is not None:
+        check_caption(options.text)
     unknown = [kind for kind in options.outputs if kind not in OUTPUT_KINDS]
     if unknown or not options.outputs:
         raise InvalidPromptError(f"Outputs must be some of {', '.join(OUTPUT_KINDS)}; got {list(options.outputs)}.")
@@ -295,8 +296,7 @@ def validate_options(options: BatchOptions) -> None:
         raise InvalidPromptError(f"Naming must be one of {', '.join(NAMINGS)}.")
     if options.naming == "inpaint" and options.per_object:
         raise InvalidPromptError("The inpaint naming gives one mask per image; turn per-object off or use reference naming.")
-    if options.labels and len(options.labels) != len(options.points):
-        raise InvalidPromptError("Give one label per point (or none for all positive).")
+    check_labels(options.labels, len(options.points))
     if options.everything:
         from sd_webui_sam.autosam.generator import AutoSamConfig
 
@@ -420,9 +420,6 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
 
 def _prompts_for(options: BatchOptions, image: np.ndarray, detector: Any, lock: ContextManager, max_objects: int):
     """(prompts, the detections they came from, how many detections 'max objects' left out)."""
-    from sd_webui_sam.api.service import check_boxes, check_points
-    from sd_webui_sam.predictor import Prompts
-
     shape = image.shape[:2]
     if options.text is not None:
         with lock:
@@ -431,7 +428,7 @@ def _prompts_for(options: BatchOptions, image: np.ndarray, detector: Any, lock: 
         detections, dropped = most_confident(detections, max_objects)
         return Prompts(boxes=[d.box for d in detections]), detections, dropped
     points = check_points(list(options.points), shape)
-    labels = list(options.labels) if options.labels else [1] * len(points)
+    labels = check_labels(options.labels, len(points))
     return Prompts(points=points, labels=labels, boxes=check_boxes(list(options.boxes), shape)), [], 0
 
 

@@ -12,10 +12,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from sd_webui_sam.errors import InvalidPromptError
+from sd_webui_sam.prompts import MIN_BOX_SIDE, check_caption
 
-#: Below this size (pixels per side) a detected box cannot prompt SAM meaningfully.
-MIN_BOX_SIDE = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,14 +40,6 @@ class CutoutResult:
     mask_image: Image.Image    # L, 255 = object
     boxes: List[TextBox]
     dropped: int = 0           # boxes left out by the engine's max_objects
-
-
-def check_caption(caption: Any) -> str:
-    """The caption, or a message that says what to type (never a silent run on '.')."""
-    text = caption.strip() if isinstance(caption, str) else ""
-    if not text.strip(" .,;\t\n"):
-        raise InvalidPromptError("The text prompt is empty. Type what to find, e.g. 'hand, face'.")
-    return text
 
 
 def most_confident(found: Sequence[Any], limit: int) -> Tuple[List[Any], int]:

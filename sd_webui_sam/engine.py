@@ -18,6 +18,7 @@ from sd_webui_sam import devices
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
 from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore, match_model_name
+from sd_webui_sam.prompts import check_caption
 from sd_webui_sam.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -153,10 +154,7 @@ class Engine:
         """Boxes of what ``caption`` names ('hand, face' or 'hand . face'): a list of
         ``local_groundingdino.detector.Detection`` (image pixels, best first; in query order
         with ``like_reference``, see ``Detector.detect``)."""
-        if not isinstance(caption, str) or not caption.strip(" .,\t\n"):
-            from sd_webui_sam.errors import InvalidPromptError
-
-            raise InvalidPromptError("The text prompt is empty. Type what to find, e.g. 'hand, face'.")
+        caption = check_caption(caption)
         name = self.resolve_detector(model_name)
         with self._lock:
             try:

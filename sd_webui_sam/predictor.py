@@ -24,19 +24,9 @@ from sd_webui_sam.embedding_cache import CacheKey, EmbeddingCache, EncodedImage,
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 from sd_webui_sam.images import image_content_key
 from sd_webui_sam.modeling.segmenter import PromptableSegmenter
+from sd_webui_sam.prompts import Box, CheckedPrompts, Prompts, check_prompts
 
-LOW_RES_SIDE = 256  # SAM's mask logits are a quarter of the 1024 input side
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
-
-Box = Tuple[float, float, float, float]
-
-
-@dataclass
-class Prompts:
-    points: Sequence[Tuple[float, float]] = ()  # image pixels (x, y)
-    labels: Sequence[int] = ()  # 1 positive, 0 negative
-    boxes: Sequence[Box] = ()  # xyxy, image pixels
-    mask_input: Optional[np.ndarray] = None  # (256, 256) low-res logits from a previous call
 
 
 @dataclass
@@ -107,82 +97,6 @@ def upscale_logits(
 
 
 # -- prompt checks and grouping ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckedPrompts:
-    points: np.ndarray  # (N, 2) float64
-    labels: np.ndarray  # (N,) int64
-    boxes: np.ndarray  # (M, 4) float64, clipped to the image
-    mask_input: Optional[np.ndarray]  # (1 or K, 256, 256) float32
-
-
-def check_prompts(prompts: Prompts, original_size: Tuple[int, int], low_res_side: int = LOW_RES_SIDE) -> CheckedPrompts:
-    """Validate prompts against an (H, W) image; raises :class:`InvalidPromptError`.
-
-    Points must lie inside the image (0 <= x <= W, 0 <= y <= H; coordinates are continuous, so
-    the far edge counts): a point outside almost always means the prompts were placed on an
-    image of another size, and silently moving it would segment the wrong thing. Boxes, often
-    dragged past an edge or proposed by a detector, are clipped to the image; a box with no
-    area inside the image is refused. Corners given in any order are sorted.
-    """
-    height, width = original_size
-    try:
-        points = np.asarray(() if prompts.points is None else prompts.points, dtype=np.float64)
-        labels = np.asarray(() if prompts.labels is None else prompts.labels, dtype=np.float64)
-        boxes = np.asarray(() if prompts.boxes is None else prompts.boxes, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InvalidPromptError(f"Prompts must be numbers: points as (x, y), boxes as (x0, y0, x1, y1) ({error}).") from error
-    if points.size == 0:
-        points = np.zeros((0, 2))
-    elif points.ndim != 2 or points.shape[1] != 2:
-        raise InvalidPromptError("Each point must be an (x, y) pair.")
-    labels = labels.reshape(-1)
-    if len(labels) != len(points):
-        raise InvalidPromptError(
-            f"Got {len(points)} point(s) but {len(labels)} label(s); give one label per point (1 positive, 0 negative)."
-        )
-    if not np.all(np.isfinite(points)) or not np.all(np.isfinite(labels)):
-        raise InvalidPromptError("A point coordinate or label is not a finite number (NaN or infinity); remove that point.")
-    if not np.all(np.isin(labels, (0, 1))):
-        raise InvalidPromptError("Point labels must be 1 (positive) or 0 (negative).")
-    outside = (points[:, 0] < 0) | (points[:, 0] > width) | (points[:, 1] < 0) | (points[:, 1] > height)
-    if np.any(outside):
-        x, y = points[np.argmax(outside)]
-        raise InvalidPromptError(
-            f"Point ({x:g}, {y:g}) lies outside the {width}x{height} image; "
-            "the prompts were probably placed on a differently sized image. Place them again."
-        )
-    if boxes.size % 4:
-        raise InvalidPromptError("Each box must be four numbers: x0, y0, x1, y1.")
-    boxes = boxes.reshape(-1, 4)
-    if not np.all(np.isfinite(boxes)):
-        raise InvalidPromptError("A box coordinate is not a finite number (NaN or infinity); remove that box.")
-    boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-    empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-    if np.any(empty):
-        raise InvalidPromptError(
-            f"Box {int(np.argmax(empty)) + 1} has no area inside the {width}x{height} image; draw it on the image."
-        )
-    mask_input = None
-    if prompts.mask_input is not None:
-        mask_input = np.asarray(prompts.mask_input, dtype=np.float32)
-        if mask_input.ndim == 2:
-            mask_input = mask_input[None]
-        if mask_input.ndim == 4 and mask_input.shape[1] == 1:
-            mask_input = mask_input[:, 0]
-        if mask_input.ndim != 3 or mask_input.shape[1:] != (low_res_side, low_res_side):
-            raise InvalidPromptError(
-                f"The previous mask must be the {low_res_side}x{low_res_side} low-res logits of an earlier prediction, "
-                f"got shape {tuple(np.shape(prompts.mask_input))}."
-            )
-        if not np.all(np.isfinite(mask_input)):
-            raise InvalidPromptError("The previous mask holds NaN or infinite values; run the prediction again without it.")
-    if len(points) == 0 and len(boxes) == 0 and mask_input is None:
-        raise InvalidPromptError("No prompt given: click at least one point or draw a box.")
-    return CheckedPrompts(points=points, labels=labels.astype(np.int64), boxes=boxes, mask_input=mask_input)
 
 
 def group_objects(points: np.ndarray, labels: np.ndarray, boxes: np.ndarray) -> List[ObjectPrompt]:

@@ -157,18 +157,3 @@ def mask_box(mask: np.ndarray) -> Optional[list]:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
-
-
-def finite_pairs(values: Sequence, *, width: int, name: str) -> list:
-    """Validate a list of fixed-width number lists (points or boxes): lengths and finiteness."""
-    if not isinstance(values, (list, tuple)):
-        raise InvalidPromptError(f"{name} must be a list.")
-    out = []
-    for index, item in enumerate(values):
-        if not isinstance(item, (list, tuple)) or len(item) != width:
-            raise InvalidPromptError(f"{name}[{index}] must have {width} numbers.")
-        numbers = [float(v) for v in item]
-        if not all(np.isfinite(numbers)):
-            raise InvalidPromptError(f"{name}[{index}] contains NaN or infinity.")
-        out.append(tuple(numbers))
-    return out

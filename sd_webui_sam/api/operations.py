@@ -18,18 +18,23 @@ from sd_webui_sam.api.service import (
     GpuGate,
     ImageStore,
     NotImplementedYetError,
-    check_boxes,
-    check_caption,
     check_mask_budget,
-    check_points,
-    check_threshold,
     clock,
-    mask_to_low_res_logits,
     model_inventory,
     resolve_model_name,
 )
 from sd_webui_sam.cutout import most_confident
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
+from sd_webui_sam.prompts import (
+    Prompts,
+    check_boxes,
+    check_caption,
+    check_labels,
+    check_points,
+    check_threshold,
+    finite_tuples,
+    mask_to_low_res_logits,
+)
 
 MASK_FORMATS = ("png", "rle", "none")
 #: The reference-compatible routes read a semi-transparent picture's raw colour channels.
@@ -46,12 +51,6 @@ def _masks():
     from sd_webui_sam import masks
 
     return masks
-
-
-def _prompts(**kwargs):
-    from sd_webui_sam.predictor import Prompts
-
-    return Prompts(**kwargs)
 
 
 class SamApi:
@@ -168,7 +167,7 @@ class SamApi:
             else:
                 msg = "You neither added point prompts nor enabled GroundingDINO. Segmentation cannot be generated."
             return {"msg": msg}
-        prompts = _prompts(points=positive + negative, labels=[1] * len(positive) + [0] * len(negative), boxes=boxes)
+        prompts = Prompts(points=positive + negative, labels=[1] * len(positive) + [0] * len(negative), boxes=boxes)
         prediction = self.segment(model, image, prompts, multimask=True)
         candidates = np.asarray(prediction.masks, dtype=bool).any(axis=0)  # objects merged per candidate
         render = _render()
@@ -335,11 +334,7 @@ class SamApi:
         image_id, image = self.image_from(request.image, request.image_id, request.transparency)
         shape = image.shape[:2]
         points = check_points(request.points, shape)
-        labels = list(request.labels) if request.labels else [1] * len(points)
-        if len(labels) != len(points):
-            raise InvalidPromptError(f"{len(points)} points but {len(labels)} labels; give one label per point.")
-        if any(label not in (0, 1) for label in labels):
-            raise InvalidPromptError("Labels must be 1 (positive) or 0 (negative).")
+        labels = check_labels(request.labels, len(points))
         boxes = check_boxes(request.boxes, shape)
         detected: List = []
         if request.text is not None:
@@ -372,7 +367,7 @@ class SamApi:
                 return {**base, "objects": [],
                         "msg": f"GroundingDINO found nothing for this text; lower box_threshold (now {request.box_threshold:g})."}
             raise InvalidPromptError("No prompt: give points, boxes, text, or points with a previous mask.")
-        prompts = _prompts(points=points, labels=labels, boxes=all_boxes, mask_input=mask_input)
+        prompts = Prompts(points=points, labels=labels, boxes=all_boxes, mask_input=mask_input)
         options = {"hq_token_only": True} if request.hq_token_only else {}
         prediction = self.segment(model, image, prompts, multimask=request.multimask, options=options)
         objects = self._objects(request, image, prediction, boxes, detected)
@@ -468,8 +463,8 @@ class SamApi:
             text=check_caption(request.text) if request.text is not None else None,
             dino_model=request.dino_model, box_threshold=request.box_threshold,
             text_threshold=request.text_threshold,
-            points=[tuple(p) for p in codec.finite_pairs(request.points, width=2, name="points")],
-            labels=list(request.labels), boxes=[tuple(b) for b in codec.finite_pairs(request.boxes, width=4, name="boxes")],
+            points=[tuple(p) for p in finite_tuples(request.points, width=2, name="points")],
+            labels=list(request.labels), boxes=[tuple(b) for b in finite_tuples(request.boxes, width=4, name="boxes")],
             everything=request.everything, multimask=request.multimask, per_object=request.per_object,
             outputs=tuple(request.outputs), naming=request.naming, expand=request.expand, invert=request.invert,
             overwrite=request.overwrite, autosam=dict(request.autosam_conf or {}),

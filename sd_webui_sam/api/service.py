@@ -24,17 +24,11 @@ from sd_webui_sam.api.codec import NotFoundError, SourcePolicy
 from sd_webui_sam.errors import InvalidPromptError, ModelNotFoundError, SamUserError
 from sd_webui_sam.images import image_content_key
 from sd_webui_sam.model_store import match_model_name, validate_model_name
+from sd_webui_sam.prompts import check_caption
 
-MAX_POINTS = 1024
-MAX_BOXES = 100
-MAX_CAPTION_CHARS = 1000
 #: Upper bound on K objects x C candidates x H x W full-resolution mask pixels one request
 #: may make the engine produce (bool bytes); beyond it the request is refused, not attempted.
 MAX_MASK_PIXELS = 1_500_000_000
-LOW_RES_SIDE = 256
-#: Logit magnitude given to a binary previous mask: confidently inside / outside, like the
-#: logits SAM itself produces for a clear mask.
-PREVIOUS_MASK_LOGIT = 10.0
 
 
 class NotImplementedYetError(SamUserError):
@@ -161,66 +155,6 @@ def resolve_model_name(engine: Any, name: Optional[str]) -> str:
             return matched
     listed = ", ".join(available) if available else "none"
     raise ModelNotFoundError(f"SAM model {name!r} not found. Available: {listed}.")
-
-
-def check_caption(text: Any) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidPromptError("The text prompt is empty; describe what to detect, e.g. 'dog . cat'.")
-    if len(text) > MAX_CAPTION_CHARS:
-        raise InvalidPromptError(f"The text prompt is longer than {MAX_CAPTION_CHARS} characters.")
-    return text.strip()
-
-
-def check_threshold(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidPromptError(f"{name} must be a number between 0 and 1.") from None
-    if not np.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise InvalidPromptError(f"{name} must be between 0 and 1.")
-    return number
-
-
-def check_points(points: Sequence, shape: Tuple[int, int], name: str = "points") -> List[Tuple[float, float]]:
-    height, width = shape
-    checked = codec.finite_pairs(points, width=2, name=name)
-    if len(checked) > MAX_POINTS:
-        raise InvalidPromptError(f"At most {MAX_POINTS} points per request.")
-    for index, (x, y) in enumerate(checked):
-        if not (0 <= x <= width and 0 <= y <= height):
-            raise InvalidPromptError(f"{name}[{index}] = ({x:g}, {y:g}) is outside the {width}x{height} image.")
-    return checked
-
-
-def check_boxes(boxes: Sequence, shape: Tuple[int, int], name: str = "boxes") -> List[Tuple[float, float, float, float]]:
-    """Boxes clipped to the image; a box with no area inside it is an error."""
-    height, width = shape
-    checked = codec.finite_pairs(boxes, width=4, name=name)
-    if len(checked) > MAX_BOXES:
-        raise InvalidPromptError(f"At most {MAX_BOXES} boxes per request.")
-    clipped = []
-    for index, (x1, y1, x2, y2) in enumerate(checked):
-        x1, x2 = sorted((x1, x2))
-        y1, y2 = sorted((y1, y2))
-        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-        if x2 - x1 < 1 or y2 - y1 < 1:
-            raise InvalidPromptError(f"{name}[{index}] has no area inside the {width}x{height} image.")
-        clipped.append((x1, y1, x2, y2))
-    return clipped
-
-
-def mask_to_low_res_logits(mask: np.ndarray, side: int = LOW_RES_SIDE) -> np.ndarray:
-    """A full-size bool mask in the model's low-res prompt frame (longest side = ``side``, padded)."""
-    from PIL import Image
-
-    height, width = mask.shape
-    scale = side / max(height, width)
-    new_w, new_h = max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((new_w, new_h), Image.BILINEAR)
-    logits = np.full((side, side), -PREVIOUS_MASK_LOGIT, dtype=np.float32)
-    logits[:new_h, :new_w] = np.where(np.asarray(resized) >= 128, PREVIOUS_MASK_LOGIT, -PREVIOUS_MASK_LOGIT)
-    return logits
 
 
 def check_mask_budget(objects: int, candidates: int, shape: Tuple[int, int]) -> None:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from sd_webui_sam import images
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, ModelNotFoundError, OutOfMemoryError, SamUserError
+from sd_webui_sam.prompts import Prompts, read_panel_prompts
 
 LOG = logging.getLogger("sd_webui_sam.ui")
 
@@ -230,8 +231,6 @@ def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage
         return None
     # One throw-away decode: the decoder's first run pays one-off setup costs (measured ~1 s on
     # a loaded CPU) that would otherwise land on the user's first click.
-    from sd_webui_sam.predictor import Prompts
-
     width, height = image.size
     predictor.predict(image.pixels, Prompts(points=[(width / 2, height / 2)], labels=[1]))
     if image.answered["previews"] != previews_before:
@@ -245,47 +244,17 @@ def decode_base64_image(text: str) -> Image.Image:
     return Image.fromarray(images.load_image_rgba(text), "RGBA")
 
 
-def parse_prompts(text: Optional[str], image_shape: Tuple[int, int]):
+def parse_prompts(text: Optional[str], image_shape: Tuple[int, int]) -> Prompts:
     """The panel's prompt JSON -> ``Prompts``, checked against the image the prompts were placed on."""
-    from sd_webui_sam.predictor import Prompts
-
-    height, width = image_shape
-    try:
-        data = json.loads(text) if text else {}
-    except (TypeError, ValueError) as error:
-        raise InvalidPromptError("The prompts could not be read; click on the image again.") from error
-    points = data.get("points") or []
-    boxes = data.get("boxes") or []
-    if not points and not boxes:
+    read = read_panel_prompts(text, image_shape)
+    if not read.points and not read.boxes:
         raise InvalidPromptError(
             "No prompt: left-click the object (positive point), right-click to exclude (negative point), "
             "or drag a box around it, then press Preview."
         )
-    placed_on = (int(data.get("height") or 0), int(data.get("width") or 0))
-    if placed_on != (0, 0) and placed_on != (height, width):
-        raise InvalidPromptError(
-            f"The prompts were placed on a {placed_on[1]}x{placed_on[0]} picture but the image is {width}x{height}; "
-            "clear them and click again."
-        )
-    coords: List[Tuple[float, float]] = []
-    labels: List[int] = []
-    for entry in points:
-        x, y, label = float(entry[0]), float(entry[1]), int(entry[2])
-        if not (0 <= x <= width and 0 <= y <= height):
-            raise InvalidPromptError(f"Point ({x:.0f}, {y:.0f}) lies outside the {width}x{height} image.")
-        coords.append((x, y))
-        labels.append(1 if label == 1 else 0)
-    box_list: List[Tuple[float, float, float, float]] = []
-    for entry in boxes:
-        x0, y0, x1, y1 = (float(v) for v in entry[:4])
-        x0, x1 = sorted((max(0.0, min(width, x0)), max(0.0, min(width, x1))))
-        y0, y1 = sorted((max(0.0, min(height, y0)), max(0.0, min(height, y1))))
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            continue
-        box_list.append((x0, y0, x1, y1))
-    if not box_list and labels and not any(labels):
+    if not read.boxes and not any(read.labels):
         raise InvalidPromptError("Only negative points: add at least one positive point (left click) or a box.")
-    return Prompts(points=coords, labels=labels, boxes=box_list)
+    return Prompts(points=read.points, labels=read.labels, boxes=read.boxes)
 
 
 def summarise(prompts) -> str:

@@ -11,7 +11,6 @@ and are what the tests drive; ``build_section`` only makes components and wires 
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -21,6 +20,7 @@ from PIL import Image
 from sd_webui_sam import images
 from sd_webui_sam.cutout import TextBox, best_masks, check_caption, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
+from sd_webui_sam.prompts import read_panel_prompts
 from sd_webui_sam.ui import handlers
 
 PER_OBJECT = "Per object"
@@ -124,32 +124,6 @@ def kept_indices(selection: Optional[BoxSelection], ticked: Optional[Sequence[An
     return indices
 
 
-def _points(prompts_json: Optional[str], shape: Tuple[int, int]):
-    """The clicks on the image (optional with a text prompt) and any boxes drawn by hand."""
-    height, width = shape
-    try:
-        data = json.loads(prompts_json) if prompts_json else {}
-    except (TypeError, ValueError) as error:
-        raise InvalidPromptError("The points could not be read; click on the image again.") from error
-    placed_on = (int(data.get("height") or 0), int(data.get("width") or 0))
-    if (data.get("points") or data.get("boxes")) and placed_on not in ((0, 0), (height, width)):
-        raise InvalidPromptError("The points were placed on another picture; clear them and click again.")
-    points, labels, drawn = [], [], []
-    for entry in data.get("points") or []:
-        x, y = float(entry[0]), float(entry[1])
-        if not (0 <= x <= width and 0 <= y <= height):
-            raise InvalidPromptError(f"Point ({x:.0f}, {y:.0f}) lies outside the {width}x{height} image.")
-        points.append((x, y))
-        labels.append(1 if int(entry[2]) == 1 else 0)
-    for entry in data.get("boxes") or []:
-        x0, y0, x1, y1 = (float(v) for v in entry[:4])
-        x0, x1 = sorted((max(0.0, min(width, x0)), max(0.0, min(width, x1))))
-        y0, y1 = sorted((max(0.0, min(height, y0)), max(0.0, min(height, y1))))
-        if x1 - x0 >= 1 and y1 - y0 >= 1:
-            drawn.append((x0, y0, x1, y1))
-    return points, labels, drawn
-
-
 def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: Optional[BoxSelection],
                  ticked: Optional[Sequence[Any]], prompts_json: Optional[str] = None, mode: str = MERGED) -> TextSegmentation:
     """SAM on the kept boxes (one batched decode on the cached embedding), points refining their box."""
@@ -161,7 +135,8 @@ def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: O
     boxes = [selection.boxes[i] for i in numbers]
     if selection.image_digest != images.image_content_key(pixels):
         raise InvalidPromptError("The picture changed since 'Preview boxes'; press 'Preview boxes' again.")
-    points, labels, drawn = _points(prompts_json, pixels.shape[:2])
+    clicked = read_panel_prompts(prompts_json, pixels.shape[:2])
+    points, labels, drawn = clicked.points, clicked.labels, clicked.boxes
     prediction = segment_boxes(engine, sam_model, pixels, [b.box for b in boxes] + drawn, points, labels)
     masks = np.asarray(prediction.masks, dtype=bool)
     scores = np.asarray(prediction.scores, dtype=np.float32)
