@@ -618,8 +618,6 @@ def _numbers(text: str, count: Tuple[int, ...], what: str) -> List[float]:
 
 def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None) -> int:
     args = build_parser().parse_args(argv)
-    from sd_webui_sam.api.service import resolve_model_name
-
     if engine is None:
         from sd_webui_sam.engine import Engine
         from sd_webui_sam.settings import EngineSettings
@@ -633,7 +631,7 @@ def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None) -> int:
     boxes = [tuple(_numbers(text, (4,), "--box")) for text in args.box or []]
     try:
         options = BatchOptions(
-            inputs=args.inputs, output_dir=args.output, model=resolve_model_name(engine, args.model),
+            inputs=args.inputs, output_dir=args.output, model=engine.resolve_model(args.model),
             recursive=args.recursive, text=args.text, dino_model=args.dino_model, box_threshold=args.box_threshold,
             text_threshold=args.text_threshold, points=points, labels=labels, boxes=boxes,
             everything=args.everything, multimask=not args.single, per_object=args.per_object,

@@ -10,19 +10,18 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from sd_webui_sam import devices
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
-from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore, match_model_name
+from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore, match_model_name, validate_model_name
+from sd_webui_sam.predictor import Predictor
 from sd_webui_sam.prompts import check_caption
 from sd_webui_sam.settings import EngineSettings
 
-if TYPE_CHECKING:
-    from sd_webui_sam.predictor import Predictor
 
 
 class Engine:
@@ -33,12 +32,18 @@ class Engine:
         self.detectors = _detector_store(self.settings, self.store.placement)
         # Re-entrant: a managed predictor's calls take it, and so does segment() around them.
         self._lock = threading.RLock()
+        self._device_preference = self.settings.device
 
     # ------------------------------------------------------------------ models
 
     @property
     def placement(self) -> devices.Placement:
         return self.store.placement
+
+    @property
+    def device_preference(self) -> str:
+        """The device last asked for ("auto", "cuda", ...): the settings' until :meth:`set_device`."""
+        return self._device_preference
 
     def list_models(self, refresh: bool = False) -> List[str]:
         return self.store.list_models(refresh=refresh)
@@ -50,8 +55,56 @@ class Engine:
         """"SAM ViT-B (sam_vit_b_01ec64.pth)"; for an unusable file, the name and the reason."""
         return self.store.label(name)
 
+    def inventory(self, refresh: bool = False) -> Tuple[List[str], List[Tuple[str, str]]]:
+        """(usable model names, [(unusable file name, why)]), each in the listing's order.
+
+        A file in the model folder is not a model until its tensors say so (a bogus or foreign
+        checkpoint must neither be listed as a model nor become the default).
+        """
+        usable, unusable = [], []
+        for name in self.list_models(refresh=refresh):
+            try:
+                description = self.describe(name)
+            except SamUserError as error:  # vanished or unreadable since the listing
+                unusable.append((name, str(error)))
+                continue
+            if description.usable:
+                usable.append(name)
+            else:
+                unusable.append((name, str(description.error)))
+        return usable, unusable
+
+    def resolve_model(self, name: Optional[str]) -> str:
+        """The model file a caller means: the exact file name, else a case-insensitive match, else
+        a unique stem (the listing is re-read once before giving up); without a name, the first
+        usable model."""
+        if name is None:
+            usable, unusable = self.inventory()
+            if not usable:
+                usable, unusable = self.inventory(refresh=True)
+            if usable:
+                return usable[0]
+            if unusable:
+                reasons = "; ".join(f"{file}: {why}" for file, why in unusable)
+                raise ModelNotFoundError(f"No usable SAM model found ({reasons}).")
+            raise ModelNotFoundError("No SAM model found; put a checkpoint (e.g. sam_vit_b_01ec64.pth) in the models/sam folder.")
+        name = validate_model_name(name)
+        available: List[str] = []
+        for refresh in (False, True):
+            available = self.list_models(refresh=refresh)
+            matched = match_model_name(name, available)
+            if matched:
+                return matched
+        listed = ", ".join(available) if available else "none"
+        raise ModelNotFoundError(f"SAM model {name!r} not found. Available: {listed}.")
+
+    def model(self, name: Optional[str]) -> "ManagedPredictor":
+        """A handle on the model a caller means (see :meth:`resolve_model`): the name is resolved
+        once, here; the handle's calls then use the exact file name."""
+        return ManagedPredictor(self, self.resolve_model(name))
+
     def predictor(self, model_name: str) -> "ManagedPredictor":
-        """A predictor for one model, loaded through the LRU.
+        """A predictor for one model (its exact file name), loaded through the LRU.
 
         Each call on it runs under the engine lock with the model on the compute device, so it
         stays valid across CPU offload, device switches and unloads (it reloads when needed).
@@ -60,13 +113,17 @@ class Engine:
         return ManagedPredictor(self, model_name)
 
     @contextmanager
-    def use_predictor(self, model_name: str, *, advice: str = "a smaller image or model") -> Iterator["Predictor"]:
+    def use_predictor(self, model_name: str, *, advice: str = "a smaller image or model") -> Iterator[Predictor]:
         """A plain predictor for the block: the engine lock is held and the model stays on the
         compute device throughout, so a job of many calls (AutoSAM) is not interleaved with
         other users moving the model. Out of memory becomes OutOfMemoryError ("Use <advice>, ...")."""
-        from sd_webui_sam.predictor import Predictor
-
         self.store.resolve(model_name)
+        with self._run(model_name, advice) as predictor:
+            yield predictor
+
+    @contextmanager
+    def _run(self, model_name: str, advice: str = "a smaller image or model") -> Iterator[Predictor]:
+        """:meth:`use_predictor` for a name already resolved (a handle's calls)."""
         with self._lock:
             try:
                 with self.store.use(model_name) as loaded:
@@ -183,8 +240,9 @@ class Engine:
 
     # ------------------------------------------------------------------ memory and devices
 
-    def set_device(self, preference: str) -> None:
-        """Switch the compute device ("auto", "cuda", "cuda:1", "mps", "cpu"); loaded models follow."""
+    def set_device(self, preference: str) -> devices.Placement:
+        """Switch the compute device ("auto", "cuda", "cuda:1", "mps", "cpu"); loaded models follow.
+        Returns where SAM runs now (a preference the machine cannot honour resolves elsewhere)."""
         try:
             placement = devices.resolve_placement(
                 preference, offload_to_cpu=self.settings.offload_to_cpu, half=self.settings.half_precision
@@ -192,14 +250,15 @@ class Engine:
         except ValueError as error:
             raise SamUserError(str(error)) from error
         with self._lock:
-            self.settings.device = preference
+            self._device_preference = preference
             if placement == self.store.placement:
-                return
+                return placement
             # Embeddings live on the old device (and would be keyed to it): free them now.
             self.embeddings.clear()
             self.store.set_placement(placement)
             self.detectors.set_placement(placement)
         devices.release_memory()
+        return placement
 
     def memory(self) -> Dict[str, Any]:
         """What is loaded and roughly how much memory it takes (parameter and buffer bytes for
@@ -274,8 +333,12 @@ class ManagedPredictor:
         self.engine = engine
         self.model_name = model_name
 
+    @property
+    def name(self) -> str:
+        return self.model_name
+
     def _run(self, method: str, *args, **kwargs):
-        with self.engine.use_predictor(self.model_name) as predictor:
+        with self.engine._run(self.model_name) as predictor:
             return getattr(predictor, method)(*args, **kwargs)
 
     def encode(self, image: np.ndarray):

@@ -80,11 +80,11 @@ def test_set_device_moves_models_and_drops_old_embeddings(engine, monkeypatch):
     sentinel_cleared = []
     monkeypatch.setattr(engine.embeddings, "clear", lambda: sentinel_cleared.append(True))
     monkeypatch.setattr(engine_module.devices, "resolve_placement", lambda *args, **kwargs: Placement(device=torch.device("meta")))
-    engine.set_device("cuda")
+    placement = engine.set_device("cuda")
     assert sentinel_cleared
     assert engine.store.get("tiny_sam.pth").model.pixel_mean.device.type == "meta"
-    assert engine.stats()["device"] == "meta"
-    assert engine.settings.device == "cuda"
+    assert placement.device.type == "meta" and engine.stats()["device"] == "meta"
+    assert engine.device_preference == "cuda" and engine.settings.device == "cpu"  # the settings stay input
 
 
 def test_unload_frees_models(engine):

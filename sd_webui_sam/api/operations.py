@@ -20,10 +20,9 @@ from sd_webui_sam.api.service import (
     NotImplementedYetError,
     check_mask_budget,
     clock,
-    model_inventory,
-    resolve_model_name,
 )
 from sd_webui_sam.cutout import most_confident
+from sd_webui_sam.engine import ManagedPredictor
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.prompts import (
     Prompts,
@@ -95,17 +94,17 @@ class SamApi:
         array = self.read_image(image, transparency)
         return self.images.put(array), array
 
-    def segment(self, model: str, image: np.ndarray, prompts: Any, *, multimask: bool, options: Optional[dict] = None):
+    def segment(self, model: ManagedPredictor, image: np.ndarray, prompts: Prompts, *, multimask: bool,
+                options: Optional[dict] = None):
         objects = max(1, len(prompts.boxes) + (1 if len(prompts.points) else 0))
         check_mask_budget(objects, 3 if multimask else 1, image.shape[:2])
         with self.gpu("SAM segmentation"):
             # encode and decode as two steps (both serialised by the engine) so that the
             # metrics can tell the encoder's time from the decoder's
-            predictor = self.engine.predictor(model)
             start = clock()
-            encoded = predictor.encode(image)
+            encoded = model.encode(image)
             encoded_at = clock()
-            prediction = predictor.predict(encoded, prompts, multimask_output=multimask, options=options or {})
+            prediction = model.predict(encoded, prompts, multimask_output=multimask, options=options or {})
         if self.metrics is not None:
             self.metrics.observe_encode(encoded_at - start)
             self.metrics.observe_decode(clock() - encoded_at)
@@ -128,13 +127,13 @@ class SamApi:
     def list_models(self) -> List[str]:
         """The usable models (the reference answers a plain list of names; files that are not
         models, with the reason, are listed by /sam/v2/models and /sam/v2/health)."""
-        return model_inventory(self.engine, refresh=True)[0]
+        return self.engine.inventory(refresh=True)[0]
 
     def unusable_models(self, refresh: bool = False) -> List[Dict[str, str]]:
-        return [{"name": name, "reason": why} for name, why in model_inventory(self.engine, refresh)[1]]
+        return [{"name": name, "reason": why} for name, why in self.engine.inventory(refresh)[1]]
 
     def sam_predict(self, request) -> Dict[str, Any]:
-        model = resolve_model_name(self.engine, request.sam_model_name)
+        model = self.engine.model(request.sam_model_name)
         # the reference segments the raw colour channels of a semi-transparent picture
         image = self.read_image(request.input_image, REFERENCE_TRANSPARENCY)
         shape = image.shape[:2]
@@ -229,7 +228,7 @@ class SamApi:
             raise NotImplementedYetError(
                 f"/sam/{operation.replace('_', '-')} needs AutoSAM, which this version does not include yet."
             )
-        resolve_model_name(self.engine, payload.sam_model_name)
+        self.engine.resolve_model(payload.sam_model_name)
         image = self.read_image(payload.input_image)
         if payload.pixel_perfect and (payload.target_W is None or payload.target_H is None):
             raise InvalidPromptError("pixel_perfect needs target_W and target_H.")
@@ -244,7 +243,7 @@ class SamApi:
     def segment_everything_v2(self, request) -> Dict[str, Any]:
         from sd_webui_sam.autosam import api_hooks
 
-        model = resolve_model_name(self.engine, request.model)
+        model = self.engine.resolve_model(request.model)
         _, image = self.image_from(request.image, request.image_id, request.transparency)
         with self.gpu("AutoSAM segment-everything (/sam/v2/segment-everything)"):
             return api_hooks.segment_everything(self.engine, model, image, model_to_dict(request.autosam_conf),
@@ -271,7 +270,7 @@ class SamApi:
             memory["cuda"] = "unavailable"
         return {
             "status": "ok",
-            "models_available": model_inventory(self.engine)[0],
+            "models_available": self.engine.inventory()[0],
             "models_unusable": self.unusable_models(),
             "models_loaded": list(stats["loaded_models"]),
             "device": str(stats["device"]),
@@ -304,10 +303,10 @@ class SamApi:
         image_id = self.images.put(image)
         encoded = False
         if request.model is not None:
-            model = resolve_model_name(self.engine, request.model)
+            model = self.engine.model(request.model)
             start = clock()
             with self.gpu("SAM image encoding"):
-                self.engine.predictor(model).encode(image)
+                model.encode(image)
             if self.metrics is not None:
                 self.metrics.observe_encode(clock() - start)
             encoded = True
@@ -330,7 +329,7 @@ class SamApi:
     def predict_v2(self, request) -> Dict[str, Any]:
         if request.mask_format not in MASK_FORMATS:
             raise InvalidPromptError(f"mask_format must be one of {', '.join(MASK_FORMATS)}.")
-        model = resolve_model_name(self.engine, request.model)
+        model = self.engine.model(request.model)
         image_id, image = self.image_from(request.image, request.image_id, request.transparency)
         shape = image.shape[:2]
         points = check_points(request.points, shape)
@@ -361,7 +360,7 @@ class SamApi:
                                         max_bytes=self.settings.source_policy.max_encoded_bytes)
             mask_input = mask_to_low_res_logits(previous)
         all_boxes = boxes + [d.box for d in detected]
-        base = {"image_id": image_id, "width": int(shape[1]), "height": int(shape[0]), "model": model}
+        base = {"image_id": image_id, "width": int(shape[1]), "height": int(shape[0]), "model": model.name}
         if not points and not all_boxes:
             if request.text is not None:
                 return {**base, "objects": [],
@@ -459,7 +458,7 @@ class SamApi:
         output_dir = inside(request.output_dir, "output folder")
         options = batch_module.BatchOptions(
             inputs=inputs, output_dir=output_dir, recursive=request.recursive,
-            model=resolve_model_name(self.engine, request.model),
+            model=self.engine.resolve_model(request.model),
             text=check_caption(request.text) if request.text is not None else None,
             dino_model=request.dino_model, box_threshold=request.box_threshold,
             text_threshold=request.text_threshold,

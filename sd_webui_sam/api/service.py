@@ -21,9 +21,8 @@ import numpy as np
 
 from sd_webui_sam.api import codec
 from sd_webui_sam.api.codec import NotFoundError, SourcePolicy
-from sd_webui_sam.errors import InvalidPromptError, ModelNotFoundError, SamUserError
+from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.images import image_content_key
-from sd_webui_sam.model_store import match_model_name, validate_model_name
 from sd_webui_sam.prompts import check_caption
 
 #: Upper bound on K objects x C candidates x H x W full-resolution mask pixels one request
@@ -106,55 +105,6 @@ class ImageStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._images)
-
-
-def model_inventory(engine: Any, refresh: bool = False) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """(usable model names, [(unusable file name, why)]), each in the engine's list order.
-
-    A file in the model folder is not a model until its tensors say so (a bogus or foreign
-    checkpoint must neither be listed as a model nor become the default).
-    """
-    names = list(engine.list_models(refresh=refresh))
-    describe = getattr(engine, "describe", None)
-    if describe is None:  # an engine that cannot tell: every file counts as usable
-        return names, []
-    usable, unusable = [], []
-    for name in names:
-        try:
-            description = describe(name)
-        except SamUserError as error:  # vanished or unreadable since the listing
-            unusable.append((name, str(error)))
-            continue
-        if description.usable:
-            usable.append(name)
-        else:
-            unusable.append((name, str(description.error)))
-    return usable, unusable
-
-
-def resolve_model_name(engine: Any, name: Optional[str]) -> str:
-    """The model file a client means: exact file name, else case-insensitive, else a unique stem;
-    without a name, the first usable model."""
-    available = list(engine.list_models())
-    if name is None:
-        usable, unusable = model_inventory(engine)
-        if not usable:
-            usable, unusable = model_inventory(engine, refresh=True)
-        if usable:
-            return usable[0]
-        if unusable:
-            reasons = "; ".join(f"{file}: {why}" for file, why in unusable)
-            raise ModelNotFoundError(f"No usable SAM model found ({reasons}).")
-        raise ModelNotFoundError("No SAM model found; put a checkpoint (e.g. sam_vit_b_01ec64.pth) in the models/sam folder.")
-    name = validate_model_name(name)
-    for attempt in (0, 1):
-        if attempt:
-            available = list(engine.list_models(refresh=True))
-        matched = match_model_name(name, available)
-        if matched:
-            return matched
-    listed = ", ".join(available) if available else "none"
-    raise ModelNotFoundError(f"SAM model {name!r} not found. Available: {listed}.")
 
 
 def check_mask_budget(objects: int, candidates: int, shape: Tuple[int, int]) -> None:

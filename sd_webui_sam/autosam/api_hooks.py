@@ -40,9 +40,7 @@ def autosam_config(values: Optional[Mapping[str, Any]]) -> AutoSamConfig:
 
 
 def _model(engine, payload: Mapping[str, Any]) -> str:
-    from sd_webui_sam.api.service import resolve_model_name
-
-    return resolve_model_name(engine, payload.get("sam_model_name"))
+    return engine.resolve_model(payload.get("sam_model_name"))
 
 
 def resolution(image: np.ndarray, payload: Mapping[str, Any]) -> int:

@@ -152,10 +152,10 @@ def change_device(engine, preference: str) -> Tuple[str, bool]:
     Returns (status line, whether SAM now runs where the user asked).
     """
     try:
-        engine.set_device(preference)
+        placement = engine.set_device(preference)
     except SamUserError as error:
         return str(error), False
-    actual = engine.stats()["device"]
+    actual = str(placement.device)
     if preference not in ("auto", actual.split(":")[0]):
         return f"{preference} is not available here; SAM runs on {actual}.", False
     return f"SAM runs on {actual} now.", True
