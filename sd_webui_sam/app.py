@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, List, Optional
 
+from sd_webui_sam.devices import DEVICE_CHOICES
 from sd_webui_sam.settings import DEFAULT_MAX_OBJECTS
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", default=None, help="directory with SAM checkpoints (default: models/sam)")
     parser.add_argument("--gdino-model-dir", default=None,
                         help="directory with GroundingDINO checkpoints, searched first (default: models/grounding-dino)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="where SAM runs")
+    parser.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES), help="where SAM runs")
     parser.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS,
                         help=f"most objects a text prompt segments per picture (default {DEFAULT_MAX_OBJECTS})")
     return parser

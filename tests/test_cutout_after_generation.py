@@ -22,13 +22,13 @@ def gdino(tmp_path_factory):
 
 @pytest.fixture(params=[None, "forge"], ids=["a1111", "forge"])
 def webui(request, tiny_sam, gdino):
-    from sd_webui_sam.compat import host_compat
+    from sd_webui_sam.compat.session import host_session
 
     ui = FakeWebUI(controlnet=request.param)
     try:
         ui.load_scripts()
         models, vocab = gdino
-        host_compat.host_session().configure(lambda: tiny_text_settings(tiny_sam[0].parent, models, vocab))
+        host_session().configure(lambda: tiny_text_settings(tiny_sam[0].parent, models, vocab))
         ui.create_ui()
         from modules import scripts
 

@@ -19,7 +19,15 @@ from PIL import Image
 
 from sd_webui_sam.autosam import pipelines, semantic
 from sd_webui_sam.autosam.generator import AutoSamConfig
-from sd_webui_sam.autosam.segmenters import PROCESSORS, NO_SEGMENTER_MESSAGE, UploadedMapSegmenter, discover_segmenters
+from sd_webui_sam.autosam.segmenters import (
+    NO_SEGMENTER_MESSAGE,
+    PROCESSORS,
+    PreprocessorFinder,
+    UploadedMapSegmenter,
+    discover_segmenters,
+    get_segmenter,
+    no_host_preprocessors,
+)
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, SamUserError
 
 UPLOADED = "Uploaded colour-coded map"
@@ -127,14 +135,13 @@ def control_map_script_args(panel: Any) -> List[Any]:
     return [parts["enabled"], parts["unit"], parts["map"]]
 
 
-def segmenter_choices(modules=None) -> List[str]:
+def segmenter_choices(find_preprocessor: PreprocessorFinder = no_host_preprocessors) -> List[str]:
     """Host preprocessors found (by reference name), then the uploaded-map option (always there)."""
-    return sorted(discover_segmenters(modules)) + [UPLOADED]
+    return sorted(discover_segmenters(find_preprocessor)) + [UPLOADED]
 
 
-def _segmenter(source: Optional[str], dataset_key: Optional[str], colour_map: Any, engine):
-    from sd_webui_sam.autosam.segmenters import get_segmenter
-
+def _segmenter(source: Optional[str], dataset_key: Optional[str], colour_map: Any, engine,
+               find_preprocessor: PreprocessorFinder):
     if source == UPLOADED or not source:
         if colour_map is None:
             raise InvalidImageError("Upload the colour-coded segmentation map (ADE20K or COCO palette) first. "
@@ -142,14 +149,16 @@ def _segmenter(source: Optional[str], dataset_key: Optional[str], colour_map: An
         return UploadedMapSegmenter(_rgb(colour_map, engine, "Segmentation map"), dataset_key or "ade20k")
     if source not in PROCESSORS:
         raise InvalidPromptError(f"Unknown segmenter {source!r}.")
-    return get_segmenter(source)
+    return get_segmenter(source, find_preprocessor)
 
 
-def run_semantic(engine, model_name, image, source, dataset_key, colour_map, resolution,
-                 config_values) -> Tuple[List[Image.Image], Optional[Image.Image], str]:
-    """[before, after, blend before, blend after], the SAM-refined map alone (to send on), status."""
+def run_semantic(engine, model_name, image, source, dataset_key, colour_map, resolution, config_values, *,
+                 find_preprocessor: PreprocessorFinder = no_host_preprocessors
+                 ) -> Tuple[List[Image.Image], Optional[Image.Image], str]:
+    """[before, after, blend before, blend after], the SAM-refined map alone (to send on), status.
+    ``find_preprocessor``: how to reach the host's segmenters (none outside a WebUI)."""
     rgb = _rgb(image, engine)
-    segmenter = _segmenter(source, dataset_key, colour_map, engine)
+    segmenter = _segmenter(source, dataset_key, colour_map, engine, find_preprocessor)
     result = pipelines.semantic_segmentation(engine, _model(model_name), rgb, segmenter, int(resolution or 512),
                                              config_from_values(config_values))
     changed = float((result.before != result.after).mean()) * 100
@@ -192,13 +201,14 @@ def selection_from(picked: Any, typed: Optional[str] = None) -> List[str]:
     return chosen
 
 
-def run_category(engine, model_name, image, source, dataset_key, colour_map, resolution, categories,
-                 config_values) -> Tuple[List[Image.Image], Image.Image, str]:
+def run_category(engine, model_name, image, source, dataset_key, colour_map, resolution, categories, config_values, *,
+                 find_preprocessor: PreprocessorFinder = no_host_preprocessors
+                 ) -> Tuple[List[Image.Image], Image.Image, str]:
     """[blend, mask, cut-out] at the image's resolution, the mask alone, status."""
     from sd_webui_sam import render
 
     rgb = _rgb(image, engine)
-    segmenter = _segmenter(source, dataset_key, colour_map, engine)
+    segmenter = _segmenter(source, dataset_key, colour_map, engine, find_preprocessor)
     selection = categories if categories not in (None, "", []) else ""
     semantic.parse_categories(selection, semantic.dataset(segmenter.dataset))  # typos fail before any model runs
     result = pipelines.category_mask(engine, _model(model_name), rgb, segmenter, int(resolution or 512), selection,
@@ -227,7 +237,7 @@ def _segmenter_row(prefix: str, part: str, choices: List[str], dataset_label: st
     category tabs share (elem ids ``<part>_source`` / ``_dataset`` / ``_resolution``)."""
     import gradio as gr
 
-    from sd_webui_sam.ui.panel import elem
+    from sd_webui_sam.ui.elements import elem
 
     with gr.Row():
         source = gr.Dropdown(label="Segmenter", choices=choices, value=choices[0], elem_id=elem(prefix, f"{part}_source"))
@@ -243,7 +253,7 @@ def build(panel: Any) -> Dict[str, Any]:
 
     from sd_webui_sam.compat import gradio_compat as grc
     from sd_webui_sam.ui import handlers
-    from sd_webui_sam.ui.panel import elem, status_html
+    from sd_webui_sam.ui.elements import elem, status_html
 
     prefix = f"{panel.options.prefix}_autosam"
     engine = panel.options.engine
@@ -259,7 +269,8 @@ def build(panel: Any) -> Dict[str, Any]:
                     config.append(gr.Number(value=spec.default, precision=0 if spec.kind == "int" else None,
                                             label=spec.name, elem_id=elem(prefix, spec.name)))
     parts["config"] = config
-    choices = segmenter_choices()
+    find_preprocessor = panel.options.find_preprocessor or no_host_preprocessors
+    choices = segmenter_choices(find_preprocessor)
 
     def failure_gallery(count: int):
         def show(message: str):
@@ -333,7 +344,7 @@ def build(panel: Any) -> Dict[str, Any]:
 
     def semantic_handler(model_name, image, source, dataset_key, colour_map, resolution, *values):
         gallery, after, message = run_semantic(engine(), model_name, image, source, dataset_key, colour_map,
-                                               resolution, values)
+                                               resolution, values, find_preprocessor=find_preprocessor)
         return gallery, after, status_html(message)
 
     semantic_run = grc.listen(s_run.click, handlers.guarded(semantic_handler, failure_gallery(1)),
@@ -366,7 +377,8 @@ def build(panel: Any) -> Dict[str, Any]:
 
     def category_handler(model_name, image, source, dataset_key, colour_map, resolution, classes, typed, *values):
         gallery, mask, message = run_category(engine(), model_name, image, source, dataset_key, colour_map,
-                                              resolution, selection_from(classes, typed), values)
+                                              resolution, selection_from(classes, typed), values,
+                                              find_preprocessor=find_preprocessor)
         return gallery, mask, status_html(message)
 
     grc.listen(c_run.click, handlers.guarded(category_handler, failure_gallery(1)),
@@ -400,7 +412,7 @@ def _build_controlnet_section(panel: Any, prefix: str) -> Dict[str, Any]:
     import gradio as gr
 
     from sd_webui_sam.compat import gradio_compat as grc
-    from sd_webui_sam.ui.panel import elem
+    from sd_webui_sam.ui.elements import elem
 
     units = max(0, int(panel.options.controlnet_units))
     shown = units > 0

@@ -2,7 +2,7 @@
 
 ``run_from_ui`` turns the tab's values into BatchOptions and a report; ``build`` makes the
 components. Stopping: the tab's Stop button (both the WebUI and the standalone app) and, in the
-WebUI, the host's Interrupt (``shared.state.interrupted`` turning on during the run).
+WebUI, the host's Interrupt turning on during the run (``PanelOptions.host_interrupted``).
 """
 from __future__ import annotations
 
@@ -16,16 +16,6 @@ PROMPT_KINDS = ("Text prompt (GroundingDINO)", "Fixed points / boxes", "Segment 
 OUTPUT_CHOICES = {"Mask": "mask", "Cut-out (transparent PNG)": "cutout", "Blend": "blend", "COCO JSON": "coco"}
 NAMING_CHOICES = {"Reference ({name}_{i}_mask.png)": "reference",
                   "A1111 batch inpaint (masks/{name}.png)": "inpaint"}
-
-
-def webui_interrupted(modules: Optional[Dict[str, Any]] = None) -> bool:
-    """The WebUI's Interrupt flag (``modules.shared.state.interrupted``), read from the modules the
-    host has loaded (nothing is imported, so outside a WebUI this is simply False)."""
-    import sys
-
-    shared = (sys.modules if modules is None else modules).get("modules.shared")
-    state = getattr(shared, "state", None)
-    return bool(getattr(state, "interrupted", False))
 
 
 class StopSignal:
@@ -134,17 +124,16 @@ def run_from_ui(engine, values: Sequence[Any], *, interrupt=None, progress: Opti
     return report_text(report)
 
 
-def build(panel: Any, *, host_interrupted: Optional[Callable[[], bool]] = None, autosam_config: Sequence[Any] = ()
-          ) -> Dict[str, Any]:
+def build(panel: Any, *, autosam_config: Sequence[Any] = ()) -> Dict[str, Any]:
     import gradio as gr
 
     from sd_webui_sam.compat import gradio_compat as grc
     from sd_webui_sam.ui import handlers
-    from sd_webui_sam.ui.panel import elem
+    from sd_webui_sam.ui.elements import elem
 
     prefix = f"{panel.options.prefix}_batch"
     engine = panel.options.engine
-    signal = StopSignal(host_interrupted or webui_interrupted)
+    signal = StopSignal(panel.options.host_interrupted)
     inputs_box = gr.Textbox(label="Input folder, or image files (one per line)", lines=2,
                             elem_id=elem(prefix, "inputs"))
     with gr.Row():

@@ -8,16 +8,16 @@ from __future__ import annotations
 import html
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gradio as gr
 
 from sd_webui_sam.compat import gradio_compat as grc
 from sd_webui_sam.devices import DEVICE_CHOICES
 from sd_webui_sam.ui import handlers, text_prompt
+from sd_webui_sam.ui.elements import CHOICES, elem, status_html
 
 TITLE = "Segment Anything"
-CHOICES = tuple(f"Mask {i + 1}" for i in range(handlers.CANDIDATE_COUNT))
 #: CSS px of each output image: fixed, so a result arriving never moves what is below it.
 OUTPUT_HEIGHT = 240
 #: The candidate strip before the first answer: the same three slots the script fills later.
@@ -47,6 +47,8 @@ class PanelOptions:
     ``prefix`` names every element (``<prefix>_input_image``...) and must be unique per page.
     ``sd_controls``: the controls that only make sense inside a WebUI (send to img2img, ControlNet).
     ``controlnet_units``: 0 hides the ControlNet controls.
+    ``host_interrupted`` and ``find_preprocessor``: the WebUI's Interrupt flag and its ControlNet's
+    segmenters (``compat``), handed in by the script; None outside a WebUI.
     """
 
     prefix: str
@@ -56,6 +58,8 @@ class PanelOptions:
     controlnet_units: int = 0
     tools: ToolDefaults = field(default_factory=ToolDefaults)
     accordion: bool = True
+    host_interrupted: Optional[Callable[[], bool]] = None
+    find_preprocessor: Optional[Callable[[Sequence[str]], Any]] = None
 
 
 @dataclass
@@ -88,15 +92,6 @@ class Panel:
         """The generation arguments, in the order ``compat.generation.ScriptArgs`` reads them."""
         return [self.use_for_generation, self.input_image, self.mask, self.cn_enabled, self.cn_unit, self.cn_invert,
                 *self.extra.get("cutout_args", ())]
-
-
-def elem(prefix: str, name: str) -> str:
-    return f"{prefix}_{name}"
-
-
-def status_html(message: str, *, error: bool = False) -> str:
-    css = "sam-status-error" if error else "sam-status-ok"
-    return f'<p class="{css}">{html.escape(message)}</p>' if message else ""
 
 
 def _model_choices(engine_provider: Callable[[], Any], refresh: bool = False) -> List[str]:
