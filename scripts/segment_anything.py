@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import gradio as gr
 from modules import script_callbacks, scripts, shared
 
 EXTENSION_ROOT = Path(scripts.basedir())  # only valid while the WebUI imports this file
@@ -29,7 +30,7 @@ from sd_webui_sam.compat.gradio_compat import current_root_block  # noqa: E402
 from sd_webui_sam.compat.interrupt import webui_interrupted  # noqa: E402
 from sd_webui_sam.compat.session import host_session  # noqa: E402
 from sd_webui_sam.errors import SamUserError  # noqa: E402
-from sd_webui_sam.ui import autosam_tab  # noqa: E402
+from sd_webui_sam.script_args import parse_script_args  # noqa: E402
 from sd_webui_sam.ui.panel import TITLE, PanelOptions, ToolDefaults, build_panel, wire_send_to_inpaint  # noqa: E402
 
 LOG = logging.getLogger("sd_webui_sam")
@@ -41,7 +42,7 @@ def _models_path():
     if path:
         return path
     try:
-        from modules import paths
+        from modules import paths  # where shared.models_path is missing (older hosts)
 
         return paths.models_path
     except Exception:
@@ -75,25 +76,18 @@ class SegmentAnythingScript(scripts.Script):
             )
         )
         SESSION.request_send_wiring(panel, current_root_block())
-        args = list(panel.script_args)
-        # The AutoSAM control-map arguments come last, after the ones older API callers send.
-        if len(args) == generation.control_map_offset():
-            args += autosam_tab.control_map_script_args(panel)
-        else:
-            LOG.warning("Segment Anything: %d generation arguments before the control map, expected %d; "
-                        "'Send the map to ControlNet' is off.", len(args), generation.control_map_offset())
-        return args
+        return panel.script_args  # in script_args.SCRIPT_ARGS order, which parse_script_args reads
 
     def before_process(self, p, *args):
         for message in generation.before_process(p, args, find_controlnet, is_img2img=bool(self.is_img2img)):
             print(f"[Segment Anything] {message}")
 
     def postprocess_image(self, p, pp, *args):
-        cutout = generation.CutoutArgs.from_values(args)
-        if not cutout.enabled:
+        values = parse_script_args(args)
+        if not values.cutout_enabled:
             return
         try:
-            print(f"[Segment Anything] {generation.cut_out_generated(p, pp, cutout, SESSION.engine())}")
+            print(f"[Segment Anything] {generation.cut_out_generated(p, pp, values, SESSION.engine())}")
         except SamUserError as error:
             print(f"[Segment Anything] Cut out after generation: {error}")
 
@@ -107,19 +101,17 @@ def _on_after_component(component, **kwargs):
 
 
 def _on_ui_settings():
-    import gradio as gr
-
     options.register_options(shared, gr)
 
 
 def _on_app_started(demo, app):
     try:
-        from sd_webui_sam.api import ApiSettings, mount_api
+        from sd_webui_sam.api import ApiSettings, mount_api  # fastapi-dependent: a missing piece must not stop the panel
     except ImportError as error:
         print(f"[Segment Anything] HTTP API not available: {error}")
         return
     try:
-        from modules.call_queue import queue_lock
+        from modules.call_queue import queue_lock  # not in every host version
     except ImportError:
         queue_lock = None
     mount_api(

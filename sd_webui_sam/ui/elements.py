@@ -9,7 +9,7 @@ import html
 
 from sd_webui_sam.ui.handlers import CANDIDATE_COUNT
 
-__all__ = ["CHOICES", "elem", "status_html"]
+__all__ = ["CHOICES", "elem", "status_html", "unit_choices"]
 
 #: The "Use mask" choices, one per candidate mask of an answer.
 CHOICES = tuple(f"Mask {i + 1}" for i in range(CANDIDATE_COUNT))
@@ -23,3 +23,8 @@ def elem(prefix: str, name: str) -> str:
 def status_html(message: str, *, error: bool = False) -> str:
     css = "sam-status-error" if error else "sam-status-ok"
     return f'<p class="{css}">{html.escape(message)}</p>' if message else ""
+
+
+def unit_choices(units: int) -> list:
+    """A ControlNet unit dropdown's choices: "0".."units-1" (one, hidden, without ControlNet)."""
+    return [str(i) for i in range(max(units, 1))]
