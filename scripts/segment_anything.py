@@ -4,7 +4,6 @@ Thin on purpose: everything it does lives in the ``sd_webui_sam`` package, which
 by absolute name while the extension root is on ``sys.path`` (the WebUI imports every file in
 ``scripts/`` as a top-level module, so nothing may import ``scripts.<x>``).
 """
-import logging
 import sys
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from sd_webui_sam.errors import SamUserError  # noqa: E402
 from sd_webui_sam.script_args import parse_script_args  # noqa: E402
 from sd_webui_sam.ui.panel import TITLE, PanelOptions, ToolDefaults, build_panel, wire_send_to_inpaint  # noqa: E402
 
-LOG = logging.getLogger("sd_webui_sam")
 SESSION = host_session()
 
 

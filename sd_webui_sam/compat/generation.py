@@ -8,7 +8,6 @@ The arguments are read by name (``script_args``); their pictures by ``handoff_pi
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -22,8 +21,6 @@ from sd_webui_sam.script_args import ScriptArgValues, parse_script_args
 
 __all__ = ["CUTOUT_MASK_SUFFIX", "CUTOUT_SUFFIX", "apply", "apply_control_map", "before_process", "cut_out_generated",
            "finish_cutouts"]
-
-LOG = logging.getLogger("sd_webui_sam.generation")
 
 
 def apply(p: Any, values: Sequence[Any], controlnet: Any, *, is_img2img: bool) -> List[str]:
