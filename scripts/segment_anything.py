@@ -4,10 +4,10 @@ Thin on purpose: everything it does lives in the ``sd_webui_sam`` package, which
 by absolute name while the extension root is on ``sys.path`` (the WebUI imports every file in
 ``scripts/`` as a top-level module, so nothing may import ``scripts.<x>``).
 """
-import logging
 import sys
 from pathlib import Path
 
+import gradio as gr
 from modules import script_callbacks, scripts, shared
 
 EXTENSION_ROOT = Path(scripts.basedir())  # only valid while the WebUI imports this file
@@ -22,14 +22,17 @@ if str(EXTENSION_ROOT) not in sys.path:
 import local_groundingdino  # noqa: E402,F401  (see above)
 import sam_hq  # noqa: E402,F401  (see above)
 import sd_webui_sam  # noqa: E402,F401  (see above)
-from sd_webui_sam.compat import generation, host_compat  # noqa: E402
+from sd_webui_sam.compat import generation, options, saving  # noqa: E402
+from sd_webui_sam.compat.controlnet import find_controlnet  # noqa: E402
+from sd_webui_sam.compat.controlnet_preprocessors import find_preprocessor  # noqa: E402
 from sd_webui_sam.compat.gradio_compat import current_root_block  # noqa: E402
+from sd_webui_sam.compat.interrupt import webui_interrupted  # noqa: E402
+from sd_webui_sam.compat.session import host_session  # noqa: E402
 from sd_webui_sam.errors import SamUserError  # noqa: E402
-from sd_webui_sam.ui import autosam_tab  # noqa: E402
-from sd_webui_sam.ui.panel import TITLE, PanelOptions, build_panel  # noqa: E402
+from sd_webui_sam.script_args import parse_script_args  # noqa: E402
+from sd_webui_sam.ui.panel import TITLE, PanelOptions, ToolDefaults, build_panel, wire_send_to_inpaint  # noqa: E402
 
-LOG = logging.getLogger("sd_webui_sam")
-SESSION = host_compat.host_session()
+SESSION = host_session()
 
 
 def _models_path():
@@ -37,14 +40,15 @@ def _models_path():
     if path:
         return path
     try:
-        from modules import paths
+        from modules import paths  # where shared.models_path is missing (older hosts)
 
         return paths.models_path
     except Exception:
         return None
 
 
-SESSION.configure(lambda: host_compat.engine_settings(shared.opts, shared.cmd_opts, _models_path(), EXTENSION_ROOT))
+SESSION.configure(lambda: options.engine_settings(shared.opts, shared.cmd_opts, _models_path(), EXTENSION_ROOT),
+                  wire_send=wire_send_to_inpaint)
 
 
 class SegmentAnythingScript(scripts.Script):
@@ -56,7 +60,7 @@ class SegmentAnythingScript(scripts.Script):
 
     def ui(self, is_img2img):
         tab = "img2img" if is_img2img else "txt2img"
-        controlnet = host_compat.find_controlnet()
+        controlnet = find_controlnet()
         panel = build_panel(
             PanelOptions(
                 prefix=f"{tab}_sam",
@@ -64,34 +68,29 @@ class SegmentAnythingScript(scripts.Script):
                 sd_controls=True,
                 is_img2img=is_img2img,
                 controlnet_units=controlnet.unit_count(shared.opts) if controlnet.available() else 0,
-                tools=host_compat.tool_defaults(shared.opts),
+                tools=ToolDefaults(**options.tool_default_values(shared.opts)),
+                host_interrupted=webui_interrupted,
+                find_preprocessor=find_preprocessor,
             )
         )
         SESSION.request_send_wiring(panel, current_root_block())
-        args = list(panel.script_args)
-        # The AutoSAM control-map arguments come last, after the ones older API callers send.
-        if len(args) == generation.control_map_offset():
-            args += autosam_tab.control_map_script_args(panel)
-        else:
-            LOG.warning("Segment Anything: %d generation arguments before the control map, expected %d; "
-                        "'Send the map to ControlNet' is off.", len(args), generation.control_map_offset())
-        return args
+        return panel.script_args  # in script_args.SCRIPT_ARGS order, which parse_script_args reads
 
     def before_process(self, p, *args):
-        for message in generation.before_process(p, args, host_compat.find_controlnet, is_img2img=bool(self.is_img2img)):
+        for message in generation.before_process(p, args, find_controlnet, is_img2img=bool(self.is_img2img)):
             print(f"[Segment Anything] {message}")
 
     def postprocess_image(self, p, pp, *args):
-        cutout = generation.CutoutArgs.from_values(args)
-        if not cutout.enabled:
+        values = parse_script_args(args)
+        if not values.cutout_enabled:
             return
         try:
-            print(f"[Segment Anything] {generation.cut_out_generated(p, pp, cutout, SESSION.engine())}")
+            print(f"[Segment Anything] {generation.cut_out_generated(p, pp, values, SESSION.engine())}")
         except SamUserError as error:
             print(f"[Segment Anything] Cut out after generation: {error}")
 
     def postprocess(self, p, processed, *args):
-        for path in generation.finish_cutouts(p, processed, host_compat.save_beside_samples):
+        for path in generation.finish_cutouts(p, processed, saving.save_beside_samples):
             print(f"[Segment Anything] saved {path}")
 
 
@@ -100,28 +99,26 @@ def _on_after_component(component, **kwargs):
 
 
 def _on_ui_settings():
-    import gradio as gr
-
-    host_compat.register_options(shared, gr)
+    options.register_options(shared, gr)
 
 
 def _on_app_started(demo, app):
     try:
-        from sd_webui_sam.api import mount_api
+        from sd_webui_sam.api import ApiSettings, mount_api  # fastapi-dependent: a missing piece must not stop the panel
     except ImportError as error:
         print(f"[Segment Anything] HTTP API not available: {error}")
         return
     try:
-        from modules.call_queue import queue_lock
+        from modules.call_queue import queue_lock  # not in every host version
     except ImportError:
         queue_lock = None
     mount_api(
         app,
         SESSION.engine(),
         auth=getattr(shared.cmd_opts, "api_auth", None),
-        settings=host_compat.api_settings(shared.opts),
+        settings=ApiSettings(busy_timeout_s=options.api_busy_timeout_s(shared.opts)),
         gpu_lock=queue_lock,
-        batch_interrupt=lambda: bool(getattr(shared.state, "interrupted", False)),
+        batch_interrupt=webui_interrupted,
     )
 
 

@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+__all__ = ["COMMANDS", "main", "usage"]
+
 #: command -> (module, one-line help). Each module has ``main(argv) -> int``; imported only when used.
 COMMANDS = {
     "app": ("sd_webui_sam.app", "start the standalone panel on http://127.0.0.1:7860"),

@@ -12,7 +12,12 @@ import re
 from pathlib import Path
 from typing import Any, List, Optional
 
-from sd_webui_sam.settings import DEFAULT_MAX_OBJECTS
+from sd_webui_sam import metrics
+from sd_webui_sam.devices import DEVICE_CHOICES
+from sd_webui_sam.engine import Engine
+from sd_webui_sam.settings import DEFAULT_MAX_OBJECTS, EngineSettings
+
+__all__ = ["LocalPageMiddleware", "build_blocks", "build_parser", "create_app", "local_theme", "main", "make_engine"]
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 EXTENSION_ROOT = PACKAGE_ROOT.parent
@@ -33,7 +38,7 @@ EXTERNAL_TAGS = re.compile(
 
 
 def local_theme():
-    import gradio as gr
+    import gradio as gr  # heavy: loaded only when the page is built, not for --help or the batch command
 
     return gr.themes.Default(font=LOCAL_FONTS, font_mono=LOCAL_MONO_FONTS)
 
@@ -81,10 +86,10 @@ class LocalPageMiddleware:
 
 def build_blocks(engine: Any):
     """The gradio page; its JavaScript runs from the page's load event (no WebUI to inject it)."""
-    import gradio as gr
+    import gradio as gr  # heavy: loaded only when the page is built
 
-    from sd_webui_sam.compat import gradio_compat as grc
-    from sd_webui_sam.ui.panel import PanelOptions, build_panel
+    from sd_webui_sam.compat import gradio_compat as grc  # imports gradio: likewise
+    from sd_webui_sam.ui.panel import PanelOptions, build_panel  # imports gradio: likewise
 
     with gr.Blocks(title="Segment Anything", css=STYLE_CSS.read_text(encoding="utf-8"), analytics_enabled=False,
                    theme=local_theme()) as blocks:
@@ -96,17 +101,15 @@ def build_blocks(engine: Any):
 
 def create_app(engine: Any):
     """FastAPI app with the API routes and the panel mounted at ``/``."""
-    import gradio as gr
-    from fastapi import FastAPI
+    import gradio as gr  # heavy: loaded only when the server is made
+    from fastapi import FastAPI  # heavy: likewise
 
     app = FastAPI(title="Segment Anything")
     try:
-        from sd_webui_sam.api import mount_api
+        from sd_webui_sam.api import mount_api  # needs fastapi, which may be missing: the panel works without
     except ImportError as error:
         LOG.warning("HTTP API not available: %s", error)
     else:
-        from sd_webui_sam import metrics
-
         # Only the standalone server exposes /metrics: inside the WebUI the host owns monitoring.
         mount_api(app, engine, metrics=metrics.ApiMetrics() if metrics.available() else None)
     blocks = build_blocks(engine)
@@ -116,10 +119,7 @@ def create_app(engine: Any):
 
 
 def make_engine(model_dir: Optional[str], device: str = "auto", max_objects: int = DEFAULT_MAX_OBJECTS,
-                gdino_model_dir: Optional[str] = None):
-    from sd_webui_sam.engine import Engine
-    from sd_webui_sam.settings import EngineSettings
-
+                gdino_model_dir: Optional[str] = None) -> Engine:
     return Engine(EngineSettings(
         user_model_dir=Path(model_dir).expanduser() if model_dir else None,
         gdino_user_model_dir=Path(gdino_model_dir).expanduser() if gdino_model_dir else None,
@@ -137,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", default=None, help="directory with SAM checkpoints (default: models/sam)")
     parser.add_argument("--gdino-model-dir", default=None,
                         help="directory with GroundingDINO checkpoints, searched first (default: models/grounding-dino)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="where SAM runs")
+    parser.add_argument("--device", default="auto", choices=list(DEVICE_CHOICES), help="where SAM runs")
     parser.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS,
                         help=f"most objects a text prompt segments per picture (default {DEFAULT_MAX_OBJECTS})")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    import uvicorn
+    import uvicorn  # heavy and server-only: not needed to build the app in tests
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = ["DEVICE_CHOICES", "Placement", "is_out_of_memory", "release_memory", "resolve_placement"]
+
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sd_webui_sam.autosam import generator as gen
+from sd_webui_sam.autosam import generator_helpers as gen
 from sd_webui_sam.autosam.generator import AutoMaskGenerator, AutoSamConfig, GenerationTimings
 from sd_webui_sam.errors import SamUserError
 from tests.fixtures.autosam_fixtures import (ReferenceSegmenter, local_reference_sam, reference_annotations,

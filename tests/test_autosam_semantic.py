@@ -1,6 +1,7 @@
 """EditAnything maps, SAM-refined semantic segmentation, masks by category, host segmenters."""
 from __future__ import annotations
 
+import functools
 import os
 import types
 
@@ -9,6 +10,7 @@ import pytest
 
 from sd_webui_sam.autosam import editanything, segmenters, semantic
 from sd_webui_sam.autosam.semantic import UNLABELLED, dataset
+from sd_webui_sam.compat.controlnet_preprocessors import find_preprocessor
 from sd_webui_sam.errors import SamUserError
 
 ADE = dataset("ade20k")
@@ -149,6 +151,11 @@ def test_category_mask_at_original_resolution():
 # -- host segmenters ---------------------------------------------------------------------------
 
 
+def host(modules):
+    """The WebUI's preprocessor finder, over these loaded modules."""
+    return functools.partial(find_preprocessor, modules=modules)
+
+
 def fake_forge_modules(calls):
     def preprocessor(image, resolution=512, **_):
         calls.append((image.shape, resolution))
@@ -164,7 +171,7 @@ def fake_forge_modules(calls):
 def test_forge_preprocessor_is_found_and_its_colours_become_class_ids():
     calls = []
     modules = fake_forge_modules(calls)
-    found = segmenters.discover_segmenters(modules)
+    found = segmenters.discover_segmenters(host(modules))
     assert list(found) == ["seg_ofade20k"]
     class_map = found["seg_ofade20k"].segment(np.zeros((20, 30, 3), np.uint8), 384)
     assert calls == [((20, 30, 3), 384)]
@@ -178,7 +185,7 @@ def test_legacy_controlnet_table_with_bgr_output_and_tuple_result():
         return out, True
 
     modules = {"scripts.global_state": types.SimpleNamespace(cn_preprocessor_modules={"oneformer_coco": oneformer_coco})}
-    segmenter = segmenters.get_segmenter("seg_ofcoco", modules)
+    segmenter = segmenters.get_segmenter("seg_ofcoco", host(modules))
     assert segmenter.dataset == "coco"
     assert (segmenter.segment(np.zeros((8, 8, 3), np.uint8), 512) == 59).all()
 
@@ -186,11 +193,11 @@ def test_legacy_controlnet_table_with_bgr_output_and_tuple_result():
 def test_no_segmenter_says_what_to_do_and_creates_no_links(tmp_path):
     before = set(os.listdir(tmp_path))
     with pytest.raises(segmenters.NoSegmenterError) as error:
-        segmenters.get_segmenter("seg_ufade20k", {})
+        segmenters.get_segmenter("seg_ufade20k", host({}))
     assert "ControlNet" in str(error.value) and "upload" in str(error.value)
     assert set(os.listdir(tmp_path)) == before
     with pytest.raises(segmenters.NoSegmenterError) as error:
-        segmenters.get_segmenter("seg_ufade20k", fake_forge_modules([]))
+        segmenters.get_segmenter("seg_ufade20k", host(fake_forge_modules([])))
     assert "seg_ofade20k" in str(error.value)
 
 
@@ -200,7 +207,7 @@ def test_failing_preprocessor_becomes_a_user_error():
 
     modules = {"modules_forge.shared": types.SimpleNamespace(supported_preprocessors={"seg_ufade20k": broken})}
     with pytest.raises(SamUserError, match="annotator weights missing"):
-        segmenters.get_segmenter("seg_ufade20k", modules).segment(np.zeros((4, 4, 3), np.uint8), 64)
+        segmenters.get_segmenter("seg_ufade20k", host(modules)).segment(np.zeros((4, 4, 3), np.uint8), 64)
 
 
 def test_uploaded_map_segmenter_and_pixel_perfect():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sd_webui_sam.compat.controlnet_preprocessors import find_preprocessor
 from sd_webui_sam.errors import SamUserError
 from sd_webui_sam.ui import autosam_tab as tab
 
@@ -66,7 +67,7 @@ def test_segment_everything_gives_blend_colour_map_and_editanything_map(engine, 
 
 
 def test_semantic_needs_a_segmenter_or_an_uploaded_map(engine, picture):
-    assert tab.segmenter_choices(modules={}) == [tab.UPLOADED]
+    assert tab.segmenter_choices(lambda aliases: None) == [tab.UPLOADED]
     with pytest.raises(SamUserError, match="Upload the colour-coded"):
         tab.run_semantic(engine, "tiny_sam.pth", picture, tab.UPLOADED, "ade20k", None, 512, CONFIG)
 
@@ -83,8 +84,9 @@ def test_semantic_with_a_host_preprocessor(engine, picture, monkeypatch):
     shared = types.ModuleType("modules_forge.shared")
     shared.supported_preprocessors = {"seg_ofade20k": lambda image, resolution=512: np.asarray(ade_map())}
     monkeypatch.setitem(sys.modules, "modules_forge.shared", shared)
-    assert tab.segmenter_choices() == ["seg_ofade20k", tab.UPLOADED]
-    gallery, _, message = tab.run_semantic(engine, "tiny_sam.pth", picture, "seg_ofade20k", "coco", None, 256, CONFIG)
+    assert tab.segmenter_choices(find_preprocessor) == ["seg_ofade20k", tab.UPLOADED]
+    gallery, _, message = tab.run_semantic(engine, "tiny_sam.pth", picture, "seg_ofade20k", "coco", None, 256, CONFIG,
+                                           find_preprocessor=find_preprocessor)
     assert "OneFormer" in message and np.array_equal(np.asarray(gallery[0]), np.asarray(ade_map()))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sd_webui_sam.compat.interrupt import webui_interrupted
 from sd_webui_sam.errors import SamUserError
 from sd_webui_sam.ui import batch_tab as bt
 from tests.fixtures.api_fixtures import png_bytes, sample_image
@@ -93,14 +94,14 @@ def test_stop_and_host_interrupt_stop_between_files(engine, model, tmp_path):
 
     state = types.SimpleNamespace(interrupted=True)
     modules = {"modules.shared": types.SimpleNamespace(state=state)}
-    host = bt.StopSignal(lambda: bt.webui_interrupted(modules))
+    host = bt.StopSignal(lambda: webui_interrupted(modules))
     interrupt = host.start()
     assert not interrupt(), "a flag left on by an earlier generation does not stop a new batch"
     state.interrupted = False
     fresh = host.start()
     state.interrupted = True
     assert fresh()
-    assert bt.webui_interrupted({}) is False
+    assert webui_interrupted({}) is False
 
 
 @pytest.mark.parametrize("sd_controls", [False, True])

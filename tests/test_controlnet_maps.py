@@ -166,12 +166,15 @@ def test_api_callers_of_the_older_layouts_still_work(make_webui, old_args):
 
 
 def test_script_reads_short_argument_tuples_as_off():
-    from sd_webui_sam.compat import generation
+    from sd_webui_sam.script_args import parse_script_args
 
-    assert generation.ControlMapArgs.from_values([False] * 12) == generation.ControlMapArgs()
-    assert generation.ControlMapArgs.from_values([False] * 6) == generation.ControlMapArgs()
-    parsed = generation.ControlMapArgs.from_values([False] * 12 + ["true", "2", "x"])
-    assert (parsed.enabled, parsed.unit, parsed.image) == (True, 2, "x")
+    def control_map(values):
+        parsed = parse_script_args(values)
+        return parsed.control_map_enabled, parsed.control_map_unit, parsed.control_map_image
+
+    assert control_map([False] * 12) == (False, 0, None)
+    assert control_map([False] * 6) == (False, 0, None)
+    assert control_map([False] * 12 + ["true", "2", "x"]) == (True, 2, "x")
 
 
 # ----- off, missing, conflicting ---------------------------------------------------------------------
@@ -252,7 +255,7 @@ def test_no_map_controls_in_the_standalone_panel():
     with gr.Blocks():
         panel = build_panel(PanelOptions(prefix="standalone", engine=lambda: None, sd_controls=False))
     assert "controlnet" not in panel.extra["autosam"]
-    assert autosam_tab.control_map_script_args(panel) == []
+    assert autosam_tab.control_map_components(panel) == {}
 
 
 def test_the_chosen_map_is_the_one_shown():

@@ -22,13 +22,13 @@ def gdino(tmp_path_factory):
 
 @pytest.fixture(params=[None, "forge"], ids=["a1111", "forge"])
 def webui(request, tiny_sam, gdino):
-    from sd_webui_sam.compat import host_compat
+    from sd_webui_sam.compat.session import host_session
 
     ui = FakeWebUI(controlnet=request.param)
     try:
         ui.load_scripts()
         models, vocab = gdino
-        host_compat.host_session().configure(lambda: tiny_text_settings(tiny_sam[0].parent, models, vocab))
+        host_session().configure(lambda: tiny_text_settings(tiny_sam[0].parent, models, vocab))
         ui.create_ui()
         from modules import scripts
 
@@ -113,8 +113,9 @@ def test_empty_prompt_is_reported_not_run(webui, tmp_path, capsys):
 
 
 def test_api_callers_may_leave_the_cutout_arguments_out(webui):
-    from sd_webui_sam.compat import generation
+    from sd_webui_sam.script_args import parse_script_args
 
-    assert generation.CutoutArgs.from_values([False, None, None, False, "0", False]).enabled is False
-    parsed = generation.CutoutArgs.from_values([False, None, None, False, "0", False, "true", "dog", "m.pth", None, "2", None])
-    assert parsed.enabled and parsed.text == "dog" and parsed.box_threshold == 1.0 and parsed.text_threshold == 0.25
+    assert parse_script_args([False, None, None, False, "0", False]).cutout_enabled is False
+    parsed = parse_script_args([False, None, None, False, "0", False, "true", "dog", "m.pth", None, "2", None])
+    assert parsed.cutout_enabled and parsed.cutout_text == "dog" and parsed.cutout_box_threshold == 1.0
+    assert parsed.cutout_text_threshold == 0.25

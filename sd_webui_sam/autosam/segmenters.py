@@ -1,24 +1,30 @@
 """Semantic segmenters the host already has, behind one interface.
 
 The ControlNet extension ships segmentation preprocessors (UniFormer and OneFormer on ADE20K,
-OneFormer on COCO). They are found among the modules the host has already imported — Forge's
-preprocessor registry, or sd-webui-controlnet's (new registry or legacy table) — never by
-symlinking or importing another extension's files. Their output is a colour-coded map in the
-dataset's palette, turned back into class ids through that palette.
+OneFormer on COCO). Where the host keeps them is host knowledge
+(``compat.controlnet_preprocessors``); the segmenters reach them through a finder passed in.
+Their output is a colour-coded map in the dataset's palette, turned back into class ids through
+that palette.
 
 Without a host (the standalone app) or without ControlNet, an uploaded colour-coded ADE20K/COCO
 segmentation image does the same job (:class:`UploadedMapSegmenter`).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
 from sd_webui_sam.autosam.semantic import class_map_from_colours, dataset
+from sd_webui_sam.compat.controlnet_preprocessors import find_preprocessor as find_host_preprocessor
 from sd_webui_sam.errors import SamUserError
+
+__all__ = [
+    "NO_SEGMENTER_MESSAGE", "PROCESSORS", "ColourMapSegmenter", "NoSegmenterError", "PreprocessorFinder",
+    "ProcessorInfo", "SemanticSegmenter", "UploadedMapSegmenter", "discover_segmenters", "get_segmenter",
+    "no_host_preprocessors", "pixel_perfect_resolution",
+]
 
 
 class NoSegmenterError(SamUserError):
@@ -111,84 +117,37 @@ class UploadedMapSegmenter:
 
 
 # ---------------------------------------------------------------------------------------------
-# discovery among the host's loaded modules
+# the host's preprocessors, through a finder passed in
+
+#: ``find(aliases)`` -> the host preprocessor known by the first alias it has (``.run(image,
+#: resolution)`` and ``.source``), or None. ``compat.controlnet_preprocessors.find_preprocessor``
+#: is the WebUI's; outside a WebUI there is none.
+PreprocessorFinder = Callable[[Sequence[str]], Optional[Any]]
 
 
-def _module_ending(modules: Mapping[str, Any], suffix: str, attribute: str) -> Optional[Any]:
-    for name, module in list(modules.items()):
-        if module is not None and (name == suffix or name.endswith("." + suffix)) and hasattr(module, attribute):
-            return module
+def no_host_preprocessors(aliases: Sequence[str]) -> None:
+    """The finder of a process without a WebUI: nothing is found."""
     return None
 
 
-def _forge_registry(modules) -> Optional[Mapping[str, Any]]:
-    shared = modules.get("modules_forge.shared")
-    registry = getattr(shared, "supported_preprocessors", None) if shared is not None else None
-    return registry if isinstance(registry, Mapping) else None
-
-
-def _registry_call(preprocessor) -> Callable[[np.ndarray, int], Any]:
-    def run(image: np.ndarray, resolution: int):
-        return preprocessor(image, resolution=resolution)
-
-    return run
-
-
-def _legacy_call(function) -> Callable[[np.ndarray, int], Any]:
-    def run(image: np.ndarray, resolution: int):
-        return function(image, res=resolution)
-
-    return run
-
-
-def discover_segmenters(modules: Optional[Mapping[str, Any]] = None) -> dict[str, ColourMapSegmenter]:
-    """The segmentation preprocessors the host has loaded, keyed by reference name (seg_*)."""
-    modules = sys.modules if modules is None else modules
+def discover_segmenters(find_preprocessor: PreprocessorFinder) -> dict[str, ColourMapSegmenter]:
+    """The segmentation preprocessors the host offers, keyed by reference name (seg_*)."""
     found: dict[str, ColourMapSegmenter] = {}
-
-    forge = _forge_registry(modules)
-    if forge is not None:
-        for name, info in PROCESSORS.items():
-            for alias in info.aliases:
-                if alias in forge:
-                    found[name] = ColourMapSegmenter(name, info.dataset, info.label, _registry_call(forge[alias]), "forge")
-                    break
-
-    registry = _module_ending(modules, "supported_preprocessor", "Preprocessor")
-    if registry is not None:
-        lookup = getattr(registry.Preprocessor, "get_preprocessor", None)
-        for name, info in PROCESSORS.items():
-            if name in found or lookup is None:
-                continue
-            for alias in info.aliases:
-                try:
-                    preprocessor = lookup(alias)
-                except Exception:
-                    preprocessor = None
-                if preprocessor is not None:
-                    found[name] = ColourMapSegmenter(name, info.dataset, info.label, _registry_call(preprocessor),
-                                                     "sd-webui-controlnet")
-                    break
-
-    legacy = _module_ending(modules, "global_state", "cn_preprocessor_modules")
-    if legacy is not None and isinstance(legacy.cn_preprocessor_modules, Mapping):
-        table = legacy.cn_preprocessor_modules
-        for name, info in PROCESSORS.items():
-            if name in found:
-                continue
-            for alias in info.aliases:
-                if callable(table.get(alias)):
-                    found[name] = ColourMapSegmenter(name, info.dataset, info.label, _legacy_call(table[alias]),
-                                                     "sd-webui-controlnet (legacy)")
-                    break
+    for name, info in PROCESSORS.items():
+        preprocessor = find_preprocessor(info.aliases)
+        if preprocessor is not None:
+            found[name] = ColourMapSegmenter(name, info.dataset, info.label, preprocessor.run, preprocessor.source)
     return found
 
 
-def get_segmenter(name: str, modules: Optional[Mapping[str, Any]] = None) -> ColourMapSegmenter:
-    """The named processor (seg_ufade20k, seg_ofade20k, seg_ofcoco), or a NoSegmenterError that says what to do."""
+def get_segmenter(name: str, find_preprocessor: PreprocessorFinder = find_host_preprocessor) -> ColourMapSegmenter:
+    """The named processor (seg_ufade20k, seg_ofade20k, seg_ofcoco), or a NoSegmenterError that says what to do.
+
+    The default finder is the WebUI's, for the HTTP API's routes, which are not handed one yet.
+    """
     if name not in PROCESSORS:
         raise SamUserError(f"Unknown segmentation processor {name!r}; choose one of {', '.join(PROCESSORS)}.")
-    available = discover_segmenters(modules)
+    available = discover_segmenters(find_preprocessor)
     if name in available:
         return available[name]
     if available:

@@ -1,96 +1,26 @@
-"""What the Segment Anything script does to a generation, host-independent.
+"""What the Segment Anything script does to the WebUI's processing object ``p``: host knowledge.
 
-It runs in ``before_process``: every extension's ``before_process`` runs before any ``process``
-(where ControlNet reads its units) and before ``p.init`` (where img2img reads ``init_images`` and
-``image_mask``), so no reordering of other scripts is needed.
+It sets ``p.init_images``/``p.image_mask`` and ControlNet units in ``before_process``: every
+extension's ``before_process`` runs before any ``process`` (where ControlNet reads its units) and
+before ``p.init`` (where img2img reads ``init_images`` and ``image_mask``), so no reordering of
+other scripts is needed. Cut-outs are made in ``postprocess_image`` and saved in ``postprocess``.
+The arguments are read by name (``script_args``); their pictures by ``handoff_pictures``.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from sd_webui_sam.cutout import check_caption, no_boxes_message, text_cutout
 from sd_webui_sam.errors import SamUserError
+from sd_webui_sam.handoff_pictures import control_map_array, image_and_mask
+from sd_webui_sam.script_args import ScriptArgValues, parse_script_args
 
-LOG = logging.getLogger("sd_webui_sam.generation")
-
-#: The order of ``Panel.script_args``; API callers pass ``alwayson_scripts["segment anything"]["args"]`` in it.
-ARG_NAMES = ("use_for_generation", "image", "mask", "controlnet_enabled", "controlnet_unit", "controlnet_invert")
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def _unit(value: Any) -> int:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return 0
-
-
-@dataclass(frozen=True)
-class ScriptArgs:
-    use_for_generation: bool = False
-    image: Any = None
-    mask: Any = None
-    controlnet_enabled: bool = False
-    controlnet_unit: int = 0
-    controlnet_invert: bool = False
-
-    @classmethod
-    def from_values(cls, values: Sequence[Any]) -> "ScriptArgs":
-        """UI values (PIL images) or API values (base64 strings); missing trailing values keep defaults."""
-        padded = list(values) + [None] * (len(ARG_NAMES) - len(values))
-        return cls(
-            use_for_generation=_flag(padded[0]),
-            image=padded[1],
-            mask=padded[2],
-            controlnet_enabled=_flag(padded[3]),
-            controlnet_unit=_unit(padded[4]),
-            controlnet_invert=_flag(padded[5]),
-        )
-
-    @property
-    def wanted(self) -> bool:
-        return self.use_for_generation or self.controlnet_enabled
-
-
-def _as_pil(value: Any, what: str) -> Image.Image:
-    from sd_webui_sam.ui.handlers import decode_base64_image
-
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, np.ndarray):
-        return Image.fromarray(value)
-    if isinstance(value, str) and value:
-        return decode_base64_image(value)
-    if isinstance(value, dict):  # gradio 4 FileData / gradio 3 editor dicts
-        for key in ("image", "background", "path", "name"):
-            if value.get(key) is not None:
-                inner = value[key]
-                return Image.open(inner) if isinstance(inner, str) else _as_pil(inner, what)
-    raise SamUserError(f"Segment Anything: no {what}. Press Preview and pick a mask first.")
-
-
-def image_and_mask(args: ScriptArgs) -> "tuple[Image.Image, Image.Image]":
-    """The source picture (RGB) and the processed mask (L, 255 = selected), same size."""
-    image = _as_pil(args.image, "image").convert("RGB")
-    mask = _as_pil(args.mask, "mask")
-    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
-        mask = mask.getchannel("A")
-    mask = mask.convert("L")
-    if mask.size != image.size:
-        raise SamUserError(
-            f"Segment Anything: the mask is {mask.size[0]}x{mask.size[1]} but the image is "
-            f"{image.size[0]}x{image.size[1]}; press Preview again for this image."
-        )
-    return image, mask
+__all__ = ["CUTOUT_MASK_SUFFIX", "CUTOUT_SUFFIX", "apply", "apply_control_map", "before_process", "cut_out_generated",
+           "finish_cutouts"]
 
 
 def apply(p: Any, values: Sequence[Any], controlnet: Any, *, is_img2img: bool) -> List[str]:
@@ -99,10 +29,10 @@ def apply(p: Any, values: Sequence[Any], controlnet: Any, *, is_img2img: bool) -
     img2img + "use for generation": ``p.init_images = [image]`` and ``p.image_mask = mask``.
     ControlNet: the image and the (optionally inverted) mask go into unit N, as uint8 arrays.
     """
-    args = ScriptArgs.from_values(values)
-    if not args.wanted:
+    args = parse_script_args(values)
+    if not args.handoff_wanted:
         return []
-    image, mask = image_and_mask(args)
+    image, mask = image_and_mask(args.image, args.mask)
     done: List[str] = []
     if args.use_for_generation and is_img2img:
         p.init_images = [image]
@@ -120,67 +50,38 @@ def apply(p: Any, values: Sequence[Any], controlnet: Any, *, is_img2img: bool) -
 
 # ----- a finished control map (AutoSAM) for a ControlNet unit ------------------------------------
 
-#: Script arguments after ``ARG_NAMES`` and ``CUTOUT_ARG_NAMES``. Callers of the older layouts
-#: (6 or 12 values) leave them out, which means off.
-CONTROL_MAP_ARG_NAMES = ("control_map_enabled", "control_map_unit", "control_map_image")
-
-
-def control_map_offset() -> int:
-    return len(ARG_NAMES) + len(CUTOUT_ARG_NAMES)
-
-
-@dataclass(frozen=True)
-class ControlMapArgs:
-    enabled: bool = False
-    unit: int = 0
-    image: Any = None
-
-    @classmethod
-    def from_values(cls, values: Sequence[Any]) -> "ControlMapArgs":
-        rest = list(values[control_map_offset():]) + [None] * len(CONTROL_MAP_ARG_NAMES)
-        return cls(enabled=_flag(rest[0]) if rest[0] is not None else False, unit=_unit(rest[1]), image=rest[2])
-
-
-def control_map_array(value: Any) -> np.ndarray:
-    """The map as (H,W,3) uint8 RGB, exactly its pixels (the EditAnything map encodes ids in them)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise SamUserError("Segment Anything: 'Send the map to ControlNet' is on but there is no map. "
-                           "Run Segment everything or Segment in the Auto SAM tab first.")
-    return np.ascontiguousarray(np.asarray(_as_pil(value, "map").convert("RGB"), dtype=np.uint8))
-
 
 def apply_control_map(p: Any, values: Sequence[Any], controlnet: Any, *, mask_unit: Optional[int] = None) -> List[str]:
     """Put the AutoSAM map into ControlNet unit N as its control image. ``mask_unit``: the unit the
     mask hand-off filled in this generation, if any (the map replaces it; the log says so)."""
-    args = ControlMapArgs.from_values(values)
-    if not args.enabled:
+    args = parse_script_args(values)
+    if not args.control_map_enabled:
         return []
     if controlnet is None or not controlnet.available():
         raise SamUserError("Segment Anything: 'Send the map to ControlNet' is on but no ControlNet is installed.")
-    note = controlnet.assign_control_image(p, args.unit, control_map_array(args.image))
-    if mask_unit is not None and mask_unit == args.unit:
+    note = controlnet.assign_control_image(p, args.control_map_unit, control_map_array(args.control_map_image))
+    if mask_unit is not None and mask_unit == args.control_map_unit:
         note += "; it replaces the mask sent to the same unit"
     return [note]
 
 
-def before_process(p: Any, values: Sequence[Any], find_controlnet: Any, *, is_img2img: bool) -> List[str]:
+def before_process(p: Any, values: Sequence[Any], find_controlnet: Callable[[], Any], *, is_img2img: bool) -> List[str]:
     """Everything the script does before a generation: the mask hand-off, then the AutoSAM map.
 
     Returns messages for the console. A problem the user can fix is reported there and never
     breaks the generation (hook exceptions would only be swallowed by the host anyway).
     ``find_controlnet`` is called only when a ControlNet unit is wanted.
     """
-    hand_off = ScriptArgs.from_values(values)
-    control_map = ControlMapArgs.from_values(values)
-    if not hand_off.wanted and not control_map.enabled:
+    args = parse_script_args(values)
+    if not args.handoff_wanted and not args.control_map_enabled:
         return []
-    controlnet = find_controlnet() if (hand_off.controlnet_enabled or control_map.enabled) else None
+    controlnet = find_controlnet() if (args.controlnet_enabled or args.control_map_enabled) else None
     messages: List[str] = []
     mask_unit = None
-    if hand_off.wanted:
+    if args.handoff_wanted:
         done = _reported(lambda: apply(p, values, controlnet, is_img2img=is_img2img), messages)
-        if done and hand_off.controlnet_enabled:
-            mask_unit = hand_off.controlnet_unit
+        if done and args.controlnet_enabled:
+            mask_unit = args.controlnet_unit
     _reported(lambda: apply_control_map(p, values, controlnet, mask_unit=mask_unit), messages)
     return messages
 
@@ -199,43 +100,10 @@ def _reported(step: Any, messages: List[str]) -> bool:
 
 # ----- cut out after generation ----------------------------------------------------------------
 
-#: Script arguments after ``ARG_NAMES`` (API callers may leave them out).
-CUTOUT_ARG_NAMES = ("cutout_enabled", "cutout_text", "cutout_sam_model", "cutout_dino_model", "cutout_box_threshold",
-                    "cutout_text_threshold")
 CUTOUT_SUFFIX = "-cutout"
 CUTOUT_MASK_SUFFIX = "-cutout-mask"
 #: Where the cut-outs of one generation wait between ``postprocess_image`` and ``postprocess``.
 PENDING_ATTRIBUTE = "sd_webui_sam_cutouts"
-
-
-def _threshold(value: Any, default: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return default
-    return min(1.0, max(0.0, number)) if np.isfinite(number) else default
-
-
-@dataclass(frozen=True)
-class CutoutArgs:
-    enabled: bool = False
-    text: str = ""
-    sam_model: Optional[str] = None
-    dino_model: Optional[str] = None
-    box_threshold: float = 0.3
-    text_threshold: float = 0.25
-
-    @classmethod
-    def from_values(cls, values: Sequence[Any]) -> "CutoutArgs":
-        rest = list(values[len(ARG_NAMES):]) + [None] * len(CUTOUT_ARG_NAMES)
-        return cls(
-            enabled=_flag(rest[0]) if rest[0] is not None else False,
-            text=str(rest[1] or ""),
-            sam_model=str(rest[2]) if rest[2] else None,
-            dino_model=str(rest[3]) if rest[3] else None,
-            box_threshold=_threshold(rest[4], 0.3),
-            text_threshold=_threshold(rest[5], 0.25),
-        )
 
 
 @dataclass
@@ -253,13 +121,11 @@ def _batch_value(values: Any, index: int, default: Any) -> Any:
     return default
 
 
-def cut_out_generated(p: Any, pp: Any, args: CutoutArgs, engine: Any) -> str:
-    """``postprocess_image``: segment ``args.text`` in the generated picture and keep the cut-out and
-    its mask on ``p`` until ``postprocess`` saves them beside the saved image. Returns a log line."""
-    from sd_webui_sam.cutout import check_caption, no_boxes_message, text_cutout
-
-    caption = check_caption(args.text)
-    if not args.sam_model:
+def cut_out_generated(p: Any, pp: Any, args: ScriptArgValues, engine: Any) -> str:
+    """``postprocess_image``: segment ``args.cutout_text`` in the generated picture and keep the
+    cut-out and its mask on ``p`` until ``postprocess`` saves them beside the saved image. Returns a log line."""
+    caption = check_caption(args.cutout_text)
+    if not args.cutout_sam_model:
         raise SamUserError("Cut out after generation: choose a SAM model in the Segment Anything panel.")
     image = pp.image
     pending: List[PendingCutout] = getattr(p, PENDING_ATTRIBUTE, None) or []
@@ -268,10 +134,11 @@ def cut_out_generated(p: Any, pp: Any, args: CutoutArgs, engine: Any) -> str:
     order = getattr(pp, "index", None)
     if order is None:
         order = int(getattr(p, "iteration", 0) or 0) * int(getattr(p, "batch_size", 1) or 1) + batch_index
-    result = text_cutout(engine, np.asarray(image.convert("RGB")), caption, sam_model=args.sam_model,
-                         detector=args.dino_model, box_threshold=args.box_threshold, text_threshold=args.text_threshold)
+    result = text_cutout(engine, np.asarray(image.convert("RGB")), caption, sam_model=args.cutout_sam_model,
+                         detector=args.cutout_dino_model, box_threshold=args.cutout_box_threshold,
+                         text_threshold=args.cutout_text_threshold)
     if result is None:
-        return f"cut out: {no_boxes_message(caption, args.box_threshold)}"
+        return f"cut out: {no_boxes_message(caption, args.cutout_box_threshold)}"
     pending.append(PendingCutout(
         order=int(order), seed=_batch_value(getattr(p, "seeds", None), batch_index, getattr(p, "seed", None)),
         prompt=_batch_value(getattr(p, "prompts", None), batch_index, getattr(p, "prompt", "")),
@@ -282,7 +149,7 @@ def cut_out_generated(p: Any, pp: Any, args: CutoutArgs, engine: Any) -> str:
     return f"cut out {len(result.boxes)} object(s) for '{caption}'{dropped}"
 
 
-def finish_cutouts(p: Any, processed: Any, save: Any) -> List[str]:
+def finish_cutouts(p: Any, processed: Any, save: Callable[..., str]) -> List[str]:
     """``postprocess``: save each pending cut-out and mask beside its generated image (``save`` is
     the host's saver) and add them to the output gallery. Returns the paths written."""
     pending: List[PendingCutout] = getattr(p, PENDING_ATTRIBUTE, None) or []

@@ -8,6 +8,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import gradio as gr
 
+__all__ = ["FAST_EVENT_QUEUE", "GRADIO_MAJOR", "IS_GRADIO_4", "current_root_block", "gallery", "image_input", "image_output",
+           "js_kwargs", "listen", "on_load", "update"]
 
 def _major(version: str) -> int:
     try:
@@ -103,19 +105,3 @@ def current_root_block() -> Optional[Any]:
     except ImportError:  # pragma: no cover - both supported versions have it
         return None
     return getattr(Context, "root_block", None)
-
-
-def gallery_images(value: Any) -> list:
-    """Gallery values as a list of items without captions.
-
-    gradio 3 hands a gallery to a function as ``[{"name": path, ...}]`` (or ``[[dict, caption]]``);
-    gradio 4 as ``[(image, caption)]``.
-    """
-    items = []
-    for entry in value or []:
-        if isinstance(entry, (list, tuple)) and entry:
-            entry = entry[0]
-        if isinstance(entry, dict):
-            entry = entry.get("name") or entry.get("path") or entry.get("image")
-        items.append(entry)
-    return items

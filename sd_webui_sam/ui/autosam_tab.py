@@ -6,10 +6,11 @@ them directly; ``build`` only creates components and wires them. A category mask
 the main panel (its image and mask), from where the panel's own send-to-inpaint / ControlNet
 controls take it on. Inside the WebUI with ControlNet, the colour map, the EditAnything map or the
 SAM-refined semantic map can be sent to a ControlNet unit as its control image
-(``control_map_script_args``, read by ``compat.generation.apply_control_map``).
+(``control_map_components``, the ``script_args.CONTROL_MAP_ARGS``).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -17,10 +18,28 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from sd_webui_sam import render
 from sd_webui_sam.autosam import pipelines, semantic
 from sd_webui_sam.autosam.generator import AutoSamConfig
-from sd_webui_sam.autosam.segmenters import PROCESSORS, NO_SEGMENTER_MESSAGE, UploadedMapSegmenter, discover_segmenters
+from sd_webui_sam.autosam.segmenters import (
+    NO_SEGMENTER_MESSAGE,
+    PROCESSORS,
+    PreprocessorFinder,
+    UploadedMapSegmenter,
+    discover_segmenters,
+    get_segmenter,
+    no_host_preprocessors,
+)
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, SamUserError
+from sd_webui_sam.script_args import CONTROL_MAP_ARGS
+from sd_webui_sam.ui import handlers
+from sd_webui_sam.ui.elements import elem, status_html, unit_choices
+
+__all__ = [
+    "COLOUR_MAP", "CONFIG_FIELDS", "CONTROL_MAP_KINDS", "EDITANYTHING_MAP", "REFINED_MAP", "UPLOADED", "ConfigField",
+    "build", "category_choices", "config_from_values", "control_map_components", "control_map_for", "random_maps",
+    "run_category", "run_layout", "run_random", "run_semantic", "segmenter_choices", "selection_from", "to_panel",
+]
 
 UPLOADED = "Uploaded colour-coded map"
 COLOUR_MAP = "Random colour map"
@@ -69,11 +88,9 @@ def config_from_values(values: Sequence[Any]) -> AutoSamConfig:
 
 
 def _rgb(image: Any, engine: Any, what: str = "Image") -> np.ndarray:
-    from sd_webui_sam.ui.handlers import to_rgb_array
-
     if image is None:
         raise InvalidImageError(f"No image: upload a picture into '{what}' first.")
-    return to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    return handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
 
 
 def _model(model_name: Optional[str]) -> str:
@@ -119,22 +136,21 @@ def control_map_for(kind: Optional[str], maps: Optional[Dict[str, Image.Image]],
                                     "the next generation while 'Send the map to ControlNet' is ticked.")
 
 
-def control_map_script_args(panel: Any) -> List[Any]:
-    """The components of ``compat.generation.CONTROL_MAP_ARG_NAMES``, in order; [] outside the WebUI."""
+def control_map_components(panel: Any) -> Dict[str, Any]:
+    """The components of ``script_args.CONTROL_MAP_ARGS``, by name; none outside the WebUI."""
     parts = (panel.extra.get("autosam") or {}).get("controlnet")
     if not parts:
-        return []
-    return [parts["enabled"], parts["unit"], parts["map"]]
+        return {}
+    return dict(zip((arg.name for arg in CONTROL_MAP_ARGS), (parts["enabled"], parts["unit"], parts["map"])))
 
 
-def segmenter_choices(modules=None) -> List[str]:
+def segmenter_choices(find_preprocessor: PreprocessorFinder = no_host_preprocessors) -> List[str]:
     """Host preprocessors found (by reference name), then the uploaded-map option (always there)."""
-    return sorted(discover_segmenters(modules)) + [UPLOADED]
+    return sorted(discover_segmenters(find_preprocessor)) + [UPLOADED]
 
 
-def _segmenter(source: Optional[str], dataset_key: Optional[str], colour_map: Any, engine):
-    from sd_webui_sam.autosam.segmenters import get_segmenter
-
+def _segmenter(source: Optional[str], dataset_key: Optional[str], colour_map: Any, engine,
+               find_preprocessor: PreprocessorFinder):
     if source == UPLOADED or not source:
         if colour_map is None:
             raise InvalidImageError("Upload the colour-coded segmentation map (ADE20K or COCO palette) first. "
@@ -142,14 +158,16 @@ def _segmenter(source: Optional[str], dataset_key: Optional[str], colour_map: An
         return UploadedMapSegmenter(_rgb(colour_map, engine, "Segmentation map"), dataset_key or "ade20k")
     if source not in PROCESSORS:
         raise InvalidPromptError(f"Unknown segmenter {source!r}.")
-    return get_segmenter(source)
+    return get_segmenter(source, find_preprocessor)
 
 
-def run_semantic(engine, model_name, image, source, dataset_key, colour_map, resolution,
-                 config_values) -> Tuple[List[Image.Image], Optional[Image.Image], str]:
-    """[before, after, blend before, blend after], the SAM-refined map alone (to send on), status."""
+def run_semantic(engine, model_name, image, source, dataset_key, colour_map, resolution, config_values, *,
+                 find_preprocessor: PreprocessorFinder = no_host_preprocessors
+                 ) -> Tuple[List[Image.Image], Optional[Image.Image], str]:
+    """[before, after, blend before, blend after], the SAM-refined map alone (to send on), status.
+    ``find_preprocessor``: how to reach the host's segmenters (none outside a WebUI)."""
     rgb = _rgb(image, engine)
-    segmenter = _segmenter(source, dataset_key, colour_map, engine)
+    segmenter = _segmenter(source, dataset_key, colour_map, engine, find_preprocessor)
     result = pipelines.semantic_segmentation(engine, _model(model_name), rgb, segmenter, int(resolution or 512),
                                              config_from_values(config_values))
     changed = float((result.before != result.after).mean()) * 100
@@ -185,20 +203,17 @@ def category_choices(dataset_key: Optional[str]) -> List[str]:
 
 def selection_from(picked: Any, typed: Optional[str] = None) -> List[str]:
     """Classes picked in the list plus names/ids typed as 'bed+person' or '7+12'."""
-    import re
-
     chosen = [str(item) for item in (picked or [])] if not isinstance(picked, str) else [picked]
     chosen += [part.strip() for part in re.split(r"[+,;\n]", typed or "") if part.strip()]
     return chosen
 
 
-def run_category(engine, model_name, image, source, dataset_key, colour_map, resolution, categories,
-                 config_values) -> Tuple[List[Image.Image], Image.Image, str]:
+def run_category(engine, model_name, image, source, dataset_key, colour_map, resolution, categories, config_values, *,
+                 find_preprocessor: PreprocessorFinder = no_host_preprocessors
+                 ) -> Tuple[List[Image.Image], Image.Image, str]:
     """[blend, mask, cut-out] at the image's resolution, the mask alone, status."""
-    from sd_webui_sam import render
-
     rgb = _rgb(image, engine)
-    segmenter = _segmenter(source, dataset_key, colour_map, engine)
+    segmenter = _segmenter(source, dataset_key, colour_map, engine, find_preprocessor)
     selection = categories if categories not in (None, "", []) else ""
     semantic.parse_categories(selection, semantic.dataset(segmenter.dataset))  # typos fail before any model runs
     result = pipelines.category_mask(engine, _model(model_name), rgb, segmenter, int(resolution or 512), selection,
@@ -225,9 +240,7 @@ def to_panel(image, mask) -> Tuple[Image.Image, Image.Image, str]:
 def _segmenter_row(prefix: str, part: str, choices: List[str], dataset_label: str) -> Tuple[Any, Any, Any]:
     """The segmenter, dataset and preprocessor-resolution controls that the semantic and the
     category tabs share (elem ids ``<part>_source`` / ``_dataset`` / ``_resolution``)."""
-    import gradio as gr
-
-    from sd_webui_sam.ui.panel import elem
+    import gradio as gr  # only when the tab is built: its handlers run without gradio
 
     with gr.Row():
         source = gr.Dropdown(label="Segmenter", choices=choices, value=choices[0], elem_id=elem(prefix, f"{part}_source"))
@@ -239,11 +252,9 @@ def _segmenter_row(prefix: str, part: str, choices: List[str], dataset_label: st
 
 
 def build(panel: Any) -> Dict[str, Any]:
-    import gradio as gr
+    import gradio as gr  # only when the tab is built: its handlers run without gradio
 
-    from sd_webui_sam.compat import gradio_compat as grc
-    from sd_webui_sam.ui import handlers
-    from sd_webui_sam.ui.panel import elem, status_html
+    from sd_webui_sam.compat import gradio_compat as grc  # imports gradio: likewise
 
     prefix = f"{panel.options.prefix}_autosam"
     engine = panel.options.engine
@@ -259,7 +270,8 @@ def build(panel: Any) -> Dict[str, Any]:
                     config.append(gr.Number(value=spec.default, precision=0 if spec.kind == "int" else None,
                                             label=spec.name, elem_id=elem(prefix, spec.name)))
     parts["config"] = config
-    choices = segmenter_choices()
+    find_preprocessor = panel.options.find_preprocessor or no_host_preprocessors
+    choices = segmenter_choices(find_preprocessor)
 
     def failure_gallery(count: int):
         def show(message: str):
@@ -333,7 +345,7 @@ def build(panel: Any) -> Dict[str, Any]:
 
     def semantic_handler(model_name, image, source, dataset_key, colour_map, resolution, *values):
         gallery, after, message = run_semantic(engine(), model_name, image, source, dataset_key, colour_map,
-                                               resolution, values)
+                                               resolution, values, find_preprocessor=find_preprocessor)
         return gallery, after, status_html(message)
 
     semantic_run = grc.listen(s_run.click, handlers.guarded(semantic_handler, failure_gallery(1)),
@@ -366,7 +378,8 @@ def build(panel: Any) -> Dict[str, Any]:
 
     def category_handler(model_name, image, source, dataset_key, colour_map, resolution, classes, typed, *values):
         gallery, mask, message = run_category(engine(), model_name, image, source, dataset_key, colour_map,
-                                              resolution, selection_from(classes, typed), values)
+                                              resolution, selection_from(classes, typed), values,
+                                              find_preprocessor=find_preprocessor)
         return gallery, mask, status_html(message)
 
     grc.listen(c_run.click, handlers.guarded(category_handler, failure_gallery(1)),
@@ -397,22 +410,21 @@ def build(panel: Any) -> Dict[str, Any]:
 def _build_controlnet_section(panel: Any, prefix: str) -> Dict[str, Any]:
     """'Send the map to ControlNet': built in every WebUI panel so the script's arguments keep one
     layout, shown only when ControlNet is installed."""
-    import gradio as gr
+    import gradio as gr  # only when the tab is built: its handlers run without gradio
 
-    from sd_webui_sam.compat import gradio_compat as grc
-    from sd_webui_sam.ui.panel import elem
+    from sd_webui_sam.compat import gradio_compat as grc  # imports gradio: likewise
 
     units = max(0, int(panel.options.controlnet_units))
     shown = units > 0
+    enabled_arg, unit_arg, map_arg = CONTROL_MAP_ARGS
     with gr.Group(visible=shown, elem_id=elem(prefix, "controlnet")):
         with gr.Row():
             kind = gr.Radio(label="Map for ControlNet", choices=list(CONTROL_MAP_KINDS), value=COLOUR_MAP,
                             visible=shown, elem_id=elem(prefix, "controlnet_kind"))
-            enabled = gr.Checkbox(label="Send the map to ControlNet at the next generation", value=False,
-                                  visible=shown, elem_id=elem(prefix, "controlnet_enabled"))
-            unit = gr.Dropdown(label="ControlNet unit", choices=[str(i) for i in range(max(units, 1))], value="0",
+            enabled = gr.Checkbox(label=enabled_arg.label, value=enabled_arg.default, visible=shown,
+                                  elem_id=elem(prefix, "controlnet_enabled"))
+            unit = gr.Dropdown(label=unit_arg.label, choices=unit_choices(units), value=str(unit_arg.default),
                                visible=shown, elem_id=elem(prefix, "controlnet_unit"))
-        control_map = grc.image_output("Map sent to ControlNet (preprocessor: none)", visible=shown,
-                                       elem_id=elem(prefix, "controlnet_map"))
+        control_map = grc.image_output(map_arg.label, visible=shown, elem_id=elem(prefix, "controlnet_map"))
         status = gr.HTML("", visible=shown, elem_id=elem(prefix, "controlnet_status"), elem_classes=["sam-status"])
     return {"kind": kind, "enabled": enabled, "unit": unit, "map": control_map, "status": status}

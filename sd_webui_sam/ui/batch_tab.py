@@ -2,7 +2,7 @@
 
 ``run_from_ui`` turns the tab's values into BatchOptions and a report; ``build`` makes the
 components. Stopping: the tab's Stop button (both the WebUI and the standalone app) and, in the
-WebUI, the host's Interrupt (``shared.state.interrupted`` turning on during the run).
+WebUI, the host's Interrupt turning on during the run (``PanelOptions.host_interrupted``).
 """
 from __future__ import annotations
 
@@ -10,22 +10,19 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from sd_webui_sam.batch import BatchOptions, run_batch
 from sd_webui_sam.errors import InvalidPromptError
+from sd_webui_sam.ui import handlers
+from sd_webui_sam.ui.autosam_tab import CONFIG_FIELDS, config_from_values
+from sd_webui_sam.ui.elements import elem
+
+__all__ = ["NAMING_CHOICES", "OUTPUT_CHOICES", "PROMPT_KINDS", "StopSignal", "build", "build_options", "parse_inputs",
+           "report_text", "run_from_ui"]
 
 PROMPT_KINDS = ("Text prompt (GroundingDINO)", "Fixed points / boxes", "Segment everything (AutoSAM)")
 OUTPUT_CHOICES = {"Mask": "mask", "Cut-out (transparent PNG)": "cutout", "Blend": "blend", "COCO JSON": "coco"}
 NAMING_CHOICES = {"Reference ({name}_{i}_mask.png)": "reference",
                   "A1111 batch inpaint (masks/{name}.png)": "inpaint"}
-
-
-def webui_interrupted(modules: Optional[Dict[str, Any]] = None) -> bool:
-    """The WebUI's Interrupt flag (``modules.shared.state.interrupted``), read from the modules the
-    host has loaded (nothing is imported, so outside a WebUI this is simply False)."""
-    import sys
-
-    shared = (sys.modules if modules is None else modules).get("modules.shared")
-    state = getattr(shared, "state", None)
-    return bool(getattr(state, "interrupted", False))
 
 
 class StopSignal:
@@ -75,9 +72,6 @@ def parse_inputs(text: str) -> List[Path]:
 
 def build_options(model_name, inputs_text, recursive, output_dir, kind, text, dino_model, box_threshold, points_text,
                   boxes_text, per_object, multimask, outputs, naming, expand, invert, overwrite, autosam_values=()):
-    from sd_webui_sam.batch import BatchOptions
-    from sd_webui_sam.ui.autosam_tab import CONFIG_FIELDS, config_from_values
-
     if not model_name:
         raise InvalidPromptError("Choose a SAM model at the top of the panel first.")
     if not output_dir or not str(output_dir).strip():
@@ -122,8 +116,6 @@ def report_text(report) -> str:
 def run_from_ui(engine, values: Sequence[Any], *, interrupt=None, progress: Optional[Callable[[int, int, str], None]] = None,
                 gpu_lock=None) -> str:
     """``values`` in build_options' order; returns the report for the panel."""
-    from sd_webui_sam.batch import run_batch
-
     options = build_options(*values)
 
     def step(update) -> None:
@@ -134,17 +126,14 @@ def run_from_ui(engine, values: Sequence[Any], *, interrupt=None, progress: Opti
     return report_text(report)
 
 
-def build(panel: Any, *, host_interrupted: Optional[Callable[[], bool]] = None, autosam_config: Sequence[Any] = ()
-          ) -> Dict[str, Any]:
-    import gradio as gr
+def build(panel: Any, *, autosam_config: Sequence[Any] = ()) -> Dict[str, Any]:
+    import gradio as gr  # only when the tab is built: its option parsing and run_from_ui run without gradio
 
-    from sd_webui_sam.compat import gradio_compat as grc
-    from sd_webui_sam.ui import handlers
-    from sd_webui_sam.ui.panel import elem
+    from sd_webui_sam.compat import gradio_compat as grc  # imports gradio: likewise
 
     prefix = f"{panel.options.prefix}_batch"
     engine = panel.options.engine
-    signal = StopSignal(host_interrupted or webui_interrupted)
+    signal = StopSignal(panel.options.host_interrupted)
     inputs_box = gr.Textbox(label="Input folder, or image files (one per line)", lines=2,
                             elem_id=elem(prefix, "inputs"))
     with gr.Row():

@@ -8,16 +8,22 @@ from __future__ import annotations
 import html
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gradio as gr
 
+from sd_webui_sam import downloads
 from sd_webui_sam.compat import gradio_compat as grc
 from sd_webui_sam.devices import DEVICE_CHOICES
-from sd_webui_sam.ui import handlers, text_prompt
+from sd_webui_sam.script_args import CUTOUT_ARGS, HANDOFF_ARGS, SCRIPT_ARGS, script_arg
+from sd_webui_sam.ui import autosam_tab, batch_tab, handlers, text_prompt
+from sd_webui_sam.ui.elements import CHOICES, elem, status_html, unit_choices
+
+__all__ = ["TITLE", "Panel", "PanelOptions", "ToolDefaults", "build_panel", "first_run_html", "wire_send_to_inpaint"]
 
 TITLE = "Segment Anything"
-CHOICES = tuple(f"Mask {i + 1}" for i in range(handlers.CANDIDATE_COUNT))
+#: The hand-off arguments the panel builds controls for (the picture and the mask are its own).
+HANDOFF_FLAGS_AND_UNIT = ("use_for_generation", "controlnet_enabled", "controlnet_unit", "controlnet_invert")
 #: CSS px of each output image: fixed, so a result arriving never moves what is below it.
 OUTPUT_HEIGHT = 240
 #: The candidate strip before the first answer: the same three slots the script fills later.
@@ -47,6 +53,8 @@ class PanelOptions:
     ``prefix`` names every element (``<prefix>_input_image``...) and must be unique per page.
     ``sd_controls``: the controls that only make sense inside a WebUI (send to img2img, ControlNet).
     ``controlnet_units``: 0 hides the ControlNet controls.
+    ``host_interrupted`` and ``find_preprocessor``: the WebUI's Interrupt flag and its ControlNet's
+    segmenters (``compat``), handed in by the script; None outside a WebUI.
     """
 
     prefix: str
@@ -56,6 +64,8 @@ class PanelOptions:
     controlnet_units: int = 0
     tools: ToolDefaults = field(default_factory=ToolDefaults)
     accordion: bool = True
+    host_interrupted: Optional[Callable[[], bool]] = None
+    find_preprocessor: Optional[Callable[[Sequence[str]], Any]] = None
 
 
 @dataclass
@@ -83,20 +93,23 @@ class Panel:
     cn_invert: Optional[Any] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
+    def script_arg_components(self) -> Dict[str, Any]:
+        """The components of the script's arguments that this panel has, by ``script_args`` name."""
+        handoff = [self.use_for_generation, self.input_image, self.mask, self.cn_enabled, self.cn_unit, self.cn_invert]
+        components = dict(zip((arg.name for arg in HANDOFF_ARGS), handoff))
+        components.update(zip((arg.name for arg in CUTOUT_ARGS), self.extra.get("cutout_args", ())))
+        components.update(autosam_tab.control_map_components(self))
+        return {name: component for name, component in components.items() if component is not None}
+
     @property
     def script_args(self) -> list:
-        """The generation arguments, in the order ``compat.generation.ScriptArgs`` reads them."""
-        return [self.use_for_generation, self.input_image, self.mask, self.cn_enabled, self.cn_unit, self.cn_invert,
-                *self.extra.get("cutout_args", ())]
+        """The generation arguments in ``script_args.SCRIPT_ARGS`` order: what ``Script.ui`` returns.
 
-
-def elem(prefix: str, name: str) -> str:
-    return f"{prefix}_{name}"
-
-
-def status_html(message: str, *, error: bool = False) -> str:
-    css = "sam-status-error" if error else "sam-status-ok"
-    return f'<p class="{css}">{html.escape(message)}</p>' if message else ""
+        Only a panel built with ``sd_controls`` has them all; another stops before the first it
+        lacks (positional arguments can only be left out at the end, where they mean off)."""
+        components = self.script_arg_components()
+        present = itertools.takewhile(lambda arg: arg.name in components, SCRIPT_ARGS)
+        return [components[arg.name] for arg in present]
 
 
 def _model_choices(engine_provider: Callable[[], Any], refresh: bool = False) -> List[str]:
@@ -141,7 +154,7 @@ def build_panel(options: PanelOptions) -> Panel:
             # The canvas: the picture as large as the column and the window allow, with the chosen
             # mask, the dots and the boxes drawn on it by javascript/segment_anything.js.
             with gr.Column(scale=3, min_width=320):
-                input_image = grc.image_input("Image", elem_id=elem(prefix, "input_image"), elem_classes=["sam-canvas"])
+                input_image = grc.image_input(script_arg("image").label, elem_id=elem(prefix, "input_image"), elem_classes=["sam-canvas"])
             # The tools beside it, so a click and its effect are on screen together.
             with gr.Column(scale=1, min_width=270, elem_classes=["sam-side"]):
                 # Filled by the script (one thumbnail per candidate, the whole picture, its score);
@@ -176,7 +189,8 @@ def build_panel(options: PanelOptions) -> Panel:
                     invert = gr.Checkbox(label="Invert", value=False, elem_id=elem(prefix, "invert"), min_width=80)
         with gr.Row(elem_classes=["sam-outputs"]):
             overlay = grc.image_output("Overlay", elem_id=elem(prefix, "overlay"), height=OUTPUT_HEIGHT)
-            mask = grc.image_output("Mask", elem_id=elem(prefix, "mask"), image_mode="L", height=OUTPUT_HEIGHT)
+            mask = grc.image_output(script_arg("mask").label, elem_id=elem(prefix, "mask"), image_mode="L",
+                                    height=OUTPUT_HEIGHT)
             cutout = grc.image_output("Cut-out", elem_id=elem(prefix, "cutout"), image_mode="RGBA", height=OUTPUT_HEIGHT)
         prompts = gr.Textbox(value="", visible=False, label="Prompts", elem_id=elem(prefix, "prompts"))
         # The last answer's candidates as compact masks (handlers.candidates_payload) for the script.
@@ -198,10 +212,11 @@ def build_panel(options: PanelOptions) -> Panel:
             _sd_controls(panel)
         else:
             # The standalone app has no generation: the values are placeholders the API shape keeps.
-            panel.use_for_generation = gr.Checkbox(value=False, visible=False, label="Use this mask for the next generation")
-            panel.cn_enabled = gr.Checkbox(value=False, visible=False, label="Send to ControlNet")
-            panel.cn_unit = gr.Number(value=0, precision=0, visible=False, label="ControlNet unit")
-            panel.cn_invert = gr.Checkbox(value=False, visible=False, label="Inpaint not masked")
+            use, enabled, unit, invert = (script_arg(name) for name in HANDOFF_FLAGS_AND_UNIT)
+            panel.use_for_generation = gr.Checkbox(value=use.default, visible=False, label=use.label)
+            panel.cn_enabled = gr.Checkbox(value=enabled.default, visible=False, label=enabled.label)
+            panel.cn_unit = gr.Number(value=unit.default, precision=0, visible=False, label=unit.label)
+            panel.cn_invert = gr.Checkbox(value=invert.default, visible=False, label=invert.label)
         text_parts = text_prompt.build_section(panel)
         panel.extra.update(text_prompt=text_parts, cutout_args=text_prompt.cutout_script_args(panel, text_parts))
         panel.extra.update(_more_tabs(panel))
@@ -229,8 +244,6 @@ def first_run_html(engine: Callable[[], Any], choices: List[str]) -> str:
 
 def _more_tabs(panel: Panel) -> Dict[str, Any]:
     """The "Auto SAM" and "Batch" tabs (ui/autosam_tab.py, ui/batch_tab.py), below the main tools."""
-    from sd_webui_sam.ui import autosam_tab, batch_tab
-
     prefix = panel.options.prefix
     with gr.Tabs(elem_id=elem(prefix, "more_tabs")):
         with gr.Tab("Auto SAM", elem_id=elem(prefix, "autosam_tab")):
@@ -260,10 +273,6 @@ def _download_section(prefix: str, engine: Callable[[], Any], open_: bool = Fals
 
 def _official_checkpoints() -> Dict[str, Any]:
     """Label (with size) -> file name of each checkpoint the downloader knows."""
-    try:
-        from sd_webui_sam import downloads
-    except ImportError:
-        return {}
     return {f"{entry.label} ({entry.size / 1024**2:.0f} MB)": entry.file_name for entry in downloads.CATALOGUE}
 
 
@@ -276,20 +285,17 @@ def _sd_controls(panel: Panel) -> None:
             label="Inpaint preset", choices=list(handlers.INPAINT_PRESETS), value=handlers.LEAVE_SETTINGS,
             elem_id=elem(prefix, "inpaint_preset"),
         )
-    panel.use_for_generation = gr.Checkbox(
-        label="Use this mask for the next generation (img2img inpaint)", value=False, visible=options.is_img2img,
-        elem_id=elem(prefix, "use_for_generation"),
-    )
+    use, enabled, unit, invert = (script_arg(name) for name in HANDOFF_FLAGS_AND_UNIT)
+    panel.use_for_generation = gr.Checkbox(label=use.label, value=use.default, visible=options.is_img2img,
+                                           elem_id=elem(prefix, "use_for_generation"))
     units = max(0, int(options.controlnet_units))
     with gr.Row(visible=units > 0, elem_id=elem(prefix, "controlnet_row")):
         shown = units > 0
-        panel.cn_enabled = gr.Checkbox(label="Send to ControlNet unit", value=False, visible=shown,
+        panel.cn_enabled = gr.Checkbox(label=enabled.label, value=enabled.default, visible=shown,
                                        elem_id=elem(prefix, "cn_enabled"))
-        panel.cn_unit = gr.Dropdown(
-            label="ControlNet unit", choices=[str(i) for i in range(max(units, 1))], value="0", visible=shown,
-            elem_id=elem(prefix, "cn_unit"),
-        )
-        panel.cn_invert = gr.Checkbox(label="Inpaint not masked (invert)", value=False, visible=shown,
+        panel.cn_unit = gr.Dropdown(label=unit.label, choices=unit_choices(units), value=str(unit.default),
+                                    visible=shown, elem_id=elem(prefix, "cn_unit"))
+        panel.cn_invert = gr.Checkbox(label=invert.label, value=invert.default, visible=shown,
                                       elem_id=elem(prefix, "cn_invert"))
 
 
@@ -440,8 +446,6 @@ def _wire_download(panel: Panel) -> None:
     which, button, result = panel.extra["download_choice"], panel.extra["download_button"], panel.extra["download_status"]
 
     def download(label, current, progress=gr.Progress()):
-        from sd_webui_sam import downloads
-
         file_name = catalogue.get(label)
         if file_name is None:
             raise handlers.SamUserError("Choose a checkpoint to download.")

@@ -78,9 +78,9 @@ class FakeWebUI:
     @staticmethod
     def _forget_host_session() -> None:
         """A new WebUI gets a new session; the core may not be importable before load_scripts."""
-        host_compat = sys.modules.get("sd_webui_sam.compat.host_compat")
-        if host_compat is not None:
-            host_compat.host_session.cache_clear()
+        session = sys.modules.get("sd_webui_sam.compat.session")
+        if session is not None:
+            session.host_session.cache_clear()
 
     # ----- loading -----------------------------------------------------------------------------
 
