@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from sd_webui_sam.errors import InvalidImageError, SamUserError
-from sd_webui_sam.images import _decode_base64
+from sd_webui_sam.images import decode_base64, mask_grey
 
 __all__ = ["control_map_array", "image_and_mask", "picture_from_value"]
 
@@ -26,7 +26,7 @@ def picture_from_value(value: Any, what: str) -> Image.Image:
         return Image.fromarray(value)
     if isinstance(value, str) and value:
         try:
-            picture = Image.open(io.BytesIO(_decode_base64(value)))
+            picture = Image.open(io.BytesIO(decode_base64(value, what=what)))
             picture.load()
         except OSError as error:
             raise InvalidImageError(f"The image is not a valid base64-encoded picture ({error}).") from error
@@ -42,10 +42,7 @@ def picture_from_value(value: Any, what: str) -> Image.Image:
 def image_and_mask(image_value: Any, mask_value: Any) -> Tuple[Image.Image, Image.Image]:
     """The source picture (RGB) and the processed mask (L, 255 = selected), same size."""
     image = picture_from_value(image_value, "image").convert("RGB")
-    mask = picture_from_value(mask_value, "mask")
-    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
-        mask = mask.getchannel("A")
-    mask = mask.convert("L")
+    mask = mask_grey(picture_from_value(mask_value, "mask"))
     if mask.size != image.size:
         raise SamUserError(
             f"Segment Anything: the mask is {mask.size[0]}x{mask.size[1]} but the image is "

@@ -122,7 +122,7 @@ def _model_choices(engine_provider: Callable[[], Any], refresh: bool = False) ->
 
 def _current_device(engine_provider: Callable[[], Any]) -> str:
     try:
-        preference = (engine_provider().settings.device or "auto").split(":")[0]
+        preference = (engine_provider().device_preference or "auto").split(":")[0]
     except Exception as error:  # no engine yet (a broken set-up) must not break the tab either
         handlers.describe_failure(error)
         return "auto"
