@@ -8,7 +8,7 @@ read back, and the X/Y/Z plot axes. Nothing here knows about gradio or the WebUI
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 #: What the sampler, steps and CFG settings hold when the generation's own value is meant.
@@ -121,32 +121,7 @@ SETTINGS_BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in DET
 NAMES: Tuple[str, ...] = tuple(SETTINGS_BY_NAME)
 
 
-@dataclass(frozen=True)
-class DetailSettings:
-    enabled: bool = False
-    caption: str = "face"
-    sam_model: str = ""
-    dino_model: str = ""
-    box_threshold: float = 0.3
-    text_threshold: float = 0.25
-    max_objects: int = 10
-    min_area: float = 0.0
-    max_area: float = 1.0
-    order: str = ORDERS[0]
-    prompt: str = ""
-    negative_prompt: str = ""
-    mask_expand: int = 4
-    mask_feather: float = 0.0
-    padding: int = 32
-    resolution: int = 512
-    denoising_strength: float = 0.4
-    steps: int = 0
-    cfg_scale: float = 0.0
-    sampler: str = USE_GENERATION
-    seed_rule: str = SEED_RULES[0]
-    skip_if_nothing: bool = True
-    keep_original: bool = False
-
+class _DetailSettingsMethods:
     @classmethod
     def from_named(cls, values: Mapping[str, Any]) -> "DetailSettings":
         return cls(**{name: SETTINGS_BY_NAME[name].parse(values.get(name)) for name in NAMES})
@@ -158,7 +133,15 @@ class DetailSettings:
         return DetailSettings.from_named(values)
 
     def as_dict(self) -> Dict[str, Any]:
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+_TYPES = {"bool": bool, "text": str, "choice": str, "int": int, "float": float}
+#: The parsed settings: a frozen dataclass with one field per ``DETAIL_SETTINGS`` entry (its default).
+DetailSettings = make_dataclass(
+    "DetailSettings", [(s.name, _TYPES[s.kind], field(default=s.default)) for s in DETAIL_SETTINGS],
+    bases=(_DetailSettingsMethods,), frozen=True)
+DetailSettings.__module__ = __name__
 
 
 def parse_args(values: Sequence[Any]) -> DetailSettings:

@@ -51,14 +51,22 @@ def is_inner_pass(p: Any) -> bool:
     return bool(getattr(p, INNER_ATTRIBUTE, False) or getattr(p, "_ad_inner", False))
 
 
-def before_process(p: Any, values: Sequence[Any]) -> List[str]:
-    """Write the settings into the generation's infotext (read back by PNG Info / paste)."""
+def _wanted_settings(p: Any, values: Sequence[Any]) -> "tuple[Optional[DetailSettings], List[str]]":
+    """(the settings, []) when this generation is to be detailed, else (None, what to say)."""
     try:
         settings = settings_for(p, values)
     except ValueError as error:
-        return [f"Detail each object: {error}"]
+        return None, [f"Detail each object: {error}"]
     if not settings.enabled or is_inner_pass(p):
-        return []
+        return None, []
+    return settings, []
+
+
+def before_process(p: Any, values: Sequence[Any]) -> List[str]:
+    """Write the settings into the generation's infotext (read back by PNG Info / paste)."""
+    settings, messages = _wanted_settings(p, values)
+    if settings is None:
+        return messages
     p.extra_generation_params.update(infotext_params(settings))
     return []
 
@@ -120,12 +128,9 @@ def detail_image(p: Any, pp: Any, values: Sequence[Any], engine: Any, *,
     if isinstance(params, dict):
         params.pop(OBJECTS_KEY, None)
         params.pop(NOTE_KEY, None)
-    try:
-        settings = settings_for(p, values)
-    except ValueError as error:
-        return [f"Detail each object: {error}"]
-    if not settings.enabled or is_inner_pass(p):
-        return []
+    settings, problems = _wanted_settings(p, values)
+    if settings is None:
+        return problems
     if processing is None:
         from modules import processing  # the host's processing module (imported here: WebUI only)
     state = _state()
