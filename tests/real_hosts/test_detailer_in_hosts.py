@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -60,7 +61,8 @@ def test_two_objects_are_inpainted_one_pass_each_and_nothing_else_changes(host_m
     assert len(body["images"]) == 2, log[-3000:]  # the detailed image, then the one before detailing
     detailed, before = (np.asarray(_decode(text)) for text in body["images"])
     assert "Detail each object: 2 object(s) detailed" in log, log[-3000:]
-    assert "SAM detail objects: 2" in body["info"] and "SAM detail caption: \"face, hand\"" in body["info"]
+    infotext = json.loads(body["info"])["infotexts"][0]
+    assert "SAM detail objects: 2" in infotext and 'SAM detail caption: "face, hand"' in infotext, infotext
 
     object_masks = _local_objects(webui, host_models, before, parse_args([named]))
     assert len(object_masks) == 2
