@@ -328,7 +328,7 @@ def test_send_to_controlnet_without_controlnet_is_reported_not_raised(make_webui
 def test_scripts_are_not_reordered(make_webui):
     webui = make_webui(controlnet="mikubill")
     titles = [s.title() for s in webui.img2img.alwayson_scripts]
-    assert titles == ["ControlNet", TITLE]
+    assert titles == ["ControlNet", "Detail each object (Segment Anything)", TITLE]
 
 
 # ----- send to img2img inpaint -------------------------------------------------------------------------

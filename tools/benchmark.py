@@ -209,6 +209,20 @@ def section_batch(count: int = 20) -> None:
     report_ratio("run_batch vs the reference loop", figures["speedup"], ">= 1.5x")
 
 
+def section_detail(count: int = 3) -> None:
+    """Issue 16: "Detail each object", finding and masking the objects per generated image."""
+    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
+    from tools.bench_detail import CAPTION, detail_find_times
+
+    images = [test_image(seed=seed) for seed in range(count)]
+    figures = detail_find_times(images, build_reference_sam(VIT_B, 0).state_dict())
+    print(f"SAM ViT-B + GroundingDINO Swin-T (bert-base), {count} images of 1024x768, caption {CAPTION!r}, "
+          f"{figures['objects']:.1f} objects per image, CPU")
+    report("find and mask the objects, per image", figures["find_s"])
+    report("inpaint masks and crops of its objects, per image", figures["plan_s"])
+    print("  (the inpainting passes are the host's img2img, one per object, not measured here)")
+
+
 def section_browser() -> None:
     """Issue 3: click in Chromium -> three masks drawn, embedding cached, ViT-B, 1024x768."""
     from tests.browser.benchmark_click import report as browser_report
@@ -243,6 +257,7 @@ SECTIONS: Dict[str, Callable[[], None]] = {
     "batch": section_batch,
     "everything": section_everything,
     "browser": section_browser,
+    "detail": section_detail,
 }
 
 

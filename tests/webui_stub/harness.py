@@ -177,6 +177,7 @@ class FakeWebUI:
         from sd_webui_sam.compat.gradio_compat import IS_GRADIO_4
 
         source = {"sources": ["upload"]} if IS_GRADIO_4 else {"source": "upload"}
+        script_callbacks.before_ui_callback()  # webui.py fires it after loading scripts, before create_ui
         self.components: Dict[str, Any] = {}
         # As modules/ui.py does: each tab is a top-level gr.Blocks of its own, rendered into the
         # page afterwards, so while a tab is built gradio's Context.root_block is that tab's Blocks.

@@ -16,6 +16,7 @@ callback_map = dict(
     callbacks_script_unloaded=[],
     callbacks_before_reload=[],
     callbacks_infotext_pasted=[],
+    callbacks_before_ui=[],
 )
 
 
@@ -72,6 +73,14 @@ def on_before_reload(callback):
 
 def on_infotext_pasted(callback):
     _add("callbacks_infotext_pasted", callback)
+
+
+def on_before_ui(callback):
+    _add("callbacks_before_ui", callback)
+
+
+def before_ui_callback():
+    _fire("callbacks_before_ui")
 
 
 def app_started_callback(demo, app):

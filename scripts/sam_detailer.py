@@ -1,0 +1,71 @@
+"""WebUI adapter: the "Detail each object (Segment Anything)" section in txt2img and img2img.
+
+Thin on purpose: the settings are declared in ``sd_webui_sam.detail_settings``, the work is done by
+``sd_webui_sam.detailing`` and ``sd_webui_sam.compat.detailer``. Like segment_anything.py, it
+imports our packages while the WebUI has the extension root on ``sys.path``.
+"""
+import sys
+from pathlib import Path
+
+from modules import script_callbacks, scripts
+
+EXTENSION_ROOT = Path(scripts.basedir())  # only valid while the WebUI imports this file
+if not (EXTENSION_ROOT / "sd_webui_sam").is_dir():
+    EXTENSION_ROOT = Path(__file__).resolve().parents[1]
+if str(EXTENSION_ROOT) not in sys.path:
+    sys.path.insert(0, str(EXTENSION_ROOT))
+import local_groundingdino  # noqa: E402,F401  (see segment_anything.py)
+import sam_hq  # noqa: E402,F401  (see segment_anything.py)
+import sd_webui_sam  # noqa: E402,F401  (see segment_anything.py)
+from sd_webui_sam.compat import detailer, host_compat  # noqa: E402
+from sd_webui_sam.errors import SamUserError  # noqa: E402
+from sd_webui_sam.ui.detail_section import build_detail_section, ordered  # noqa: E402
+
+
+def _say(messages):
+    for message in messages:
+        print(f"[Segment Anything] {message}")
+
+
+def _model_names(engine):
+    try:
+        return engine.list_models(), engine.list_detectors()
+    except SamUserError:
+        return [], []
+
+
+class SamDetailerScript(scripts.Script):
+    def title(self):
+        return detailer.TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        sam_models, dino_models = _model_names(host_compat.host_session().engine())
+        components = build_detail_section(self.elem_id, sam_models=sam_models, dino_models=dino_models,
+                                          samplers=detailer.sampler_names())
+        self.infotext_fields = detailer.paste_fields(components)
+        self.paste_field_names = []
+        return ordered(components)
+
+    def before_process(self, p, *args):
+        _say(detailer.before_process(p, args))
+
+    def postprocess_image(self, p, pp, *args):
+        _say(detailer.detail_image(p, pp, args, host_compat.host_session().engine(),
+                                   save_image=detailer.save_with_host))
+
+    def postprocess(self, p, processed, *args):
+        added = detailer.add_kept_images(p, processed)
+        if added:
+            _say([f"Detail each object: {added} image(s) before detailing added to the gallery."])
+
+
+def _on_before_ui():
+    xyz = detailer.find_xyz_module(scripts.scripts_data)
+    if xyz is not None:
+        detailer.add_xyz_axes(xyz)
+
+
+script_callbacks.on_before_ui(_on_before_ui)

@@ -1,0 +1,74 @@
+"""'Detail each object' inside a real A1111 / Forge, through ``/sdapi/v1/txt2img`` with the section's
+named arguments: each object is inpainted by the host's own img2img, one pass per object, and only
+the objects' pixels change.
+
+The SD checkpoint and the detection models have random weights, so the objects are whatever
+GroundingDINO boxes at threshold 0 give: "max objects" 2 makes them exactly 2. The test finds the
+same objects itself (the same tiny models, read from the host's model folders) to know their masks.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.real_host
+
+SCRIPT = "detail each object (segment anything)"
+W, H = 128, 96
+#: Pixels within this distance of an object's expanded mask may differ from the local computation
+#: (the host's torch may round the SAM logits differently at the mask's edge).
+EDGE_TOLERANCE_PX = 2
+
+
+def _decode(text: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(text.split(",", 1)[-1])))
+    image.load()
+    return image.convert("RGB")
+
+
+def _local_objects(webui, host_models, image, settings):
+    from sd_webui_sam.detailing import find_objects, inpaint_mask
+    from sd_webui_sam.engine import Engine
+    from sd_webui_sam.settings import EngineSettings
+
+    models = webui.webui_dir / "models"
+    engine = Engine(EngineSettings(user_model_dir=models / "sam", device="cpu",
+                                   gdino_user_model_dir=models / "grounding-dino"))
+    found = find_objects(engine, np.asarray(image), settings)
+    return [np.asarray(inpaint_mask(obj.mask, settings)) > 0 for obj in found.objects]
+
+
+def test_two_objects_are_inpainted_one_pass_each_and_nothing_else_changes(host_models, webui):
+    from sd_webui_sam import masks
+    from sd_webui_sam.detail_settings import parse_args
+
+    named = {"caption": "face, hand", "sam_model": host_models["sam"], "dino_model": host_models["gdino"],
+             "box_threshold": 0.0, "text_threshold": 0.0, "max_objects": 2, "mask_expand": 2, "mask_feather": 0,
+             "padding": 8, "resolution": 64, "denoising_strength": 1.0, "keep_original": True}
+    request = {"prompt": "a photo", "negative_prompt": "", "width": W, "height": H, "steps": 1,
+               "sampler_name": "Euler", "cfg_scale": 1.0, "seed": 1, "batch_size": 1, "n_iter": 1,
+               "alwayson_scripts": {SCRIPT: {"args": [named]}}}
+    log_before = len(webui.log_text())
+    response = webui.post("/sdapi/v1/txt2img", json=request, timeout=1200)
+    assert response.status_code == 200, response.text[:3000]
+    log = webui.log_text()[log_before:]
+    body = response.json()
+    assert len(body["images"]) == 2, log[-3000:]  # the detailed image, then the one before detailing
+    detailed, before = (np.asarray(_decode(text)) for text in body["images"])
+    assert "Detail each object: 2 object(s) detailed" in log, log[-3000:]
+    infotext = json.loads(body["info"])["infotexts"][0]
+    assert "SAM detail objects: 2" in infotext and 'SAM detail caption: "face, hand"' in infotext, infotext
+
+    object_masks = _local_objects(webui, host_models, before, parse_args([named]))
+    assert len(object_masks) == 2
+    union = np.zeros((H, W), dtype=bool)
+    for mask in object_masks:
+        union |= mask
+        assert (detailed[mask] != before[mask]).any(), "an object's pixels did not change"
+    outside = ~masks.expand(union, EDGE_TOLERANCE_PX)
+    assert np.array_equal(detailed[outside], before[outside]), "pixels outside every object's mask changed"

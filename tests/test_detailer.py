@@ -1,0 +1,287 @@
+"""'Detail each object' in the stand-in WebUI (A1111 1.10 and Forge hook signatures): after each
+generated image, every object the caption names is inpainted alone by the host's img2img, "only
+masked", with its own SAM mask; prompts, seeds, infotext, API arguments, X/Y/Z and Interrupt."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from sd_webui_sam import detail_settings, detailing
+from sd_webui_sam.detail_settings import DETAIL_SETTINGS, NAMES, DetailSettings, parse_args
+from tests.fixtures.text_prompt_fixtures import gdino_folder, tiny_text_settings
+from tests.webui_stub.harness import FakeWebUI
+
+TITLE = "Detail each object (Segment Anything)"
+W, H = 64, 48
+
+
+@pytest.fixture(scope="module")
+def gdino(tmp_path_factory):
+    return gdino_folder(tmp_path_factory.mktemp("gdino"))
+
+
+def _configure(tiny_sam, gdino, *, sam=True, dino=True):
+    from sd_webui_sam.compat import host_compat
+
+    models, vocab = gdino
+    sam_dir = tiny_sam[0].parent if sam else tiny_sam[0].parent / "no-such-folder"
+    host_compat.host_session().configure(
+        lambda: tiny_text_settings(sam_dir, models if dino else models / "no-such-folder", vocab))
+
+
+@pytest.fixture(params=[None, "forge"], ids=["a1111", "forge"])
+def webui(request, tiny_sam, gdino):
+    ui = FakeWebUI(controlnet=request.param)
+    try:
+        ui.load_scripts()
+        _configure(tiny_sam, gdino)
+        ui.create_ui()
+        yield ui
+    finally:
+        from modules import shared
+
+        shared.state.interrupted = shared.state.skipped = False
+        ui.close()
+
+
+@pytest.fixture
+def passes(webui, monkeypatch):
+    """Every img2img pass the detailer runs (the processing object, after it ran)."""
+    from modules import processing
+
+    from sd_webui_sam.compat import detailer
+
+    seen = []
+    original = processing.process_images
+
+    def recording(p):
+        result = original(p)
+        if getattr(p, detailer.INNER_ATTRIBUTE, False):
+            seen.append(p)
+        return result
+
+    monkeypatch.setattr(processing, "process_images", recording)
+    return seen
+
+
+def _values(**named):
+    settings = dict(enabled=True, caption="face, hand", box_threshold=0.0, text_threshold=0.0, max_objects=3,
+                    resolution=64, padding=4, mask_expand=1, keep_original=True)
+    settings.update(named)
+    return [settings.get(name, setting.default) for name, setting in zip(NAMES, DETAIL_SETTINGS)]
+
+
+def _script_args(ui, runner, values):
+    script = ui.script(runner, TITLE)
+    args = [0] + [getattr(c, "value", None) for c in runner.inputs[1:]]
+    assert script.args_to - script.args_from == len(DETAIL_SETTINGS)
+    args[script.args_from:script.args_to] = values
+    return tuple(args)
+
+
+def _txt2img(ui, values, *, batch_size=1, n_iter=1, prompt="a cat", negative="ugly"):
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt=prompt, negative_prompt=negative, seed=7,
+                                                    batch_size=batch_size, n_iter=n_iter, width=W, height=H,
+                                                    steps=20, cfg_scale=7.0, sampler_name="Euler a")
+    p.scripts = ui.txt2img
+    p.script_args = _script_args(ui, ui.txt2img, values)
+    return p, processing.process_images(p)
+
+
+def _expected_objects(image, **named):
+    from sd_webui_sam.compat import host_compat
+
+    settings = parse_args(_values(**named))
+    found = detailing.find_objects(host_compat.host_session().engine(), np.asarray(image.convert("RGB")), settings)
+    return settings, found.objects
+
+
+def test_each_object_gets_one_pass_with_its_own_mask_and_a_crop_that_holds_it(webui, passes):
+    p, processed = _txt2img(webui, _values())
+    detailed, before = processed.images
+    settings, objects = _expected_objects(before)
+    assert len(objects) == 3 and len(passes) == 3
+    assert f"SAM detail objects: 3" in processed.infotexts[0]
+    union = np.zeros((H, W), dtype=bool)
+    for found, inner in zip(objects, passes):
+        expected = np.asarray(detailing.inpaint_mask(found.mask, settings)) > 0
+        seen = np.asarray(inner.seen_by_init["image_mask"]) > 0
+        assert np.array_equal(seen, expected), "a pass's mask is not exactly its own object's"
+        x, y, w, h = inner.paste_to
+        rows, cols = np.nonzero(seen)
+        assert x <= cols.min() and cols.max() < x + w and y <= rows.min() and rows.max() < y + h
+        assert inner.inpaint_full_res and inner.inpainting_fill == 1 and inner.mask_blur == 0
+        assert (inner.width, inner.height) == detailing.processing_size(
+            detailing.crop_box(detailing.inpaint_mask(found.mask, settings), settings.padding), 64)
+        union |= seen
+    # each pass starts from the previous one's result, and only the masks' pixels changed
+    assert passes[0].init_images[0] is before
+    detailed_pixels, before_pixels = np.asarray(detailed), np.asarray(before)
+    assert np.array_equal(detailed_pixels[~union], before_pixels[~union])
+    assert (detailed_pixels[union] != before_pixels[union]).any(axis=-1).all()
+
+
+def test_prompts_follow_sep_and_prompt_and_seeds_count_up(webui, passes):
+    _txt2img(webui, _values(prompt="a smiling face [SEP] [PROMPT], detailed", negative_prompt="",
+                            seed_rule="seed + index", steps=5, cfg_scale=4.5, sampler="DDIM",
+                            denoising_strength=0.55))
+    assert [inner.prompt for inner in passes] == ["a smiling face", "a cat, detailed", "a cat, detailed"]
+    assert [inner.negative_prompt for inner in passes] == ["ugly"] * 3
+    assert [inner.seed for inner in passes] == [7, 8, 9]
+    assert {(inner.steps, inner.cfg_scale, inner.sampler_name, inner.denoising_strength) for inner in passes} == \
+        {(5, 4.5, "DDIM", 0.55)}
+
+
+def test_the_generations_settings_are_the_default(webui, passes):
+    _txt2img(webui, _values(max_objects=2), batch_size=2)
+    assert len(passes) == 4  # 2 images x 2 objects
+    assert [inner.seed for inner in passes] == [7, 7, 8, 8]  # each image's own seed
+    assert {(inner.prompt, inner.negative_prompt, inner.steps, inner.cfg_scale, inner.sampler_name)
+            for inner in passes} == {("a cat", "ugly", 20, 7.0, "Euler a")}
+    assert all(getattr(inner, "scripts", None) is None for inner in passes)  # nothing else runs inside
+
+
+def test_infotext_round_trips_through_the_paste_fields(webui):
+    from modules import infotext_utils
+
+    values = _values(caption="face, left hand", prompt="sharp: eyes, [PROMPT]", mask_feather=2.5, order="largest first",
+                     denoising_strength=0.3, keep_original=False)
+    p, processed = _txt2img(webui, values)
+    params = infotext_utils.parse_generation_parameters(processed.infotexts[0])
+    assert params["Prompt"] == "a cat" and params["Seed"] == "7"
+    script = webui.script(webui.txt2img, TITLE)
+    restored = {}
+    for component, read in script.infotext_fields:
+        restored[script.controls.index(component)] = read(params)
+    expected = parse_args(values)
+    for index, setting in enumerate(DETAIL_SETTINGS):
+        if index in restored:
+            assert restored[index] == getattr(expected, setting.name), setting.name
+    assert restored[0] is True
+    # an infotext without detailing turns the section off
+    other = infotext_utils.parse_generation_parameters("a dog\nSteps: 20, Seed: 1, Size: 64x48")
+    assert [read(other) for _, read in script.infotext_fields][0] is False
+
+
+@pytest.mark.parametrize("style", ["positional", "named"])
+def test_api_arguments_positional_or_named(webui, passes, style):
+    name = TITLE.lower()
+    if style == "positional":
+        args = [True, "face", "", "", "0", 0.0, 2]  # strings and a short list, as JSON callers send
+    else:
+        args = [{"caption": "face", "box_threshold": 0, "text_threshold": 0, "max_objects": 2,
+                 "prompt": "[PROMPT] portrait", "resolution": 64}]
+    p = webui.api_txt2img({"prompt": "a cat", "alwayson_scripts": {name: {"args": args}}})
+    assert p.is_api and len(passes) == 2
+    assert p.extra_generation_params["SAM detail caption"] == "face"
+    if style == "named":
+        assert {inner.prompt for inner in passes} == {"a cat portrait"}
+
+
+def test_api_named_argument_errors_are_reported_not_raised(webui, passes, capsys):
+    webui.api_txt2img({"prompt": "a cat", "alwayson_scripts": {TITLE.lower(): {"args": [{"captoin": "face"}]}}})
+    assert not passes
+    assert "unknown setting(s) 'captoin'" in capsys.readouterr().out
+
+
+def test_img2img_is_detailed_too(webui, passes):
+    from PIL import Image
+
+    source = Image.fromarray(np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8))
+    webui.generate_img2img({TITLE: _values(max_objects=2)}, init_images=[source])
+    assert len(passes) == 2
+
+
+def test_interrupt_during_a_pass_keeps_the_image_as_it_was(webui, passes, monkeypatch, capsys):
+    from modules import processing, shared
+
+    recording = processing.process_images
+
+    def interrupted(p):
+        result = recording(p)
+        if passes:
+            shared.state.interrupt()
+        return result
+
+    monkeypatch.setattr(processing, "process_images", interrupted)
+    p, processed = _txt2img(webui, _values())
+    assert len(passes) == 1
+    assert len(processed.images) == 1  # nothing detailed: no "before" copy either
+    assert "stopped during object 1 of 3" in capsys.readouterr().out
+
+
+def test_job_count_grows_by_the_passes(webui, passes):
+    from modules import shared
+
+    shared.state.job_count = 1
+    _txt2img(webui, _values())
+    assert shared.state.job_count == 1 + len(passes) == 4
+
+
+def test_messages_for_nothing_found_and_too_small(webui, passes, capsys):
+    _, processed = _txt2img(webui, _values(box_threshold=1.0, skip_if_nothing=False))
+    out = capsys.readouterr().out
+    assert "found no boxes for 'face, hand'" in out and not passes and len(processed.images) == 1
+    assert "SAM detail note: \"GroundingDINO found no boxes" in processed.infotexts[0]
+    _txt2img(webui, _values(min_area=1.0))
+    assert "too small to inpaint" in capsys.readouterr().out and not passes
+
+
+@pytest.mark.parametrize("missing", ["sam", "dino"])
+def test_missing_models_are_explained_and_the_image_is_kept(webui, passes, tiny_sam, gdino, capsys, missing):
+    from sd_webui_sam.compat import host_compat
+
+    host_compat.host_session.cache_clear()
+    _configure(tiny_sam, gdino, sam=missing != "sam", dino=missing != "dino")
+    _, processed = _txt2img(webui, _values())
+    out = capsys.readouterr().out
+    assert len(processed.images) == 1 and not passes
+    assert ("no SAM model" if missing == "sam" else "No GroundingDINO model") in out
+
+
+def test_xyz_axes_set_the_detail_settings_of_each_cell(webui, passes):
+    from sd_webui_sam.compat import detailer
+
+    class AxisOption:
+        def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None, prepare=None):
+            self.label, self.type, self.apply, self.choices = label, type, apply, choices
+
+    xyz = types.SimpleNamespace(AxisOption=AxisOption, axis_options=[AxisOption("Nothing", str, None)])
+    assert detailer.add_xyz_axes(xyz) == len(detail_settings.axis_settings())
+    assert detailer.add_xyz_axes(xyz) == 0  # once
+    axis = {option.label: option for option in xyz.axis_options}
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", seed=7, width=W, height=H)
+    axis["[SAM detail] Denoising strength"].apply(p, axis["[SAM detail] Denoising strength"].type("0.8"), [])
+    axis["[SAM detail] Max objects"].apply(p, 1, [])
+    p.scripts = webui.txt2img
+    p.script_args = _script_args(webui, webui.txt2img, _values())
+    processing.process_images(p)
+    assert len(passes) == 1 and passes[0].denoising_strength == 0.8
+    assert p.extra_generation_params["SAM detail denoising strength"] == 0.8
+
+
+def test_the_script_and_its_section_come_from_the_schema(webui):
+    script = webui.script(webui.img2img, TITLE)
+    assert [c.label for c in script.controls] == [s.label for s in DETAIL_SETTINGS]
+    assert [c.value for c in script.controls] == [s.default for s in DETAIL_SETTINGS]
+    assert webui.api_default_args(webui.img2img)[script.args_from:script.args_to] == [s.default for s in DETAIL_SETTINGS]
+
+
+def test_prompt_rules():
+    assert detailing.object_prompts("", "main", 2) == ["main", "main"]
+    assert detailing.object_prompts("a [SEP] [SEP] [PROMPT] b", "main", 4) == ["a", "main", "main b", "main b"]
+    assert detailing.object_seed(10, 2, "seed + index") == 12 and detailing.object_seed(10, 2, "same seed") == 10
+
+
+def test_parsing_clamps_and_defaults():
+    parsed = parse_args(["true", "dog", None, None, "2", "x", "500", "-1"])
+    assert parsed.enabled and parsed.caption == "dog" and parsed.box_threshold == 1.0
+    assert parsed.text_threshold == 0.25 and parsed.max_objects == 100 and parsed.min_area == 0.0
+    assert parse_args([False, "dog", {"enabled": False}]).enabled is False
+    assert DetailSettings().replaced({"order": "LARGEST FIRST", "steps": "12"}).order == "largest first"
