@@ -17,7 +17,8 @@ if str(EXTENSION_ROOT) not in sys.path:
 import local_groundingdino  # noqa: E402,F401  (see segment_anything.py)
 import sam_hq  # noqa: E402,F401  (see segment_anything.py)
 import sd_webui_sam  # noqa: E402,F401  (see segment_anything.py)
-from sd_webui_sam.compat import detailer, host_compat  # noqa: E402
+from sd_webui_sam.compat import detailer  # noqa: E402
+from sd_webui_sam.compat.session import host_session  # noqa: E402
 from sd_webui_sam.errors import SamUserError  # noqa: E402
 from sd_webui_sam.ui.detail_section import build_detail_section, ordered  # noqa: E402
 
@@ -42,7 +43,7 @@ class SamDetailerScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        sam_models, dino_models = _model_names(host_compat.host_session().engine())
+        sam_models, dino_models = _model_names(host_session().engine())
         components = build_detail_section(self.elem_id, sam_models=sam_models, dino_models=dino_models,
                                           samplers=detailer.sampler_names())
         self.infotext_fields = detailer.paste_fields(components)
@@ -53,7 +54,7 @@ class SamDetailerScript(scripts.Script):
         _say(detailer.before_process(p, args))
 
     def postprocess_image(self, p, pp, *args):
-        _say(detailer.detail_image(p, pp, args, host_compat.host_session().engine(),
+        _say(detailer.detail_image(p, pp, args, host_session().engine(),
                                    save_image=detailer.save_with_host))
 
     def postprocess(self, p, processed, *args):

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from sd_webui_sam import masks
-from sd_webui_sam.cutout import best_masks, check_caption, detect_boxes, most_confident, no_boxes_message, segment_boxes
+from sd_webui_sam.cutout import best_masks, detect_boxes, most_confident, no_boxes_message, segment_boxes
+from sd_webui_sam.prompts import check_caption
 from sd_webui_sam.detail_settings import ORDERS, SEED_RULES, DetailSettings
 from sd_webui_sam.errors import SamUserError
 

@@ -23,11 +23,11 @@ def gdino(tmp_path_factory):
 
 
 def _configure(tiny_sam, gdino, *, sam=True, dino=True):
-    from sd_webui_sam.compat import host_compat
+    from sd_webui_sam.compat.session import host_session
 
     models, vocab = gdino
     sam_dir = tiny_sam[0].parent if sam else tiny_sam[0].parent / "no-such-folder"
-    host_compat.host_session().configure(
+    host_session().configure(
         lambda: tiny_text_settings(sam_dir, models if dino else models / "no-such-folder", vocab))
 
 
@@ -93,10 +93,10 @@ def _txt2img(ui, values, *, batch_size=1, n_iter=1, prompt="a cat", negative="ug
 
 
 def _expected_objects(image, **named):
-    from sd_webui_sam.compat import host_compat
+    from sd_webui_sam.compat.session import host_session
 
     settings = parse_args(_values(**named))
-    found = detailing.find_objects(host_compat.host_session().engine(), np.asarray(image.convert("RGB")), settings)
+    found = detailing.find_objects(host_session().engine(), np.asarray(image.convert("RGB")), settings)
     return settings, found.objects
 
 
@@ -233,9 +233,9 @@ def test_messages_for_nothing_found_and_too_small(webui, passes, capsys):
 
 @pytest.mark.parametrize("missing", ["sam", "dino"])
 def test_missing_models_are_explained_and_the_image_is_kept(webui, passes, tiny_sam, gdino, capsys, missing):
-    from sd_webui_sam.compat import host_compat
+    from sd_webui_sam.compat.session import host_session
 
-    host_compat.host_session.cache_clear()
+    host_session.cache_clear()
     _configure(tiny_sam, gdino, sam=missing != "sam", dino=missing != "dino")
     _, processed = _txt2img(webui, _values())
     out = capsys.readouterr().out
