@@ -8,8 +8,10 @@ read back, and the X/Y/Z plot axes. Nothing here knows about gradio or the WebUI
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import field, fields, make_dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from sd_webui_sam.script_schema import ScriptArg
 
 #: What the sampler, steps and CFG settings hold when the generation's own value is meant.
 USE_GENERATION = "Use the generation's"
@@ -19,55 +21,8 @@ SEED_RULES = ("same seed", "seed + index")
 INFOTEXT_PREFIX = "SAM detail"
 
 
-@dataclass(frozen=True)
-class Setting:
-    name: str                       # the argument's name (API dict key, attribute of DetailSettings)
-    kind: str                       # "bool" | "text" | "int" | "float" | "choice"
-    default: Any
-    label: str                      # what the section shows
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
-    step: Optional[float] = None
-    choices: Tuple[str, ...] = ()   # fixed choices ("choice"); empty: filled by the host (models, samplers)
-    infotext: Optional[str] = None  # the infotext key; None: not written
-    axis: bool = False              # offered as an X/Y/Z plot axis
-    lines: int = 1                  # text boxes: visible lines
-    info: str = ""                  # a hint under the component
-
-    def parse(self, value: Any) -> Any:
-        """``value`` from the UI (typed), the API (JSON, maybe strings) or an infotext (strings) as this
-        setting's type; anything unusable means the default, numbers are clamped to the range."""
-        if value is None:
-            return self.default
-        if self.kind == "bool":
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if self.kind == "text":
-            return value if isinstance(value, str) else str(value)
-        if self.kind == "choice":
-            text = str(value).strip()
-            if self.choices:
-                for choice in self.choices:
-                    if choice.lower() == text.lower():
-                        return choice
-                return self.default
-            return text
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return self.default
-        if not math.isfinite(number):
-            return self.default
-        if self.minimum is not None:
-            number = max(float(self.minimum), number)
-        if self.maximum is not None:
-            number = min(float(self.maximum), number)
-        return int(round(number)) if self.kind == "int" else number
-
-
-def _setting(name, kind, default, label, **extra) -> Setting:
-    return Setting(name=name, kind=kind, default=default, label=label, **extra)
+def _setting(name, kind, default, label, **extra) -> ScriptArg:
+    return ScriptArg(name=name, kind=kind, default=default, label=label, **extra)
 
 
 def _key(text: str) -> str:
@@ -75,7 +30,7 @@ def _key(text: str) -> str:
 
 
 #: In this order the script's positional arguments come (``alwayson_scripts`` "args").
-DETAIL_SETTINGS: Tuple[Setting, ...] = (
+DETAIL_SETTINGS: Tuple[ScriptArg, ...] = (
     _setting("enabled", "bool", False, "Detail each object"),
     _setting("caption", "text", "face", "Objects to detail", infotext=_key("caption"), axis=True,
              info="What GroundingDINO should find, e.g. 'face' or 'face, hand'."),
@@ -117,7 +72,7 @@ DETAIL_SETTINGS: Tuple[Setting, ...] = (
     _setting("keep_original", "bool", False, "Also keep the image before detailing",
              infotext=_key("keep original")),
 )
-SETTINGS_BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in DETAIL_SETTINGS}
+SETTINGS_BY_NAME: Dict[str, ScriptArg] = {setting.name: setting for setting in DETAIL_SETTINGS}
 NAMES: Tuple[str, ...] = tuple(SETTINGS_BY_NAME)
 
 
@@ -195,5 +150,5 @@ def from_infotext(params: Mapping[str, Any]) -> Dict[str, Any]:
     return restored
 
 
-def axis_settings() -> Tuple[Setting, ...]:
+def axis_settings() -> Tuple[ScriptArg, ...]:
     return tuple(setting for setting in DETAIL_SETTINGS if setting.axis)

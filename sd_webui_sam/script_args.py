@@ -11,71 +11,35 @@ the ones they leave out take their defaults, which mean off.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Mapping, Sequence, Tuple
 
-import numpy as np
+from sd_webui_sam.script_schema import ScriptArg
 
-__all__ = ["ARG_NAMES", "CONTROL_MAP_ARGS", "CUTOUT_ARGS", "HANDOFF_ARGS", "SCRIPT_ARGS", "ScriptArg",
+__all__ = ["ARG_NAMES", "CONTROL_MAP_ARGS", "CUTOUT_ARGS", "HANDOFF_ARGS", "SCRIPT_ARGS",
            "ScriptArgValues", "parse_script_args", "script_arg"]
-
-#: The kinds of value an argument holds, and how a raw value is read.
-KINDS = ("flag", "picture", "unit", "text", "model", "threshold")
-
-
-@dataclass(frozen=True)
-class ScriptArg:
-    name: str
-    kind: str
-    default: Any
-    label: str
-
-    def read(self, value: Any) -> Any:
-        """A raw value (a UI value, or a JSON value from the API) as this argument's kind."""
-        if self.kind == "flag":
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if self.kind == "unit":
-            try:
-                return int(float(value))
-            except (TypeError, ValueError):
-                return self.default
-        if self.kind == "text":
-            return str(value or "")
-        if self.kind == "model":
-            return str(value) if value else None
-        if self.kind == "threshold":
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                return self.default
-            return min(1.0, max(0.0, number)) if np.isfinite(number) else self.default
-        return value  # picture: a PIL image or array (UI), a base64 string (API), or None
-
 
 #: Send the panel's mask to img2img inpaint and/or a ControlNet unit.
 HANDOFF_ARGS: Tuple[ScriptArg, ...] = (
-    ScriptArg("use_for_generation", "flag", False, "Use this mask for the next generation (img2img inpaint)"),
+    ScriptArg("use_for_generation", "bool", False, "Use this mask for the next generation (img2img inpaint)"),
     ScriptArg("image", "picture", None, "Image"),
     ScriptArg("mask", "picture", None, "Mask"),
-    ScriptArg("controlnet_enabled", "flag", False, "Send to ControlNet unit"),
-    ScriptArg("controlnet_unit", "unit", 0, "ControlNet unit"),
-    ScriptArg("controlnet_invert", "flag", False, "Inpaint not masked (invert)"),
+    ScriptArg("controlnet_enabled", "bool", False, "Send to ControlNet unit"),
+    ScriptArg("controlnet_unit", "int", 0, "ControlNet unit", minimum=0),
+    ScriptArg("controlnet_invert", "bool", False, "Inpaint not masked (invert)"),
 )
 #: Cut out after generation: segment a text prompt in each generated picture.
 CUTOUT_ARGS: Tuple[ScriptArg, ...] = (
-    ScriptArg("cutout_enabled", "flag", False, "Cut out after generation"),
+    ScriptArg("cutout_enabled", "bool", False, "Cut out after generation"),
     ScriptArg("cutout_text", "text", "", "Cut out"),
     ScriptArg("cutout_sam_model", "model", None, "SAM model"),
     ScriptArg("cutout_dino_model", "model", None, "GroundingDINO model"),
-    ScriptArg("cutout_box_threshold", "threshold", 0.3, "Box threshold"),
-    ScriptArg("cutout_text_threshold", "threshold", 0.25, "Text threshold"),
+    ScriptArg("cutout_box_threshold", "float", 0.3, "Box threshold", minimum=0.0, maximum=1.0),
+    ScriptArg("cutout_text_threshold", "float", 0.25, "Text threshold", minimum=0.0, maximum=1.0),
 )
 #: An AutoSAM map as a ControlNet unit's control image.
 CONTROL_MAP_ARGS: Tuple[ScriptArg, ...] = (
-    ScriptArg("control_map_enabled", "flag", False, "Send the map to ControlNet at the next generation"),
-    ScriptArg("control_map_unit", "unit", 0, "ControlNet unit"),
+    ScriptArg("control_map_enabled", "bool", False, "Send the map to ControlNet at the next generation"),
+    ScriptArg("control_map_unit", "int", 0, "ControlNet unit", minimum=0),
     ScriptArg("control_map_image", "picture", None, "Map sent to ControlNet (preprocessor: none)"),
 )
 SCRIPT_ARGS: Tuple[ScriptArg, ...] = HANDOFF_ARGS + CUTOUT_ARGS + CONTROL_MAP_ARGS
@@ -116,5 +80,5 @@ class ScriptArgValues(Mapping[str, Any]):
 def parse_script_args(values: Sequence[Any]) -> ScriptArgValues:
     """The script's positional values, read by name; missing trailing values take their defaults."""
     values = list(values)
-    return ScriptArgValues({arg.name: arg.read(values[index]) if index < len(values) else arg.default
+    return ScriptArgValues({arg.name: arg.parse(values[index]) if index < len(values) else arg.default
                             for index, arg in enumerate(SCRIPT_ARGS)})

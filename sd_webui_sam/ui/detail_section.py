@@ -6,7 +6,8 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import gradio as gr
 
-from sd_webui_sam.detail_settings import DETAIL_SETTINGS, USE_GENERATION, Setting
+from sd_webui_sam.detail_settings import DETAIL_SETTINGS, USE_GENERATION
+from sd_webui_sam.script_schema import ScriptArg
 
 #: Settings laid out side by side, by name; the rest get a row of their own.
 ROWS = (
@@ -22,7 +23,7 @@ ROWS = (
 )
 
 
-def _component(setting: Setting, elem_id: str, choices: Dict[str, Sequence[str]]) -> Any:
+def _component(setting: ScriptArg, elem_id: str, choices: Dict[str, Sequence[str]]) -> Any:
     common = dict(label=setting.label, elem_id=elem_id)
     if setting.info:
         common["info"] = setting.info
