@@ -10,12 +10,13 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sd_webui_sam.api import models as m
 from sd_webui_sam.api.operations import SamApi
@@ -56,7 +57,7 @@ class SamRoute(APIRoute):
             except RequestValidationError as error:
                 errors = jsonable_encoder(error.errors())
                 return error_response(422, describe_validation_errors(errors), errors=errors)
-            except HTTPException as error:
+            except StarletteHTTPException as error:  # FastAPI's own body errors raise Starlette's class
                 return error_response(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
 
         return route_handler
