@@ -435,6 +435,21 @@ def test_every_error_has_one_shape_and_types_are_not_coerced(client, image):
     assert answer.status_code == 400 and answer.json()["msg"] == answer.json()["detail"], answer.text
 
 
+def test_the_openapi_document_publishes_the_error_shape_we_send(client):
+    # FastAPI published its own 422 body (a list under "detail") for every route; ours differs
+    document = client.get("/openapi.json").json()
+    error_schema = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert "422" not in operation["responses"], (method, path)
+            for status in ("4XX", "5XX"):
+                assert operation["responses"][status]["content"]["application/json"]["schema"] == error_schema
+    published = document["components"]["schemas"]["ErrorResponse"]
+    answer = client.post("/sam/sam-predict", json={"input_image": 5})
+    assert answer.status_code == 422
+    assert set(published["required"]) <= set(answer.json()) <= set(published["properties"])
+
+
 def test_a_wrong_method_is_405_even_behind_a_catch_all_mount(api_engine):
     # issue #19 item 9: behind the panel mounted at "/" (as the standalone app and the WebUI do),
     # a GET on a POST route fell through to the mount's 404

@@ -26,6 +26,13 @@ from sd_webui_sam.errors import OutOfMemoryError, SamUserError
 log = logging.getLogger(__name__)
 
 
+#: What the OpenAPI document says of our errors: one shape for all (FastAPI would otherwise
+#: publish its own 422 body, a list under ``detail``, which our routes do not send).
+ERROR_RESPONSES = {
+    "4XX": {"model": m.ErrorResponse, "description": "A bad request: the message says what to change."},
+    "5XX": {"model": m.ErrorResponse, "description": "The server could not answer (busy, out of memory, a bug)."},
+}
+
 #: Methods a client might try on a route; the others than a route's own answer 405.
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -107,7 +114,8 @@ async def run_operation(api: SamApi, route: str, operation: Callable[..., Any], 
 
 
 def build_reference_router(api: SamApi, dependencies: list) -> APIRouter:
-    router = APIRouter(dependencies=dependencies, tags=["Segment Anything (reference-compatible)"], route_class=SamRoute)
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything (reference-compatible)"], route_class=SamRoute,
+                       responses=ERROR_RESPONSES)
 
     @router.get("/heartbeat", summary="Is the SAM API up?")
     async def heartbeat():
@@ -142,7 +150,8 @@ def build_reference_router(api: SamApi, dependencies: list) -> APIRouter:
 
 
 def build_v2_router(api: SamApi, dependencies: list, *, batch_interrupt: Optional[Callable[[], bool]] = None) -> APIRouter:
-    router = APIRouter(dependencies=dependencies, tags=["Segment Anything v2"], route_class=SamRoute)
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything v2"], route_class=SamRoute,
+                       responses=ERROR_RESPONSES)
 
     @router.get("/health", summary="Models available and loaded, device, memory")
     async def health():
