@@ -430,6 +430,10 @@ def test_every_error_has_one_shape_and_types_are_not_coerced(client, image):
     answer = client.post("/sam/v2/predict", json={"image": image_b64(image), "points": [[1, 1]], "model": False})
     assert answer.status_code == 422 and "model" in answer.json()["msg"]
     assert client.post("/sam/v2/detect", json={"image": image_b64(image), "text": 7}).status_code == 422
+    # NaN where a number belongs: pydantic 2 echoes it in its errors, and the 422 failed to render (500)
+    answer = client.post("/sam/dilate-mask", content=b'{"input_image": "x", "mask": "y", "dilate_amount": NaN}',
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "dilate_amount" in answer.json()["msg"], answer.text
     # a body that is not UTF-8: FastAPI raises Starlette's HTTPException (400), which had no msg
     answer = client.post("/sam/sam-predict", content=b"\x14\xff\xfe{", headers={"content-type": "application/json"})
     assert answer.status_code == 400 and answer.json()["msg"] == answer.json()["detail"], answer.text

@@ -7,6 +7,7 @@ runs on the event loop. Every error, FastAPI's own included, is a JSON answer wi
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import Any, Callable, Optional
 
@@ -51,6 +52,18 @@ def describe_validation_errors(errors: list) -> str:
     return "Invalid request: " + "; ".join(parts) + "."
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as text: pydantic 2 echoes the bad input in its errors,
+    and a JSON answer cannot hold them (the 422 itself would fail and answer 500)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 class SamRoute(APIRoute):
     """Our routes answer FastAPI's own errors (422 validation, 401 from the auth dependency) in
     our shape too, without touching the host app's handlers for its other routes."""
@@ -62,7 +75,7 @@ class SamRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as error:
-                errors = jsonable_encoder(error.errors())
+                errors = json_safe(jsonable_encoder(error.errors()))
                 return error_response(422, describe_validation_errors(errors), errors=errors)
             except StarletteHTTPException as error:  # FastAPI's own body errors raise Starlette's class
                 return error_response(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
