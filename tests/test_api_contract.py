@@ -430,6 +430,28 @@ def test_every_error_has_one_shape_and_types_are_not_coerced(client, image):
     answer = client.post("/sam/v2/predict", json={"image": image_b64(image), "points": [[1, 1]], "model": False})
     assert answer.status_code == 422 and "model" in answer.json()["msg"]
     assert client.post("/sam/v2/detect", json={"image": image_b64(image), "text": 7}).status_code == 422
+    # NaN where a number belongs: pydantic 2 echoes it in its errors, and the 422 failed to render (500)
+    answer = client.post("/sam/dilate-mask", content=b'{"input_image": "x", "mask": "y", "dilate_amount": NaN}',
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and "dilate_amount" in answer.json()["msg"], answer.text
+    # a body that is not UTF-8: FastAPI raises Starlette's HTTPException (400), which had no msg
+    answer = client.post("/sam/sam-predict", content=b"\x14\xff\xfe{", headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["msg"] == answer.json()["detail"], answer.text
+
+
+def test_the_openapi_document_publishes_the_error_shape_we_send(client):
+    # FastAPI published its own 422 body (a list under "detail") for every route; ours differs
+    document = client.get("/openapi.json").json()
+    error_schema = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert "422" not in operation["responses"], (method, path)
+            for status in ("4XX", "5XX"):
+                assert operation["responses"][status]["content"]["application/json"]["schema"] == error_schema
+    published = document["components"]["schemas"]["ErrorResponse"]
+    answer = client.post("/sam/sam-predict", json={"input_image": 5})
+    assert answer.status_code == 422
+    assert set(published["required"]) <= set(answer.json()) <= set(published["properties"])
 
 
 def test_a_wrong_method_is_405_even_behind_a_catch_all_mount(api_engine):

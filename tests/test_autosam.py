@@ -179,7 +179,10 @@ def test_config_from_request_ignores_unknown_and_null_fields():
 
 @pytest.mark.parametrize("bad", [dict(points_per_side=0), dict(pred_iou_thresh=1.5), dict(output_mode="png"),
                                  dict(crop_n_layers=-1), dict(points_per_side=2, crop_n_layers=2,
-                                                              crop_n_points_downscale_factor=2)])
+                                                              crop_n_points_downscale_factor=2),
+                                 # found by the OpenAPI fuzz: 0 ** -1 raised ZeroDivisionError (a 500)
+                                 dict(crop_n_points_downscale_factor=0, crop_n_layers=-1),
+                                 dict(crop_n_points_downscale_factor=-3, crop_n_layers=-512)])
 def test_invalid_settings_are_user_errors(bad):
     with pytest.raises(SamUserError) as error:
         AutoSamConfig(**bad).validated()

@@ -1,7 +1,17 @@
-"""Bounded fuzzing: malformed requests to every route never get a 5xx, and the server keeps answering."""
+"""Fuzzing of every route: Schemathesis, driven by our own /openapi.json, never gets a 5xx and every
+answer matches the schema we publish; a few hand-written cases cover what it cannot generate.
+
+Schemathesis builds each request from the operation's schema (valid bodies, and bodies that break
+it one field at a time). Picture fields are plain strings in the schema, so random text would never
+get past decoding: the schema is annotated here, test side only, with a format whose values are
+the picture corpus below (thin, palette, 16-bit, CMYK, huge declared size, ...) as well as broken
+base64. Server paths of /sam/v2/batch get the same treatment with paths inside and outside the
+allowed folder.
+"""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import os
@@ -9,12 +19,17 @@ import os
 import httpx
 import numpy as np
 import pytest
+import schemathesis
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-
-from tests.fixtures.api_fixtures import (  # noqa: E402,F401
+from sd_webui_sam.api import ApiSettings, DetectorAccess, mount_api
+from sd_webui_sam.api.models import ImageUploadRequest
+from tests.fixtures.api_fixtures import (  # noqa: F401
     FixedDetector,
     ServerThread,
     api_engine,
@@ -24,37 +39,18 @@ from tests.fixtures.api_fixtures import (  # noqa: E402,F401
     png_bytes,
     sample_image,
 )
+from tests.test_images import _png_claiming_size
 
 H, W = 48, 64
-EXAMPLES = int(os.environ.get("SAM_FUZZ_EXAMPLES", "60"))  # bounded by default; raise it to fuzz harder
+#: Generated requests per operation (bounded, the same every run); raise it to fuzz harder.
+EXAMPLES = int(os.environ.get("SAM_FUZZ_EXAMPLES", "20"))
 GOOD_IMAGE = image_b64(sample_image(H, W))
-
-VALID = {
-    "/sam/sam-predict": {"sam_model_name": "tiny_sam.pth", "input_image": GOOD_IMAGE, "sam_positive_points": [[10, 10]]},
-    "/sam/dino-predict": {"input_image": GOOD_IMAGE, "text_prompt": "dog"},
-    "/sam/dilate-mask": {"input_image": GOOD_IMAGE, "mask": GOOD_IMAGE, "dilate_amount": 4},
-    "/sam/controlnet-seg": {"payload": {"input_image": GOOD_IMAGE}, "autosam_conf": {}},
-    "/sam/category-mask": {"payload": {"input_image": GOOD_IMAGE, "category": "1"}, "autosam_conf": {}},
-    "/sam/v2/images": {"image": GOOD_IMAGE},
-    "/sam/v2/predict": {"model": "tiny_sam.pth", "image": GOOD_IMAGE, "points": [[10, 10]], "boxes": [[1, 1, 30, 30]],
-                        "best_only": True, "mask_format": "rle", "postprocess": {"expand": 2}},
-    "/sam/v2/detect": {"image": GOOD_IMAGE, "text": "dog . cat"},
-    "/sam/v2/batch": {"inputs": ["/tmp"], "output_dir": "/tmp/x", "points": [[1, 1]]},
-    "/sam/v2/segment-everything": {"image": GOOD_IMAGE, "autosam_conf": {"points_per_side": 2}, "max_masks": 2},
-}
-GET_ROUTES = ["/sam/heartbeat", "/sam/sam-model", "/sam/v2/health", "/sam/v2/models"]
 
 
 def _encoded(image: Image.Image, fmt: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return b64(buffer.getvalue())
-
-
-def _huge_declared_png() -> str:
-    from tests.test_images import _png_claiming_size
-
-    return b64(_png_claiming_size(200_000, 200_000))
 
 
 def _palette_with_transparency() -> str:
@@ -70,94 +66,223 @@ CORPUS = {
     "palette": _palette_with_transparency(),
     "16-bit": _encoded(Image.fromarray((np.arange(H * W, dtype=np.uint16).reshape(H, W) * 13), mode="I;16")),
     "cmyk-jpeg": _encoded(Image.fromarray(sample_image(H, W)).convert("CMYK"), "JPEG"),
-    "huge-declared": _huge_declared_png(),
+    "huge-declared": b64(_png_claiming_size(200_000, 200_000)),
 }
-IMAGE_FIELDS = ("input_image", "image", "mask", "segmentation_map")
+BROKEN_PICTURES = ["", "!!!", "data:image/png;base64,AAAA", GOOD_IMAGE[:100], b64(b"not an image"),
+                   b64(png_bytes(sample_image(8, 8))[:60]), "../../etc/passwd", "/etc/passwd"]
 
-json_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-10**20, max_value=10**20),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
-    st.sampled_from(["", "../../etc/passwd", "/etc/passwd", "data:image/png;base64,AAAA", "!!!", GOOD_IMAGE[:100],
-                     b64(b"not an image"), b64(png_bytes(sample_image(8, 8))[:60]), "0" * 32, "nan", "png", "rle",
-                     *CORPUS.values()]),
+#: Values of the picture fields: mostly pictures that decode, so requests reach the engine.
+PICTURE_FORMAT = "sam-fuzz-picture"
+pictures = st.one_of(
+    st.sampled_from([GOOD_IMAGE, "data:image/png;base64," + GOOD_IMAGE, *CORPUS.values()]),
+    st.sampled_from(BROKEN_PICTURES),
+    st.text(max_size=40),
 )
-json_value = st.recursive(json_leaf, lambda children: st.one_of(
-    st.lists(children, max_size=5), st.dictionaries(st.text(max_size=12), children, max_size=5)), max_leaves=12)
+schemathesis.openapi.format(PICTURE_FORMAT, pictures)
+#: Body fields that carry a picture (the schema says so in words only).
+PICTURE_FIELDS = {"input_image", "image", "mask", "segmentation_map", "previous_mask"}
+
+MODEL_FORMAT = "sam-fuzz-model"
+schemathesis.openapi.format(MODEL_FORMAT, st.sampled_from(["tiny_sam.pth", "sam_vit_h_4b8939.pth"]) | st.text(max_size=20))
+MODEL_FIELDS = {"sam_model_name", "model"}
+
+MASK_FORMAT_FORMAT = "sam-fuzz-mask-format"
+schemathesis.openapi.format(MASK_FORMAT_FORMAT, st.sampled_from(["png", "rle", "none"]) | st.text(max_size=8))
+MASK_FORMAT_FIELDS = {"mask_format"}
+
+# These two need the running server: their values are set by the openapi_schema fixture.
+SERVER_PATH_FORMAT = "sam-fuzz-server-path"
+SERVER_PATH_FIELDS = {"inputs", "output_dir"}
+IMAGE_ID_FORMAT = "sam-fuzz-image-id"
+IMAGE_ID_FIELDS = {"image_id"}
 
 
-@st.composite
-def mutated_body(draw, route):
-    body = json.loads(json.dumps(VALID[route]))
-    target = body["payload"] if "payload" in body and draw(st.booleans()) else body
-    for _ in range(draw(st.integers(1, 3))):
-        action = draw(st.sampled_from(["replace", "drop", "add"]))
-        keys = list(target)
-        if action == "replace" and keys:
-            target[draw(st.sampled_from(keys))] = draw(json_value)
-        elif action == "drop" and keys:
-            target.pop(draw(st.sampled_from(keys)))
-        else:
-            target[draw(st.sampled_from(["points", "boxes", "labels", "sam_negative_points", "previous_mask",
-                                         "previous_logits", "image_id", "text", "dilate_amount", "extra",
-                                         "processor", "segmentation_map", "pixel_perfect", "target_W"]))] = draw(json_value)
-    return body
+def annotate(schema: dict, fields: set, fmt: str) -> dict:
+    """A copy of the OpenAPI document where the string form of each named property of a request
+    body has ``fmt`` (pydantic 1 writes ``{"type": "string"}``, pydantic 2 an ``anyOf`` with null;
+    lists of strings too). Response bodies are left as published."""
+    schema = copy.deepcopy(schema)
+
+    def mark(node):
+        if not isinstance(node, dict):
+            return
+        if node.get("type") == "string":
+            node["format"] = fmt
+        elif node.get("type") == "array":
+            mark(node.get("items"))
+        for key in ("anyOf", "oneOf", "allOf"):
+            for branch in node.get(key, ()):
+                mark(branch)
+
+    for title, component in schema.get("components", {}).get("schemas", {}).items():
+        if not title.endswith("Request"):
+            continue
+        for name, prop in component.get("properties", {}).items():
+            if name in fields:
+                mark(prop)
+    return schema
+
+
+def _document() -> dict:
+    """Our /openapi.json (the document needs no engine: the routes only reach it when called)."""
+    app = FastAPI()
+    mount_api(app, engine=None)
+    return app.openapi()
+
+
+DOCUMENT = _document()
+#: Every operation our OpenAPI document lists, /sam/* and /sam/v2/*.
+OPERATIONS = [(method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item]
+#: Operations with a body: the ones a request can break (the one path parameter, an image id, takes any text).
+WITH_BODY = [(method, path) for method, path in OPERATIONS if "requestBody" in DOCUMENT["paths"][path][method.lower()]]
+CASES = ([pytest.param(method, path, GenerationMode.POSITIVE, id=f"{method} {path} valid") for method, path in OPERATIONS]
+         + [pytest.param(method, path, GenerationMode.NEGATIVE, id=f"{method} {path} invalid") for method, path in WITH_BODY])
+#: Status codes the valid-body fuzzing got, per operation (read by the reach test after it).
+ANSWERS: dict = {}
 
 
 @pytest.fixture(scope="module")
-def fuzz_client(api_engine):
-    from fastapi import FastAPI
+def batch_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch_root")
+    (root / "in").mkdir()
+    Image.fromarray(sample_image(H, W)).save(root / "in" / "a.png")
+    Image.fromarray(sample_image(32, 40, seed=1)).save(root / "in" / "b.jpg")
+    return root
 
-    from sd_webui_sam.api import DetectorAccess, mount_api
 
+@pytest.fixture(scope="module")
+def fuzz_api(api_engine, batch_root):
+    """(the app, our SamApi on it)."""
     app = FastAPI()
     detector = FixedDetector()
-    mount_api(app, api_engine, detector=DetectorAccess(provider=lambda name: detector))
-    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60, trust_env=False) as client:
+    api = mount_api(app, api_engine, settings=ApiSettings(batch_roots=(batch_root,)),
+                    detector=DetectorAccess(provider=lambda name: detector))
+    return app, api
+
+
+@pytest.fixture(scope="module")
+def openapi_schema(fuzz_api, batch_root):
+    app, api = fuzz_api
+    stored_id = api.upload_image(ImageUploadRequest(image=GOOD_IMAGE))["image_id"]
+    schemathesis.openapi.format(IMAGE_ID_FORMAT, st.sampled_from([stored_id, "0" * 32]) | st.text(max_size=40))
+    schemathesis.openapi.format(SERVER_PATH_FORMAT, st.sampled_from([
+        str(batch_root / "in"), str(batch_root / "in" / "a.png"), str(batch_root / "out"), str(batch_root),
+        str(batch_root / "in" / "missing.png"), str(batch_root / ".." / "escape"), "/etc", "relative/dir", "",
+    ]) | st.text(max_size=20))
+    document = schemathesis.openapi.from_asgi("/openapi.json", app).raw_schema
+    for fields, fmt in ((PICTURE_FIELDS, PICTURE_FORMAT), (MODEL_FIELDS, MODEL_FORMAT),
+                        (MASK_FORMAT_FIELDS, MASK_FORMAT_FORMAT), (SERVER_PATH_FIELDS, SERVER_PATH_FORMAT),
+                        (IMAGE_ID_FIELDS, IMAGE_ID_FORMAT)):
+        document = annotate(document, fields, fmt)
+    schema = schemathesis.openapi.from_dict(document)
+    schema.app = app
+    return schema
+
+
+def test_every_served_operation_is_fuzzed(openapi_schema):
+    served = [(method.upper(), path) for path, item in openapi_schema.raw_schema["paths"].items() for method in item]
+    assert served == OPERATIONS
+    assert len(OPERATIONS) >= 16 and {path for _, path in OPERATIONS} >= {"/sam/sam-predict", "/sam/v2/predict"}
+
+
+@pytest.mark.parametrize("method, path, mode", CASES)
+def test_every_route_never_5xx_and_answers_as_documented(openapi_schema, method, path, mode):
+    operation = openapi_schema[path][method]
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(mode))
+    def fuzz(case):
+        answer = case.call_and_validate(checks=[not_a_server_error, response_schema_conformance, content_type_conformance])
+        if mode is GenerationMode.POSITIVE:
+            ANSWERS.setdefault((method, path), []).append(answer.status_code)
+
+    fuzz()
+
+
+
+def test_the_fuzzing_reached_past_decoding():
+    """The picture format works: generated bodies got answers (2xx) from the engine on most routes
+    that take a picture, not only 4xx from decoding. (/sam/v2/predict and /sam/v2/batch need a
+    combination of fields the schema cannot say, e.g. image or image_id; the hand-written tests
+    below and tests/test_api_contract.py reach them.)"""
+    takes_picture = {path for method, path in WITH_BODY
+                     if PICTURE_FIELDS & set(_request_properties(DOCUMENT, path, method))}
+    answered = {path for (method, path), codes in ANSWERS.items() if path in takes_picture and min(codes) < 300}
+    assert len(answered) >= 4, (sorted(answered), sorted(takes_picture))
+
+
+def _request_properties(document: dict, path: str, method: str) -> set:
+    """Top-level and nested (one level, e.g. payload) property names of an operation's body."""
+    body = document["paths"][path][method.lower()]["requestBody"]["content"]["application/json"]["schema"]
+    schemas = document["components"]["schemas"]
+
+    def resolve(node):
+        while isinstance(node, dict) and "$ref" in node:
+            node = schemas[node["$ref"].rsplit("/", 1)[1]]
+        for key in ("allOf", "anyOf"):
+            if isinstance(node, dict) and node.get(key):
+                node = resolve(node[key][0])
+        return node if isinstance(node, dict) else {}
+
+    names = set()
+    for name, prop in resolve(body).get("properties", {}).items():
+        names.add(name)
+        names.update(resolve(prop).get("properties", {}))
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# What Schemathesis cannot generate: JSON that is not strict JSON (NaN, Infinity), and the
+# behaviour owed to each picture of the corpus (a clear 413, a segmentation).
+# --------------------------------------------------------------------------------------------
+
+VALID = {
+    "/sam/sam-predict": {"sam_model_name": "tiny_sam.pth", "input_image": GOOD_IMAGE, "sam_positive_points": [[10, 10]]},
+    "/sam/dino-predict": {"input_image": GOOD_IMAGE, "text_prompt": "dog"},
+    "/sam/dilate-mask": {"input_image": GOOD_IMAGE, "mask": GOOD_IMAGE, "dilate_amount": 4},
+    "/sam/controlnet-seg": {"payload": {"input_image": GOOD_IMAGE}, "autosam_conf": {}},
+    "/sam/category-mask": {"payload": {"input_image": GOOD_IMAGE, "category": "1"}, "autosam_conf": {}},
+    "/sam/v2/images": {"image": GOOD_IMAGE},
+    "/sam/v2/predict": {"model": "tiny_sam.pth", "image": GOOD_IMAGE, "points": [[10, 10]], "boxes": [[1, 1, 30, 30]],
+                        "best_only": True, "mask_format": "rle", "postprocess": {"expand": 2}},
+    "/sam/v2/detect": {"image": GOOD_IMAGE, "text": "dog . cat"},
+    "/sam/v2/batch": {"inputs": ["/tmp"], "output_dir": "/tmp/x", "points": [[1, 1]]},
+    "/sam/v2/segment-everything": {"image": GOOD_IMAGE, "autosam_conf": {"points_per_side": 2}, "max_masks": 2},
+}
+NUMBERS_JSON_ALLOWS_NOT = [float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(fuzz_api):
+    with ServerThread(fuzz_api[0]) as server, httpx.Client(base_url=server.url, timeout=60, trust_env=False) as client:
         yield client
 
 
-ROUTES = sorted(VALID)
-
-
-def acceptable(route: str, answer: httpx.Response) -> bool:
-    """No 5xx (AutoSAM routes included: without a host segmenter they answer 404 with a message)."""
-    return answer.status_code < 500
-
-
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(data=st.data())
-def test_mutated_valid_bodies_never_5xx(fuzz_client, data):
-    route = data.draw(st.sampled_from(ROUTES))
-    body = data.draw(mutated_body(route))
-    answer = fuzz_client.post(route, content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"})
-    assert acceptable(route, answer), (route, answer.status_code, answer.text[:300])
-
-
-@settings(max_examples=max(10, EXAMPLES // 2), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(route=st.sampled_from(ROUTES), raw=st.one_of(st.binary(max_size=64), json_value.map(lambda v: json.dumps(v).encode())))
-def test_arbitrary_bodies_never_5xx(fuzz_client, route, raw):
-    answer = fuzz_client.post(route, content=raw, headers={"content-type": "application/json"})
-    assert acceptable(route, answer), (route, raw[:80], answer.text[:300])
-
-
-def test_get_routes_and_server_still_answers(fuzz_client):
-    for route in GET_ROUTES:
-        assert fuzz_client.get(route).status_code == 200
-    assert fuzz_client.get("/sam/heartbeat").json() == {"msg": "Success!"}
-    answer = fuzz_client.post("/sam/v2/predict", json=VALID["/sam/v2/predict"])
-    assert answer.status_code == 200 and answer.json()["objects"]
+def test_every_post_route_takes_nan_and_infinity_without_5xx(fuzz_client):
+    assert {path for method, path in WITH_BODY} >= set(VALID)
+    for route, body in VALID.items():
+        target = body.get("payload", body)
+        for value in NUMBERS_JSON_ALLOWS_NOT:
+            for bent in ({**target, "sam_positive_points": [[value, 1]], "points": [[1, value]]},
+                         {**target, "boxes": [[0, 0, value, 5]], "dilate_amount": value, "box_threshold": value},
+                         {**target, "max_masks": value, "dino_box_threshold": value, "expand": value}):
+                sent = {**body, "payload": bent} if "payload" in body else bent
+                answer = fuzz_client.post(route, content=json.dumps(sent, allow_nan=True),
+                                          headers={"content-type": "application/json"})
+                assert answer.status_code < 500, (route, value, answer.text[:300])
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_every_route_takes_the_picture_corpus_without_5xx(fuzz_client, name):
-    for route in ROUTES:
-        body = json.loads(json.dumps(VALID[route]))
+    for route, valid in VALID.items():
+        body = json.loads(json.dumps(valid))
         target = body.get("payload", body)
-        for field in IMAGE_FIELDS:
+        for field in ("input_image", "image", "mask"):
             if field in target:
                 target[field] = CORPUS[name]
         answer = fuzz_client.post(route, json=body)
-        assert acceptable(route, answer), (route, answer.status_code, answer.text[:300])
+        assert answer.status_code < 500, (route, answer.status_code, answer.text[:300])
         if name == "huge-declared" and route != "/sam/v2/batch":
             assert answer.status_code == 413 and "bomb" not in answer.json()["msg"].lower(), (route, answer.text[:300])
     # the readable ones are segmented (a point in the middle of each)

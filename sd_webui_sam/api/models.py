@@ -35,6 +35,14 @@ Transparency = Literal["white", "ignore"]
 DetectionRule = Literal["phrases", "reference"]
 
 
+class ErrorResponse(BaseModel):
+    """Every error answer of our routes (4xx and 5xx), FastAPI's own 422 included."""
+
+    detail: StrictStr = Field(..., description="What went wrong, in words.")
+    msg: StrictStr = Field(..., description="The same text, under the reference extension's key.")
+    errors: Optional[List[Dict[str, Any]]] = Field(None, description="422 for a malformed body: FastAPI's list of field errors.")
+
+
 # --------------------------------------------------------------------------------------------
 # Reference-compatible bodies (/sam/*)
 # --------------------------------------------------------------------------------------------

@@ -7,15 +7,17 @@ runs on the event loop. Every error, FastAPI's own included, is a JSON answer wi
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import Any, Callable, Optional
 
-from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi import APIRouter, Body, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sd_webui_sam.api import models as m
 from sd_webui_sam.api.operations import SamApi
@@ -24,6 +26,13 @@ from sd_webui_sam.errors import OutOfMemoryError, SamUserError
 
 log = logging.getLogger(__name__)
 
+
+#: What the OpenAPI document says of our errors: one shape for all (FastAPI would otherwise
+#: publish its own 422 body, a list under ``detail``, which our routes do not send).
+ERROR_RESPONSES = {
+    "4XX": {"model": m.ErrorResponse, "description": "A bad request: the message says what to change."},
+    "5XX": {"model": m.ErrorResponse, "description": "The server could not answer (busy, out of memory, a bug)."},
+}
 
 #: Methods a client might try on a route; the others than a route's own answer 405.
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -43,6 +52,18 @@ def describe_validation_errors(errors: list) -> str:
     return "Invalid request: " + "; ".join(parts) + "."
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as text: pydantic 2 echoes the bad input in its errors,
+    and a JSON answer cannot hold them (the 422 itself would fail and answer 500)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 class SamRoute(APIRoute):
     """Our routes answer FastAPI's own errors (422 validation, 401 from the auth dependency) in
     our shape too, without touching the host app's handlers for its other routes."""
@@ -54,9 +75,9 @@ class SamRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as error:
-                errors = jsonable_encoder(error.errors())
+                errors = json_safe(jsonable_encoder(error.errors()))
                 return error_response(422, describe_validation_errors(errors), errors=errors)
-            except HTTPException as error:
+            except StarletteHTTPException as error:  # FastAPI's own body errors raise Starlette's class
                 return error_response(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
 
         return route_handler
@@ -106,7 +127,8 @@ async def run_operation(api: SamApi, route: str, operation: Callable[..., Any], 
 
 
 def build_reference_router(api: SamApi, dependencies: list) -> APIRouter:
-    router = APIRouter(dependencies=dependencies, tags=["Segment Anything (reference-compatible)"], route_class=SamRoute)
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything (reference-compatible)"], route_class=SamRoute,
+                       responses=ERROR_RESPONSES)
 
     @router.get("/heartbeat", summary="Is the SAM API up?")
     async def heartbeat():
@@ -141,7 +163,8 @@ def build_reference_router(api: SamApi, dependencies: list) -> APIRouter:
 
 
 def build_v2_router(api: SamApi, dependencies: list, *, batch_interrupt: Optional[Callable[[], bool]] = None) -> APIRouter:
-    router = APIRouter(dependencies=dependencies, tags=["Segment Anything v2"], route_class=SamRoute)
+    router = APIRouter(dependencies=dependencies, tags=["Segment Anything v2"], route_class=SamRoute,
+                       responses=ERROR_RESPONSES)
 
     @router.get("/health", summary="Models available and loaded, device, memory")
     async def health():

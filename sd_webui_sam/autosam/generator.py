@@ -118,7 +118,7 @@ class AutoSamConfig:
             problems.append(f"output_mode must be one of {', '.join(OUTPUT_MODES)} (got {self.output_mode!r})")
         if self.point_grids is not None and len(self.point_grids) != int(self.crop_n_layers) + 1:
             problems.append("point_grids needs one grid per crop layer (crop_n_layers + 1)")
-        if self.points_per_side is not None:
+        if self.points_per_side is not None and not problems:  # the factor and the layers are in range
             deepest = int(int(self.points_per_side) / int(self.crop_n_points_downscale_factor) ** int(self.crop_n_layers))
             if deepest < 1:
                 problems.append("crop_n_points_downscale_factor leaves no points in the deepest crop layer")
