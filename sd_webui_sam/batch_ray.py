@@ -43,6 +43,9 @@ from sd_webui_sam.settings import EngineSettings
 
 #: the name atomic_write_bytes gives its temporary file: .{name}.{8 hex}.tmp
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+#: the packages an actor imports (the engine's model families live in all three)
+_PACKAGES = ("sd_webui_sam", "sam_hq", "local_groundingdino")
+_ROOT = Path(__file__).resolve().parents[1]
 LOCAL = "local"  # --ray without an address: a cluster started for the run on 127.0.0.1
 
 
@@ -109,16 +112,26 @@ class _Cluster:
         self.owned = False
 
     def __enter__(self) -> Any:
+        if self.ray_options.address == LOCAL or _on_loopback(self.ray_options.address):
+            # Ray swaps a 127.0.0.1 address for this machine's network address unless told that
+            # the cluster is local only (read when ray is imported): a loopback cluster stays there
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             import ray  # optional: only a --ray run needs it
         except ImportError:
             raise SamUserError("Ray is not installed; install it with: pip install -r requirements/ray.txt") from None
         if not ray.is_initialized():
-            common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # the workers import our packages from a copy Ray ships to every node (nothing to install there)
+            code = {"py_modules": [str(_ROOT / package) for package in _PACKAGES],
+                    "excludes": ["__pycache__", "*.pyc"]}
+            common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=code)
             if self.ray_options.address == LOCAL:
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(_node_ip_address="127.0.0.1", num_cpus=self.ray_options.num_cpus,
                          object_store_memory=self.ray_options.object_store_bytes, **common)
+            elif _on_loopback(self.ray_options.address):
+                # a cluster on this machine's loopback: this driver is on that node, by that address
+                ray.init(address=self.ray_options.address, _node_ip_address="127.0.0.1", **common)
             else:
                 ray.init(address=self.ray_options.address, **common)
             self.owned = True
@@ -129,6 +142,11 @@ class _Cluster:
             import ray  # optional, see __enter__
 
             ray.shutdown()
+
+
+def _on_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def pool_size(resources: Dict[str, float], ray_options: RayOptions) -> tuple:

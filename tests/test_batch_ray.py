@@ -82,8 +82,17 @@ def test_the_same_outputs_as_the_single_process_batch(cluster, api_engine, api_m
     from sd_webui_sam.batch import run_batch
     from sd_webui_sam.batch_ray import run_batch_ray
 
+    import torch
+
     folder = make_folder(tmp_path / "in", 30)
-    single = run_batch(api_engine, options([folder], tmp_path / "single"))
+    # each actor has one CPU, so one torch thread; the reference runs with as many, since a sum
+    # split over another number of threads rounds differently (scores moved by 1e-6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run_batch(api_engine, options([folder], tmp_path / "single"))
+    finally:
+        torch.set_num_threads(threads)
     steps = []
     spread = run_batch_ray(options([folder], tmp_path / "ray"), settings(api_model_dir), ray_options(cluster, actors=2),
                            progress=steps.append)
@@ -101,7 +110,7 @@ def test_the_same_outputs_as_the_single_process_batch(cluster, api_engine, api_m
 def test_a_worker_killed_mid_run_is_replaced_and_every_output_exists_once(cluster, api_model_dir, tmp_path):
     from sd_webui_sam.batch_ray import run_batch_ray
 
-    folder = make_folder(tmp_path / "in", 12)
+    folder = make_folder(tmp_path / "in", 8)
     out = tmp_path / "out"
     killed = []
 
@@ -113,21 +122,21 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_output_exists_once(cluste
     report = run_batch_ray(options([folder], out, outputs=("mask", "cutout", "coco")), settings(api_model_dir),
                            ray_options(cluster, actors=2), on_result=kill_the_first_worker)
     assert killed and not report.failed and not report.interrupted
-    assert report.done + report.kept == 12
+    assert report.done + report.kept == 8
     names = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
-    expected = sorted(f"img{i:02d}_{c}_{kind}.png" for i in range(12) for c in range(3) for kind in ("mask", "output"))
+    expected = sorted(f"img{i:02d}_{c}_{kind}.png" for i in range(8) for c in range(3) for kind in ("mask", "output"))
     assert names == expected  # each exactly once, and nothing else
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     manifest = (out / ".sam-batch-manifest.txt").read_text().splitlines()
     assert sorted(manifest) == expected  # listed once each, even when a retry met a dead worker's file
     coco = json.loads((out / "annotations.json").read_text())
-    assert [i["file_name"] for i in coco["images"]] == [f"img{i:02d}.png" for i in range(12)]
+    assert [i["file_name"] for i in coco["images"]] == [f"img{i:02d}.png" for i in range(8)]
 
 
 def test_an_interrupted_driver_reruns_only_what_is_missing(cluster, api_model_dir, tmp_path):
     from sd_webui_sam.batch_ray import run_batch_ray
 
-    folder = make_folder(tmp_path / "in", 16)
+    folder = make_folder(tmp_path / "in", 10)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "sd_webui_sam", "batch", str(folder), "-o", str(out), "--model-dir",
                str(api_model_dir), "-m", "tiny_sam.pth", "--point", "20,20", "--outputs", "mask,coco",
@@ -145,19 +154,19 @@ def test_an_interrupted_driver_reruns_only_what_is_missing(cluster, api_model_di
             driver.kill()
     assert driver.returncode == 130, output[-3000:]
     first = json.loads((out / "batch_report.json").read_text())
-    assert first["interrupted"] and first["done"] < 16
+    assert first["interrupted"] and first["done"] < 10
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
-    assert 6 <= len(before) < 16 * 3
+    assert 6 <= len(before) < 10 * 3
     report = run_batch_ray(options([folder], out, outputs=("mask", "coco")), settings(api_model_dir),
                            ray_options(cluster, actors=1))
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
-    assert sorted(after) == sorted(f"img{i:02d}_{c}_mask.png" for i in range(16) for c in range(3))
+    assert sorted(after) == sorted(f"img{i:02d}_{c}_mask.png" for i in range(10) for c in range(3))
     assert {name: after[name] for name in before} == before  # nothing written twice
     assert report.outputs_written == len(after) - len(before)
     assert report.skipped == first["done"] and not report.failed
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     coco = json.loads((out / "annotations.json").read_text())
-    assert len(coco["images"]) == len(coco["annotations"]) == 16
+    assert len(coco["images"]) == len(coco["annotations"]) == 10
 
 
 def huge_png() -> bytes:
@@ -172,7 +181,7 @@ def huge_png() -> bytes:
 def test_bad_files_are_reported_and_the_rest_complete(cluster, api_model_dir, tmp_path):
     from sd_webui_sam.batch_ray import run_batch_ray
 
-    folder = make_folder(tmp_path / "in", 4)
+    folder = make_folder(tmp_path / "in", 2)
     (folder / "corrupt.png").write_bytes(png_bytes(sample_image(64, 64))[:150])
     (folder / "fake.jpg").write_bytes(b"this is not a jpeg at all")
     (folder / "huge.png").write_bytes(huge_png())
@@ -183,5 +192,5 @@ def test_bad_files_are_reported_and_the_rest_complete(cluster, api_model_dir, tm
     assert sorted(failed) == ["corrupt.png", "fake.jpg", "huge.png"]
     assert "pixels" in failed["huge.png"] and all(failed.values())
     assert [Path(p).name for p in report.ignored] == ["notes.txt"]
-    assert report.done == 4 and report.total == 7
-    assert len(list((tmp_path / "out").glob("*_mask.png"))) == 12
+    assert report.done == 2 and report.total == 5
+    assert len(list((tmp_path / "out").glob("*_mask.png"))) == 6
