@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from sd_webui_sam.batch import (MANIFEST_FILE, BatchOptions, BatchPlan, BatchProgress, BatchReport, FileResult,
                                 Interrupt, SharedManifest, Source, build_parser, finish_batch, plan_batch,
-                                process_file, record_file)
+                                _is_interrupted, process_file, record_file)
 from sd_webui_sam.batch import main as batch_main
 from sd_webui_sam.errors import SamUserError
 from sd_webui_sam.settings import EngineSettings
@@ -209,7 +209,7 @@ def run_batch_ray(options: BatchOptions, settings: EngineSettings, ray_options: 
                     handled += 1
                     counts["failed" if result.status == "failed" else "done"] += 1
                     tell("")
-                    if _is_set(interrupt):
+                    if _is_interrupted(interrupt):
                         report.interrupted = True
                         break
     except KeyboardInterrupt:
@@ -267,14 +267,6 @@ def _remove_temporaries(output_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _is_set(interrupt: Interrupt) -> bool:
-    if interrupt is None:
-        return False
-    if isinstance(interrupt, threading.Event):
-        return interrupt.is_set()
-    return bool(interrupt())
-
-
 # ---------------------------------------------------------------------------- command line
 
 
@@ -295,16 +287,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     ray_options = RayOptions(address=args.ray or LOCAL, actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor)
 
+    stop = threading.Event()
+
     def runner(engine: Any, options: BatchOptions, progress: Callable[[BatchProgress], None]) -> BatchReport:
-        return run_batch_ray(options, engine.settings, ray_options, progress=progress)
+        return run_batch_ray(options, engine.settings, ray_options, interrupt=stop, progress=progress)
 
-    # a job scheduler's SIGTERM stops the run as Ctrl-C does: the report is written, a rerun resumes
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    def stop_after_this_image(signum: int, frame: Any) -> None:
+        # a KeyboardInterrupt raised inside Ray's client code can end the process without our
+        # report, so the first Ctrl-C (or a scheduler's SIGTERM) stops at the next answer
+        if stop.is_set():
+            raise KeyboardInterrupt  # the second one: now
+        stop.set()
+        print("\nstopping after the images in progress (Ctrl-C again to stop now)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, stop_after_this_image)
+    signal.signal(signal.SIGTERM, stop_after_this_image)
     return batch_main(argv, runner=runner, parser=parser)
-
-
-def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def test_an_interrupted_driver_reruns_only_what_is_missing(cluster, api_model_di
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert driver.returncode == 130, output[-3000:]
+    assert driver.returncode == 130, output[-6000:]
     first = json.loads((out / "batch_report.json").read_text())
     assert first["interrupted"] and first["done"] < 10
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
