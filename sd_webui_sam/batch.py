@@ -448,9 +448,6 @@ class BatchPlan:
     state: "_State"
     report: BatchReport
 
-    def key(self, source: Source) -> str:
-        return self.stems[source.path].as_posix()
-
 
 def plan_batch(options: BatchOptions) -> BatchPlan:
     """Validate, list the sources and set the finished ones aside, as ``run_batch`` does."""
