@@ -37,6 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, _ = COMMANDS[command]
+    if command == "batch" and any(arg == "--ray" or arg.startswith("--ray=") for arg in rest):
+        module_name = "sd_webui_sam.batch_ray"  # the same batch on a Ray cluster (an optional extra)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:

@@ -255,6 +255,20 @@ class _Manifest:
                 os.fsync(handle.fileno())
 
 
+class SharedManifest(_Manifest):
+    """The manifest of a folder that several processes write into at once (batch_ray's workers):
+    a name this process has not seen is looked up in the file again, since another process
+    (perhaps one that died mid-image) may have listed it since."""
+
+    def wrote(self, relative: str) -> bool:
+        if super().wrote(relative):
+            return True
+        if self.path.is_file():
+            with self._lock:
+                self._written |= set(self.path.read_text(encoding="utf-8", errors="replace").splitlines())
+        return super().wrote(relative)
+
+
 class _State:
     """Which sources are finished, with their outputs and COCO annotations (append-only JSON lines)."""
 
@@ -415,6 +429,92 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
             report.coco = str(_write_coco(output_dir, sources, stems, state, options))
         report.report = str(output_dir / REPORT_FILE)
         atomic_write_bytes(output_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=2).encode("utf-8"))
+    return report
+
+
+# ------------------------------------------- the same batch, one file at a time (batch_ray)
+
+
+@dataclass
+class BatchPlan:
+    """What a run does before any image is read: the sources, their output stems, which an
+    earlier run finished, and the report so far (skipped files already in it)."""
+
+    options: BatchOptions
+    output_dir: Path
+    sources: List[Source]
+    stems: Dict[Path, Path]
+    todo: List[Source]
+    state: "_State"
+    report: BatchReport
+
+
+def plan_batch(options: BatchOptions) -> BatchPlan:
+    """Validate, list the sources and set the finished ones aside, as ``run_batch`` does."""
+    validate_options(options)
+    output_dir = Path(options.output_dir).expanduser().resolve()
+    sources, ignored = collect_sources(options.inputs, output_dir, options.recursive)
+    stems = _output_stems(sources)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state = _State(output_dir / STATE_FILE)
+    todo = [s for s in sources if options.overwrite or not state.finished(stems[s.path], output_dir)]
+    report = BatchReport(output_dir=str(output_dir), total=len(sources), ignored=ignored,
+                         skipped=len(sources) - len(todo))
+    queued = set(todo)
+    report.files.extend(FileResult(str(s.path), "skipped") for s in sources if s not in queued)
+    return BatchPlan(options, output_dir, sources, stems, todo, state, report)
+
+
+def process_file(engine: Any, options: BatchOptions, image_source: Any, source: Source, stem: Path, output_dir: Path,
+                 source_paths: Any, manifest: _Manifest, *, detector: Any = None,
+                 max_pixels: Optional[int] = None) -> Tuple[FileResult, Optional[Dict[str, Any]]]:
+    """One source from its bytes (or path) to its written outputs, in this process: (its result,
+    the state entry to record; None when it failed). Every write has finished on return."""
+    from sd_webui_sam.images import load_image
+
+    max_pixels = max_pixels or int(getattr(engine.settings, "max_image_pixels", 64_000_000))
+    try:
+        image = load_image(image_source, max_pixels=max_pixels)
+        with ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-write") as writer:
+            entry, futures = _process(engine, options, detector, contextlib.nullcontext(), image, source,
+                                      stem.as_posix(), stem, output_dir, source_paths, writer, manifest)
+    except SamUserError as error:
+        return FileResult(str(source.path), "failed", error=str(error)), None
+    except (OSError, ValueError) as error:
+        return FileResult(str(source.path), "failed", error=f"{type(error).__name__}: {error}"), None
+    result = entry.pop("_result", None) or FileResult(str(source.path), "done")
+    if not entry["outputs"] and not futures:
+        result.status = "no_objects" if entry.get("objects") == 0 else "done"
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        result.status, result.error = "failed", f"writing outputs failed: {errors[0]}"
+        return result, None
+    return result, entry
+
+
+def record_file(plan: BatchPlan, result: FileResult, entry: Optional[Dict[str, Any]]) -> None:
+    """Count one processed source into the report and, unless it failed, the state file."""
+    report = plan.report
+    if result.status == "failed":
+        report.failed.append({"source": result.source, "error": result.error or "failed"})
+    else:
+        plan.state.record(entry)
+        report.outputs_written += len(result.written)
+        report.outputs_kept += len(result.kept)
+        report.done += result.status == "done"
+        report.kept += result.status == "kept"
+        report.no_objects += result.status == "no_objects"
+    report.files.append(result)
+
+
+def finish_batch(plan: BatchPlan, started: float) -> BatchReport:
+    """Write the COCO file (every finished source, in source order) and the JSON report."""
+    report = plan.report
+    report.seconds = round(time.perf_counter() - started, 3)
+    if "coco" in plan.options.outputs:
+        report.coco = str(_write_coco(plan.output_dir, plan.sources, plan.stems, plan.state, plan.options))
+    report.report = str(plan.output_dir / REPORT_FILE)
+    atomic_write_bytes(plan.output_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=2).encode("utf-8"))
     return report
 
 
@@ -616,8 +716,11 @@ def _numbers(text: str, count: Tuple[int, ...], what: str) -> List[float]:
     return values
 
 
-def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None, runner: Optional[Callable[..., BatchReport]] = None,
+         parser: Optional[argparse.ArgumentParser] = None) -> int:
+    """``runner(engine, options, progress=...)`` replaces ``run_batch`` (batch_ray passes its own,
+    with ``parser``: this one plus its options)."""
+    args = (parser or build_parser()).parse_args(argv)
     if engine is None:
         from sd_webui_sam.engine import Engine
         from sd_webui_sam.settings import EngineSettings
@@ -656,7 +759,7 @@ def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None) -> int:
                 bar.refresh()
 
         try:
-            report = run_batch(engine, options, progress=show)
+            report = (runner or run_batch)(engine, options, progress=show)
         finally:
             if bar is not None:
                 bar.close()

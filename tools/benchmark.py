@@ -223,6 +223,24 @@ def section_detail(count: int = 3) -> None:
     print("  (the inpainting passes are the host's img2img, one per object, not measured here)")
 
 
+def section_ray(count: int = 8) -> None:
+    """Issue 18: batch on a local Ray cluster with 1 and 2 actors vs the single-process batch."""
+    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
+    from tools.bench_ray import ray_throughput
+
+    height, width = 512, 512
+    f = ray_throughput([test_image(height, width, seed=seed) for seed in range(count)],
+                       build_reference_sam(VIT_B, 0).state_dict())
+    print(f"SAM ViT-B, {count} images of {width}x{height}, one point, masks only, CPU; Ray on 127.0.0.1 with every CPU")
+    print(f"  {'single-process run_batch':<52} {f['single_img_per_s']:>10.4f} img/s")
+    for actors in (1, 2):
+        print(f"  {f'Ray, {actors} actor(s): whole run':<52} {f[f'ray{actors}_img_per_s']:>10.4f} img/s")
+        print(f"  {f'Ray, {actors} actor(s): after the first image':<52} {f[f'ray{actors}_steady_img_per_s']:>10.4f} img/s")
+        report(f"Ray, {actors} actor(s): start-up (first image less one)", f[f"ray{actors}_startup_s"])
+    report("Ray: starting the local cluster", f["ray_init_s"])
+    report("Ray: shutting it down", f["ray_shutdown_s"])
+
+
 def section_browser() -> None:
     """Issue 3: click in Chromium -> three masks drawn, embedding cached, ViT-B, 1024x768."""
     from tests.browser.benchmark_click import report as browser_report
@@ -258,6 +276,7 @@ SECTIONS: Dict[str, Callable[[], None]] = {
     "everything": section_everything,
     "browser": section_browser,
     "detail": section_detail,
+    "ray": section_ray,
 }
 
 

@@ -32,7 +32,7 @@ if [ "$with_tests" = "--with-tests" ] && ! command -v chromium >/dev/null 2>&1; 
     apt_ensure chromium
 fi
 
-stamp_input=$(cat "$root/requirements/$stack.txt" "$root/requirements/common.txt" "$root/requirements/test.txt" "$root/tools/setup_env.sh" | sha256sum | cut -c1-16)
+stamp_input=$(cat "$root/requirements/$stack.txt" "$root/requirements/common.txt" "$root/requirements/test.txt" "$root/requirements/ray.txt" "$root/tools/setup_env.sh" | sha256sum | cut -c1-16)
 stamp="$venv/.stamp-${with_tests:-runtime}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_input" ]; then
     exit 0
@@ -50,6 +50,9 @@ if [ "$with_tests" = "--with-tests" ]; then
     # product code (pycocotools checks our COCO RLE, psd-tools reads back our PSD files; its
     # Pillow>=10.3 pin is metadata only: reading works on the hosts' Pillow 9.5).
     "${pip[@]}" install --no-deps segment-anything==1.0 segment-anything-hq==0.3 mobilesam-mirror==1.0.0 pycocotools==2.0.11 psd-tools==1.26.0
+    # Ray (batch on a cluster, optional): the host's numpy, Pillow and pydantic are held as pinned.
+    held=$("$venv/bin/python" -c 'import numpy, pydantic; print(f"numpy=={numpy.__version__} pydantic=={pydantic.VERSION}")')
+    "${pip[@]}" install -r "$root/requirements/ray.txt" $held "Pillow==$pillow"
     "$venv/bin/python" -c 'import groundingdino' >/dev/null 2>&1 || \
         "${pip[@]}" install --no-deps --no-build-isolation groundingdino-py==0.4.0
 fi
