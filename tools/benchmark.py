@@ -233,6 +233,14 @@ def section_everything() -> None:
         report_ratio("segment everything, ours vs reference", result["speedup"], ">= 2x")
 
 
+def section_matting() -> None:
+    """Issue 17: soft edges vs the hard mask and a guided filter, against known true alpha."""
+    from tools.bench_matting import format_result, run
+
+    print("Soft edges: 4 composites with known alpha, 1024x768, CPU")
+    print(format_result(run()))
+
+
 SECTIONS: Dict[str, Callable[[], None]] = {
     "click": section_click,
     "masks": section_masks,
@@ -243,6 +251,7 @@ SECTIONS: Dict[str, Callable[[], None]] = {
     "batch": section_batch,
     "everything": section_everything,
     "browser": section_browser,
+    "matting": section_matting,
 }
 
 
