@@ -47,6 +47,12 @@ def _masks():
     return masks
 
 
+def _matting():
+    from sd_webui_sam import matting
+
+    return matting
+
+
 def _prompts(**kwargs):
     from sd_webui_sam.predictor import Prompts
 
@@ -431,7 +437,9 @@ class SamApi:
             from sd_webui_sam import rle
 
             out["mask"] = rle.encode(mask)
-        if request.return_cutout:
+        if request.return_cutout and request.alpha == "soft":
+            out["cutout"] = codec.png_base64(_matting().cutout(image, mask, "soft", request.alpha_band))
+        elif request.return_cutout:
             out["cutout"] = codec.png_base64(_render().cutout(image, soft if soft is not None else mask))
         if request.return_blend:
             out["blend"] = codec.png_base64(_render().reference_blend(image, mask, []))
@@ -472,6 +480,7 @@ class SamApi:
             everything=request.everything, multimask=request.multimask, per_object=request.per_object,
             outputs=tuple(request.outputs), naming=request.naming, expand=request.expand, invert=request.invert,
             overwrite=request.overwrite, autosam=dict(request.autosam_conf or {}),
+            alpha=request.alpha, alpha_band=request.alpha_band,
         )
         report = batch_module.run_batch(self.engine, options, detector=self.detector, interrupt=interrupt,
                                         gpu_lock=self._gpu_lock)

@@ -1,0 +1,148 @@
+"""Soft edges where users get them (issue 17): /sam/v2 cut-outs, batch cut-outs and the CLI flag."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from sd_webui_sam import render
+from tests.fixtures.api_fixtures import (  # noqa: F401  (fixtures)
+    ServerThread,
+    api_engine,
+    api_model_dir,
+    decode_png,
+    image_b64,
+    png_bytes,
+    sample_image,
+)
+
+pytest.importorskip("pymatting")
+
+H, W = 96, 128
+
+
+def edge_distance(mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    inside = mask.astype(np.uint8)
+    return np.maximum(cv2.distanceTransform(inside, cv2.DIST_L2, 5), cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5))
+
+
+def check_soft_cutout(cutout: Image.Image, image: np.ndarray, mask: np.ndarray, band: int) -> None:
+    """RGBA of the image's size; 8-bit alpha with partial levels, and only near the mask's edge."""
+    assert cutout.mode == "RGBA" and cutout.size == (image.shape[1], image.shape[0])
+    alpha = np.asarray(cutout)[:, :, 3]
+    hard_alpha = np.asarray(render.cutout(image, mask))[:, :, 3]
+    changed = alpha != hard_alpha
+    assert changed.any() and len(np.unique(alpha)) > 2
+    assert edge_distance(mask)[changed].max() <= band + 1
+
+
+def blob_prediction(*args, **kwargs):
+    """What a trained SAM would answer for the sample image's blob: its disc, 2 px too big.
+
+    (The random-weight test model gives speckled masks with no sure inside or outside.)"""
+    from sd_webui_sam.predictor import Prediction
+
+    yy, xx = np.mgrid[:H, :W]
+    disc = (yy - H * 0.5) ** 2 + (xx - W * 0.45) ** 2 < (min(H, W) * 0.28 + 2) ** 2
+    masks = np.repeat(disc[None, None], 3, axis=1)
+    return Prediction(masks=masks, scores=np.array([[0.9, 0.8, 0.7]], np.float32),
+                      low_res_logits=np.zeros((1, 3, 256, 256), np.float32), object_boxes=[None])
+
+
+@pytest.fixture
+def trained_looking_model(api_engine, monkeypatch):
+    from sd_webui_sam.api.operations import SamApi
+
+    monkeypatch.setattr(SamApi, "segment", blob_prediction)
+    monkeypatch.setattr(api_engine, "segment", blob_prediction)
+
+
+@pytest.fixture(scope="module")
+def client(api_engine):
+    from fastapi import FastAPI
+
+    from sd_webui_sam.api import mount_api
+
+    app = FastAPI()
+    mount_api(app, api_engine)
+    with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=120, trust_env=False) as c:
+        yield c
+
+
+def test_v2_predict_soft_cutout_and_hard_default(client, trained_looking_model):
+    image = sample_image(H, W)
+    body = {"model": "tiny_sam.pth", "image": image_b64(image), "points": [[60, 48]], "best_only": True,
+            "return_cutout": True}
+    default = client.post("/sam/v2/predict", json=body).json()["objects"][0]["masks"][0]
+    hard = client.post("/sam/v2/predict", json={**body, "alpha": "hard"}).json()["objects"][0]["masks"][0]
+    answer = client.post("/sam/v2/predict", json={**body, "alpha": "soft", "alpha_band": 4})
+    assert answer.status_code == 200, answer.text
+    soft = answer.json()["objects"][0]["masks"][0]
+    mask = np.asarray(decode_png(default["mask"])) > 127
+    # hard stays what it was: the same bytes as render.cutout of the returned mask
+    expected = render.cutout(image, mask)
+    assert default["cutout"] == hard["cutout"]
+    assert decode_png(hard["cutout"]).tobytes() == expected.tobytes()
+    assert soft["mask"] == default["mask"]   # soft edges change the cut-out, never the mask
+    check_soft_cutout(decode_png(soft["cutout"]), image, mask, band=4)
+
+
+@pytest.mark.parametrize("change", [{"alpha": "fuzzy"}, {"alpha_band": -1}, {"alpha_band": 1000}])
+def test_v2_predict_bad_soft_edge_options_are_4xx(client, change):
+    body = {"model": "tiny_sam.pth", "image": image_b64(sample_image(H, W)), "points": [[60, 48]],
+            "return_cutout": True, "alpha": "soft", **change}
+    answer = client.post("/sam/v2/predict", json=body)
+    assert 400 <= answer.status_code < 500
+
+
+def batch_options(inputs, output, **kwargs):
+    from sd_webui_sam.batch import BatchOptions
+
+    return BatchOptions(inputs=[Path(p) for p in inputs], output_dir=Path(output), model="tiny_sam.pth",
+                        points=[(60.0, 48.0)], multimask=False, outputs=("mask", "cutout"), **kwargs)
+
+
+def test_batch_soft_cutouts_and_unchanged_hard_ones(api_engine, tmp_path, trained_looking_model):
+    from sd_webui_sam.batch import run_batch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = sample_image(H, W)
+    (folder / "a.png").write_bytes(png_bytes(image))
+    assert run_batch(api_engine, batch_options([folder], tmp_path / "hard")).done == 1
+    assert run_batch(api_engine, batch_options([folder], tmp_path / "soft", alpha="soft", alpha_band=5)).done == 1
+    mask = np.asarray(Image.open(tmp_path / "hard" / "a_0_mask.png")) > 127
+    hard = Image.open(tmp_path / "hard" / "a_0_output.png")
+    assert hard.tobytes() == render.cutout(image, mask).tobytes()
+    check_soft_cutout(Image.open(tmp_path / "soft" / "a_0_output.png"), image, mask, band=5)
+
+
+def test_batch_refuses_an_unknown_alpha_mode(api_engine, tmp_path):
+    from sd_webui_sam.batch import validate_options
+    from sd_webui_sam.errors import InvalidPromptError
+
+    with pytest.raises(InvalidPromptError, match="alpha"):
+        validate_options(batch_options([tmp_path], tmp_path / "out", alpha="fuzzy"))
+
+
+def test_command_line_soft_edges(api_model_dir, tmp_path, monkeypatch):
+    from sd_webui_sam.engine import Engine
+
+    monkeypatch.setattr(Engine, "segment", blob_prediction)
+    from sd_webui_sam.batch import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = sample_image(H, W)
+    (folder / "a.png").write_bytes(png_bytes(image))
+    code = main([str(folder), "-o", str(tmp_path / "out"), "--model-dir", str(api_model_dir), "-m", "tiny_sam.pth",
+                 "--point", "60,48", "--single", "--outputs", "mask,cutout", "--soft-edges", "--edge-band", "3",
+                 "--device", "cpu"])
+    assert code == 0
+    mask = np.asarray(Image.open(tmp_path / "out" / "a_0_mask.png")) > 127
+    check_soft_cutout(Image.open(tmp_path / "out" / "a_0_output.png"), image, mask, band=3)
