@@ -146,3 +146,52 @@ def test_command_line_soft_edges(api_model_dir, tmp_path, monkeypatch):
     assert code == 0
     mask = np.asarray(Image.open(tmp_path / "out" / "a_0_mask.png")) > 127
     check_soft_cutout(Image.open(tmp_path / "out" / "a_0_output.png"), image, mask, band=3)
+
+
+def layout_scene():
+    """A picture with two opaque objects over a textured background, and masks 2 px too big."""
+    import cv2
+
+    from tests.fixtures.autosam_fixtures import textured_image
+
+    image = textured_image(90, 120, seed=3).copy()
+    yy, xx = np.mgrid[:90, :120]
+    disc = (yy - 45) ** 2 + (xx - 35) ** 2 < 20 ** 2
+    square = (abs(yy - 45) < 18) & (abs(xx - 88) < 18)
+    image[disc] = (250, 120, 20)
+    image[square] = (20, 200, 240)
+    grow = np.ones((5, 5), np.uint8)
+    masks = [cv2.dilate(m.astype(np.uint8), grow).astype(bool) for m in (disc, square)]
+    return image, masks
+
+
+def test_soft_layers_and_psd(tmp_path):
+    from psd_tools import PSDImage
+
+    from sd_webui_sam.autosam.layers import LEFTOVER, build_layers, export_layout, soften
+
+    image, masks = layout_scene()
+    hard = build_layers(image, masks)
+    soft = soften(hard, 4)
+    assert [layer.name for layer in soft.layers] == [layer.name for layer in hard.layers]
+    for hard_layer, soft_layer in zip(hard.layers, soft.layers):
+        if soft_layer.name == LEFTOVER:
+            continue
+        rgba = soft.rgba(soft_layer)
+        assert len(np.unique(rgba[..., 3])) > 2                     # partial transparency at the edge
+        changed = rgba[..., 3] != hard.rgba(hard_layer)[..., 3]
+        assert changed.any() and edge_distance(hard_layer.mask)[changed].max() <= 4 + 1
+    composite = soft.composite()
+    assert (composite[..., 3] == 255).all()                          # the stack still covers every pixel
+    assert np.abs(composite[..., :3].astype(int) - image).mean() < 3
+    result = export_layout(image, masks, tmp_path, "soft", alpha="soft", alpha_band=4)
+    psd = PSDImage.open(result.psd_path)
+    top = list(psd)[-1]                                             # the smallest segment
+    pixels = np.asarray(top.topil().convert("RGBA"))
+    x0, y0, x1, y1 = top.bbox
+    np.testing.assert_array_equal(pixels, soft.rgba(soft.layers[0])[y0:y1, x0:x1])
+    png = np.asarray(Image.open(result.png_paths[0]))
+    np.testing.assert_array_equal(png, soft.rgba(soft.layers[0]))
+    hard_result = export_layout(image, masks, tmp_path, "hard")
+    assert hard_result.psd_path.read_bytes() == export_layout(image, masks, tmp_path, "hard",
+                                                              alpha="hard").psd_path.read_bytes()
