@@ -195,3 +195,14 @@ def test_soft_layers_and_psd(tmp_path):
     hard_result = export_layout(image, masks, tmp_path, "hard")
     assert hard_result.psd_path.read_bytes() == export_layout(image, masks, tmp_path, "hard",
                                                               alpha="hard").psd_path.read_bytes()
+
+
+def test_layout_pipeline_passes_soft_edges_on(tmp_path, monkeypatch):
+    from sd_webui_sam.autosam import pipelines
+
+    image, masks = layout_scene()
+    monkeypatch.setattr(pipelines, "segment_everything", lambda *args, **kwargs: masks)
+    for alpha, levels in (("hard", {0, 255}), ("soft", None)):
+        result = pipelines.layout(None, "any", image, tmp_path, alpha, write_psd=False, alpha=alpha)
+        found = set(np.unique(np.asarray(Image.open(result.png_paths[0]))[..., 3]).tolist())
+        assert found == levels if levels else len(found) > 2
