@@ -25,7 +25,7 @@ import sd_webui_sam  # noqa: E402,F401  (see above)
 from sd_webui_sam.compat import generation, host_compat  # noqa: E402
 from sd_webui_sam.compat.gradio_compat import current_root_block  # noqa: E402
 from sd_webui_sam.errors import SamUserError  # noqa: E402
-from sd_webui_sam.ui import autosam_tab  # noqa: E402
+from sd_webui_sam.ui import autosam_tab, text_prompt  # noqa: E402
 from sd_webui_sam.ui.panel import TITLE, PanelOptions, build_panel  # noqa: E402
 
 LOG = logging.getLogger("sd_webui_sam")
@@ -75,6 +75,9 @@ class SegmentAnythingScript(scripts.Script):
         else:
             LOG.warning("Segment Anything: %d generation arguments before the control map, expected %d; "
                         "'Send the map to ControlNet' is off.", len(args), generation.control_map_offset())
+        # Soft edges of 'cut out after generation' come after those (older callers leave them out: hard).
+        if len(args) == generation.cutout_alpha_offset():
+            args += text_prompt.cutout_alpha_script_args(panel.extra.get("text_prompt") or {})
         return args
 
     def before_process(self, p, *args):

@@ -206,3 +206,24 @@ def test_layout_pipeline_passes_soft_edges_on(tmp_path, monkeypatch):
         result = pipelines.layout(None, "any", image, tmp_path, alpha, write_psd=False, alpha=alpha)
         found = set(np.unique(np.asarray(Image.open(result.png_paths[0]))[..., 3]).tolist())
         assert found == levels if levels else len(found) > 2
+
+
+def test_text_cutout_soft_edges_for_cut_out_after_generation():
+    from types import SimpleNamespace
+
+    from sd_webui_sam.cutout import text_cutout
+
+    class BlobEngine:
+        settings = SimpleNamespace(max_objects=20)
+
+        def detect(self, *args):
+            return [SimpleNamespace(box_xyxy=(10.0, 10.0, 100.0, 90.0), phrase="blob", score=0.9)]
+
+        segment = staticmethod(blob_prediction)
+
+    image = sample_image(H, W)
+    hard = text_cutout(BlobEngine(), image, "blob", sam_model="m")
+    soft = text_cutout(BlobEngine(), image, "blob", sam_model="m", alpha="soft", alpha_band=4)
+    assert hard.cutout.tobytes() == render.cutout(image, hard.mask).tobytes()
+    assert np.array_equal(soft.mask, hard.mask) and soft.mask_image.tobytes() == hard.mask_image.tobytes()
+    check_soft_cutout(soft.cutout, image, hard.mask, band=4)

@@ -216,6 +216,23 @@ def _threshold(value: Any, default: float) -> float:
     return min(1.0, max(0.0, number)) if np.isfinite(number) else default
 
 
+#: Script arguments after ``CONTROL_MAP_ARG_NAMES`` (callers of the older layouts leave them out:
+#: hard edges).
+CUTOUT_ALPHA_ARG_NAMES = ("cutout_soft_edges", "cutout_edge_band")
+
+
+def cutout_alpha_offset() -> int:
+    return control_map_offset() + len(CONTROL_MAP_ARG_NAMES)
+
+
+def _band(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if np.isfinite(number) and number > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class CutoutArgs:
     enabled: bool = False
@@ -224,9 +241,12 @@ class CutoutArgs:
     dino_model: Optional[str] = None
     box_threshold: float = 0.3
     text_threshold: float = 0.25
+    alpha: str = "hard"        # "soft": the cut-out gets soft edges
+    alpha_band: float = 0      # soft edges' band in pixels; 0 = automatic
 
     @classmethod
     def from_values(cls, values: Sequence[Any]) -> "CutoutArgs":
+        soft = list(values[cutout_alpha_offset():]) + [None] * len(CUTOUT_ALPHA_ARG_NAMES)
         rest = list(values[len(ARG_NAMES):]) + [None] * len(CUTOUT_ARG_NAMES)
         return cls(
             enabled=_flag(rest[0]) if rest[0] is not None else False,
@@ -235,6 +255,8 @@ class CutoutArgs:
             dino_model=str(rest[3]) if rest[3] else None,
             box_threshold=_threshold(rest[4], 0.3),
             text_threshold=_threshold(rest[5], 0.25),
+            alpha="soft" if soft[0] is not None and _flag(soft[0]) else "hard",
+            alpha_band=_band(soft[1]),
         )
 
 
@@ -269,7 +291,8 @@ def cut_out_generated(p: Any, pp: Any, args: CutoutArgs, engine: Any) -> str:
     if order is None:
         order = int(getattr(p, "iteration", 0) or 0) * int(getattr(p, "batch_size", 1) or 1) + batch_index
     result = text_cutout(engine, np.asarray(image.convert("RGB")), caption, sam_model=args.sam_model,
-                         detector=args.dino_model, box_threshold=args.box_threshold, text_threshold=args.text_threshold)
+                         detector=args.dino_model, box_threshold=args.box_threshold, text_threshold=args.text_threshold,
+                         alpha=args.alpha, alpha_band=args.alpha_band)
     if result is None:
         return f"cut out: {no_boxes_message(caption, args.box_threshold)}"
     pending.append(PendingCutout(

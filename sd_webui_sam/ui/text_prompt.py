@@ -255,6 +255,11 @@ def build_section(panel: Any) -> Dict[str, Any]:
                           "and the mask beside it", value=False, elem_id=elem(prefix, "cutout_enabled"))
                 parts["cutout_caption"] = gr.Textbox(label="Cut out", placeholder="person", lines=1,
                                                      elem_id=elem(prefix, "cutout_caption"))
+                with gr.Row():
+                    parts["cutout_soft"] = gr.Checkbox(label="Soft edges (alpha matte: hair, fur, glass)", value=False,
+                                                       elem_id=elem(prefix, "cutout_soft"))
+                    parts["cutout_band"] = gr.Slider(label="Edge band (px each side, 0 = automatic)", minimum=0,
+                                                     maximum=60, step=1, value=0, elem_id=elem(prefix, "cutout_band"))
     _wire(panel, parts, engine, status_html, grc)
     return parts
 
@@ -265,6 +270,11 @@ def cutout_script_args(panel: Any, parts: Dict[str, Any]) -> List[Any]:
         return []
     return [parts["cutout_enabled"], parts["cutout_caption"], panel.model, parts["detector"], parts["box_threshold"],
             parts["text_threshold"]]
+
+
+def cutout_alpha_script_args(parts: Dict[str, Any]) -> List[Any]:
+    """The cut-out's soft edges, after every other script argument (compat.generation.CUTOUT_ALPHA_ARG_NAMES)."""
+    return [parts["cutout_soft"], parts["cutout_band"]] if "cutout_soft" in parts else []
 
 
 def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_html: Callable, grc: Any) -> None:
