@@ -227,3 +227,17 @@ def test_text_cutout_soft_edges_for_cut_out_after_generation():
     assert hard.cutout.tobytes() == render.cutout(image, hard.mask).tobytes()
     assert np.array_equal(soft.mask, hard.mask) and soft.mask_image.tobytes() == hard.mask_image.tobytes()
     check_soft_cutout(soft.cutout, image, hard.mask, band=4)
+
+
+def test_panel_cutout_soft_edges():
+    from sd_webui_sam.ui import handlers
+
+    image = sample_image(H, W)
+    prediction = blob_prediction()
+    found = handlers.Candidates(image=image, masks=prediction.masks[0], scores=prediction.scores[0])
+    hard = handlers.chosen_outputs(found, 0, handlers.MaskTools())
+    soft = handlers.chosen_outputs(found, 0, handlers.MaskTools(soft_edges=True, edge_band=4))
+    mask = prediction.masks[0, 0]
+    assert hard.cutout.tobytes() == render.cutout(image, mask).tobytes()
+    assert soft.mask.tobytes() == hard.mask.tobytes()          # the mask (for inpaint) stays as it was
+    check_soft_cutout(soft.cutout, image, mask, band=4)

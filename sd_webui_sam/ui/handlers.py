@@ -44,6 +44,8 @@ class MaskTools:
     fill_holes: bool = False
     min_island: int = 0
     invert: bool = False
+    soft_edges: bool = False     # the cut-out as an alpha matte (sd_webui_sam.matting)
+    edge_band: float = 0         # its band in pixels each side of the edge; 0 = automatic
 
 
 @dataclass
@@ -462,7 +464,7 @@ def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.n
 def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
     """Mask and cut-out at the picture's size; the overlay, a picture to look at, at most
     ``OVERLAY_SIDE`` px long (a 4000x3000 overlay took 4 s of PNG encoding after every click)."""
-    from sd_webui_sam import render
+    from sd_webui_sam import matting, render
 
     alpha = processed_mask(candidates, index, tools)
     height, width = alpha.shape
@@ -475,7 +477,8 @@ def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> Chos
     return ChosenOutputs(
         overlay=Image.fromarray(render.overlay(picture, small_alpha)),
         mask=render.mask_image(alpha),
-        cutout=render.cutout(candidates.image, alpha),
+        cutout=(matting.cutout(candidates.image, alpha >= 0.5, "soft", tools.edge_band) if tools.soft_edges
+                else render.cutout(candidates.image, alpha)),
     )
 
 

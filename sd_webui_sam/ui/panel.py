@@ -174,6 +174,11 @@ def build_panel(options: PanelOptions) -> Panel:
                     fill_holes = gr.Checkbox(label="Fill holes", value=options.tools.fill_holes,
                                              elem_id=elem(prefix, "fill_holes"), min_width=80)
                     invert = gr.Checkbox(label="Invert", value=False, elem_id=elem(prefix, "invert"), min_width=80)
+                with gr.Row():
+                    soft_edges = gr.Checkbox(label="Soft edges (cut-out)", value=False, min_width=80,
+                                             elem_id=elem(prefix, "soft_edges"))
+                    edge_band = gr.Slider(0, 60, value=0, step=1, label="Edge band, px (0 = automatic)",
+                                          elem_id=elem(prefix, "edge_band"))
         with gr.Row(elem_classes=["sam-outputs"]):
             overlay = grc.image_output("Overlay", elem_id=elem(prefix, "overlay"), height=OUTPUT_HEIGHT)
             mask = grc.image_output("Mask", elem_id=elem(prefix, "mask"), image_mode="L", height=OUTPUT_HEIGHT)
@@ -189,7 +194,7 @@ def build_panel(options: PanelOptions) -> Panel:
         panel = Panel(
             options=options, model=model, input_image=input_image, prompts=prompts, preview=preview,
             candidates=candidates, choice=choice, status=status, overlay=overlay, mask=mask, cutout=cutout,
-            tools=[expand, feather, fill_holes, min_island, invert], state=state,
+            tools=[expand, feather, fill_holes, min_island, invert, soft_edges, edge_band], state=state,
             extra={"refresh": refresh, "device": device, "undo": undo, "clear": clear, "auto_preview": auto_preview,
                    "image_state": image_state, "masks_data": masks_data, "reset": reset, "first_run": first_run,
                    **download_parts},
@@ -390,12 +395,13 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
 
     tool_inputs = [panel.state, panel.choice, *panel.tools]
 
-    def render_choice(found, index, expand, feather, fill_holes, min_island, invert):
+    def render_choice(found, index, expand, feather, fill_holes, min_island, invert, soft_edges=False, edge_band=0):
         if found is None:
             return None, None, None, grc.update()
         tools = handlers.MaskTools(
             expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
-            min_island=int(min_island or 0), invert=bool(invert),
+            min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
+            edge_band=float(edge_band or 0),
         )
         chosen = found.index(index)
         return (*handlers.chosen_output_files(found, chosen, tools, files),

@@ -332,11 +332,12 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
     grc.listen(parts["keep_none"].click, keep_none, [], [parts["keep"]], show_progress=False)
 
     def segment(model, image, prompts_json, selection, ticked, mode, expand, feather, fill_holes, min_island,
-                invert):
+                invert, soft_edges=False, edge_band=0):
         result = segment_kept(engine(), model, image, selection, ticked, prompts_json, mode)
         found = result.candidates
         tools = handlers.MaskTools(expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
-                                   min_island=int(min_island or 0), invert=bool(invert))
+                                   min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
+                                   edge_band=float(edge_band or 0))
         chosen = handlers.chosen_outputs(found, found.best, tools)
         from sd_webui_sam.ui.panel import CHOICES
 
