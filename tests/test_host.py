@@ -381,6 +381,9 @@ def test_send_to_inpaint_fills_inpaint_upload_and_applies_preset(make_webui, tab
     assert replace[controlled["img2img_inpaint_full_res"]]["value"] == "Whole picture"
     assert replace[controlled["img2img_denoising_strength"]]["value"] == 0.75
     assert "value" not in replace[controlled["img2img_mask_blur"]]
+    soft = fn(image, mask, handlers.SOFT_EDGES_BLUR)
+    assert dict(zip(outputs, soft))[controlled["img2img_mask_blur"]]["value"] == 0
+    assert soft[1].mode == "L" and soft[1].size == mask.size
 
     failed = fn(image, None, handlers.FIX_DETAIL)
     assert "Preview" in failed[-1]

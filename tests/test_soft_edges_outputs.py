@@ -241,3 +241,16 @@ def test_panel_cutout_soft_edges():
     assert hard.cutout.tobytes() == render.cutout(image, mask).tobytes()
     assert soft.mask.tobytes() == hard.mask.tobytes()          # the mask (for inpaint) stays as it was
     check_soft_cutout(soft.cutout, image, mask, band=4)
+
+
+def test_soft_mask_for_inpainting():
+    from sd_webui_sam.ui import handlers
+
+    image = sample_image(H, W)
+    mask = blob_prediction().masks[0, 0]
+    picture, mask_image = handlers.inpaint_pair(Image.fromarray(image), Image.fromarray(mask.astype(np.uint8) * 255))
+    soft = np.asarray(handlers.soft_inpaint_mask(picture, mask_image))
+    assert soft.shape == mask.shape and len(np.unique(soft)) > 2
+    far = edge_distance(mask) > 30
+    assert np.array_equal(soft[far], mask[far].astype(np.uint8) * 255)
+    assert handlers.PRESET_VALUES[handlers.SOFT_EDGES_BLUR] == {"img2img_mask_blur": 0}

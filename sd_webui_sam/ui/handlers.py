@@ -499,7 +499,10 @@ def chosen_output_files(candidates: Candidates, index: int, tools: MaskTools, fi
 LEAVE_SETTINGS = "Leave my settings"
 FIX_DETAIL = "Fix a detail (face, hand)"
 REPLACE_OBJECT = "Replace the object"
-INPAINT_PRESETS = (LEAVE_SETTINGS, FIX_DETAIL, REPLACE_OBJECT)
+#: The mask is sent as its soft-edge alpha matte (sd_webui_sam.matting), which then blends the
+#: inpainted pixels in, instead of img2img's uniform mask blur (set to 0).
+SOFT_EDGES_BLUR = "Soft edges as the mask blur"
+INPAINT_PRESETS = (LEAVE_SETTINGS, FIX_DETAIL, REPLACE_OBJECT, SOFT_EDGES_BLUR)
 
 #: img2img control elem_id -> value, for each preset. Only controls named here are changed.
 PRESET_VALUES: Mapping[str, Mapping[str, Any]] = {
@@ -515,6 +518,7 @@ PRESET_VALUES: Mapping[str, Mapping[str, Any]] = {
         "img2img_inpaint_full_res": "Whole picture",
         "img2img_denoising_strength": 0.75,
     },
+    SOFT_EDGES_BLUR: {"img2img_mask_blur": 0},
 }
 PRESET_TARGETS: Sequence[str] = (
     "img2img_mask_blur",
@@ -523,6 +527,14 @@ PRESET_TARGETS: Sequence[str] = (
     "img2img_inpainting_fill",
     "img2img_denoising_strength",
 )
+
+
+def soft_inpaint_mask(picture: Image.Image, mask_image: Image.Image) -> Image.Image:
+    """The binary mask's alpha matte on ``picture`` as an 8-bit L mask (automatic band)."""
+    from sd_webui_sam import matting
+
+    matte = matting.alpha_matte(np.asarray(picture.convert("RGB")), np.asarray(mask_image) >= 128)
+    return Image.fromarray(np.round(matte.alpha * 255).astype(np.uint8), mode="L")
 
 
 def inpaint_pair(image: Any, mask: Any) -> Tuple[Image.Image, Image.Image]:

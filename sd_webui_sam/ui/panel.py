@@ -485,6 +485,8 @@ def wire_send_to_inpaint(panel: Panel, targets: Dict[str, Any]) -> None:
 
     def send(image, mask, preset):
         picture, mask_image = handlers.inpaint_pair(image, mask)
+        if preset == handlers.SOFT_EDGES_BLUR:
+            mask_image = handlers.soft_inpaint_mask(picture, mask_image)
         values = handlers.PRESET_VALUES.get(preset or handlers.LEAVE_SETTINGS, {})
         updates = [grc.update(value=values[name]) if name in values else grc.update() for name in controls]
         note = "" if not values else f" Preset '{preset}' applied."
