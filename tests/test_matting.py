@@ -150,3 +150,12 @@ def test_missing_pymatting_says_what_to_install(monkeypatch):
     image, _, mask = opaque_disc()
     with pytest.raises(SamUserError, match="pymatting"):
         matting.alpha_matte(image, mask, band_px=4)
+
+
+def test_a_large_band_region_is_solved_smaller_with_the_same_guarantees(monkeypatch):
+    image, truth, mask = opaque_disc()
+    monkeypatch.setattr(matting, "MAX_SOLVE_PIXELS", 3000)    # the band's region is ~90x90 here
+    matte = matting.alpha_matte(image, mask, band_px=6)
+    beyond_band = distance_to_edge(mask) > 6 + 1
+    assert np.array_equal(matte.alpha[beyond_band], mask[beyond_band].astype(np.float32))
+    assert np.abs(matte.alpha - truth).sum() < 0.5 * np.abs(mask.astype(np.float32) - truth).sum()
