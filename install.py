@@ -18,6 +18,7 @@ RUNTIME_REQUIREMENTS = (
     ("safetensors", "safetensors>=0.3"),
     ("cv2", "opencv-python-headless>=4.8,<5"),
     ("tqdm", "tqdm>=4.60"),
+    ("pymatting", "pymatting>=1.1.16,<1.2"),   # soft edges; brings numba, llvmlite and scipy
 )
 #: Packages the host owns: never upgraded or downgraded by us.
 HOST_PINNED = ("torch", "torchvision", "numpy", "Pillow", "gradio", "fastapi", "pydantic")
@@ -42,6 +43,13 @@ def pip_install_command(specs, constraints_file: str) -> list[str]:
             "-c", constraints_file, *specs]
 
 
+def warm_up_pymatting() -> None:
+    """numba compiles pymatting's kernels on its first import (about a minute of CPU) and caches
+    them beside the package; doing it here keeps that wait out of the first soft cut-out."""
+    print("[Segment Anything] compiling pymatting's kernels once, for soft edges (a minute or two)")
+    subprocess.run([sys.executable, "-c", "import pymatting"], check=False)
+
+
 def install_missing() -> int:
     specs = missing_requirements()
     if not specs:
@@ -54,6 +62,8 @@ def install_missing() -> int:
         if result.returncode != 0:
             print("[Segment Anything] could not install " + ", ".join(specs) +
                   "; install them into the WebUI's Python by hand. The extension reports what is missing when used.")
+        elif any(spec.startswith("pymatting") for spec in specs):
+            warm_up_pymatting()
         return result.returncode
     finally:
         os.unlink(constraints.name)

@@ -26,6 +26,7 @@ import numpy as np
 
 from sd_webui_sam.cutout import most_confident
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
+from sd_webui_sam.matting import check_alpha_mode
 from sd_webui_sam.prompts import Prompts, check_boxes, check_caption, check_labels, check_points
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -65,6 +66,9 @@ class BatchOptions:
     naming: str = "reference"
     expand: int = 0
     invert: bool = False
+    #: cut-out edges: "hard" (the mask) or "soft" (sd_webui_sam.matting; band 0 = automatic)
+    alpha: str = "hard"
+    alpha_band: float = 0
     overwrite: bool = False
     max_pixels: Optional[int] = None
     io_workers: int = 2
@@ -310,6 +314,7 @@ def validate_options(options: BatchOptions) -> None:
         raise InvalidPromptError(f"Naming must be one of {', '.join(NAMINGS)}.")
     if options.naming == "inpaint" and options.per_object:
         raise InvalidPromptError("The inpaint naming gives one mask per image; turn per-object off or use reference naming.")
+    check_alpha_mode(options.alpha)
     check_labels(options.labels, len(options.points))
     if options.everything:
         from sd_webui_sam.autosam.generator import AutoSamConfig
@@ -540,7 +545,7 @@ def _finish_mask(mask: np.ndarray, options: BatchOptions) -> np.ndarray:
 
 
 def _process(engine, options, detector, lock, image, source, key, stem, output_dir, source_paths, writer, manifest):
-    from sd_webui_sam import render
+    from sd_webui_sam import matting, render
     from sd_webui_sam.api.codec import mask_box
 
     entry: Dict[str, Any] = {"source": key, "outputs": [], "annotations": [], "size": list(image.shape[:2]),
@@ -580,7 +585,7 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
                              lambda m=final: _mask_image(m)))
             if "cutout" in options.outputs:
                 jobs.append((output_path(output_dir, stem, "cutout", options.naming, index, obj),
-                             lambda m=final: render.cutout(image, m)))
+                             lambda m=final: matting.cutout(image, m, options.alpha, options.alpha_band)))
             if "blend" in options.outputs:
                 shown = boxes if obj is None else boxes[obj:obj + 1]
                 jobs.append((output_path(output_dir, stem, "blend", options.naming, index, obj),
@@ -701,6 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reference: {stem}_{idx}_mask.png; inpaint: masks/{stem}.png for A1111 batch inpaint")
     parser.add_argument("--expand", type=int, default=0, help="grow (+) or shrink (-) masks by pixels")
     parser.add_argument("--invert", action="store_true", help="save the background instead")
+    parser.add_argument("--soft-edges", action="store_true",
+                        help="cut-outs with an alpha matte (hair, fur, glass) instead of the hard mask")
+    parser.add_argument("--edge-band", type=float, default=0,
+                        help="soft edges: band width in pixels on each side of the edge (default 0: automatic)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--device", default="auto")
     return parser
@@ -740,6 +749,7 @@ def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None, runner: Op
             everything=args.everything, multimask=not args.single, per_object=args.per_object,
             outputs=tuple(k.strip() for k in args.outputs.split(",") if k.strip()), naming=args.naming,
             expand=args.expand, invert=args.invert, overwrite=args.overwrite,
+            alpha="soft" if args.soft_edges else "hard", alpha_band=args.edge_band,
             autosam={"points_per_side": args.points_per_side} if args.points_per_side else None,
         )
         validate_options(options)

@@ -114,14 +114,16 @@ def segment_boxes(engine: Any, sam_model: str, image: np.ndarray, boxes: Sequenc
 
 
 def text_cutout(engine: Any, image: np.ndarray, caption: str, *, sam_model: str, detector: Optional[str] = None,
-                box_threshold: float = 0.3, text_threshold: float = 0.25) -> Optional[CutoutResult]:
-    """Cut out everything ``caption`` names in ``image``; None when GroundingDINO finds nothing."""
-    from sd_webui_sam import render
+                box_threshold: float = 0.3, text_threshold: float = 0.25, alpha: str = "hard",
+                alpha_band: float = 0) -> Optional[CutoutResult]:
+    """Cut out everything ``caption`` names in ``image``; None when GroundingDINO finds nothing.
+    ``alpha="soft"``: the cut-out gets soft edges (sd_webui_sam.matting); the mask stays binary."""
+    from sd_webui_sam import matting, render
 
     detected = detect_boxes(engine, detector, image, caption, box_threshold, text_threshold)
     if not detected.boxes:
         return None
     objects = best_masks(segment_boxes(engine, sam_model, image, [b.box for b in detected.boxes]))
     mask = objects.merged()
-    return CutoutResult(mask=mask, cutout=render.cutout(image, mask), mask_image=render.mask_image(mask),
+    return CutoutResult(mask=mask, cutout=matting.cutout(image, mask, alpha, alpha_band), mask_image=render.mask_image(mask),
                         boxes=detected.boxes, dropped=detected.dropped)

@@ -6,7 +6,7 @@ names each position, its kind, the value a missing or empty one means, and its l
 The panel builds its components from it, the script reads its values by name through
 :func:`parse_script_args`, and README's argument table is checked against it by a test.
 
-Older API callers send the first 6 (mask hand-off) or 12 (with cut-out after generation) values;
+Older API callers send the first 6 (mask hand-off), 12 (with cut-out after generation) or 15 (with the map) values;
 the ones they leave out take their defaults, which mean off.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, Mapping, Sequence, Tuple
 
 from sd_webui_sam.script_schema import ScriptArg
 
-__all__ = ["ARG_NAMES", "CONTROL_MAP_ARGS", "CUTOUT_ARGS", "HANDOFF_ARGS", "SCRIPT_ARGS",
+__all__ = ["ARG_NAMES", "CONTROL_MAP_ARGS", "CUTOUT_ALPHA_ARGS", "CUTOUT_ARGS", "HANDOFF_ARGS", "SCRIPT_ARGS",
            "ScriptArgValues", "parse_script_args", "script_arg"]
 
 #: Send the panel's mask to img2img inpaint and/or a ControlNet unit.
@@ -42,7 +42,12 @@ CONTROL_MAP_ARGS: Tuple[ScriptArg, ...] = (
     ScriptArg("control_map_unit", "int", 0, "ControlNet unit", minimum=0),
     ScriptArg("control_map_image", "picture", None, "Map sent to ControlNet (preprocessor: none)"),
 )
-SCRIPT_ARGS: Tuple[ScriptArg, ...] = HANDOFF_ARGS + CUTOUT_ARGS + CONTROL_MAP_ARGS
+#: Soft edges of 'cut out after generation' (added after the control map: older callers leave them out).
+CUTOUT_ALPHA_ARGS: Tuple[ScriptArg, ...] = (
+    ScriptArg("cutout_soft_edges", "bool", False, "Soft edges (alpha matte: hair, fur, glass)"),
+    ScriptArg("cutout_edge_band", "float", 0.0, "Edge band (px each side, 0 = automatic)", minimum=0.0, maximum=240.0),
+)
+SCRIPT_ARGS: Tuple[ScriptArg, ...] = HANDOFF_ARGS + CUTOUT_ARGS + CONTROL_MAP_ARGS + CUTOUT_ALPHA_ARGS
 ARG_NAMES: Tuple[str, ...] = tuple(arg.name for arg in SCRIPT_ARGS)
 _BY_NAME: Dict[str, ScriptArg] = {arg.name: arg for arg in SCRIPT_ARGS}
 

@@ -42,7 +42,7 @@ def _args(ui, runner, enabled=True, text="hand, face", box_threshold=0.0, sam_mo
     script = ui.script(runner, TITLE)
     values = [0] + [getattr(c, "value", None) for c in runner.inputs[1:]]
     mine = values[script.args_from:script.args_to]
-    assert len(mine) == 15  # mask hand-off (6), cut-out after generation (6), ControlNet map (3)
+    assert len(mine) == 17  # mask hand-off (6), cut-out after generation (6), ControlNet map (3), soft edges (2)
     mine[6:12] = [enabled, text, sam_model or mine[8], mine[9], box_threshold, 0.0]
     values[script.args_from:script.args_to] = mine
     return tuple(values)
@@ -119,3 +119,17 @@ def test_api_callers_may_leave_the_cutout_arguments_out(webui):
     parsed = parse_script_args([False, None, None, False, "0", False, "true", "dog", "m.pth", None, "2", None])
     assert parsed.cutout_enabled and parsed.cutout_text == "dog" and parsed.cutout_box_threshold == 1.0
     assert parsed.cutout_text_threshold == 0.25
+
+
+def test_soft_edges_of_the_cutout_come_last_and_default_to_hard(webui):
+    from sd_webui_sam.script_args import parse_script_args
+
+    older = [False, None, None, False, "0", False, "true", "dog", "m.pth", None, "0.3", "0.2", False, "0", None]
+    assert parse_script_args(older).cutout_soft_edges is False
+    soft = parse_script_args(older + [True, "12"])
+    assert (soft.cutout_soft_edges, soft.cutout_edge_band, soft.cutout_text) == (True, 12.0, "dog")
+    assert parse_script_args(older + ["false", "nan"]).cutout_edge_band == 0.0
+    runner = webui.txt2img
+    script = webui.script(runner, TITLE)
+    values = [getattr(c, "value", None) for c in runner.inputs[script.args_from:script.args_to]]
+    assert values[-2:] == [False, 0]   # the panel's checkbox and band slider, off by default

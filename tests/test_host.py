@@ -50,8 +50,9 @@ def test_accordion_in_both_tabs_and_api_can_rebuild_ui_without_side_effects(make
     for runner in (webui.txt2img, webui.img2img):
         script = webui.script(runner, TITLE)
         assert script.alwayson
-        # 6 for the mask hand-off, 6 for cut-out after generation, 3 for the AutoSAM map to ControlNet
-        assert script.args_to - script.args_from == 15
+        # 6 for the mask hand-off, 6 for cut-out after generation, 3 for the AutoSAM map to ControlNet,
+        # 2 for the cut-out's soft edges
+        assert script.args_to - script.args_from == 17
         assert all(getattr(c, "label", None) for c in script.controls)
     callbacks_before = {key: len(value) for key, value in script_callbacks.callback_map.items()}
     first = webui.api_default_args(webui.img2img)
@@ -66,7 +67,9 @@ def test_accordion_in_both_tabs_and_api_can_rebuild_ui_without_side_effects(make
     # (an empty Textbox's default value is "" in gradio 3 and None in gradio 4; both mean no caption)
     assert defaults[6] is False and defaults[7] in ("", None) and defaults[10:12] == [0.3, 0.25]
     # AutoSAM map to ControlNet: off, unit 0, no map yet.
-    assert defaults[12:] == [False, "0", None]
+    assert defaults[12:15] == [False, "0", None]
+    # The cut-out's soft edges: off, automatic band.
+    assert defaults[15:] == [False, 0]
 
 
 def test_lazy_imports_work_after_the_script_loader_restores_sys_path(tmp_path):
@@ -381,6 +384,9 @@ def test_send_to_inpaint_fills_inpaint_upload_and_applies_preset(make_webui, tab
     assert replace[controlled["img2img_inpaint_full_res"]]["value"] == "Whole picture"
     assert replace[controlled["img2img_denoising_strength"]]["value"] == 0.75
     assert "value" not in replace[controlled["img2img_mask_blur"]]
+    soft = fn(image, mask, handlers.SOFT_EDGES_BLUR)
+    assert dict(zip(outputs, soft))[controlled["img2img_mask_blur"]]["value"] == 0
+    assert soft[1].mode == "L" and soft[1].size == mask.size
 
     failed = fn(image, None, handlers.FIX_DETAIL)
     assert "Preview" in failed[-1]

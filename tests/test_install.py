@@ -41,3 +41,16 @@ def test_missing_package_is_installed_as_a_wheel_under_the_hosts_pins(monkeypatc
 
 def test_missing_requirements_detects_absent_modules():
     assert install.missing_requirements((("surely_not_installed_pkg", "x"), ("json", "y"))) == ["x"]
+
+
+def test_installing_pymatting_compiles_its_kernels_right_away(monkeypatch):
+    commands = []
+
+    class Result:
+        returncode = 0
+
+    monkeypatch.setattr(install, "missing_requirements", lambda: ["pymatting>=1.1.16,<1.2"])
+    monkeypatch.setattr(subprocess, "run", lambda command, check: commands.append(command) or Result())
+    assert install.install_missing() == 0
+    assert commands[0][-1] == "pymatting>=1.1.16,<1.2" and "--only-binary=:all:" in commands[0]
+    assert commands[1][1:] == ["-c", "import pymatting"]

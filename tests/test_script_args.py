@@ -27,7 +27,7 @@ def test_readme_table_lists_the_schema_in_order_with_its_defaults():
 
 
 def test_values_are_read_by_name_and_missing_ones_take_the_defaults():
-    assert len(ARG_NAMES) == 15 and len(set(ARG_NAMES)) == 15
+    assert len(ARG_NAMES) == 17 and len(set(ARG_NAMES)) == 17
     parsed = parse_script_args(["yes", "img", None, 1, "2", "off"])
     assert (parsed.use_for_generation, parsed.image, parsed.mask) == (True, "img", None)
     assert (parsed.controlnet_enabled, parsed.controlnet_unit, parsed.controlnet_invert) == (True, 2, False)

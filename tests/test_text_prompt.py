@@ -131,7 +131,7 @@ def test_section_builds_inside_the_panel(engine, sd_controls):
     parts = panel.extra["text_prompt"]
     assert parts["detector"].choices and "keep" in parts
     assert ("cutout_enabled" in parts) == sd_controls
-    assert len(panel.script_args) == (15 if sd_controls else 6)  # with the AutoSAM map's 3 (script_args.py)
+    assert len(panel.script_args) == (17 if sd_controls else 6)  # with the AutoSAM map (3) and soft edges (2)
 
 
 def test_many_boxes_are_bounded_by_max_objects_most_confident_first(engine, sam_name, image, monkeypatch):

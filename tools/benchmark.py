@@ -265,6 +265,14 @@ def section_everything() -> None:
         report_ratio("segment everything, ours vs reference", result["speedup"], ">= 2x")
 
 
+def section_matting() -> None:
+    """Issue 17: soft edges vs the hard mask and a guided filter, against known true alpha."""
+    from tools.bench_matting import format_result, run
+
+    print("Soft edges: 4 composites with known alpha, 1024x768, CPU")
+    print(format_result(run()))
+
+
 SECTIONS: Dict[str, Callable[[], None]] = {
     "click": section_click,
     "masks": section_masks,
@@ -277,6 +285,7 @@ SECTIONS: Dict[str, Callable[[], None]] = {
     "browser": section_browser,
     "detail": section_detail,
     "ray": section_ray,
+    "matting": section_matting,
 }
 
 

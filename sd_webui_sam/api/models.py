@@ -33,6 +33,10 @@ DETECTION_RULE_DOC = (
 )
 Transparency = Literal["white", "ignore"]
 DetectionRule = Literal["phrases", "reference"]
+AlphaMode = Literal["hard", "soft"]
+ALPHA_DOC = ("Cut-out edges: 'hard' (the mask as it is) or 'soft' (an alpha matte estimated from the image in a band "
+             "around the mask's edge, for hair, fur and glass; the alpha is the PNG's 8-bit alpha channel).")
+ALPHA_BAND_DOC = "Soft edges: width in pixels of the band on each side of the mask's edge; 0 = automatic from the object's size."
 
 
 class ErrorResponse(BaseModel):
@@ -179,6 +183,8 @@ class PredictV2Request(BaseModel):
     postprocess: MaskPostprocess = Field(default_factory=MaskPostprocess, description="Mask post-processing.")
     mask_format: StrictStr = Field("png", description="'png' (base64 8-bit PNG), 'rle' (COCO RLE) or 'none'.")
     return_cutout: bool = Field(False, description="Add an RGBA cut-out (PNG base64) per mask.")
+    alpha: AlphaMode = Field("hard", description=ALPHA_DOC)
+    alpha_band: float = Field(0, ge=0, le=240, description=ALPHA_BAND_DOC)
     return_blend: bool = Field(False, description="Add a preview of the image with the mask drawn over it.")
     return_logits: bool = Field(False, description="Add low-res logits per mask (pass back as previous_logits).")
     hq_token_only: bool = Field(False, description="HQ-SAM only: use the HQ output token alone.")
@@ -253,6 +259,8 @@ class BatchV2Request(BaseModel):
     multimask: bool = Field(True, description="3 candidates per image (reference 'Output per image: 3').")
     per_object: bool = Field(False, description="One mask per object instead of all objects merged.")
     outputs: List[StrictStr] = Field(["mask", "cutout", "blend"], description="Any of mask, cutout, blend, coco.")
+    alpha: AlphaMode = Field("hard", description=ALPHA_DOC)
+    alpha_band: float = Field(0, ge=0, le=240, description=ALPHA_BAND_DOC)
     naming: StrictStr = Field("reference", description="'reference' ({stem}_{idx}_mask.png ...) or 'inpaint' (masks/{stem}.png).")
     expand: int = Field(0, ge=-512, le=512, description="Grow (+) or shrink (-) masks by this many pixels.")
     invert: bool = Field(False, description="Save the background instead of the foreground.")

@@ -8,7 +8,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional
 
 import numpy as np
 
-from sd_webui_sam import images
+from sd_webui_sam import images, matting
 from sd_webui_sam.api import codec
 from sd_webui_sam.api.codec import ForbiddenPathError
 from sd_webui_sam.api.compat import model_to_dict
@@ -426,7 +426,9 @@ class SamApi:
             from sd_webui_sam import rle
 
             out["mask"] = rle.encode(mask)
-        if request.return_cutout:
+        if request.return_cutout and request.alpha == "soft":
+            out["cutout"] = codec.png_base64(matting.cutout(image, mask, "soft", request.alpha_band))
+        elif request.return_cutout:
             out["cutout"] = codec.png_base64(_render().cutout(image, soft if soft is not None else mask))
         if request.return_blend:
             out["blend"] = codec.png_base64(_render().reference_blend(image, mask, []))
@@ -467,6 +469,7 @@ class SamApi:
             everything=request.everything, multimask=request.multimask, per_object=request.per_object,
             outputs=tuple(request.outputs), naming=request.naming, expand=request.expand, invert=request.invert,
             overwrite=request.overwrite, autosam=dict(request.autosam_conf or {}),
+            alpha=request.alpha, alpha_band=request.alpha_band,
         )
         report = batch_module.run_batch(self.engine, options, detector=self.detector, interrupt=interrupt,
                                         gpu_lock=self._gpu_lock)

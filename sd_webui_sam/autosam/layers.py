@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,6 +29,9 @@ class Layer:
     name: str
     mask: np.ndarray                      # (H,W) bool: the pixels this layer owns
     box: tuple[int, int, int, int]        # x0, y0, x1, y1 (exclusive) around them
+    #: soft edges only (see soften): (H,W) uint8 alpha and (H,W,3) uint8 colours; None = the mask, opaque
+    alpha: Optional[np.ndarray] = None
+    colours: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -41,6 +44,11 @@ class LayerStack:
     def rgba(self, layer: Layer) -> np.ndarray:
         """(H,W,4) uint8: the layer's pixels opaque, everything else fully transparent (and black)."""
         out = np.zeros(self.image.shape[:2] + (4,), dtype=np.uint8)
+        if layer.alpha is not None:
+            seen = layer.alpha > 0
+            out[seen, :3] = layer.colours[seen]
+            out[seen, 3] = layer.alpha[seen]
+            return out
         out[layer.mask, :3] = self.image[layer.mask]
         out[layer.mask, 3] = 255
         return out
@@ -93,6 +101,27 @@ def build_layers(image: np.ndarray, masks: Iterable) -> LayerStack:
     return LayerStack(image=image, layers=layers)
 
 
+def soften(stack: LayerStack, band_px: float = 0) -> LayerStack:
+    """Soft edges: each segment layer an alpha matte of its mask (sd_webui_sam.matting), with the
+    object's own colours there. The leftover layer, at the bottom, stays opaque wherever no segment
+    is, so the stack still covers every pixel: under a soft edge it shows the original picture."""
+    from sd_webui_sam import matting
+
+    softened, opaque = [], np.zeros(stack.image.shape[:2], dtype=bool)
+    for layer in stack.layers:
+        if layer.name == LEFTOVER:
+            continue
+        matte = matting.alpha_matte(stack.image, layer.mask, band_px or None)
+        alpha = np.round(matte.alpha * 255).astype(np.uint8)
+        opaque |= alpha == 255
+        softened.append(Layer(name=layer.name, mask=layer.mask, box=_mask_box(alpha > 0), alpha=alpha,
+                              colours=matte.foreground))
+    if any(layer.name == LEFTOVER for layer in stack.layers) or not opaque.all():
+        leftover = ~opaque
+        softened.append(Layer(name=LEFTOVER, mask=leftover, box=_mask_box(leftover)))
+    return LayerStack(image=stack.image, layers=softened)
+
+
 def fresh_directory(parent: Path, stem: str) -> Path:
     """parent/stem, or parent/stem-2, -3, ... if that already exists: a user's files are never overwritten."""
     parent = Path(parent)
@@ -143,6 +172,10 @@ def _unicode_name_block(name: str) -> bytes:
 
 def _layer_channels(stack: LayerStack, layer: Layer) -> list[tuple[int, bytes]]:
     x0, y0, x1, y1 = layer.box
+    if layer.alpha is not None:
+        rgba = stack.rgba(layer)[y0:y1, x0:x1]
+        planes = [(-1, rgba[..., 3])] + [(channel, rgba[..., channel]) for channel in range(3)]
+        return [(channel_id, struct.pack(">H", 0) + np.ascontiguousarray(plane).tobytes()) for channel_id, plane in planes]
     own = layer.mask[y0:y1, x0:x1]
     pixels = np.where(own[..., None], stack.image[y0:y1, x0:x1], 0).astype(np.uint8)
     alpha = np.where(own, 255, 0).astype(np.uint8)
@@ -202,9 +235,12 @@ class LayoutResult:
 
 
 def export_layout(image: np.ndarray, masks: Sequence, output_dir: Path, stem: str, *, write_psd_file: bool = True,
-                  write_png_files: bool = True) -> LayoutResult:
-    """Everything the 'Image layout' button produces for one image, in a new folder output_dir/stem."""
+                  write_png_files: bool = True, alpha: str = "hard", alpha_band: float = 0) -> LayoutResult:
+    """Everything the 'Image layout' button produces for one image, in a new folder output_dir/stem.
+    ``alpha="soft"``: segment layers with soft edges (see soften)."""
     stack = build_layers(image, masks)
+    if alpha == "soft":
+        stack = soften(stack, alpha_band)
     directory = fresh_directory(Path(output_dir), stem)
     pngs = write_pngs(stack, directory) if write_png_files else []
     psd = write_psd(stack, directory / f"{stem}.psd") if write_psd_file else None

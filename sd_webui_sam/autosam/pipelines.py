@@ -88,20 +88,23 @@ def _load(path: Path, engine) -> np.ndarray:
 
 
 def layout(engine, model_name: str, image: np.ndarray, output_dir: Path, stem: str = "layout",
-           config: Optional[AutoSamConfig] = None, write_psd: bool = True) -> layers.LayoutResult:
+           config: Optional[AutoSamConfig] = None, write_psd: bool = True, alpha: str = "hard",
+           alpha_band: float = 0) -> layers.LayoutResult:
     masks = segment_everything(engine, model_name, image, config)
-    return layers.export_layout(image, masks, Path(output_dir), stem, write_psd_file=write_psd)
+    return layers.export_layout(image, masks, Path(output_dir), stem, write_psd_file=write_psd, alpha=alpha,
+                                alpha_band=alpha_band)
 
 
 def layout_folder(engine, model_name: str, input_dir: Path, output_dir: Path, config: Optional[AutoSamConfig] = None,
-                  write_psd: bool = True) -> BatchReport:
+                  write_psd: bool = True, alpha: str = "hard", alpha_band: float = 0) -> BatchReport:
     """A layout (PNG layers + PSD) per image, each in output_dir/<image name>/; one failing
     image is reported and the rest go on."""
     report = BatchReport()
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     for path in image_files(input_dir):
         try:
-            result = layout(engine, model_name, _load(path, engine), Path(output_dir), path.stem, config, write_psd)
+            result = layout(engine, model_name, _load(path, engine), Path(output_dir), path.stem, config, write_psd,
+                            alpha, alpha_band)
             report.done.append(result.directory)
         except SamUserError as error:
             report.errors.append(f"{path.name}: {error}")

@@ -137,7 +137,8 @@ def cut_out_generated(p: Any, pp: Any, args: ScriptArgValues, engine: Any) -> st
         order = int(getattr(p, "iteration", 0) or 0) * int(getattr(p, "batch_size", 1) or 1) + batch_index
     result = text_cutout(engine, np.asarray(image.convert("RGB")), caption, sam_model=args.cutout_sam_model,
                          detector=args.cutout_dino_model, box_threshold=args.cutout_box_threshold,
-                         text_threshold=args.cutout_text_threshold)
+                         text_threshold=args.cutout_text_threshold,
+                         alpha="soft" if args.cutout_soft_edges else "hard", alpha_band=args.cutout_edge_band)
     if result is None:
         return f"cut out: {no_boxes_message(caption, args.cutout_box_threshold)}"
     pending.append(PendingCutout(

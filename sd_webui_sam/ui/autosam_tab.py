@@ -176,8 +176,10 @@ def run_semantic(engine, model_name, image, source, dataset_key, colour_map, res
     return [_pil(a) for a in result.gallery()], _pil(result.after_colour), message
 
 
-def run_layout(engine, model_name, mode, image, input_dir, output_dir, write_psd, config_values) -> str:
+def run_layout(engine, model_name, mode, image, input_dir, output_dir, write_psd, config_values,
+               soft_edges: bool = False) -> str:
     """Writes the layers; the status lists what was written (nothing is ever overwritten)."""
+    alpha = "soft" if soft_edges else "hard"
     if not output_dir or not str(output_dir).strip():
         raise InvalidPromptError("Enter an output folder for the layers.")
     output = Path(str(output_dir).strip()).expanduser()
@@ -187,12 +189,12 @@ def run_layout(engine, model_name, mode, image, input_dir, output_dir, write_psd
         if not input_dir or not str(input_dir).strip():
             raise InvalidPromptError("Enter the input folder of the batch.")
         report = pipelines.layout_folder(engine, model, Path(str(input_dir).strip()).expanduser(), output, config,
-                                         bool(write_psd))
+                                         bool(write_psd), alpha)
         lines = [f"{len(report.done)} layout(s) written:"] + [f"  {path}" for path in report.done] + report.errors
         return "\n".join(lines)
     output.mkdir(parents=True, exist_ok=True)
     stem = Path(getattr(image, "filename", "") or "layout").stem or "layout"
-    result = pipelines.layout(engine, model, _rgb(image, engine), output, stem, config, bool(write_psd))
+    result = pipelines.layout(engine, model, _rgb(image, engine), output, stem, config, bool(write_psd), alpha)
     written = list(result.png_paths) + ([result.psd_path] if result.psd_path else [])
     return "\n".join([f"{result.layer_count} layers in {result.directory}:"] + [f"  {p}" for p in written])
 
@@ -309,6 +311,8 @@ def build(panel: Any) -> Dict[str, Any]:
                 l_mode = gr.Radio(label="Mode", choices=list(LAYOUT_MODES), value=LAYOUT_MODES[0],
                                   elem_id=elem(prefix, "layout_mode"))
                 l_psd = gr.Checkbox(label="Also write a layered PSD", value=True, elem_id=elem(prefix, "layout_psd"))
+                l_soft = gr.Checkbox(label="Soft edges (alpha matte: hair, fur, glass)", value=False,
+                                     elem_id=elem(prefix, "layout_soft"))
             l_image = grc.image_input("Image", elem_id=elem(prefix, "layout_image"))
             l_input = gr.Textbox(label="Input folder (batch)", elem_id=elem(prefix, "layout_input"))
             l_output = gr.Textbox(label="Output folder", elem_id=elem(prefix, "layout_output"))
@@ -365,11 +369,11 @@ def build(panel: Any) -> Dict[str, Any]:
             if then is not None:  # the map shown follows each new segmentation
                 grc.listen(then, pick, *pick_io, show_progress=False)
 
-    def layout_handler(model_name, mode, image, input_dir, output_dir, write_psd, *values):
-        return run_layout(engine(), model_name, mode, image, input_dir, output_dir, write_psd, values)
+    def layout_handler(model_name, mode, image, input_dir, output_dir, write_psd, soft_edges, *values):
+        return run_layout(engine(), model_name, mode, image, input_dir, output_dir, write_psd, values, bool(soft_edges))
 
     grc.listen(l_run.click, handlers.guarded(layout_handler, lambda message: message),
-               [model, l_mode, l_image, l_input, l_output, l_psd, *config], [l_status])
+               [model, l_mode, l_image, l_input, l_output, l_psd, l_soft, *config], [l_status])
 
     def dataset_changed(dataset_key):
         return grc.update(choices=category_choices(dataset_key), value=[])

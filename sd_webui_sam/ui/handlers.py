@@ -45,6 +45,8 @@ class MaskTools:
     fill_holes: bool = False
     min_island: int = 0
     invert: bool = False
+    soft_edges: bool = False     # the cut-out as an alpha matte (sd_webui_sam.matting)
+    edge_band: float = 0         # its band in pixels each side of the edge; 0 = automatic
 
 
 @dataclass
@@ -414,7 +416,7 @@ def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.n
 def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
     """Mask and cut-out at the picture's size; the overlay, a picture to look at, at most
     ``OVERLAY_SIDE`` px long (a 4000x3000 overlay took 4 s of PNG encoding after every click)."""
-    from sd_webui_sam import render
+    from sd_webui_sam import matting, render
 
     alpha = processed_mask(candidates, index, tools)
     height, width = alpha.shape
@@ -427,7 +429,8 @@ def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> Chos
     return ChosenOutputs(
         overlay=Image.fromarray(render.overlay(picture, small_alpha)),
         mask=render.mask_image(alpha),
-        cutout=render.cutout(candidates.image, alpha),
+        cutout=(matting.cutout(candidates.image, alpha >= 0.5, "soft", tools.edge_band) if tools.soft_edges
+                else render.cutout(candidates.image, alpha)),
     )
 
 
@@ -448,7 +451,10 @@ def chosen_output_files(candidates: Candidates, index: int, tools: MaskTools, fi
 LEAVE_SETTINGS = "Leave my settings"
 FIX_DETAIL = "Fix a detail (face, hand)"
 REPLACE_OBJECT = "Replace the object"
-INPAINT_PRESETS = (LEAVE_SETTINGS, FIX_DETAIL, REPLACE_OBJECT)
+#: The mask is sent as its soft-edge alpha matte (sd_webui_sam.matting), which then blends the
+#: inpainted pixels in, instead of img2img's uniform mask blur (set to 0).
+SOFT_EDGES_BLUR = "Soft edges as the mask blur"
+INPAINT_PRESETS = (LEAVE_SETTINGS, FIX_DETAIL, REPLACE_OBJECT, SOFT_EDGES_BLUR)
 
 #: img2img control elem_id -> value, for each preset. Only controls named here are changed.
 PRESET_VALUES: Mapping[str, Mapping[str, Any]] = {
@@ -464,6 +470,7 @@ PRESET_VALUES: Mapping[str, Mapping[str, Any]] = {
         "img2img_inpaint_full_res": "Whole picture",
         "img2img_denoising_strength": 0.75,
     },
+    SOFT_EDGES_BLUR: {"img2img_mask_blur": 0},
 }
 PRESET_TARGETS: Sequence[str] = (
     "img2img_mask_blur",
@@ -472,6 +479,14 @@ PRESET_TARGETS: Sequence[str] = (
     "img2img_inpainting_fill",
     "img2img_denoising_strength",
 )
+
+
+def soft_inpaint_mask(picture: Image.Image, mask_image: Image.Image) -> Image.Image:
+    """The binary mask's alpha matte on ``picture`` as an 8-bit L mask (automatic band)."""
+    from sd_webui_sam import matting
+
+    matte = matting.alpha_matte(np.asarray(picture.convert("RGB")), np.asarray(mask_image) >= 128)
+    return Image.fromarray(np.round(matte.alpha * 255).astype(np.uint8), mode="L")
 
 
 def inpaint_pair(image: Any, mask: Any) -> Tuple[Image.Image, Image.Image]:

@@ -15,7 +15,7 @@ import gradio as gr
 from sd_webui_sam import downloads
 from sd_webui_sam.compat import gradio_compat as grc
 from sd_webui_sam.devices import DEVICE_CHOICES
-from sd_webui_sam.script_args import CUTOUT_ARGS, HANDOFF_ARGS, SCRIPT_ARGS, script_arg
+from sd_webui_sam.script_args import CUTOUT_ALPHA_ARGS, CUTOUT_ARGS, HANDOFF_ARGS, SCRIPT_ARGS, script_arg
 from sd_webui_sam.ui import autosam_tab, batch_tab, handlers, text_prompt
 from sd_webui_sam.ui.elements import CHOICES, elem, status_html, unit_choices
 
@@ -99,6 +99,8 @@ class Panel:
         components = dict(zip((arg.name for arg in HANDOFF_ARGS), handoff))
         components.update(zip((arg.name for arg in CUTOUT_ARGS), self.extra.get("cutout_args", ())))
         components.update(autosam_tab.control_map_components(self))
+        components.update(zip((arg.name for arg in CUTOUT_ALPHA_ARGS),
+                              text_prompt.cutout_alpha_script_args(self.extra.get("text_prompt") or {})))
         return {name: component for name, component in components.items() if component is not None}
 
     @property
@@ -187,6 +189,11 @@ def build_panel(options: PanelOptions) -> Panel:
                     fill_holes = gr.Checkbox(label="Fill holes", value=options.tools.fill_holes,
                                              elem_id=elem(prefix, "fill_holes"), min_width=80)
                     invert = gr.Checkbox(label="Invert", value=False, elem_id=elem(prefix, "invert"), min_width=80)
+                with gr.Row():
+                    soft_edges = gr.Checkbox(label="Soft edges (cut-out)", value=False, min_width=80,
+                                             elem_id=elem(prefix, "soft_edges"))
+                    edge_band = gr.Slider(0, 60, value=0, step=1, label="Edge band, px (0 = automatic)",
+                                          elem_id=elem(prefix, "edge_band"))
         with gr.Row(elem_classes=["sam-outputs"]):
             overlay = grc.image_output("Overlay", elem_id=elem(prefix, "overlay"), height=OUTPUT_HEIGHT)
             mask = grc.image_output(script_arg("mask").label, elem_id=elem(prefix, "mask"), image_mode="L",
@@ -203,7 +210,7 @@ def build_panel(options: PanelOptions) -> Panel:
         panel = Panel(
             options=options, model=model, input_image=input_image, prompts=prompts, preview=preview,
             candidates=candidates, choice=choice, status=status, overlay=overlay, mask=mask, cutout=cutout,
-            tools=[expand, feather, fill_holes, min_island, invert], state=state,
+            tools=[expand, feather, fill_holes, min_island, invert, soft_edges, edge_band], state=state,
             extra={"refresh": refresh, "device": device, "undo": undo, "clear": clear, "auto_preview": auto_preview,
                    "image_state": image_state, "masks_data": masks_data, "reset": reset, "first_run": first_run,
                    **download_parts},
@@ -396,12 +403,13 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
 
     tool_inputs = [panel.state, panel.choice, *panel.tools]
 
-    def render_choice(found, index, expand, feather, fill_holes, min_island, invert):
+    def render_choice(found, index, expand, feather, fill_holes, min_island, invert, soft_edges=False, edge_band=0):
         if found is None:
             return None, None, None, grc.update()
         tools = handlers.MaskTools(
             expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
-            min_island=int(min_island or 0), invert=bool(invert),
+            min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
+            edge_band=float(edge_band or 0),
         )
         chosen = found.index(index)
         return (*handlers.chosen_output_files(found, chosen, tools, files),
@@ -483,6 +491,8 @@ def wire_send_to_inpaint(panel: Panel, targets: Dict[str, Any]) -> None:
 
     def send(image, mask, preset):
         picture, mask_image = handlers.inpaint_pair(image, mask)
+        if preset == handlers.SOFT_EDGES_BLUR:
+            mask_image = handlers.soft_inpaint_mask(picture, mask_image)
         values = handlers.PRESET_VALUES.get(preset or handlers.LEAVE_SETTINGS, {})
         updates = [grc.update(value=values[name]) if name in values else grc.update() for name in controls]
         note = "" if not values else f" Preset '{preset}' applied."

@@ -231,16 +231,26 @@ def build_section(panel: Any) -> Dict[str, Any]:
                           "and the mask beside it", value=False, elem_id=elem(prefix, "cutout_enabled"))
                 parts["cutout_caption"] = gr.Textbox(label="Cut out", placeholder="person", lines=1,
                                                      elem_id=elem(prefix, "cutout_caption"))
+                with gr.Row():
+                    parts["cutout_soft"] = gr.Checkbox(label="Soft edges (alpha matte: hair, fur, glass)", value=False,
+                                                       elem_id=elem(prefix, "cutout_soft"))
+                    parts["cutout_band"] = gr.Slider(label="Edge band (px each side, 0 = automatic)", minimum=0,
+                                                     maximum=60, step=1, value=0, elem_id=elem(prefix, "cutout_band"))
     _wire(panel, parts, engine, status_html, grc)
     return parts
 
 
 def cutout_script_args(panel: Any, parts: Dict[str, Any]) -> List[Any]:
-    """What 'cut out after generation' adds to the script's arguments (see compat.generation.CUTOUT_ARG_NAMES)."""
+    """What 'cut out after generation' adds to the script's arguments (script_args.CUTOUT_ARGS)."""
     if "cutout_enabled" not in parts:
         return []
     return [parts["cutout_enabled"], parts["cutout_caption"], panel.model, parts["detector"], parts["box_threshold"],
             parts["text_threshold"]]
+
+
+def cutout_alpha_script_args(parts: Dict[str, Any]) -> List[Any]:
+    """The cut-out's soft edges, after every other script argument (script_args.CUTOUT_ALPHA_ARGS)."""
+    return [parts["cutout_soft"], parts["cutout_band"]] if "cutout_soft" in parts else []
 
 
 def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_html: Callable, grc: Any) -> None:
@@ -298,11 +308,12 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
     grc.listen(parts["keep_none"].click, keep_none, [], [parts["keep"]], show_progress=False)
 
     def segment(model, image, prompts_json, selection, ticked, mode, expand, feather, fill_holes, min_island,
-                invert):
+                invert, soft_edges=False, edge_band=0):
         result = segment_kept(engine(), model, image, selection, ticked, prompts_json, mode)
         found = result.candidates
         tools = handlers.MaskTools(expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
-                                   min_island=int(min_island or 0), invert=bool(invert))
+                                   min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
+                                   edge_band=float(edge_band or 0))
         chosen = handlers.chosen_outputs(found, found.best, tools)
         from sd_webui_sam.ui.panel import CHOICES
 
