@@ -8,9 +8,10 @@ mask prompt are clamped to +-32.
 
 Options understood by :meth:`Sam2Segmenter.decode` (in ``options``; other families ignore them):
 
-``"sam2_dynamic_multimask"`` (bool, default False)
+``"sam2_dynamic_multimask"`` (bool, default True)
     With single-mask output, use the best multimask candidate when the single mask is
-    unstable (SAM 2's video predictor does this; its image predictor, our default, does not).
+    unstable (stability score below 0.98 at +-0.05), as the official ``build_sam2`` sets up
+    the model for its image predictor; False gives the single-mask token's output always.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class Sam2Segmenter(PromptableSegmenter):
         masks, iou, _ = decoder.predict_masks_high_res(
             features["image_embeddings"], self.sam_prompt_encoder.get_dense_pe(), sparse, dense, high_res
         )
-        if not multimask_output and (options or {}).get(DYNAMIC_MULTIMASK, False):
+        if not multimask_output and (options or {}).get(DYNAMIC_MULTIMASK, True):
             return decoder.select_outputs_dynamic(masks, iou)
         return decoder.select_outputs(masks, iou, multimask_output)
 
