@@ -22,7 +22,7 @@ echo "Setting up the SAM 2 oracle environment in $venv (the first time downloads
 # sam2 imports hydra (its package __init__), iopath (the Hiera trunk) and torchvision (transforms).
 "${pip[@]}" install torch==2.5.1 numpy==1.26.4 "Pillow>=9.5,<11"
 "${pip[@]}" install --no-deps torchvision==0.20.1 hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 \
-    iopath==0.1.10 portalocker tqdm pyyaml packaging
+    iopath==0.1.10 portalocker tqdm pyyaml packaging wheel setuptools
 # The sdist's build needs torch; SAM2_BUILD_CUDA=0 skips its optional CUDA extension.
 SAM2_BUILD_CUDA=0 "${pip[@]}" install --no-deps --no-build-isolation sam2==1.1.0
 "$venv/bin/python" -c 'import sam2, torch; from sam2.sam2_image_predictor import SAM2ImagePredictor; print("sam2 oracle ready, torch", torch.__version__)'
