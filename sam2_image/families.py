@@ -14,7 +14,8 @@ in SAM 2.0) as a function of what is read:
 * window sizes after the first stage: (4, 16, 8) for the large trunk (width 144), else (4, 14, 7);
 * global-attention blocks: the official ones for the four published stage layouts; for any
   other layout (reduced models), three blocks of the third stage ending at its last block,
-  spaced by a third of its depth (the rule that gives T's and S's official blocks);
+  spaced by a third of its depth (the rule that gives T's and S's official blocks), never its
+  first block (that one pools its queries per window; the official code requires a window there);
 * q-pooling at every stage change (needed for the neck's 2x steps), FPN merging at levels
   2 and 3 (nearest), the coarsest level dropped, IoU head with sigmoid, 8 decoder heads.
 """
@@ -72,12 +73,14 @@ _TWO_HEAD_WIDTH = 112
 
 
 def default_global_blocks(stages: Tuple[int, ...]) -> Tuple[int, ...]:
-    """Three blocks of the third stage, the last one its last block, spaced by a third of its depth."""
+    """Three blocks of the third stage, the last one its last block, spaced by a third of its depth;
+    never the stage's first block, which pools its queries within windows (as in every official config)."""
     if len(stages) < 3:
         return ()
     end = sum(stages[:3]) - 1
+    first_unpooled = end - stages[2] + 2
     step = max(1, stages[2] // 3)
-    return tuple(sorted({max(end - offset * step, end - stages[2] + 1) for offset in range(3)}))
+    return tuple(sorted({block for block in (end - offset * step for offset in range(3)) if block >= first_unpooled}))
 
 
 def derive_sam2_config(shapes: Shapes) -> Optional[dict]:
