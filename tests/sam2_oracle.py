@@ -101,6 +101,8 @@ def main(job_path: str, out_dir: str) -> None:
                 results[f"{image_index}_amg_scores"] = np.array([record["predicted_iou"] for record in records])
                 results[f"{image_index}_amg_stability"] = np.array([record["stability_score"] for record in records])
                 results[f"{image_index}_amg_boxes"] = np.array([record["bbox"] for record in records])
+                results[f"{image_index}_amg_points"] = np.array([record["point_coords"][0] for record in records])
+                results[f"{image_index}_amg_crop_boxes"] = np.array([record["crop_box"] for record in records])
     np.savez_compressed(out / "results.npz", **results)
     (out / "timings.json").write_text(json.dumps(timings))
 

@@ -13,6 +13,7 @@ import torch
 from sam2_image.families import Sam2Family, VIDEO_PREFIXES
 from sam2_image.segmenter import build_sam2
 from sd_webui_sam import checkpoints
+from sd_webui_sam.autosam.generator import AutoSamConfig, generate_masks
 from sd_webui_sam.devices import Placement
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import UnrecognisedCheckpointError
@@ -156,3 +157,27 @@ def test_real_hiera_t_shape_equals_the_oracle(tmp_path_factory):
     assert spec.variant == "tiny" and spec.label == "SAM 2.1 Hiera-T"
     for case in cases:
         _assert_case_matches(predictor, image, case, results)
+
+
+# Random weights give masks of a few sizes; relaxed filters keep dozens of candidates in play.
+AMG_SETTINGS = dict(points_per_side=6, points_per_batch=16, pred_iou_thresh=0.3, stability_score_thresh=0.3,
+                    box_nms_thresh=1.0)
+
+
+def test_segment_everything_equals_sam2_automatic_mask_generator(tmp_path_factory):
+    image, checkpoint, results = _oracle_run(tmp_path_factory, TINY_TRUNK, [], "sam2_amg", amg=AMG_SETTINGS)
+    predictor, _ = _ours(checkpoint)
+    ours = generate_masks(predictor, image, AutoSamConfig(**AMG_SETTINGS))
+    count = int(results["0_amg_count"])
+    assert count >= 5, "the settings keep too few masks to compare"
+    assert len(ours) == count
+    # Keyed by the generating point and the score: float rounding (about 1e-5) may move a mask's
+    # border pixels whose logit is next to the threshold, never the set of masks.
+    ours = sorted(ours, key=lambda record: (record.point_coords, round(record.predicted_iou, 4)))
+    order = sorted(range(count), key=lambda i: (tuple(results["0_amg_points"][i]), round(float(results["0_amg_scores"][i]), 4)))
+    for record, index in zip(ours, order):
+        np.testing.assert_allclose(record.point_coords, results["0_amg_points"][index], atol=1e-4)
+        assert record.predicted_iou == pytest.approx(float(results["0_amg_scores"][index]), abs=1e-4)
+        assert record.stability_score == pytest.approx(float(results["0_amg_stability"][index]), abs=1e-3)
+        differ = np.count_nonzero(record.mask() != results["0_amg_masks"][index])
+        assert differ <= max(2, record.mask().size // 10000), f"{differ} pixels differ"

@@ -233,12 +233,13 @@ def resized_input_size(height: int, width: int, long_side: int) -> tuple[int, in
 
 
 def upsample_logits(low_res: torch.Tensor, model_input_side: int, input_size: tuple[int, int],
-                    output_size: tuple[int, int]) -> torch.Tensor:
-    """Low-res logits (N,S,S) -> (N,H,W) float32, exactly SAM's postprocess (upsample to the padded
-    input, crop the padding, resize to the original), without computing the padding."""
-    from sd_webui_sam.predictor import upscale_logits
+                    output_size: tuple[int, int], geometry: str = "longest_side") -> torch.Tensor:
+    """Low-res logits (N,S,S) -> (N,H,W) float32, exactly the official postprocess of the model's
+    input geometry (SAM: upsample to the padded input, crop the padding, resize to the original,
+    without computing the padding; SAM 2: resize straight to the original)."""
+    from sd_webui_sam.predictor import logits_to_image
 
-    return upscale_logits(low_res.unsqueeze(1), model_input_side, tuple(input_size), tuple(output_size))[:, 0]
+    return logits_to_image(low_res.unsqueeze(1), geometry, model_input_side, tuple(input_size), tuple(output_size))[:, 0]
 
 
 def stability_scores(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
@@ -536,7 +537,8 @@ class AutoMaskGenerator:
         config = self.config
         if len(iou) == 0:
             return None
-        logits = upsample_logits(low_res, self.model_input_side, input_size, crop_size)
+        logits = upsample_logits(low_res, self.model_input_side, input_size, crop_size,
+                                 getattr(self.model, "input_geometry", "longest_side"))
         stability = stability_scores(logits, self.mask_threshold, float(config.stability_score_offset))
         if config.stability_score_thresh > 0.0:
             keep = stability >= config.stability_score_thresh
