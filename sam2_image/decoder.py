@@ -82,8 +82,14 @@ class Sam2MaskDecoder(MaskDecoder):
         return torch.cat(tokens, dim=0)
 
     def high_res_features(self, level0: Tensor, level1: Tensor) -> Tuple[Tensor, Tensor]:
-        """The image-only part of the high-resolution path, computed once per image."""
-        return self.conv_s0(level0), self.conv_s1(level1)
+        """The image-only part of the high-resolution path, computed once per image, in the token
+        layout :meth:`MaskDecoder.masks_from_image_tokens` adds them in: stride-4 features as
+        (h*w*4, 4*C/8), stride-8 features as (h*w, 4*C/4), for an (h, w) embedding grid."""
+        feat_s0, feat_s1 = self.conv_s0(level0), self.conv_s1(level1)
+        side_h, side_w = feat_s1.shape[-2] // 2, feat_s1.shape[-1] // 2
+        s1 = feat_s1[0].reshape(-1, side_h, 2, side_w, 2).permute(1, 3, 2, 4, 0)
+        s0 = feat_s0[0].reshape(-1, side_h, 2, 2, side_w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
+        return s0.reshape(side_h * side_w * 4, -1).contiguous(), s1.reshape(side_h * side_w, -1).contiguous()
 
     def predict_masks_high_res(
         self,
@@ -101,31 +107,13 @@ class Sam2MaskDecoder(MaskDecoder):
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]
         weights = self.hypernetwork_weights(mask_tokens_out)
         grid = tuple(image_embeddings.shape[-2:])
-        if high_res is None:
-            masks = self.masks_from_image_tokens(weights, image_tokens, grid)
-        else:
-            masks = self.masks_with_high_res(weights, image_tokens, grid, high_res)
+        second_residual, first_residual = high_res if high_res is not None else (None, None)
+        masks = self.masks_from_image_tokens(weights, image_tokens, grid, first_residual, second_residual)
         if self.pred_obj_scores:
             object_scores = self.pred_obj_score_head(hs[:, 0, :])
         else:
             object_scores = 10.0 * iou_token_out.new_ones(iou_token_out.shape[0], 1)
         return masks, self.iou_prediction_head(iou_token_out), object_scores
-
-    def masks_with_high_res(self, weights: Tensor, image_tokens: Tensor, grid: Tuple[int, int],
-                            high_res: Tuple[Tensor, Tensor], prompts_per_step: int = 4) -> Tensor:
-        """Upscaling with the stride-8 features added after the first transposed convolution and
-        the stride-4 ones after the second; a few prompts at a time, to bound the memory of the
-        (B, C/8, 4h, 4w) features."""
-        feat_s0, feat_s1 = high_res
-        first, norm, first_act, second, second_act = self.output_upscaling
-        batch, _, channels = image_tokens.shape
-        parts = []
-        for start in range(0, batch, prompts_per_step):
-            src = image_tokens[start : start + prompts_per_step].transpose(1, 2).reshape(-1, channels, *grid)
-            upscaled = first_act(norm(first(src) + feat_s1))
-            upscaled = second_act(second(upscaled) + feat_s0)
-            parts.append(self.masks_from_weights(weights[start : start + prompts_per_step], upscaled))
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def stability_scores(self, logits: Tensor) -> Tensor:
         flat = logits.flatten(-2)

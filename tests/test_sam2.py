@@ -105,12 +105,12 @@ def _ours(checkpoint):
     return Predictor(model, Placement(torch.device("cpu")), EmbeddingCache()), spec
 
 
-def _oracle_run(tmp_path_factory, trunk, cases, name, amg=None):
+def _oracle_run(tmp_path_factory, trunk, cases, name, amg=None, version="2.1"):
     work = tmp_path_factory.mktemp(name)
     image = sample_image()
     np.save(work / "image.npy", image)
     job = dict(trunk=trunk, seed=0, checkpoint=str(work / "sam2.1_oracle.pt"), images=[str(work / "image.npy")],
-               cases=cases, amg=amg)
+               cases=cases, amg=amg, version=version)
     return image, work / "sam2.1_oracle.pt", run_oracle(job, work)
 
 
@@ -147,6 +147,15 @@ def test_predictions_equal_sam2_image_predictor(reduced, case):
     prediction = _assert_case_matches(predictor, image, case, results)
     # the masks are not degenerate: random weights still give masks with both values
     assert 0 < prediction.masks[0].mean() < 1 or case["name"] != "point"
+
+
+def test_sam2_0_file_equals_the_oracle(tmp_path_factory):
+    cases = [CASES[0], CASES[2]]
+    image, checkpoint, results = _oracle_run(tmp_path_factory, TINY_TRUNK, cases, "sam2_0", version="2")
+    predictor, spec = _ours(checkpoint)
+    assert spec.config["version"] == "2" and spec.label.startswith("SAM 2 Hiera")
+    for case in cases:
+        _assert_case_matches(predictor, image, case, results)
 
 
 @pytest.mark.slow
