@@ -28,7 +28,6 @@ from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 from sd_webui_sam.modeling.segmenter import PromptableSegmenter
 
 LOW_RES_SIDE = 256  # SAM's mask logits are a quarter of the 1024 input side
-LONGEST_SIDE = "longest_side"
 STRETCH = "stretch"
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
 
@@ -119,11 +118,6 @@ def stretched_pixels(image: np.ndarray, side: int, mean: Tensor, std: Tensor, de
     pixels = F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True)
     pixels = (pixels - mean.to(work) / 255.0) / (std.to(work) / 255.0)
     return pixels.to(device)
-
-
-def model_input_size(geometry: str, height: int, width: int, side: int) -> Tuple[int, int]:
-    """The (h, w) an (height, width) picture occupies in a model's square input."""
-    return (side, side) if geometry == STRETCH else resized_shape(height, width, side)
 
 
 def logits_to_image(low_res: Tensor, geometry: str, image_size: int, input_size: Tuple[int, int],

@@ -60,7 +60,6 @@ def shapes_of(model: torch.nn.Module, extra=VIDEO_ONLY_2_1) -> dict:
 
 @pytest.mark.parametrize("size", sorted(OFFICIAL))
 def test_official_sizes_are_identified_with_their_configs(size):
-    model = torch.device("meta")
     with torch.device("meta"):
         model = build_sam2(OFFICIAL[size])
     spec = identify(shapes_of(model))
