@@ -17,6 +17,10 @@ record() { case "$1" in 0) ran_tests=yes ;; 5) ;; *) ran_tests=yes; status=$1 ;;
 timings=()
 phase_start=$SECONDS
 phase_done() { timings+=("$1: $((SECONDS - phase_start))s"); echo "=== $1 took $((SECONDS - phase_start))s"; phase_start=$SECONDS; }
+# The SAM 2 oracle (Meta's sam2, torch >= 2.5.1) runs in its own venv; its tests must not skip.
+"$root/tools/setup_oracle_env.sh"
+phase_done "set-up of the SAM 2 oracle venv"
+export SAM_REQUIRE_ORACLES=1
 for stack in a1111 forge; do
     "$root/tools/setup_env.sh" "$stack" --with-tests
     phase_done "set-up of the $stack test venv"

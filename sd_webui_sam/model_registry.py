@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 #: Static list of modules that provide model families. A module that cannot be imported
 #: (e.g. an optional family whose package is absent) is skipped; plain SAM always works.
-FAMILY_MODULES = ("sam_hq.families", "sd_webui_sam.families")
+FAMILY_MODULES = ("sam_hq.families", "sam2_image.families", "sd_webui_sam.families")
 
 #: Buffers that models compute themselves; some exported checkpoints carry them anyway.
 NON_PERSISTENT_BUFFERS = ("pixel_mean", "pixel_std")
@@ -107,7 +107,7 @@ def describe_unknown_layout(shapes: Shapes) -> str:
     shown = ", ".join(f"{prefix} ({count})" for prefix, count in prefixes.most_common(5))
     more = f" and {len(prefixes) - 5} more" if len(prefixes) > 5 else ""
     return (
-        "This file is not a supported Segment Anything checkpoint (SAM ViT-B/L/H, HQ-SAM, MobileSAM). "
+        "This file is not a supported Segment Anything checkpoint (SAM ViT-B/L/H, HQ-SAM, MobileSAM, SAM 2 / 2.1). "
         f"It holds {len(names)} tensors; top-level key prefixes: {shown or 'none'}{more}. "
         "Put only SAM-family checkpoints in the SAM models folder."
     )
@@ -132,7 +132,10 @@ def _known_foreign_layout(names: Sequence[str]) -> Optional[str]:
                     "model: the file is incomplete or modified. Download it again.")
         return f"This is {label} checkpoint, but support for it (the sam_hq package) is not available in this installation."
     if has("image_encoder.trunk.") or has("memory_attention.") or has("sam_mask_decoder."):
-        return "This is a SAM 2 checkpoint; SAM 2 models are not supported. Use a SAM, HQ-SAM or MobileSAM checkpoint."
+        if "sam2" in available:
+            return (f"This looks like a SAM 2 checkpoint, but its tensors ({len(names)}) do not form a complete "
+                    "model: the file is incomplete or modified. Download it again.")
+        return "This is a SAM 2 checkpoint, but support for it (the sam2_image package) is not available in this installation."
     return None
 
 
@@ -145,6 +148,10 @@ def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], *, sour
     """
     weights = dict(unwrap_state_dict(state_dict))
     family = family_named(spec.family)
+    # A family whose files also hold weights its model does not use (SAM 2's video tracking) drops them.
+    select = getattr(family, "model_weights", None)
+    if select is not None:
+        weights = select(weights)
     # Built without memory or random init: the checkpoint's tensors become the weights.
     model = build_empty(lambda: family.build(spec))
     expected = model.state_dict()

@@ -1,10 +1,13 @@
 """Encode an image once, then prompt it many times.
 
-Geometry follows the official ``SamPredictor`` exactly, so masks match it pixel for pixel:
-the image is resized (PIL bilinear on uint8) so that its longest side is the model's input
-size, normalised, and zero-padded to a square at the bottom/right; prompt coordinates are
-scaled by the same factors; low-res logits are upsampled to the padded square, cropped, and
-resized to the image.
+Geometry follows the official predictors exactly, so masks match them pixel for pixel. For a
+model whose ``input_geometry`` is "longest_side" (SAM, ``SamPredictor``): the image is resized
+(PIL bilinear on uint8) so that its longest side is the model's input size, normalised, and
+zero-padded to a square at the bottom/right; prompt coordinates are scaled by the same
+factors; low-res logits are upsampled to the padded square, cropped, and resized to the image.
+For "stretch" (SAM 2, ``SAM2ImagePredictor``): the image, as [0, 1] floats, is resized to the
+square on both sides (bilinear, antialiased) and normalised; coordinates scale per axis; the
+low-res logits are resized straight to the image.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from sd_webui_sam.images import image_content_key
 from sd_webui_sam.modeling.segmenter import PromptableSegmenter
 from sd_webui_sam.prompts import Box, CheckedPrompts, Prompts, check_prompts
 
+STRETCH = "stretch"  # SAM 2's input geometry: both sides resized to the model's square input
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
 
 
@@ -94,6 +98,25 @@ def upscale_logits(
     if (height, width) != tuple(original_size):
         upscaled = F.interpolate(upscaled, tuple(original_size), mode="bilinear", align_corners=False)
     return upscaled
+
+
+def stretched_pixels(image: np.ndarray, side: int, mean: Tensor, std: Tensor, device: torch.device) -> Tensor:
+    """(H, W, 3) uint8 -> (1, 3, side, side) float32: SAM 2's input (0..1, both sides resized
+    with antialiased bilinear, then normalised; ``mean``/``std`` on the 0..255 scale)."""
+    # MPS lacks the antialiased kernel in torch 2.1; the CPU resizes for it.
+    work = torch.device("cpu") if device.type == "mps" else device
+    pixels = torch.from_numpy(image).to(work).permute(2, 0, 1)[None].float() / 255.0
+    pixels = F.interpolate(pixels, (side, side), mode="bilinear", align_corners=False, antialias=True)
+    pixels = (pixels - mean.to(work) / 255.0) / (std.to(work) / 255.0)
+    return pixels.to(device)
+
+
+def logits_to_image(low_res: Tensor, geometry: str, image_size: int, input_size: Tuple[int, int],
+                    original_size: Tuple[int, int]) -> Tensor:
+    """(B, C, h, w) low-res logits -> (B, C, H, W) float32 at the picture's size, per geometry."""
+    if geometry == STRETCH:
+        return F.interpolate(low_res.float(), tuple(original_size), mode="bilinear", align_corners=False)
+    return upscale_logits(low_res, image_size, input_size, original_size)
 
 
 # -- prompt checks and grouping ---------------------------------------------------------------
@@ -189,15 +212,19 @@ class Predictor:
         if cached is not None:
             return cached
         image_size = int(self.model.image_size)
-        resized = resize_image(image, image_size)
-        input_size = (int(resized.shape[0]), int(resized.shape[1]))
         device, dtype = self.placement.device, self.placement.dtype
         with torch.inference_mode():
-            pixels = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None].float()
             mean = self.model.pixel_mean.to(device=device, dtype=torch.float32)
             std = self.model.pixel_std.to(device=device, dtype=torch.float32)
-            pixels = (pixels - mean) / std
-            pixels = F.pad(pixels, (0, image_size - input_size[1], 0, image_size - input_size[0]))
+            if self.model.input_geometry == STRETCH:
+                input_size = (image_size, image_size)
+                pixels = stretched_pixels(image, image_size, mean, std, device)
+            else:
+                resized = resize_image(image, image_size)
+                input_size = (int(resized.shape[0]), int(resized.shape[1]))
+                pixels = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None].float()
+                pixels = (pixels - mean) / std
+                pixels = F.pad(pixels, (0, image_size - input_size[1], 0, image_size - input_size[0]))
             features = self.model.encode_image(pixels.to(dtype))
         features = dict(features)
         encoded = EncodedImage(
@@ -254,9 +281,11 @@ class Predictor:
             # back to the order of `objects` (boxed first, then the box-less one)
             back = torch.as_tensor(np.argsort(order, kind="stable"), device=low_res.device)
             low_res, iou = low_res[back], iou[back]
-            upscaled = upscale_logits(low_res, int(self.model.image_size), encoded.input_size, encoded.original_size)
+            upscaled = logits_to_image(low_res, self.model.input_geometry, int(self.model.image_size),
+                                       encoded.input_size, encoded.original_size)
             masks = (upscaled > self.model.mask_threshold).cpu().numpy()
-            low_res_logits = low_res.float().cpu().numpy()
+            limit = self.model.low_res_logit_limit
+            low_res_logits = (low_res.float() if limit is None else low_res.float().clamp(-limit, limit)).cpu().numpy()
             scores = iou.float().cpu().numpy()
         object_boxes = [tuple(float(v) for v in obj.box) if obj.box is not None else None for obj in objects]
         return Prediction(masks=masks, scores=scores, low_res_logits=low_res_logits, object_boxes=object_boxes)

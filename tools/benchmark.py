@@ -273,6 +273,22 @@ def section_matting() -> None:
     print(format_result(run()))
 
 
+def section_sam2() -> None:
+    """Issue 14: SAM 2.1 Hiera-T (random weights) against Meta's sam2 in its own venv, same weights, 1024x768."""
+    from tools.bench_sam2 import benchmark_sam2
+
+    figures = benchmark_sam2()
+    report("SAM 2.1 encoder, ours", figures["ours_encoder"])
+    report("SAM 2.1 encoder, SAM2ImagePredictor.set_image", figures["oracle_encoder"])
+    report_ratio("SAM 2.1 encoder, oracle / ours", figures["oracle_encoder"] / figures["ours_encoder"], ">= 1x")
+    report("SAM 2.1 warm click, ours", figures["ours_click"])
+    report("SAM 2.1 warm click, SAM2ImagePredictor.predict", figures["oracle_click"])
+    report_ratio("SAM 2.1 warm click, oracle / ours", figures["oracle_click"] / figures["ours_click"], ">= 1x")
+    report("SAM 2.1 segment everything, ours", figures["ours_everything"], f"{figures['masks']} masks")
+    report("SAM 2.1 segment everything, SAM2AutomaticMaskGenerator", figures["oracle_everything"])
+    report_ratio("SAM 2.1 segment everything, oracle / ours", figures["oracle_everything"] / figures["ours_everything"], ">= 2x")
+
+
 SECTIONS: Dict[str, Callable[[], None]] = {
     "click": section_click,
     "masks": section_masks,
@@ -282,6 +298,7 @@ SECTIONS: Dict[str, Callable[[], None]] = {
     "api": section_api,
     "batch": section_batch,
     "everything": section_everything,
+    "sam2": section_sam2,
     "browser": section_browser,
     "detail": section_detail,
     "ray": section_ray,

@@ -387,7 +387,8 @@ class AutoMaskGenerator:
         config = self.config
         if len(iou) == 0:
             return None
-        logits = upsample_logits(low_res, self.model_input_side, input_size, crop_size)
+        logits = upsample_logits(low_res, self.model_input_side, input_size, crop_size,
+                                 getattr(self.model, "input_geometry", "longest_side"))
         stability = stability_scores(logits, self.mask_threshold, float(config.stability_score_offset))
         if config.stability_score_thresh > 0.0:
             keep = stability >= config.stability_score_thresh

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sd_webui_sam.predictor import resized_shape, upscale_logits
+from sd_webui_sam.predictor import logits_to_image, resized_shape
 
 __all__ = [
     "CROP_EDGE_TOLERANCE", "crop_boxes", "layer_point_grids", "mask_boxes", "near_crop_edge", "pack_masks",
@@ -71,10 +71,11 @@ def resized_input_size(height: int, width: int, long_side: int) -> tuple[int, in
 
 
 def upsample_logits(low_res: torch.Tensor, model_input_side: int, input_size: tuple[int, int],
-                    output_size: tuple[int, int]) -> torch.Tensor:
-    """Low-res logits (N,S,S) -> (N,H,W) float32, exactly SAM's postprocess (upsample to the padded
-    input, crop the padding, resize to the original), without computing the padding."""
-    return upscale_logits(low_res.unsqueeze(1), model_input_side, tuple(input_size), tuple(output_size))[:, 0]
+                    output_size: tuple[int, int], geometry: str = "longest_side") -> torch.Tensor:
+    """Low-res logits (N,S,S) -> (N,H,W) float32, exactly the official postprocess of the model's
+    input geometry (SAM: upsample to the padded input, crop the padding, resize to the original,
+    without computing the padding; SAM 2: resize straight to the original)."""
+    return logits_to_image(low_res.unsqueeze(1), geometry, model_input_side, tuple(input_size), tuple(output_size))[:, 0]
 
 
 def stability_scores(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:

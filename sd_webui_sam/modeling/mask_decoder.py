@@ -122,16 +122,24 @@ class MaskDecoder(nn.Module):
                 return None
         return layers
 
-    def masks_from_image_tokens(self, weights: Tensor, image_tokens: Tensor, grid: Tuple[int, int]) -> Tensor:
+    def masks_from_image_tokens(self, weights: Tensor, image_tokens: Tensor, grid: Tuple[int, int],
+                                first_residual: Optional[Tensor] = None, second_residual: Optional[Tensor] = None) -> Tensor:
         """(B, T, c) weights x the transformer's (B, h*w, C) image tokens -> (B, T, 4h, 4w) logits.
 
         Same result as :meth:`upscale` then :meth:`masks_from_weights`. A 2x2 stride-2 transposed
         convolution is one matrix product per input pixel, so the upscaling runs on the token
         layout with no transposes (on the CPU a band of one prompt at a time, to keep the 16x
         larger features in cache), and only the T mask channels are put back in image order.
+
+        ``first_residual`` / ``second_residual`` (SAM 2's high-resolution image features, shared
+        by all prompts) are added after each transposed convolution, before its normalisation /
+        activation, already in this token layout: (h*w, 4*C1) with columns (dy, dx, channel), and
+        (h*w*4, 4*C2) with rows (pixel, dy1, dx1) and columns (dy2, dx2, channel).
         """
         layers = self._token_upscaling()
         if layers is None:
+            if first_residual is not None or second_residual is not None:
+                raise ValueError("Residual features need SAM's upscaling layout.")
             batch, _, channels = image_tokens.shape
             src = image_tokens.transpose(1, 2).reshape(batch, channels, *grid)
             return self.masks_from_weights(weights, self.upscale(src))
@@ -156,8 +164,14 @@ class MaskDecoder(nn.Module):
                 rows = min(band, height - top)
                 pixels = image_tokens[chunk, top * width : (top + rows) * width].reshape(-1, channels)
                 features = torch.addmm(first_bias, pixels, first_weight)
+                if first_residual is not None:
+                    band_rows = slice(top * width, (top + rows) * width)
+                    features = (features.view(count, -1, 4 * mid) + first_residual[band_rows]).view(-1, 4 * mid)
                 features = F.layer_norm(features.view(-1, mid), (mid,), norm.weight, norm.bias, norm.eps)
                 features = torch.addmm(second_bias, first_act(features), second_weight)
+                if second_residual is not None:
+                    band_rows = slice(4 * top * width, 4 * (top + rows) * width)
+                    features = (features.view(count, -1, 4 * out) + second_residual[band_rows]).view(-1, 4 * out)
                 features = second_act(features).view(count, -1, out)
                 logits = weights[chunk] @ features.transpose(1, 2)
                 # columns are (y, x, dy1, dx1, dy2, dx2): pixel (4y + 2dy1 + dy2, 4x + 2dx1 + dx2)

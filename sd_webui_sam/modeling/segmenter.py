@@ -24,6 +24,11 @@ class PromptableSegmenter(nn.Module):
 
     image_size: int = 1024
     mask_threshold: float = 0.0
+    #: How a picture becomes the square input, and how logits go back to it (see predictor.py):
+    #: "longest_side" (SAM: aspect kept, padded) or "stretch" (SAM 2: both sides resized).
+    input_geometry: str = "longest_side"
+    #: Low-res logits handed back for a later mask prompt are clamped to +-this (None: as computed).
+    low_res_logit_limit: Optional[float] = None
 
     def __init__(self, pixel_mean: Sequence[float] = SAM_PIXEL_MEAN, pixel_std: Sequence[float] = SAM_PIXEL_STD) -> None:
         super().__init__()
