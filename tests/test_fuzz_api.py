@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 from tests.fixtures.api_fixtures import (  # noqa: E402,F401
     FixedDetector,
+    use_fixed_detector,
     ServerThread,
     api_engine,
     api_model_dir,
@@ -104,14 +105,14 @@ def mutated_body(draw, route):
 
 
 @pytest.fixture(scope="module")
-def fuzz_client(api_engine):
+def fuzz_client(api_engine, tmp_path_factory):
     from fastapi import FastAPI
 
-    from sd_webui_sam.api import DetectorAccess, mount_api
+    from sd_webui_sam.api import mount_api
 
     app = FastAPI()
-    detector = FixedDetector()
-    mount_api(app, api_engine, detector=DetectorAccess(provider=lambda name: detector))
+    use_fixed_detector(api_engine, FixedDetector(), tmp_path_factory.mktemp("gdino"))
+    mount_api(app, api_engine)
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60, trust_env=False) as client:
         yield client
 

@@ -10,14 +10,14 @@ from typing import Any, Callable, ContextManager, Optional
 from sd_webui_sam.api.auth import Credentials, make_auth_dependency
 from sd_webui_sam.api.codec import SourcePolicy
 from sd_webui_sam.api.operations import SamApi
-from sd_webui_sam.api.service import ApiSettings, DetectorAccess
+from sd_webui_sam.api.service import ApiSettings
 
-__all__ = ["mount_api", "ApiSettings", "SourcePolicy", "SamApi", "DetectorAccess"]
+__all__ = ["mount_api", "ApiSettings", "SourcePolicy", "SamApi"]
 
 
 def mount_api(app: Any, engine: Any, *, auth: Credentials = None, prefix: str = "/sam",
               settings: Optional[ApiSettings] = None, gpu_lock: Optional[ContextManager] = None,
-              detector: Optional[DetectorAccess] = None, autosam: Any = None, metrics: Any = None,
+              autosam: Any = None, metrics: Any = None,
               metrics_path: str = "/metrics", batch_interrupt: Optional[Callable[[], bool]] = None) -> SamApi:
     """Add our routes to ``app`` and return the :class:`SamApi` that serves them.
 
@@ -36,7 +36,7 @@ def mount_api(app: Any, engine: Any, *, auth: Credentials = None, prefix: str = 
         existing = getattr(app.state, "sd_webui_sam_api", None)
         if existing is not None:
             return existing
-        api = SamApi(engine, settings, detector=detector, gpu_lock=gpu_lock, autosam=autosam, metrics=metrics)
+        api = SamApi(engine, settings, gpu_lock=gpu_lock, autosam=autosam, metrics=metrics)
         dependency = make_auth_dependency(auth)
         dependencies = [Depends(dependency)] if dependency is not None else []
         prefix = "/" + prefix.strip("/")

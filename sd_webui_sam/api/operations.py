@@ -8,22 +8,24 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional
 
 import numpy as np
 
-from sd_webui_sam import images
+from sd_webui_sam import batch as batch_module
+from sd_webui_sam import images, render, rle
+from sd_webui_sam import masks as mask_ops
 from sd_webui_sam.api import codec
 from sd_webui_sam.api.codec import ForbiddenPathError
 from sd_webui_sam.api.compat import model_to_dict
 from sd_webui_sam.api.service import (
     ApiSettings,
-    DetectorAccess,
     GpuGate,
     ImageStore,
     NotImplementedYetError,
     check_mask_budget,
     clock,
 )
-from sd_webui_sam.cutout import most_confident
+from sd_webui_sam.detection import Detection, find_boxes, most_confident
 from sd_webui_sam.engine import ManagedPredictor
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
+from sd_webui_sam.predictor import Prediction
 from sd_webui_sam.prompts import (
     Prompts,
     check_boxes,
@@ -40,30 +42,16 @@ MASK_FORMATS = ("png", "rle", "none")
 REFERENCE_TRANSPARENCY = "ignore"
 
 
-def _render():
-    from sd_webui_sam import render
-
-    return render
-
-
-def _masks():
-    from sd_webui_sam import masks
-
-    return masks
-
-
 class SamApi:
     """The API's operations on one Engine; shared by the WebUI mount and the standalone server."""
 
     def __init__(self, engine: Any, settings: Optional[ApiSettings] = None, *,
-                 detector: Optional[DetectorAccess] = None,
                  gpu_lock: Optional[ContextManager] = None,
                  autosam: Any = None,
                  metrics: Any = None) -> None:
         self.engine = engine
         self.settings = settings or ApiSettings()
         self.images = ImageStore(self.settings.image_store_entries, self.settings.image_store_bytes)
-        self.detector = (detector or DetectorAccess()).bind(engine)
         self._gpu_lock = gpu_lock
         self._gate = GpuGate(gpu_lock, self.settings.busy_timeout_s)
         self._autosam = autosam
@@ -111,13 +99,13 @@ class SamApi:
         return prediction
 
     def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float, text_threshold: float = 0.25,
-               like_reference: bool = False):
+               like_reference: bool = False) -> List[Detection]:
         if model is not None and ("/" in model or "\\" in model or ".." in model):
             raise InvalidPromptError("GroundingDINO model names are names, not paths.")
         start = clock()
         with self.gpu("GroundingDINO detection"):
-            detections = self.detector.detect(image, text, model=model, box_threshold=box_threshold,
-                                              text_threshold=text_threshold, like_reference=like_reference)
+            detections = find_boxes(self.engine, image, text, detector=model, box_threshold=box_threshold,
+                                    text_threshold=text_threshold, like_reference=like_reference)
         if self.metrics is not None:
             self.metrics.observe_detect(clock() - start)
         return detections
@@ -168,8 +156,8 @@ class SamApi:
             return {"msg": msg}
         prompts = Prompts(points=positive + negative, labels=[1] * len(positive) + [0] * len(negative), boxes=boxes)
         prediction = self.segment(model, image, prompts, multimask=True)
-        candidates = np.asarray(prediction.masks, dtype=bool).any(axis=0)  # objects merged per candidate
-        render = _render()
+        merged = prediction.merged()
+        candidates = merged.masks[0]
         blends = [codec.png_base64(render.reference_blend(image, mask, boxes)) for mask in candidates]
         mask_images = [codec.bool_mask_png_base64(mask, one_bit=True) for mask in candidates]
         mattes = [codec.png_base64(render.cutout(image, mask)) for mask in candidates]
@@ -182,7 +170,7 @@ class SamApi:
             "masks": mask_images,
             "masked_images": mattes,
             "boxes": [[float(v) for v in box] for box in boxes],
-            "scores": np.asarray(prediction.scores, dtype=float).mean(axis=0).round(6).tolist(),
+            "scores": np.asarray(merged.scores[0], dtype=float).round(6).tolist(),
         }
 
     def dino_predict(self, request) -> Dict[str, Any]:
@@ -191,7 +179,6 @@ class SamApi:
         detections = self.detect(image, request.text_prompt, model=request.dino_model_name, box_threshold=threshold,
                                  like_reference=True)
         boxes = [d.box for d in detections]
-        render = _render()
         preview = render.Image.fromarray(render.overlay(image, [], boxes=boxes, box_color=render.REFERENCE_BOX_COLOUR))
         return {
             "msg": "Done",
@@ -208,8 +195,7 @@ class SamApi:
         if not 0 <= amount <= 2048:
             raise InvalidPromptError("dilate_amount must be between 0 and 2048.")
         if amount // 2 > 0:
-            mask = _masks().expand(mask, amount // 2)  # the reference's amount is a kernel diameter
-        render = _render()
+            mask = mask_ops.expand(mask, amount // 2)  # the reference's amount is a kernel diameter
         return {
             "blended_image": codec.png_base64(render.reference_blend(image, mask, [])),
             "mask": codec.bool_mask_png_base64(mask, one_bit=True),
@@ -374,13 +360,11 @@ class SamApi:
                     f"(max objects {self.engine.settings.max_objects})." if dropped else "")
         return {**base, "objects": objects, "msg": "Done." + left_out if left_out else "Done"}
 
-    def _objects(self, request, image, prediction, boxes, detected) -> List[Dict[str, Any]]:
-        masks = np.asarray(prediction.masks, dtype=bool)
-        scores = np.asarray(prediction.scores, dtype=np.float32)
-        logits = np.asarray(prediction.low_res_logits, dtype=np.float32)
-        object_boxes = list(getattr(prediction, "object_boxes", [None] * masks.shape[0]))
+    def _objects(self, request, image, prediction: Prediction, boxes, detected) -> List[Dict[str, Any]]:
+        count = len(prediction.masks)
+        object_boxes = list(prediction.object_boxes)
         described = []
-        for k in range(masks.shape[0]):
+        for k in range(count):
             prompt_box = object_boxes[k] if k < len(object_boxes) else None
             phrase = score = None
             if k >= len(boxes) and k < len(boxes) + len(detected):
@@ -390,14 +374,13 @@ class SamApi:
                 "phrase": phrase, "detection_score": score,
             })
         if request.best_only:
-            best = scores.argmax(axis=1)
-            picks = np.arange(masks.shape[0])
-            masks, scores, logits = masks[picks, best][:, None], scores[picks, best][:, None], logits[picks, best][:, None]
-        if request.merge and masks.shape[0] > 1:
-            masks = masks.any(axis=0, keepdims=True)
-            scores = scores.mean(axis=0, keepdims=True)
-            logits = logits.max(axis=0, keepdims=True)
+            prediction = prediction.best_per_object()
+        if request.merge and count > 1:
+            prediction = prediction.merged()
             described = [{"prompt_box": None, "phrase": None, "detection_score": None}]
+        masks = np.asarray(prediction.masks, dtype=bool)
+        scores = np.asarray(prediction.scores, dtype=np.float32)
+        logits = np.asarray(prediction.low_res_logits, dtype=np.float32)
         post = model_to_dict(request.postprocess)
         objects = []
         for k in range(masks.shape[0]):
@@ -410,7 +393,7 @@ class SamApi:
     def _mask_out(self, request, image, mask, score, logits, post) -> Dict[str, Any]:
         soft = None
         if any(post[key] for key in ("expand", "feather", "fill_holes", "remove_islands", "invert")):
-            processed = _masks().postprocess(mask, expand=post["expand"], feather=post["feather"],
+            processed = mask_ops.postprocess(mask, expand=post["expand"], feather=post["feather"],
                                              fill_holes=post["fill_holes"], min_island=post["remove_islands"],
                                              invert=post["invert"])
             if processed.dtype != bool:  # feathered: float 0..1 alpha
@@ -423,13 +406,11 @@ class SamApi:
             out["mask"] = (codec.array_png_base64((soft * 255 + 0.5).astype(np.uint8)) if soft is not None
                            else codec.bool_mask_png_base64(mask))
         elif request.mask_format == "rle":
-            from sd_webui_sam import rle
-
             out["mask"] = rle.encode(mask)
         if request.return_cutout:
-            out["cutout"] = codec.png_base64(_render().cutout(image, soft if soft is not None else mask))
+            out["cutout"] = codec.png_base64(render.cutout(image, soft if soft is not None else mask))
         if request.return_blend:
-            out["blend"] = codec.png_base64(_render().reference_blend(image, mask, []))
+            out["blend"] = codec.png_base64(render.reference_blend(image, mask, []))
         if request.return_logits:
             out["logits"] = codec.logits_base64(logits)
         return out
@@ -437,8 +418,6 @@ class SamApi:
     # ---------------------------------------------------------------- batch
 
     def batch(self, request, *, interrupt: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
-        from sd_webui_sam import batch as batch_module
-
         roots = tuple(Path(r).expanduser().resolve() for r in self.settings.batch_roots)
         if not roots:
             raise ForbiddenPathError("Batch over the API is off on this server; the owner can allow folders for it.")
@@ -468,6 +447,6 @@ class SamApi:
             outputs=tuple(request.outputs), naming=request.naming, expand=request.expand, invert=request.invert,
             overwrite=request.overwrite, autosam=dict(request.autosam_conf or {}),
         )
-        report = batch_module.run_batch(self.engine, options, detector=self.detector, interrupt=interrupt,
+        report = batch_module.run_batch(self.engine, options, interrupt=interrupt,
                                         gpu_lock=self._gpu_lock)
         return report.to_dict()

@@ -285,17 +285,10 @@ def require_model(model_name: Optional[str]) -> str:
 def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optional[str]) -> Candidates:
     """Run the decoder on the (cached) embedding; several objects are merged per candidate."""
     model_name = require_model(model_name)
-    pixels = to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    pixels = to_rgb_array(image, engine.settings.max_image_pixels)
     prompts = parse_prompts(prompts_json, pixels.shape[:2])
-    prediction = engine.segment(model_name, pixels, prompts, multimask_output=True)
-    masks = np.asarray(prediction.masks, dtype=bool)          # (K, C, H, W)
-    scores = np.asarray(prediction.scores, dtype=np.float32)  # (K, C)
-    if masks.ndim == 3:
-        masks, scores = masks[None], scores[None]
-    merged = masks.any(axis=0)
-    merged_scores = scores.mean(axis=0)
-    if merged.shape[0] == 1:  # single-output models: show the one mask three times is misleading
-        merged_scores = merged_scores[:1]
+    # a single-output model gives one candidate (never the one mask shown three times)
+    merged = engine.segment(model_name, pixels, prompts, multimask_output=True).merged()
     sequence = 0
     if isinstance(image, SessionImage):
         image.answered["previews"] += 1
@@ -304,8 +297,8 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
     return Candidates(
         sequence=sequence,
         image=pixels,
-        masks=merged,
-        scores=merged_scores,
+        masks=merged.masks[0],
+        scores=merged.scores[0],
         image_digest=image.digest if isinstance(image, SessionImage) else images.image_content_key(pixels),
         prompt_summary=summarise(prompts),
         picture_name=picture_name(prompts_json),

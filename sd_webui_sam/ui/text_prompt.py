@@ -17,10 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from sd_webui_sam import images
-from sd_webui_sam.cutout import TextBox, best_masks, check_caption, detect_boxes, no_boxes_message, segment_boxes
+from sd_webui_sam import images, render
+from sd_webui_sam.detection import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
-from sd_webui_sam.prompts import read_panel_prompts
+from sd_webui_sam.prompts import check_caption, read_panel_prompts
 from sd_webui_sam.ui import handlers
 
 PER_OBJECT = "Per object"
@@ -38,7 +38,7 @@ class BoxSelection:
     image_digest: str
     caption: str
     detector: str
-    boxes: Tuple[TextBox, ...]
+    boxes: Tuple[Detection, ...]
 
     def labels(self) -> List[str]:
         return [box_label(index, box) for index, box in enumerate(self.boxes)]
@@ -59,7 +59,7 @@ class TextSegmentation:
     message: str
 
 
-def box_label(index: int, box: TextBox) -> str:
+def box_label(index: int, box: Detection) -> str:
     return f"{index + 1}: {box.phrase} ({box.score:.2f})"
 
 
@@ -70,7 +70,7 @@ def _index_of(label: Any) -> Optional[int]:
         return None
 
 
-def draw_boxes(image: np.ndarray, boxes: Sequence[TextBox]) -> Image.Image:
+def draw_boxes(image: np.ndarray, boxes: Sequence[Detection]) -> Image.Image:
     """The picture with each box outlined and labelled '<number>: <phrase>'."""
     from PIL import ImageDraw, ImageFont
 
@@ -94,7 +94,7 @@ def preview_boxes(engine: Any, detector: Optional[str], image: Any, caption: Any
                   text_threshold: float) -> BoxPreview:
     """Detect once; the result is kept and reused exactly by the segmentation."""
     caption = check_caption(caption)
-    pixels = handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    pixels = handlers.to_rgb_array(image, engine.settings.max_image_pixels)
     name = engine.resolve_detector(detector or None)
     detected = detect_boxes(engine, name, pixels, caption, box_threshold, text_threshold)
     boxes = detected.boxes
@@ -108,7 +108,7 @@ def preview_boxes(engine: Any, detector: Optional[str], image: Any, caption: Any
     return BoxPreview(draw_boxes(pixels, boxes), selection, message)
 
 
-def kept_boxes(selection: Optional[BoxSelection], ticked: Optional[Sequence[Any]]) -> List[TextBox]:
+def kept_boxes(selection: Optional[BoxSelection], ticked: Optional[Sequence[Any]]) -> List[Detection]:
     """The ticked boxes of the last preview, in their numbered order."""
     return [selection.boxes[i] for i in kept_indices(selection, ticked)]
 
@@ -127,10 +127,8 @@ def kept_indices(selection: Optional[BoxSelection], ticked: Optional[Sequence[An
 def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: Optional[BoxSelection],
                  ticked: Optional[Sequence[Any]], prompts_json: Optional[str] = None, mode: str = MERGED) -> TextSegmentation:
     """SAM on the kept boxes (one batched decode on the cached embedding), points refining their box."""
-    from sd_webui_sam import render
-
     sam_model = handlers.require_model(sam_model)
-    pixels = handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    pixels = handlers.to_rgb_array(image, engine.settings.max_image_pixels)
     numbers = kept_indices(selection, ticked)
     boxes = [selection.boxes[i] for i in numbers]
     if selection.image_digest != images.image_content_key(pixels):
@@ -138,25 +136,23 @@ def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: O
     clicked = read_panel_prompts(prompts_json, pixels.shape[:2])
     points, labels, drawn = clicked.points, clicked.labels, clicked.boxes
     prediction = segment_boxes(engine, sam_model, pixels, [b.box for b in boxes] + drawn, points, labels)
-    masks = np.asarray(prediction.masks, dtype=bool)
-    scores = np.asarray(prediction.scores, dtype=np.float32)
-    merged_scores = scores.mean(axis=0)
+    merged = prediction.merged()
     candidates = handlers.Candidates(
-        image=pixels, masks=masks.any(axis=0), scores=merged_scores if masks.shape[1] > 1 else merged_scores[:1],
+        image=pixels, masks=merged.masks[0], scores=merged.scores[0],
         image_digest=selection.image_digest,
         prompt_summary=f"{len(boxes)} text box{'es' if len(boxes) != 1 else ''}"
                        + (f", {len(points)} point{'s' if len(points) != 1 else ''}" if points else ""),
     )
-    objects = best_masks(prediction)
+    object_masks = prediction.best_per_object().masks[:, 0]
     names = [f"{i + 1}: {selection.boxes[i].phrase}" for i in numbers]
     names += [f"drawn box {i + 1}" for i in range(len(drawn))]
-    names += ["points"] * (len(objects.masks) - len(names))
+    names += ["points"] * (len(object_masks) - len(names))
     gallery = []
     if mode == PER_OBJECT:
-        gallery = [(render.cutout(pixels, mask), name) for mask, name in zip(objects.masks, names)]
-    message = (f"{len(objects.masks)} object{'s' if len(objects.masks) != 1 else ''} from {candidates.prompt_summary}"
+        gallery = [(render.cutout(pixels, mask), name) for mask, name in zip(object_masks, names)]
+    message = (f"{len(object_masks)} object{'s' if len(object_masks) != 1 else ''} from {candidates.prompt_summary}"
                + (", one cut-out each below." if mode == PER_OBJECT else ", merged into one mask."))
-    return TextSegmentation(candidates=candidates, objects=gallery, object_masks=objects.masks, message=message)
+    return TextSegmentation(candidates=candidates, objects=gallery, object_masks=object_masks, message=message)
 
 
 # ----- gradio ----------------------------------------------------------------------------------
