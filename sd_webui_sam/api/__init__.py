@@ -11,11 +11,12 @@ from sd_webui_sam.api.auth import Credentials, make_auth_dependency
 from sd_webui_sam.api.codec import SourcePolicy
 from sd_webui_sam.api.operations import SamApi
 from sd_webui_sam.api.service import ApiSettings
+from sd_webui_sam.engine import Engine
 
 __all__ = ["mount_api", "ApiSettings", "SourcePolicy", "SamApi"]
 
 
-def mount_api(app: Any, engine: Any, *, auth: Credentials = None, prefix: str = "/sam",
+def mount_api(app: Any, engine: Engine, *, auth: Credentials = None, prefix: str = "/sam",
               settings: Optional[ApiSettings] = None, gpu_lock: Optional[ContextManager] = None,
               autosam: Any = None, metrics: Any = None,
               metrics_path: str = "/metrics", batch_interrupt: Optional[Callable[[], bool]] = None) -> SamApi:

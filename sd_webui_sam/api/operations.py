@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from sd_webui_sam import batch as batch_module
 from sd_webui_sam import images, render, rle
@@ -22,8 +23,9 @@ from sd_webui_sam.api.service import (
     check_mask_budget,
     clock,
 )
+from sd_webui_sam.autosam import api_hooks
 from sd_webui_sam.detection import Detection, find_boxes, most_confident
-from sd_webui_sam.engine import ManagedPredictor
+from sd_webui_sam.engine import Engine, ManagedPredictor
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.predictor import Prediction
 from sd_webui_sam.prompts import (
@@ -45,7 +47,7 @@ REFERENCE_TRANSPARENCY = "ignore"
 class SamApi:
     """The API's operations on one Engine; shared by the WebUI mount and the standalone server."""
 
-    def __init__(self, engine: Any, settings: Optional[ApiSettings] = None, *,
+    def __init__(self, engine: Engine, settings: Optional[ApiSettings] = None, *,
                  gpu_lock: Optional[ContextManager] = None,
                  autosam: Any = None,
                  metrics: Any = None) -> None:
@@ -66,7 +68,7 @@ class SamApi:
 
     @property
     def max_pixels(self) -> int:
-        return int(getattr(self.engine.settings, "max_image_pixels", 64_000_000))
+        return self.engine.settings.max_image_pixels
 
     def read_image(self, text: Any, transparency: str = "white") -> np.ndarray:
         return codec.read_image_source(text, self.settings.source_policy, self.max_pixels, transparency)
@@ -158,9 +160,9 @@ class SamApi:
         prediction = self.segment(model, image, prompts, multimask=True)
         merged = prediction.merged()
         candidates = merged.masks[0]
-        blends = [codec.png_base64(render.reference_blend(image, mask, boxes)) for mask in candidates]
-        mask_images = [codec.bool_mask_png_base64(mask, one_bit=True) for mask in candidates]
-        mattes = [codec.png_base64(render.cutout(image, mask)) for mask in candidates]
+        blends = [images.png_base64(render.reference_blend(image, mask, boxes)) for mask in candidates]
+        mask_images = [images.bool_mask_png_base64(mask, one_bit=True) for mask in candidates]
+        mattes = [images.png_base64(render.cutout(image, mask)) for mask in candidates]
         left_out = (f" {dropped} less confident box(es) were left out (max objects {self.engine.settings.max_objects})."
                     if dropped else "")
         return {
@@ -182,7 +184,7 @@ class SamApi:
         preview = render.Image.fromarray(render.overlay(image, [], boxes=boxes, box_color=render.REFERENCE_BOX_COLOUR))
         return {
             "msg": "Done",
-            "image_with_box": codec.png_base64(preview),
+            "image_with_box": images.png_base64(preview),
             "boxes": [[float(v) for v in box] for box in boxes],
             "phrases": [d.phrase for d in detections],
             "scores": [round(float(d.score), 6) for d in detections],
@@ -197,19 +199,14 @@ class SamApi:
         if amount // 2 > 0:
             mask = mask_ops.expand(mask, amount // 2)  # the reference's amount is a kernel diameter
         return {
-            "blended_image": codec.png_base64(render.reference_blend(image, mask, [])),
-            "mask": codec.bool_mask_png_base64(mask, one_bit=True),
-            "masked_image": codec.png_base64(render.cutout(image, mask)),
+            "blended_image": images.png_base64(render.reference_blend(image, mask, [])),
+            "mask": images.bool_mask_png_base64(mask, one_bit=True),
+            "masked_image": images.png_base64(render.cutout(image, mask)),
         }
 
     def autosam(self, operation: str, payload, autosam_conf) -> Dict[str, Any]:
-        hooks = self._autosam
-        if hooks is None:
-            try:
-                from sd_webui_sam.autosam import api_hooks as hooks  # provided by the AutoSAM package
-            except ImportError:
-                hooks = None
-        handler = getattr(hooks, operation, None) if hooks is not None else None
+        hooks = self._autosam if self._autosam is not None else api_hooks
+        handler = getattr(hooks, operation, None)
         if handler is None:
             raise NotImplementedYetError(
                 f"/sam/{operation.replace('_', '-')} needs AutoSAM, which this version does not include yet."
@@ -227,8 +224,6 @@ class SamApi:
             return handler(self.engine, image, body, model_to_dict(autosam_conf))
 
     def segment_everything_v2(self, request) -> Dict[str, Any]:
-        from sd_webui_sam.autosam import api_hooks
-
         model = self.engine.resolve_model(request.model)
         _, image = self.image_from(request.image, request.image_id, request.transparency)
         with self.gpu("AutoSAM segment-everything (/sam/v2/segment-everything)"):
@@ -241,14 +236,12 @@ class SamApi:
         stats = dict(self.engine.stats())
         memory: Dict[str, Any] = {}
         try:
-            import resource
+            import resource  # POSIX only: absent on Windows
 
             memory["process_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         except ImportError:  # Windows
             pass
         try:
-            import torch
-
             if torch.cuda.is_available():
                 memory["cuda_allocated_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
                 memory["cuda_reserved_mib"] = round(torch.cuda.memory_reserved() / 2**20, 1)
@@ -401,16 +394,16 @@ class SamApi:
                 mask = soft >= 0.5
             else:
                 mask = processed
-        out: Dict[str, Any] = {"score": round(score, 6), "box": codec.mask_box(mask), "area": int(mask.sum())}
+        out: Dict[str, Any] = {"score": round(score, 6), "box": _json_box(mask_ops.mask_to_box(mask)), "area": int(mask.sum())}
         if request.mask_format == "png":
-            out["mask"] = (codec.array_png_base64((soft * 255 + 0.5).astype(np.uint8)) if soft is not None
-                           else codec.bool_mask_png_base64(mask))
+            out["mask"] = (images.array_png_base64((soft * 255 + 0.5).astype(np.uint8)) if soft is not None
+                           else images.bool_mask_png_base64(mask))
         elif request.mask_format == "rle":
             out["mask"] = rle.encode(mask)
         if request.return_cutout:
-            out["cutout"] = codec.png_base64(render.cutout(image, soft if soft is not None else mask))
+            out["cutout"] = images.png_base64(render.cutout(image, soft if soft is not None else mask))
         if request.return_blend:
-            out["blend"] = codec.png_base64(render.reference_blend(image, mask, []))
+            out["blend"] = images.png_base64(render.reference_blend(image, mask, []))
         if request.return_logits:
             out["logits"] = codec.logits_base64(logits)
         return out
@@ -450,3 +443,7 @@ class SamApi:
         report = batch_module.run_batch(self.engine, options, interrupt=interrupt,
                                         gpu_lock=self._gpu_lock)
         return report.to_dict()
+
+
+def _json_box(box: Optional[Tuple[int, int, int, int]]) -> Optional[List[int]]:
+    return None if box is None else list(box)

@@ -15,12 +15,14 @@ import numpy as np
 from sd_webui_sam.autosam import editanything, layers, semantic
 from sd_webui_sam.autosam.generator import AutoSamConfig, MaskRecord, generate_masks_with_engine
 from sd_webui_sam.autosam.segmenters import SemanticSegmenter
+from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import SamUserError
+from sd_webui_sam.images import load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def segment_everything(engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
+def segment_everything(engine: Engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
                        **overrides) -> list[MaskRecord]:
     config = config or AutoSamConfig()
     if overrides:
@@ -30,12 +32,12 @@ def segment_everything(engine, model_name: str, image: np.ndarray, config: Optio
     return generate_masks_with_engine(engine, model_name, image, config)
 
 
-def random_segmentation(engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
+def random_segmentation(engine: Engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
                         seed: int = 0) -> editanything.RandomSegmentation:
     return editanything.random_segmentation(image, segment_everything(engine, model_name, image, config), seed=seed)
 
 
-def semantic_segmentation(engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
+def semantic_segmentation(engine: Engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
                           config: Optional[AutoSamConfig] = None) -> semantic.SemanticResult:
     """Before/after SAM refinement of the segmenter's class map (all at the image's resolution)."""
     class_map = segmenter.segment(image, int(resolution))
@@ -50,7 +52,7 @@ class CategoryResult:
     semantic: semantic.SemanticResult
 
 
-def category_mask(engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
+def category_mask(engine: Engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
                   categories, config: Optional[AutoSamConfig] = None) -> CategoryResult:
     """One mask of the chosen classes (names or ids) from the SAM-refined class map."""
     data = semantic.dataset(segmenter.dataset)
@@ -80,20 +82,17 @@ class BatchReport:
         return "\n".join(lines)
 
 
-def _load(path: Path, engine) -> np.ndarray:
-    from sd_webui_sam.images import load_image
-
-    max_pixels = getattr(getattr(engine, "settings", None), "max_image_pixels", None)
-    return load_image(path, max_pixels) if max_pixels else load_image(path)
+def _load(path: Path, engine: Engine) -> np.ndarray:
+    return load_image(path, engine.settings.max_image_pixels)
 
 
-def layout(engine, model_name: str, image: np.ndarray, output_dir: Path, stem: str = "layout",
+def layout(engine: Engine, model_name: str, image: np.ndarray, output_dir: Path, stem: str = "layout",
            config: Optional[AutoSamConfig] = None, write_psd: bool = True) -> layers.LayoutResult:
     masks = segment_everything(engine, model_name, image, config)
     return layers.export_layout(image, masks, Path(output_dir), stem, write_psd_file=write_psd)
 
 
-def layout_folder(engine, model_name: str, input_dir: Path, output_dir: Path, config: Optional[AutoSamConfig] = None,
+def layout_folder(engine: Engine, model_name: str, input_dir: Path, output_dir: Path, config: Optional[AutoSamConfig] = None,
                   write_psd: bool = True) -> BatchReport:
     """A layout (PNG layers + PSD) per image, each in output_dir/<image name>/; one failing
     image is reported and the rest go on."""
@@ -108,7 +107,7 @@ def layout_folder(engine, model_name: str, input_dir: Path, output_dir: Path, co
     return report
 
 
-def category_mask_folder(engine, model_name: str, input_dir: Path, output_dir: Path, segmenter: SemanticSegmenter,
+def category_mask_folder(engine: Engine, model_name: str, input_dir: Path, output_dir: Path, segmenter: SemanticSegmenter,
                          resolution: int, categories, config: Optional[AutoSamConfig] = None,
                          save_mask: bool = True, save_masked: bool = True, save_blend: bool = True,
                          invert: bool = False) -> BatchReport:

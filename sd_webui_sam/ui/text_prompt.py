@@ -19,6 +19,7 @@ from PIL import Image
 
 from sd_webui_sam import images, render
 from sd_webui_sam.detection import Detection, detect_boxes, no_boxes_message, segment_boxes
+from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.prompts import check_caption, read_panel_prompts
 from sd_webui_sam.ui import handlers
@@ -90,7 +91,7 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[Detection]) -> Image.Image:
     return picture
 
 
-def preview_boxes(engine: Any, detector: Optional[str], image: Any, caption: Any, box_threshold: float,
+def preview_boxes(engine: Engine, detector: Optional[str], image: Any, caption: Any, box_threshold: float,
                   text_threshold: float) -> BoxPreview:
     """Detect once; the result is kept and reused exactly by the segmentation."""
     caption = check_caption(caption)
@@ -124,7 +125,7 @@ def kept_indices(selection: Optional[BoxSelection], ticked: Optional[Sequence[An
     return indices
 
 
-def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: Optional[BoxSelection],
+def segment_kept(engine: Engine, sam_model: Optional[str], image: Any, selection: Optional[BoxSelection],
                  ticked: Optional[Sequence[Any]], prompts_json: Optional[str] = None, mode: str = MERGED) -> TextSegmentation:
     """SAM on the kept boxes (one batched decode on the cached embedding), points refining their box."""
     sam_model = handlers.require_model(sam_model)
