@@ -36,7 +36,7 @@ DEFAULT_MAX_SIDE = 1333
 @dataclass(frozen=True)
 class Detection:
     """One object a text prompt named: the detection type of the whole extension (the detector
-    returns it; ``sd_webui_sam.detection`` clips it to the image for the panel, API and batch)."""
+    returns it; ``sd_webui_sam.text_prompt`` clips it to the image for the panel, API and batch)."""
 
     box: Tuple[float, float, float, float]   # xyxy, image pixels (clamped to the image, except the reference rule)
     phrase: str                              # the caption phrase this box matched
@@ -181,7 +181,7 @@ def postprocess(tokens: CaptionTokens, output: GroundingOutput, width: int, heig
     phrase_index = best_phrase[keep]
     order = torch.argsort(kept_scores, descending=True)
     if nms_threshold is not None:
-        from torchvision.ops import batched_nms
+        from torchvision.ops import batched_nms  # only NMS needs torchvision; detection runs without it
 
         order = batched_nms(xyxy, kept_scores, phrase_index, nms_threshold)
     return [

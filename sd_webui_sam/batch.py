@@ -30,7 +30,7 @@ from PIL import Image
 from sd_webui_sam import render, rle
 from sd_webui_sam import masks as mask_ops
 from sd_webui_sam.autosam.generator import AutoSamConfig, generate_masks_with_engine
-from sd_webui_sam.detection import find_boxes, most_confident
+from sd_webui_sam.text_prompt import find_boxes, most_confident
 from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.images import load_image

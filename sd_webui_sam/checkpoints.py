@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from sd_webui_sam.errors import CorruptCheckpointError, SamUserError, UnsafeCheckpointError
+from sd_webui_sam.errors import CorruptCheckpointError, ModelNotFoundError, SamUserError, UnsafeCheckpointError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 #: Keys under which training scripts commonly nest the weights.
@@ -109,8 +109,8 @@ def load_state_dict(path: Path) -> StateDict:
         mapped = _safetensors_mapped(path)
         if mapped is not None:
             return unwrap_state_dict(mapped, path)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError  # optional: only a .safetensors checkpoint needs it
+        from safetensors.torch import load_file  # optional: only a .safetensors checkpoint needs it
 
         try:
             return unwrap_state_dict(load_file(str(path), device="cpu"), path)
@@ -182,8 +182,6 @@ def _describe_object(obj: object) -> str:
 
 def _check_regular_file(path: Path) -> None:
     if not path.is_file():
-        from sd_webui_sam.errors import ModelNotFoundError
-
         raise ModelNotFoundError(f"{path} does not exist or is not a file.")
     if path.stat().st_size == 0:
         raise CorruptCheckpointError(f"{path.name} is empty (0 bytes), probably an interrupted download. {_REDOWNLOAD}")

@@ -2,7 +2,7 @@
 RGBA cut-out and a mask picture.
 
 "Cut out after generation" runs it on every generated image and saves both beside it; the
-detection and the decode are :mod:`sd_webui_sam.detection`'s. Nothing here knows about gradio
+detection and the decode are :mod:`sd_webui_sam.text_prompt`'s. Nothing here knows about gradio
 or the WebUI.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sd_webui_sam import render
-from sd_webui_sam.detection import Detection, detect_boxes, no_boxes_message, segment_boxes
+from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.prompts import check_caption
 
 if TYPE_CHECKING:  # the engine imports nothing from here; only the annotation needs it

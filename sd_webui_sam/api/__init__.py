@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, ContextManager, Optional
 
+from fastapi import Depends
+
 from sd_webui_sam.api.auth import Credentials, make_auth_dependency
 from sd_webui_sam.api.codec import SourcePolicy
 from sd_webui_sam.api.operations import SamApi
+from sd_webui_sam.api.routes import _MountGuard, build_metrics_router, build_reference_router, build_v2_router
 from sd_webui_sam.api.service import ApiSettings
 from sd_webui_sam.engine import Engine
 
@@ -29,10 +32,6 @@ def mount_api(app: Any, engine: Engine, *, auth: Credentials = None, prefix: str
     batch_interrupt: polled between files of /sam/v2/batch (the WebUI maps shared.state.interrupted).
     Mounting the same app twice returns the first :class:`SamApi` without adding routes again.
     """
-    from fastapi import Depends
-
-    from sd_webui_sam.api.routes import _MountGuard, build_metrics_router, build_reference_router, build_v2_router
-
     with _MountGuard.lock:
         existing = getattr(app.state, "sd_webui_sam_api", None)
         if existing is not None:

@@ -24,7 +24,7 @@ from sd_webui_sam.api.service import (
     clock,
 )
 from sd_webui_sam.autosam import api_hooks
-from sd_webui_sam.detection import Detection, find_boxes, most_confident
+from sd_webui_sam.text_prompt import Detection, find_boxes, most_confident
 from sd_webui_sam.engine import Engine, ManagedPredictor
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.predictor import Prediction

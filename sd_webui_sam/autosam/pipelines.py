@@ -6,13 +6,16 @@ resolution.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
+from sd_webui_sam import rle
 from sd_webui_sam.autosam import editanything, layers, semantic
+from sd_webui_sam.autosam.editanything import blend
 from sd_webui_sam.autosam.generator import AutoSamConfig, MaskRecord, generate_masks_with_engine
 from sd_webui_sam.autosam.segmenters import SemanticSegmenter
 from sd_webui_sam.engine import Engine
@@ -26,8 +29,6 @@ def segment_everything(engine: Engine, model_name: str, image: np.ndarray, confi
                        **overrides) -> list[MaskRecord]:
     config = config or AutoSamConfig()
     if overrides:
-        from dataclasses import replace
-
         config = replace(config, **overrides)
     return generate_masks_with_engine(engine, model_name, image, config)
 
@@ -114,10 +115,6 @@ def category_mask_folder(engine: Engine, model_name: str, input_dir: Path, outpu
     """Masks by category for a folder, at each image's resolution. The mask keeps the image's
     file name (stem + .png) inside output_dir/masks, the layout A1111's inpaint batch expects;
     existing files are never overwritten."""
-    from PIL import Image
-
-    from sd_webui_sam.autosam.editanything import blend
-
     semantic.parse_categories(categories, semantic.dataset(segmenter.dataset))
     output_dir = Path(output_dir)
     report = BatchReport()
@@ -148,8 +145,6 @@ def category_mask_folder(engine: Engine, model_name: str, input_dir: Path, outpu
 
 def records_as_json(records: Sequence[MaskRecord]) -> list[dict]:
     """The reference generator's annotation list, JSON-ready (binary masks become COCO RLE)."""
-    from sd_webui_sam import rle
-
     out = []
     for record in records:
         item = record.to_dict()

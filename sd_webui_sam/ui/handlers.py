@@ -21,7 +21,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from sd_webui_sam import images
+from sd_webui_sam import images, render
+from sd_webui_sam import masks as mask_ops
+from sd_webui_sam.devices import is_out_of_memory
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, ModelNotFoundError, OutOfMemoryError, SamUserError
 from sd_webui_sam.prompts import Prompts, read_panel_prompts
 
@@ -163,8 +165,6 @@ def change_device(engine, preference: str) -> Tuple[str, bool]:
 
 def describe_failure(error: BaseException) -> str:
     """One line for the panel; the traceback goes to the console only."""
-    from sd_webui_sam.devices import is_out_of_memory
-
     if isinstance(error, OutOfMemoryError) or is_out_of_memory(error):
         return ("Out of memory while running Segment Anything. Choose a smaller model, set the device to "
                 "CPU in Settings > Segment Anything, or free memory and try again.")
@@ -393,8 +393,6 @@ def candidates_payload(candidates: Candidates, token: Any = "") -> str:
 
 def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.ndarray:
     """The chosen candidate after the mask tools: (H, W) float32 in 0..1 (soft only when feathered)."""
-    from sd_webui_sam import masks as mask_ops
-
     if not 0 <= index < len(candidates.masks):
         index = candidates.best
     result = mask_ops.postprocess(
@@ -407,8 +405,6 @@ def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.n
 def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
     """Mask and cut-out at the picture's size; the overlay, a picture to look at, at most
     ``OVERLAY_SIDE`` px long (a 4000x3000 overlay took 4 s of PNG encoding after every click)."""
-    from sd_webui_sam import render
-
     alpha = processed_mask(candidates, index, tools)
     height, width = alpha.shape
     size = display_size(width, height, OVERLAY_SIDE)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from local_groundingdino.store import CATALOGUE
 from sd_webui_sam import images, render
-from sd_webui_sam.detection import Detection, detect_boxes, no_boxes_message, segment_boxes
+from sd_webui_sam.compat import gradio_compat as grc
+from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.prompts import check_caption, read_panel_prompts
@@ -73,8 +75,6 @@ def _index_of(label: Any) -> Optional[int]:
 
 def draw_boxes(image: np.ndarray, boxes: Sequence[Detection]) -> Image.Image:
     """The picture with each box outlined and labelled '<number>: <phrase>'."""
-    from PIL import ImageDraw, ImageFont
-
     picture = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(picture)
     width = max(2, round(max(picture.size) / 300))
@@ -168,17 +168,14 @@ def _detector_choices(engine: Callable[[], Any]) -> List[str]:
 
 
 def _catalogue() -> Dict[str, str]:
-    from local_groundingdino.store import CATALOGUE
-
     return {entry.label: entry.file_name for entry in CATALOGUE}
 
 
 def build_section(panel: Any) -> Dict[str, Any]:
     """The text-prompt accordion inside ``panel`` (call within the panel's container)."""
-    import gradio as gr
+    import gradio as gr  # heavy: only building the UI needs it
 
-    from sd_webui_sam.compat import gradio_compat as grc
-    from sd_webui_sam.ui.panel import elem, status_html
+    from sd_webui_sam.ui.panel import elem, status_html  # the panel imports this module (a cycle to undo there)
 
     options = panel.options
     prefix, engine = options.prefix, options.engine
@@ -241,7 +238,7 @@ def cutout_script_args(panel: Any, parts: Dict[str, Any]) -> List[Any]:
 
 
 def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_html: Callable, grc: Any) -> None:
-    import gradio as gr
+    import gradio as gr  # heavy: only building the UI needs it
 
     prefix = panel.options.prefix
     answers = itertools.count(1)
@@ -301,7 +298,7 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
         tools = handlers.MaskTools(expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
                                    min_island=int(min_island or 0), invert=bool(invert))
         chosen = handlers.chosen_outputs(found, found.best, tools)
-        from sd_webui_sam.ui.panel import CHOICES
+        from sd_webui_sam.ui.panel import CHOICES  # the panel imports this module (a cycle to undo there)
 
         return (handlers.candidates_payload(found, token=f"text-{next(answers)}"), grc.update(value=CHOICES[found.best]),
                 found, chosen.overlay, chosen.mask, chosen.cutout, result.objects, status_html(result.message))
