@@ -30,13 +30,13 @@ from PIL import Image
 from sd_webui_sam import render, rle
 from sd_webui_sam import masks as mask_ops
 from sd_webui_sam.autosam.generator import AutoSamConfig, generate_masks_with_engine
-from sd_webui_sam.text_prompt import find_boxes, most_confident
 from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.images import load_image
 from sd_webui_sam.predictor import Prediction
 from sd_webui_sam.prompts import Prompts, check_boxes, check_caption, check_labels, check_points
 from sd_webui_sam.settings import EngineSettings
+from sd_webui_sam.text_prompt import find_boxes, most_confident
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 OUTPUT_KINDS = ("mask", "cutout", "blend", "coco")

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from sd_webui_sam import render
-from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.prompts import check_caption
+from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 
 if TYPE_CHECKING:  # the engine imports nothing from here; only the annotation needs it
     from sd_webui_sam.engine import Engine

@@ -24,7 +24,6 @@ from sd_webui_sam.api.service import (
     clock,
 )
 from sd_webui_sam.autosam import api_hooks
-from sd_webui_sam.text_prompt import Detection, find_boxes, most_confident
 from sd_webui_sam.engine import Engine, ManagedPredictor
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.predictor import Prediction
@@ -38,6 +37,7 @@ from sd_webui_sam.prompts import (
     finite_tuples,
     mask_to_low_res_logits,
 )
+from sd_webui_sam.text_prompt import Detection, find_boxes, most_confident
 
 MASK_FORMATS = ("png", "rle", "none")
 #: The reference-compatible routes read a semi-transparent picture's raw colour channels.

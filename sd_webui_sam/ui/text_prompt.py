@@ -20,10 +20,10 @@ from PIL import Image, ImageDraw, ImageFont
 from local_groundingdino.store import CATALOGUE
 from sd_webui_sam import images, render
 from sd_webui_sam.compat import gradio_compat as grc
-from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.prompts import check_caption, read_panel_prompts
+from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.ui import handlers
 
 PER_OBJECT = "Per object"
