@@ -35,9 +35,17 @@ DEFAULT_MAX_SIDE = 1333
 
 @dataclass(frozen=True)
 class Detection:
-    box_xyxy: Tuple[float, float, float, float]   # image pixels, clamped to the image
-    phrase: str                                   # the caption phrase this box matched
-    score: float                                  # box confidence in [0, 1]
+    """One object a text prompt named: the detection type of the whole extension (the detector
+    returns it; ``sd_webui_sam.text_prompt`` clips it to the image for the panel, API and batch)."""
+
+    box: Tuple[float, float, float, float]   # xyxy, image pixels (clamped to the image, except the reference rule)
+    phrase: str                              # the caption phrase this box matched
+    score: float                             # box confidence in [0, 1]
+
+    @property
+    def has_area(self) -> bool:
+        """False for a box clamped to a line (it lay wholly outside the picture): nothing to segment."""
+        return self.box[2] - self.box[0] >= 1 and self.box[3] - self.box[1] >= 1
 
 
 def detection_size(width: int, height: int, short_side: int = DEFAULT_SHORT_SIDE, max_side: int = DEFAULT_MAX_SIDE) -> Tuple[int, int]:
@@ -173,12 +181,12 @@ def postprocess(tokens: CaptionTokens, output: GroundingOutput, width: int, heig
     phrase_index = best_phrase[keep]
     order = torch.argsort(kept_scores, descending=True)
     if nms_threshold is not None:
-        from torchvision.ops import batched_nms
+        from torchvision.ops import batched_nms  # only NMS needs torchvision; detection runs without it
 
         order = batched_nms(xyxy, kept_scores, phrase_index, nms_threshold)
     return [
         Detection(
-            box_xyxy=tuple(float(v) for v in xyxy[i].tolist()),
+            box=tuple(float(v) for v in xyxy[i].tolist()),
             phrase=tokens.phrases[spans[int(phrase_index[i])][0]],
             score=float(kept_scores[i]),
         )
@@ -204,7 +212,7 @@ def postprocess_like_reference(tokenizer: WordPieceTokenizer, tokens: CaptionTok
         cx, cy, w, h = boxes[query].tolist()
         box = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
         named = ids[probabilities[query, : len(ids)] > text_threshold].tolist()
-        detections.append(Detection(box_xyxy=box, phrase=tokenizer.decode(named).replace(".", ""),
+        detections.append(Detection(box=box, phrase=tokenizer.decode(named).replace(".", ""),
                                     score=float(scores[query])))
     return detections
 

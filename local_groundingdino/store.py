@@ -17,10 +17,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 from local_groundingdino.checkpoint import GroundingDinoSpec, identify_checkpoint
 from local_groundingdino.detector import DEFAULT_MAX_SIDE, DEFAULT_SHORT_SIDE, Detector, load_detector
 from sd_webui_sam import checkpoints, devices
+from sd_webui_sam.checkpoints import is_candidate_file, validate_model_name
 from sd_webui_sam.devices import Placement
 from sd_webui_sam.downloads import ProgressCallback, catalogue_entry, download_file
 from sd_webui_sam.errors import DownloadError, ModelNotFoundError, SamUserError
-from sd_webui_sam.model_store import is_candidate_file, validate_model_name
 from sd_webui_sam.weights import tensor_bytes
 
 logger = logging.getLogger(__name__)

@@ -2,3 +2,5 @@
 
 The model registry finds them through ``sam_hq.families.FAMILIES``.
 """
+
+__all__ = ["families", "segmenter"]

@@ -29,6 +29,7 @@ from sd_webui_sam.families import (
 )
 from sd_webui_sam.model_registry import ModelSpec
 
+from .segmenter import build_hq_sam_tiny, build_hq_sam_vit, build_mobile_sam
 from .tiny_vit import TinyViTConfig
 
 Shapes = Mapping[str, Tuple[int, ...]]
@@ -189,8 +190,6 @@ class HQSamFamily:
         return None
 
     def build(self, spec: ModelSpec):
-        from .segmenter import build_hq_sam_tiny, build_hq_sam_vit
-
         if spec.config.get("encoder") == "tiny_vit":
             return build_hq_sam_tiny(spec.config)
         return build_hq_sam_vit(spec.config)
@@ -215,8 +214,6 @@ class MobileSamFamily:
         return ModelSpec(self.name, "custom", MappingProxyType(config), f"MobileSAM ({_describe_tiny_vit(config)})")
 
     def build(self, spec: ModelSpec):
-        from .segmenter import build_mobile_sam
-
         return build_mobile_sam(spec.config)
 
 

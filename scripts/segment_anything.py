@@ -20,6 +20,7 @@ if not (EXTENSION_ROOT / "sd_webui_sam").is_dir():
 if str(EXTENSION_ROOT) not in sys.path:
     sys.path.insert(0, str(EXTENSION_ROOT))
 import local_groundingdino  # noqa: E402,F401  (see above)
+import sam2_image  # noqa: E402,F401  (see above)
 import sam_hq  # noqa: E402,F401  (see above)
 import sd_webui_sam  # noqa: E402,F401  (see above)
 from sd_webui_sam.compat import generation, options, saving  # noqa: E402

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
@@ -24,10 +25,19 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from sd_webui_sam.cutout import most_confident
+from PIL import Image
+
+from sd_webui_sam import matting, render, rle
+from sd_webui_sam import masks as mask_ops
+from sd_webui_sam.autosam.generator import AutoSamConfig, generate_masks_with_engine
+from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.matting import check_alpha_mode
+from sd_webui_sam.images import load_image
+from sd_webui_sam.predictor import Prediction
 from sd_webui_sam.prompts import Prompts, check_boxes, check_caption, check_labels, check_points
+from sd_webui_sam.settings import EngineSettings
+from sd_webui_sam.text_prompt import find_boxes, most_confident
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 OUTPUT_KINDS = ("mask", "cutout", "blend", "coco")
@@ -226,8 +236,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_png(path: Path, image: Any) -> None:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
@@ -317,17 +325,13 @@ def validate_options(options: BatchOptions) -> None:
     check_alpha_mode(options.alpha)
     check_labels(options.labels, len(options.points))
     if options.everything:
-        from sd_webui_sam.autosam.generator import AutoSamConfig
-
         AutoSamConfig.from_mapping(options.autosam or {})  # bad settings fail before any image is read
 
 
-def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, interrupt: Interrupt = None,
+def run_batch(engine: Engine, options: BatchOptions, *, interrupt: Interrupt = None,
               progress: Optional[Callable[[BatchProgress], None]] = None,
               gpu_lock: Optional[ContextManager] = None) -> BatchReport:
     """Segment every image of ``options.inputs``; see the module docstring for the guarantees."""
-    from sd_webui_sam.images import load_image
-
     started = time.perf_counter()
     validate_options(options)
     output_dir = Path(options.output_dir).expanduser().resolve()
@@ -338,11 +342,7 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
     state = _State(output_dir / STATE_FILE)
     manifest = _Manifest(output_dir / MANIFEST_FILE)
     report = BatchReport(output_dir=str(output_dir), total=len(sources), ignored=ignored)
-    max_pixels = options.max_pixels or int(getattr(engine.settings, "max_image_pixels", 64_000_000))
-    if options.text is not None and detector is None:
-        from sd_webui_sam.api.service import DetectorAccess
-
-        detector = DetectorAccess(engine=engine)
+    max_pixels = options.max_pixels or engine.settings.max_image_pixels
     lock = gpu_lock if gpu_lock is not None else contextlib.nullcontext()
 
     def key(source: Source) -> str:
@@ -401,7 +401,7 @@ def run_batch(engine: Any, options: BatchOptions, *, detector: Any = None, inter
             error_text = None
             try:
                 image = reads.pop(index).result()
-                entry, futures = _process(engine, options, detector, lock, image, source, key(source),
+                entry, futures = _process(engine, options, lock, image, source, key(source),
                                           stems[source.path], output_dir, source_paths, writer, manifest)
                 result = entry["_result"]
                 if not entry["outputs"] and not futures:
@@ -470,18 +470,14 @@ def plan_batch(options: BatchOptions) -> BatchPlan:
     return BatchPlan(options, output_dir, sources, stems, todo, state, report)
 
 
-def process_file(engine: Any, options: BatchOptions, image_source: Any, source: Source, stem: Path, output_dir: Path,
-                 source_paths: Any, manifest: _Manifest, *, detector: Any = None,
-                 max_pixels: Optional[int] = None) -> Tuple[FileResult, Optional[Dict[str, Any]]]:
+def process_file(engine: Engine, options: BatchOptions, image_source: Any, source: Source, stem: Path, output_dir: Path,
+                 source_paths: Any, manifest: _Manifest) -> Tuple[FileResult, Optional[Dict[str, Any]]]:
     """One source from its bytes (or path) to its written outputs, in this process: (its result,
     the state entry to record; None when it failed). Every write has finished on return."""
-    from sd_webui_sam.images import load_image
-
-    max_pixels = max_pixels or int(getattr(engine.settings, "max_image_pixels", 64_000_000))
     try:
-        image = load_image(image_source, max_pixels=max_pixels)
+        image = load_image(image_source, max_pixels=engine.settings.max_image_pixels)
         with ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-write") as writer:
-            entry, futures = _process(engine, options, detector, contextlib.nullcontext(), image, source,
+            entry, futures = _process(engine, options, contextlib.nullcontext(), image, source,
                                       stem.as_posix(), stem, output_dir, source_paths, writer, manifest)
     except SamUserError as error:
         return FileResult(str(source.path), "failed", error=str(error)), None
@@ -523,14 +519,14 @@ def finish_batch(plan: BatchPlan, started: float) -> BatchReport:
     return report
 
 
-def _prompts_for(options: BatchOptions, image: np.ndarray, detector: Any, lock: ContextManager, max_objects: int):
+def _prompts_for(options: BatchOptions, image: np.ndarray, engine: Engine, lock: ContextManager):
     """(prompts, the detections they came from, how many detections 'max objects' left out)."""
     shape = image.shape[:2]
     if options.text is not None:
         with lock:
-            detections = detector.detect(image, options.text, model=options.dino_model,
-                                         box_threshold=options.box_threshold, text_threshold=options.text_threshold)
-        detections, dropped = most_confident(detections, max_objects)
+            detections = find_boxes(engine, image, options.text, detector=options.dino_model,
+                                    box_threshold=options.box_threshold, text_threshold=options.text_threshold)
+        detections, dropped = most_confident(detections, engine.settings.max_objects)
         return Prompts(boxes=[d.box for d in detections]), detections, dropped
     points = check_points(list(options.points), shape)
     labels = check_labels(options.labels, len(points))
@@ -538,26 +534,23 @@ def _prompts_for(options: BatchOptions, image: np.ndarray, detector: Any, lock: 
 
 
 def _finish_mask(mask: np.ndarray, options: BatchOptions) -> np.ndarray:
-    from sd_webui_sam import masks
-
     # like the reference, inversion comes first, so a positive amount grows the background
-    return masks.postprocess(mask, expand=options.expand, invert=options.invert)
+    return mask_ops.postprocess(mask, expand=options.expand, invert=options.invert)
 
 
-def _process(engine, options, detector, lock, image, source, key, stem, output_dir, source_paths, writer, manifest):
-    from sd_webui_sam import matting, render
-    from sd_webui_sam.api.codec import mask_box
-
+def _process(engine: Engine, options: BatchOptions, lock, image, source, key, stem, output_dir, source_paths,
+             writer, manifest):
     entry: Dict[str, Any] = {"source": key, "outputs": [], "annotations": [], "size": list(image.shape[:2]),
                              "file": source.relative.as_posix()}
     if options.everything:
-        masks, scores, boxes = _everything(engine, options, image, lock)
+        prediction = _everything(engine, options, image, lock)
         detections: List[Any] = []
-        if masks.shape[0] == 0:
+        boxes: List[Any] = []
+        if len(prediction.masks) == 0:
             entry["objects"] = 0
             return entry, []
     else:
-        prompts, detections, dropped = _prompts_for(options, image, detector, lock, engine.settings.max_objects)
+        prompts, detections, dropped = _prompts_for(options, image, engine, lock)
         if dropped:
             entry["objects_left_out"] = dropped  # the least confident, past the 'max objects' setting
         if not prompts.boxes and not prompts.points:
@@ -565,14 +558,15 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
             return entry, []
         with lock:
             prediction = engine.segment(options.model, image, prompts, multimask_output=options.multimask)
-        masks = np.asarray(prediction.masks, dtype=bool)  # (K, C, H, W)
-        scores = np.asarray(prediction.scores, dtype=np.float32)
         boxes = list(prompts.boxes)
+    masks = np.asarray(prediction.masks, dtype=bool)  # (K, C, H, W)
+    scores = np.asarray(prediction.scores, dtype=np.float32)
     entry["objects"] = int(masks.shape[0])
     if options.per_object:
         groups = [(k, masks[k], scores[k]) for k in range(masks.shape[0])]
     else:
-        groups = [(None, masks.any(axis=0), scores.mean(axis=0))]
+        merged = prediction.merged()
+        groups = [(None, merged.masks[0], merged.scores[0])]
     jobs: List[Tuple[Path, Callable[[], Any]]] = []
     for obj, candidates, candidate_scores in groups:
         order = [int(candidate_scores.argmax())] if options.naming == "inpaint" else range(candidates.shape[0])
@@ -594,11 +588,11 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
             # segment everything: one annotation per object even when the image files are merged
             for k in range(masks.shape[0]):
                 entry["annotations"].append(_annotation(_finish_mask(masks[k, 0], options), float(scores[k, 0]), None,
-                                                        detections, mask_box))
+                                                        detections))
         elif "coco" in options.outputs:
             best = int(candidate_scores.argmax())
             entry["annotations"].append(_annotation(_finish_mask(candidates[best], options),
-                                                    float(candidate_scores[best]), obj, detections, mask_box))
+                                                    float(candidate_scores[best]), obj, detections))
     futures = []
     result = FileResult(str(source.path), "done")
     for path, make in jobs:
@@ -624,32 +618,30 @@ def _process(engine, options, detector, lock, image, source, key, stem, output_d
     return entry, futures
 
 
-def _everything(engine, options: BatchOptions, image: np.ndarray, lock: ContextManager):
-    """AutoSAM's masks as (K, 1, H, W) with their predicted IoU (K, 1), largest first, and no boxes."""
-    from sd_webui_sam.autosam.generator import AutoSamConfig, generate_masks_with_engine
-
+def _everything(engine: Engine, options: BatchOptions, image: np.ndarray, lock: ContextManager) -> Prediction:
+    """AutoSAM's masks as one object each, (K, 1, H, W) with their predicted IoU (K, 1), largest
+    first; no boxes, and no logits (AutoSAM keeps none)."""
     config = AutoSamConfig.from_mapping(options.autosam or {})
     with lock:
         records = generate_masks_with_engine(engine, options.model, image, config)
     records = sorted(records, key=lambda r: -int(r.area))
     if not records:
-        return np.zeros((0, 1) + image.shape[:2], dtype=bool), np.zeros((0, 1), dtype=np.float32), []
-    masks = np.stack([record.mask() for record in records])[:, None]
-    scores = np.array([[record.predicted_iou] for record in records], dtype=np.float32)
-    return masks, scores, []
+        masks = np.zeros((0, 1) + image.shape[:2], dtype=bool)
+        scores = np.zeros((0, 1), dtype=np.float32)
+    else:
+        masks = np.stack([record.mask() for record in records])[:, None]
+        scores = np.array([[record.predicted_iou] for record in records], dtype=np.float32)
+    return Prediction(masks=masks, scores=scores, low_res_logits=np.zeros((len(masks), 1, 0, 0), dtype=np.float32),
+                      object_boxes=[None] * len(masks))
 
 
-def _mask_image(mask: np.ndarray):
-    from PIL import Image
-
+def _mask_image(mask: np.ndarray) -> Image.Image:
     return Image.fromarray(mask.astype(np.uint8) * 255)
 
 
-def _annotation(mask, score, obj, detections, mask_box) -> Dict[str, Any]:
-    from sd_webui_sam import rle
-
+def _annotation(mask, score, obj, detections) -> Dict[str, Any]:
     encoded = rle.encode(mask)
-    box = mask_box(mask)
+    box = mask_ops.mask_to_box(mask)
     annotation = {
         "segmentation": encoded,
         "area": int(mask.sum()),
@@ -725,15 +717,12 @@ def _numbers(text: str, count: Tuple[int, ...], what: str) -> List[float]:
     return values
 
 
-def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None, runner: Optional[Callable[..., BatchReport]] = None,
-         parser: Optional[argparse.ArgumentParser] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, engine: Optional[Engine] = None,
+         runner: Optional[Callable[..., BatchReport]] = None, parser: Optional[argparse.ArgumentParser] = None) -> int:
     """``runner(engine, options, progress=...)`` replaces ``run_batch`` (batch_ray passes its own,
     with ``parser``: this one plus its options)."""
     args = (parser or build_parser()).parse_args(argv)
     if engine is None:
-        from sd_webui_sam.engine import Engine
-        from sd_webui_sam.settings import EngineSettings
-
         engine = Engine(EngineSettings(user_model_dir=args.model_dir, device=args.device))
     points, labels = [], []
     for text in args.point or []:
@@ -755,7 +744,7 @@ def main(argv: Optional[Sequence[str]] = None, *, engine: Any = None, runner: Op
         validate_options(options)
         bar = None
         try:
-            from tqdm import tqdm
+            from tqdm import tqdm  # optional: a progress bar only where it is installed
 
             bar = tqdm(total=None, unit="img")
         except ImportError:

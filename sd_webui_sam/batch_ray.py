@@ -38,13 +38,14 @@ from sd_webui_sam.batch import (MANIFEST_FILE, BatchOptions, BatchPlan, BatchPro
                                 Interrupt, SharedManifest, Source, build_parser, finish_batch, plan_batch,
                                 _is_interrupted, process_file, record_file)
 from sd_webui_sam.batch import main as batch_main
+from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import SamUserError
 from sd_webui_sam.settings import EngineSettings
 
 #: the name atomic_write_bytes gives its temporary file: .{name}.{8 hex}.tmp
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 #: the packages an actor imports (the engine's model families live in all three)
-_PACKAGES = ("sd_webui_sam", "sam_hq", "local_groundingdino")
+_PACKAGES = ("sd_webui_sam", "sam_hq", "sam2_image", "local_groundingdino")
 _ROOT = Path(__file__).resolve().parents[1]
 LOCAL = "local"  # --ray without an address: a cluster started for the run on 127.0.0.1
 
@@ -68,19 +69,12 @@ class SegmentWorker:
 
     def __init__(self, settings: EngineSettings, options: BatchOptions, output_dir: str, stems: Dict[str, str],
                  source_paths: frozenset) -> None:
-        from sd_webui_sam.engine import Engine
-
         self.engine = Engine(settings)
         self.options = options
         self.output_dir = Path(output_dir)
         self.stems = stems
         self.source_paths = source_paths
         self.manifest = SharedManifest(self.output_dir / MANIFEST_FILE)
-        self.detector = None
-        if options.text is not None:
-            from sd_webui_sam.api.service import DetectorAccess
-
-            self.detector = DetectorAccess(engine=self.engine)
 
     def __call__(self, batch: Dict[str, Any]) -> Dict[str, List[str]]:
         rows = []
@@ -89,7 +83,7 @@ class SegmentWorker:
             relative, stem = self.stems[str(source_path)]
             source = Source(source_path, Path(relative))
             result, entry = process_file(self.engine, self.options, bytes(data), source, Path(stem), self.output_dir,
-                                         self.source_paths, self.manifest, detector=self.detector)
+                                         self.source_paths, self.manifest)
             rows.append(json.dumps({"source": str(source_path), "result": asdict(result), "entry": entry,
                                     "pid": os.getpid()}))
         return {"row": rows}

@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import pickletools
 import struct
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from sd_webui_sam.errors import CorruptCheckpointError, UnsafeCheckpointError
+from sd_webui_sam.errors import CorruptCheckpointError, ModelNotFoundError, SamUserError, UnsafeCheckpointError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 #: Keys under which training scripts commonly nest the weights.
@@ -108,8 +109,8 @@ def load_state_dict(path: Path) -> StateDict:
         mapped = _safetensors_mapped(path)
         if mapped is not None:
             return unwrap_state_dict(mapped, path)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError  # optional: only a .safetensors checkpoint needs it
+        from safetensors.torch import load_file  # optional: only a .safetensors checkpoint needs it
 
         try:
             return unwrap_state_dict(load_file(str(path), device="cpu"), path)
@@ -181,8 +182,6 @@ def _describe_object(obj: object) -> str:
 
 def _check_regular_file(path: Path) -> None:
     if not path.is_file():
-        from sd_webui_sam.errors import ModelNotFoundError
-
         raise ModelNotFoundError(f"{path} does not exist or is not a file.")
     if path.stat().st_size == 0:
         raise CorruptCheckpointError(f"{path.name} is empty (0 bytes), probably an interrupted download. {_REDOWNLOAD}")
@@ -348,3 +347,42 @@ def _short(error: BaseException) -> str:
         text = f"{type(error).__name__} {text}".strip()
     return text if len(text) <= 160 else text[:157] + "..."
 
+
+# ---------------------------------------------------------------- model file names (SAM and GroundingDINO folders)
+
+
+def is_candidate_file(path: Path) -> bool:
+    """A file that may be a checkpoint: right suffix, not hidden, not empty, a regular file.
+
+    Partial downloads (``*.part``, ``*.tmp``, ``*.crdownload``) and notes (``*.txt``) fail the
+    suffix test; ``.DS_Store`` and other dot files are hidden.
+    """
+    name = path.name
+    if name.startswith(".") or not is_checkpoint_name(name):
+        return False
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def validate_model_name(name: str) -> str:
+    """A bare file name, or SamUserError: models are never addressed by path."""
+    if not isinstance(name, str) or not name.strip():
+        raise SamUserError("No SAM model selected. Choose a model from the list (or put one in the models/sam folder).")
+    name = name.strip()
+    if "/" in name or "\\" in name or name in (".", "..") or ".." in name.split(os.sep) or os.path.isabs(name) or ":" in name or "\0" in name:
+        raise SamUserError(f"Invalid model name {name!r}: give a file name from the model list, not a path "
+                           "(no folders, '..' or drive letters).")
+    return name
+
+
+def match_model_name(name: str, available: Sequence[str]) -> Optional[str]:
+    """The listed file a user means: the exact name, else a unique case-insensitive match, else a unique stem."""
+    if name in available:
+        return name
+    for same in (lambda m: m.lower() == name.lower(), lambda m: Path(m).stem.lower() == Path(name).stem.lower()):
+        matches = [m for m in available if same(m)]
+        if len(matches) == 1:
+            return matches[0]
+    return None

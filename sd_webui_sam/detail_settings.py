@@ -7,9 +7,8 @@ read back, and the X/Y/Z plot axes. Nothing here knows about gradio or the WebUI
 """
 from __future__ import annotations
 
-import math
 from dataclasses import field, fields, make_dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from sd_webui_sam.script_schema import ScriptArg
 

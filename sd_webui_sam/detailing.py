@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from sd_webui_sam import masks
-from sd_webui_sam.cutout import best_masks, detect_boxes, most_confident, no_boxes_message, segment_boxes
+from sd_webui_sam.text_prompt import detect_boxes, most_confident, no_boxes_message, segment_boxes
 from sd_webui_sam.prompts import check_caption
 from sd_webui_sam.detail_settings import ORDERS, SEED_RULES, DetailSettings
 from sd_webui_sam.errors import SamUserError
@@ -65,12 +65,12 @@ def find_objects(engine: Any, image: np.ndarray, settings: DetailSettings) -> Fo
                             settings.text_threshold)
     if not detected.boxes:
         return FoundObjects([], [no_boxes_message(caption, settings.box_threshold)])
-    objects = best_masks(segment_boxes(engine, sam_model, image, [box.box for box in detected.boxes]))
+    objects = segment_boxes(engine, sam_model, image, [box.box for box in detected.boxes]).best_per_object()
     height, width = image.shape[:2]
     low, high = _bounded(settings.min_area, 0.0, 1.0), _bounded(settings.max_area, 0.0, 1.0)
     kept: List[FoundObject] = []
     too_small, too_large = [], []
-    for box, mask in zip(detected.boxes, objects.masks):
+    for box, mask in zip(detected.boxes, objects.masks[:, 0]):
         fraction = float(mask.sum()) / float(height * width)
         found = FoundObject(box=box.box, phrase=box.phrase, score=box.score, mask=mask, area_fraction=fraction)
         if not mask.any() or fraction < low:

@@ -293,7 +293,7 @@ def _reason(error: BaseException) -> str:
 
 def _console_bar(file_name: str, total: Optional[int], initial: int):
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # optional: a console bar only where it is installed
     except ImportError:
         return None
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=file_name, leave=False)

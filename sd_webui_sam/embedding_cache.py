@@ -11,7 +11,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 

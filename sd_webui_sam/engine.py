@@ -14,14 +14,15 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from local_groundingdino.store import REFERENCE_MODEL_NAMES, GroundingDinoSettings, GroundingDinoStore
 from sd_webui_sam import devices
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
-from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore, match_model_name, validate_model_name
+from sd_webui_sam.checkpoints import match_model_name, validate_model_name
+from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore
 from sd_webui_sam.predictor import Predictor
 from sd_webui_sam.prompts import check_caption
 from sd_webui_sam.settings import EngineSettings
-
 
 
 class Engine:
@@ -168,8 +169,6 @@ class Engine:
         mean their catalogue file, or failing that any file of the same architecture. Otherwise
         the exact file name, then a case-insensitive or stem match.
         """
-        from local_groundingdino.store import REFERENCE_MODEL_NAMES
-
         available = self.list_detectors()
         if not available:
             raise ModelNotFoundError(self._no_detector_message())
@@ -306,9 +305,7 @@ def _memory_report(models: List[Dict[str, Any]], detectors: List[Dict[str, Any]]
             "total_mib": round(total / 2**20, 1)}
 
 
-def _detector_store(settings: EngineSettings, placement: devices.Placement):
-    from local_groundingdino.store import GroundingDinoSettings, GroundingDinoStore
-
+def _detector_store(settings: EngineSettings, placement: devices.Placement) -> GroundingDinoStore:
     return GroundingDinoStore(
         GroundingDinoSettings(
             model_dirs=settings.gdino_model_dirs(),

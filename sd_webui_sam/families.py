@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Dict, Mapping, Optional, Tuple
 
 from sd_webui_sam.model_registry import ModelSpec
+from sd_webui_sam.modeling import build_sam
 
 Shapes = Mapping[str, Tuple[int, ...]]
 
@@ -143,8 +144,6 @@ class SamFamily:
         return ModelSpec(family=self.name, variant=variant, config=MappingProxyType(config), label=label)
 
     def build(self, spec: ModelSpec):
-        from sd_webui_sam.modeling import build_sam
-
         return build_sam(dict(spec.config))
 
 

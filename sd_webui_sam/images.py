@@ -154,6 +154,27 @@ def load_mask(source: Union[str, bytes], shape: Tuple[int, int], *, what: str = 
 
 # ---------------------------------------------------------------- dispatch
 
+# ---------------------------------------------------------------- pictures out (API answers, AutoSAM)
+
+
+def png_base64(image: Image.Image) -> str:
+    """A picture as base64 PNG text (how the API answers pictures)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def array_png_base64(array: np.ndarray) -> str:
+    return png_base64(Image.fromarray(np.ascontiguousarray(array)))
+
+
+def bool_mask_png_base64(mask: np.ndarray, *, one_bit: bool = False) -> str:
+    """A bool mask as PNG: 1-bit (reference routes) or 8-bit 0/255."""
+    if one_bit:
+        return png_base64(Image.fromarray(np.ascontiguousarray(mask.astype(bool))))
+    return array_png_base64(mask.astype(np.uint8) * 255)
+
+
 def _load(source: ImageSource, max_pixels: int) -> Tuple[np.ndarray, "np.ndarray | None"]:
     if isinstance(source, Image.Image):
         _check_size(source.size, max_pixels)

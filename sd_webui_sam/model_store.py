@@ -8,17 +8,17 @@ rest on the CPU and visit the GPU only inside :meth:`ModelStore.use`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from sd_webui_sam import checkpoints, devices
+from sd_webui_sam.checkpoints import is_candidate_file, validate_model_name
 from sd_webui_sam.devices import Placement
 from sd_webui_sam.downloads import file_sha256
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
@@ -69,43 +69,6 @@ class LoadedModel:
         """Identifies these exact weights (for embedding cache keys); changes when the file does."""
         _, size, mtime_ns = self.file_key
         return f"{self.name}:{size}:{mtime_ns}"
-
-
-def is_candidate_file(path: Path) -> bool:
-    """A file that may be a checkpoint: right suffix, not hidden, not empty, a regular file.
-
-    Partial downloads (``*.part``, ``*.tmp``, ``*.crdownload``) and notes (``*.txt``) fail the
-    suffix test; ``.DS_Store`` and other dot files are hidden.
-    """
-    name = path.name
-    if name.startswith(".") or not checkpoints.is_checkpoint_name(name):
-        return False
-    try:
-        return path.is_file() and path.stat().st_size > 0
-    except OSError:
-        return False
-
-
-def validate_model_name(name: str) -> str:
-    """A bare file name, or SamUserError: models are never addressed by path."""
-    if not isinstance(name, str) or not name.strip():
-        raise SamUserError("No SAM model selected. Choose a model from the list (or put one in the models/sam folder).")
-    name = name.strip()
-    if "/" in name or "\\" in name or name in (".", "..") or ".." in name.split(os.sep) or os.path.isabs(name) or ":" in name or "\0" in name:
-        raise SamUserError(f"Invalid model name {name!r}: give a file name from the model list, not a path "
-                           "(no folders, '..' or drive letters).")
-    return name
-
-
-def match_model_name(name: str, available: Sequence[str]) -> Optional[str]:
-    """The listed file a user means: the exact name, else a unique case-insensitive match, else a unique stem."""
-    if name in available:
-        return name
-    for same in (lambda m: m.lower() == name.lower(), lambda m: Path(m).stem.lower() == Path(name).stem.lower()):
-        matches = [m for m in available if same(m)]
-        if len(matches) == 1:
-            return matches[0]
-    return None
 
 
 def _file_key(path: Path) -> FileKey:

@@ -40,6 +40,29 @@ class Prediction:
     low_res_logits: np.ndarray  # (K, C, 256, 256) float32
     object_boxes: List[Optional[Box]] = field(default_factory=list)  # the box of each object, or None
 
+    def merged(self) -> "Prediction":
+        """All objects as one, per candidate: candidate c is the union of every object's candidate
+        c, scored by their mean (logits: their maximum). What a user who prompted several things
+        at once gets as "the" masks."""
+        return Prediction(
+            masks=np.asarray(self.masks, dtype=bool).any(axis=0, keepdims=True),
+            scores=np.asarray(self.scores, dtype=np.float32).mean(axis=0, keepdims=True),
+            low_res_logits=np.asarray(self.low_res_logits, dtype=np.float32).max(axis=0, keepdims=True),
+            object_boxes=[None],
+        )
+
+    def best_per_object(self) -> "Prediction":
+        """Each object with only its highest-scoring candidate: (K, 1, H, W)."""
+        scores = np.asarray(self.scores, dtype=np.float32)
+        best = scores.argmax(axis=1)
+        picks = np.arange(scores.shape[0])
+        return Prediction(
+            masks=np.asarray(self.masks, dtype=bool)[picks, best][:, None],
+            scores=scores[picks, best][:, None],
+            low_res_logits=np.asarray(self.low_res_logits, dtype=np.float32)[picks, best][:, None],
+            object_boxes=list(self.object_boxes),
+        )
+
 
 @dataclass(frozen=True)
 class ObjectPrompt:

@@ -21,6 +21,7 @@ from tests.fixtures.api_fixtures import (  # noqa: F401  (fixtures)
     image_b64,
     png_bytes,
     sample_image,
+    use_fixed_detector,
 )
 
 H, W = 96, 128
@@ -39,16 +40,16 @@ def fixed_detector():
 
 
 @pytest.fixture(scope="module")
-def server(api_engine, allowed_root, fixed_detector):
+def server(api_engine, allowed_root, fixed_detector, tmp_path_factory):
     from fastapi import FastAPI
 
-    from sd_webui_sam.api import ApiSettings, DetectorAccess, SourcePolicy, mount_api
+    from sd_webui_sam.api import ApiSettings, SourcePolicy, mount_api
     from sd_webui_sam.metrics import ApiMetrics
 
     app = FastAPI()
     settings = ApiSettings(source_policy=SourcePolicy(allowed_roots=(allowed_root,)))
-    mount_api(app, api_engine, settings=settings, detector=DetectorAccess(provider=lambda name: fixed_detector),
-              metrics=ApiMetrics())
+    use_fixed_detector(api_engine, fixed_detector, tmp_path_factory.mktemp("gdino"))
+    mount_api(app, api_engine, settings=settings, metrics=ApiMetrics())
     with ServerThread(app) as running:
         yield running
 

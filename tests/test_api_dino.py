@@ -54,7 +54,7 @@ def _expected_boxes(engine, image, caption="hand, face", text_threshold=0.0, lik
                           like_reference=like_reference)
     boxes = []
     for d in found:
-        x1, y1, x2, y2 = d.box_xyxy
+        x1, y1, x2, y2 = d.box
         x1, x2 = min(max(x1, 0.0), W), min(max(x2, 0.0), W)
         y1, y2 = min(max(y1, 0.0), H), min(max(y2, 0.0), H)
         if keep_empty or (x2 - x1 >= 1 and y2 - y1 >= 1):

@@ -1,6 +1,8 @@
 """AutoSAM features end to end, with segment-everything replaced by known masks."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,6 +11,10 @@ from sd_webui_sam.autosam import pipelines, semantic
 from sd_webui_sam.autosam.generator import MaskRecord
 from sd_webui_sam.autosam.segmenters import UploadedMapSegmenter
 from sd_webui_sam.errors import SamUserError
+from sd_webui_sam.settings import EngineSettings
+
+#: The folder pipelines read the engine's image-size limit; the generation itself is faked.
+SETTINGS_ONLY = SimpleNamespace(settings=EngineSettings())
 
 
 def record(mask: np.ndarray) -> MaskRecord:
@@ -58,7 +64,7 @@ def test_layout_folder_writes_one_folder_per_image(fake_generation, tmp_path):
     for name in ("a.png", "b.jpg"):
         Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(source / name)
     (source / "notes.txt").write_text("not an image")
-    report = pipelines.layout_folder(None, "m.pth", source, tmp_path / "out")
+    report = pipelines.layout_folder(SETTINGS_ONLY, "m.pth", source, tmp_path / "out")
     assert [p.name for p in report.done] == ["a", "b"] and not report.errors
     assert sorted(p.name for p in (tmp_path / "out" / "a").iterdir()) == [
         "a.psd", "segment_001.png", "segment_002.png", "segment_003.png"]
@@ -70,11 +76,11 @@ def test_category_mask_folder_names_masks_like_the_images_and_never_overwrites(f
     Image.fromarray(np.full((12, 16, 3), 50, np.uint8)).save(source / "photo.png")
     full_bed = semantic.colourise(np.full((12, 16), 7), semantic.dataset("ade20k"))
     segmenter = UploadedMapSegmenter(full_bed, "ade20k")
-    report = pipelines.category_mask_folder(None, "m.pth", source, tmp_path / "out", segmenter, 512, "7")
+    report = pipelines.category_mask_folder(SETTINGS_ONLY, "m.pth", source, tmp_path / "out", segmenter, 512, "7")
     assert not report.errors
     mask = np.asarray(Image.open(tmp_path / "out" / "masks" / "photo.png"))
     assert mask.shape == (12, 16) and (mask == 255).all()
-    again = pipelines.category_mask_folder(None, "m.pth", source, tmp_path / "out", segmenter, 512, "7")
+    again = pipelines.category_mask_folder(SETTINGS_ONLY, "m.pth", source, tmp_path / "out", segmenter, 512, "7")
     assert again.errors and "already exists" in again.errors[0]
 
 

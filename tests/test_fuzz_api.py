@@ -27,10 +27,11 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from sd_webui_sam.api import ApiSettings, DetectorAccess, mount_api
+from sd_webui_sam.api import ApiSettings, mount_api
 from sd_webui_sam.api.models import ImageUploadRequest
 from tests.fixtures.api_fixtures import (  # noqa: F401
     FixedDetector,
+    use_fixed_detector,
     ServerThread,
     api_engine,
     api_model_dir,
@@ -151,12 +152,11 @@ def batch_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fuzz_api(api_engine, batch_root):
+def fuzz_api(api_engine, batch_root, tmp_path_factory):
     """(the app, our SamApi on it)."""
     app = FastAPI()
-    detector = FixedDetector()
-    api = mount_api(app, api_engine, settings=ApiSettings(batch_roots=(batch_root,)),
-                    detector=DetectorAccess(provider=lambda name: detector))
+    use_fixed_detector(api_engine, FixedDetector(), tmp_path_factory.mktemp("gdino"))
+    api = mount_api(app, api_engine, settings=ApiSettings(batch_roots=(batch_root,)))
     return app, api
 
 

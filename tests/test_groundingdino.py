@@ -82,7 +82,7 @@ def _assert_equivalent(reference, detector, caption, image):
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
     assert len(detections) == int(keep.sum()) > 0
-    ours_sorted = sorted(d.box_xyxy for d in detections)
+    ours_sorted = sorted(d.box for d in detections)
     expected_sorted = sorted(tuple(b) for b in boxes.tolist())
     np.testing.assert_allclose(np.array(ours_sorted), np.array(expected_sorted), atol=1e-3)
     assert all(d.phrase in tokens.phrases for d in detections)
@@ -142,7 +142,7 @@ def test_reference_rule_is_groundingdino_predict(swin_t_pair, caption):
     np.testing.assert_allclose([d.score for d in ours], scores.numpy(), atol=1e-4)
     cx, cy, w, h = boxes.unbind(-1)
     xyxy = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), -1) * torch.tensor([width, height, width, height])
-    np.testing.assert_allclose(np.array([d.box_xyxy for d in ours]), xyxy.numpy(), atol=1e-3)
+    np.testing.assert_allclose(np.array([d.box for d in ours]), xyxy.numpy(), atol=1e-3)
 
 
 def test_decode_writes_what_bert_writes():
@@ -310,8 +310,8 @@ def test_each_box_is_named_after_its_best_phrase():
     detections = postprocess(tokens, output, width=200, height=100, box_threshold=0.3, text_threshold=0.25, nms_threshold=None)
     assert [d.phrase for d in detections] == ["face", "hand", "hand"]
     assert detections[0].score == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
-    np.testing.assert_allclose(detections[0].box_xyxy, (30, 40, 70, 60), atol=1e-4)
-    np.testing.assert_allclose(detections[2].box_xyxy, (160, 80, 200, 100), atol=1e-4)
+    np.testing.assert_allclose(detections[0].box, (30, 40, 70, 60), atol=1e-4)
+    np.testing.assert_allclose(detections[2].box, (160, 80, 200, 100), atol=1e-4)
     # A stricter text threshold drops boxes whose best phrase is not confident enough.
     strict = postprocess(tokens, output, 200, 100, box_threshold=0.3, text_threshold=0.7, nms_threshold=None)
     assert [d.phrase for d in strict] == ["face", "hand"]

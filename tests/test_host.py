@@ -90,7 +90,7 @@ runner = webui.img2img
 webui.api_default_args(runner)
 session = webui.modules["segment_anything.py"].SESSION
 session.engine().list_models()
-import local_groundingdino.store, sam_hq.families  # what the engine and the text prompt load lazily
+import local_groundingdino.store, sam2_image.families, sam_hq.families  # what the engine and the text prompt load lazily
 print("lazy imports ok")
 """
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=600,

@@ -12,6 +12,7 @@ import pytest
 
 from tests.fixtures.api_fixtures import (  # noqa: F401
     FixedDetector,
+    use_fixed_detector,
     ServerThread,
     api_engine,
     api_model_dir,
@@ -55,14 +56,14 @@ def send(client: httpx.Client, request):
     return answer.status_code, answer.json()
 
 
-def test_concurrent_clients_get_the_serial_answers(api_engine):
+def test_concurrent_clients_get_the_serial_answers(api_engine, tmp_path_factory):
     from fastapi import FastAPI
 
-    from sd_webui_sam.api import DetectorAccess, mount_api
+    from sd_webui_sam.api import mount_api
 
     app = FastAPI()
-    detector = FixedDetector()
-    mount_api(app, api_engine, detector=DetectorAccess(provider=lambda name: detector))
+    use_fixed_detector(api_engine, FixedDetector(), tmp_path_factory.mktemp("gdino"))
+    mount_api(app, api_engine)
     started = time.monotonic()
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=120, trust_env=False) as client:
         requests = build_requests(client)

@@ -131,8 +131,10 @@ def test_failures_become_status_messages(engine, picture, model, image, text, ex
 def test_out_of_memory_is_explained(picture):
     import torch
 
+    from sd_webui_sam.settings import EngineSettings
+
     class Exhausted:
-        settings = None
+        settings = EngineSettings()
 
         def segment(self, *args, **kwargs):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

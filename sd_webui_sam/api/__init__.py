@@ -7,17 +7,21 @@ from __future__ import annotations
 
 from typing import Any, Callable, ContextManager, Optional
 
+from fastapi import Depends
+
 from sd_webui_sam.api.auth import Credentials, make_auth_dependency
 from sd_webui_sam.api.codec import SourcePolicy
 from sd_webui_sam.api.operations import SamApi
-from sd_webui_sam.api.service import ApiSettings, DetectorAccess
+from sd_webui_sam.api.routes import _MountGuard, build_metrics_router, build_reference_router, build_v2_router
+from sd_webui_sam.api.service import ApiSettings
+from sd_webui_sam.engine import Engine
 
-__all__ = ["mount_api", "ApiSettings", "SourcePolicy", "SamApi", "DetectorAccess"]
+__all__ = ["mount_api", "ApiSettings", "SourcePolicy", "SamApi"]
 
 
-def mount_api(app: Any, engine: Any, *, auth: Credentials = None, prefix: str = "/sam",
+def mount_api(app: Any, engine: Engine, *, auth: Credentials = None, prefix: str = "/sam",
               settings: Optional[ApiSettings] = None, gpu_lock: Optional[ContextManager] = None,
-              detector: Optional[DetectorAccess] = None, autosam: Any = None, metrics: Any = None,
+              autosam: Any = None, metrics: Any = None,
               metrics_path: str = "/metrics", batch_interrupt: Optional[Callable[[], bool]] = None) -> SamApi:
     """Add our routes to ``app`` and return the :class:`SamApi` that serves them.
 
@@ -28,15 +32,11 @@ def mount_api(app: Any, engine: Any, *, auth: Credentials = None, prefix: str = 
     batch_interrupt: polled between files of /sam/v2/batch (the WebUI maps shared.state.interrupted).
     Mounting the same app twice returns the first :class:`SamApi` without adding routes again.
     """
-    from fastapi import Depends
-
-    from sd_webui_sam.api.routes import _MountGuard, build_metrics_router, build_reference_router, build_v2_router
-
     with _MountGuard.lock:
         existing = getattr(app.state, "sd_webui_sam_api", None)
         if existing is not None:
             return existing
-        api = SamApi(engine, settings, detector=detector, gpu_lock=gpu_lock, autosam=autosam, metrics=metrics)
+        api = SamApi(engine, settings, gpu_lock=gpu_lock, autosam=autosam, metrics=metrics)
         dependency = make_auth_dependency(auth)
         dependencies = [Depends(dependency)] if dependency is not None else []
         prefix = "/" + prefix.strip("/")

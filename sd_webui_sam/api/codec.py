@@ -6,18 +6,15 @@ client sends can make these functions raise anything else.
 from __future__ import annotations
 
 import base64
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 
 from sd_webui_sam import images, rle
 from sd_webui_sam.errors import ImageTooLargeError, InvalidImageError, InvalidPromptError, SamUserError
-
 
 
 class ForbiddenPathError(SamUserError):
@@ -117,23 +114,6 @@ def read_rle_mask(value: Mapping, shape: Tuple[int, int]) -> np.ndarray:
     return np.asarray(mask, dtype=bool).reshape(shape)
 
 
-def png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def array_png_base64(array: np.ndarray) -> str:
-    return png_base64(Image.fromarray(np.ascontiguousarray(array)))
-
-
-def bool_mask_png_base64(mask: np.ndarray, *, one_bit: bool = False) -> str:
-    """A bool mask as PNG: 1-bit (reference routes) or 8-bit 0/255."""
-    if one_bit:
-        return png_base64(Image.fromarray(np.ascontiguousarray(mask.astype(bool))))
-    return array_png_base64(mask.astype(np.uint8) * 255)
-
-
 def logits_base64(logits: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(logits, dtype="<f4").tobytes()).decode("ascii")
 
@@ -148,12 +128,3 @@ def read_logits(text: Any, side: int = 256) -> np.ndarray:
     if not np.isfinite(logits).all():
         raise InvalidPromptError("previous_logits contains NaN or infinity.")
     return logits
-
-
-def mask_box(mask: np.ndarray) -> Optional[list]:
-    """Tight [x1, y1, x2, y2] (end exclusive) of a bool mask, None if it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]

@@ -4,26 +4,29 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
-from sd_webui_sam import images, matting
+from sd_webui_sam import batch as batch_module
+from sd_webui_sam import images, matting, render, rle
+from sd_webui_sam import masks as mask_ops
 from sd_webui_sam.api import codec
 from sd_webui_sam.api.codec import ForbiddenPathError
 from sd_webui_sam.api.compat import model_to_dict
 from sd_webui_sam.api.service import (
     ApiSettings,
-    DetectorAccess,
     GpuGate,
     ImageStore,
     NotImplementedYetError,
     check_mask_budget,
     clock,
 )
-from sd_webui_sam.cutout import most_confident
-from sd_webui_sam.engine import ManagedPredictor
+from sd_webui_sam.autosam import api_hooks
+from sd_webui_sam.engine import Engine, ManagedPredictor
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
+from sd_webui_sam.predictor import Prediction
 from sd_webui_sam.prompts import (
     Prompts,
     check_boxes,
@@ -34,36 +37,23 @@ from sd_webui_sam.prompts import (
     finite_tuples,
     mask_to_low_res_logits,
 )
+from sd_webui_sam.text_prompt import Detection, find_boxes, most_confident
 
 MASK_FORMATS = ("png", "rle", "none")
 #: The reference-compatible routes read a semi-transparent picture's raw colour channels.
 REFERENCE_TRANSPARENCY = "ignore"
 
 
-def _render():
-    from sd_webui_sam import render
-
-    return render
-
-
-def _masks():
-    from sd_webui_sam import masks
-
-    return masks
-
-
 class SamApi:
     """The API's operations on one Engine; shared by the WebUI mount and the standalone server."""
 
-    def __init__(self, engine: Any, settings: Optional[ApiSettings] = None, *,
-                 detector: Optional[DetectorAccess] = None,
+    def __init__(self, engine: Engine, settings: Optional[ApiSettings] = None, *,
                  gpu_lock: Optional[ContextManager] = None,
                  autosam: Any = None,
                  metrics: Any = None) -> None:
         self.engine = engine
         self.settings = settings or ApiSettings()
         self.images = ImageStore(self.settings.image_store_entries, self.settings.image_store_bytes)
-        self.detector = (detector or DetectorAccess()).bind(engine)
         self._gpu_lock = gpu_lock
         self._gate = GpuGate(gpu_lock, self.settings.busy_timeout_s)
         self._autosam = autosam
@@ -78,7 +68,7 @@ class SamApi:
 
     @property
     def max_pixels(self) -> int:
-        return int(getattr(self.engine.settings, "max_image_pixels", 64_000_000))
+        return self.engine.settings.max_image_pixels
 
     def read_image(self, text: Any, transparency: str = "white") -> np.ndarray:
         return codec.read_image_source(text, self.settings.source_policy, self.max_pixels, transparency)
@@ -111,13 +101,13 @@ class SamApi:
         return prediction
 
     def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float, text_threshold: float = 0.25,
-               like_reference: bool = False):
+               like_reference: bool = False) -> List[Detection]:
         if model is not None and ("/" in model or "\\" in model or ".." in model):
             raise InvalidPromptError("GroundingDINO model names are names, not paths.")
         start = clock()
         with self.gpu("GroundingDINO detection"):
-            detections = self.detector.detect(image, text, model=model, box_threshold=box_threshold,
-                                              text_threshold=text_threshold, like_reference=like_reference)
+            detections = find_boxes(self.engine, image, text, detector=model, box_threshold=box_threshold,
+                                    text_threshold=text_threshold, like_reference=like_reference)
         if self.metrics is not None:
             self.metrics.observe_detect(clock() - start)
         return detections
@@ -168,11 +158,11 @@ class SamApi:
             return {"msg": msg}
         prompts = Prompts(points=positive + negative, labels=[1] * len(positive) + [0] * len(negative), boxes=boxes)
         prediction = self.segment(model, image, prompts, multimask=True)
-        candidates = np.asarray(prediction.masks, dtype=bool).any(axis=0)  # objects merged per candidate
-        render = _render()
-        blends = [codec.png_base64(render.reference_blend(image, mask, boxes)) for mask in candidates]
-        mask_images = [codec.bool_mask_png_base64(mask, one_bit=True) for mask in candidates]
-        mattes = [codec.png_base64(render.cutout(image, mask)) for mask in candidates]
+        merged = prediction.merged()
+        candidates = merged.masks[0]
+        blends = [images.png_base64(render.reference_blend(image, mask, boxes)) for mask in candidates]
+        mask_images = [images.bool_mask_png_base64(mask, one_bit=True) for mask in candidates]
+        mattes = [images.png_base64(render.cutout(image, mask)) for mask in candidates]
         left_out = (f" {dropped} less confident box(es) were left out (max objects {self.engine.settings.max_objects})."
                     if dropped else "")
         return {
@@ -182,7 +172,7 @@ class SamApi:
             "masks": mask_images,
             "masked_images": mattes,
             "boxes": [[float(v) for v in box] for box in boxes],
-            "scores": np.asarray(prediction.scores, dtype=float).mean(axis=0).round(6).tolist(),
+            "scores": np.asarray(merged.scores[0], dtype=float).round(6).tolist(),
         }
 
     def dino_predict(self, request) -> Dict[str, Any]:
@@ -191,11 +181,10 @@ class SamApi:
         detections = self.detect(image, request.text_prompt, model=request.dino_model_name, box_threshold=threshold,
                                  like_reference=True)
         boxes = [d.box for d in detections]
-        render = _render()
         preview = render.Image.fromarray(render.overlay(image, [], boxes=boxes, box_color=render.REFERENCE_BOX_COLOUR))
         return {
             "msg": "Done",
-            "image_with_box": codec.png_base64(preview),
+            "image_with_box": images.png_base64(preview),
             "boxes": [[float(v) for v in box] for box in boxes],
             "phrases": [d.phrase for d in detections],
             "scores": [round(float(d.score), 6) for d in detections],
@@ -208,22 +197,16 @@ class SamApi:
         if not 0 <= amount <= 2048:
             raise InvalidPromptError("dilate_amount must be between 0 and 2048.")
         if amount // 2 > 0:
-            mask = _masks().expand(mask, amount // 2)  # the reference's amount is a kernel diameter
-        render = _render()
+            mask = mask_ops.expand(mask, amount // 2)  # the reference's amount is a kernel diameter
         return {
-            "blended_image": codec.png_base64(render.reference_blend(image, mask, [])),
-            "mask": codec.bool_mask_png_base64(mask, one_bit=True),
-            "masked_image": codec.png_base64(render.cutout(image, mask)),
+            "blended_image": images.png_base64(render.reference_blend(image, mask, [])),
+            "mask": images.bool_mask_png_base64(mask, one_bit=True),
+            "masked_image": images.png_base64(render.cutout(image, mask)),
         }
 
     def autosam(self, operation: str, payload, autosam_conf) -> Dict[str, Any]:
-        hooks = self._autosam
-        if hooks is None:
-            try:
-                from sd_webui_sam.autosam import api_hooks as hooks  # provided by the AutoSAM package
-            except ImportError:
-                hooks = None
-        handler = getattr(hooks, operation, None) if hooks is not None else None
+        hooks = self._autosam if self._autosam is not None else api_hooks
+        handler = getattr(hooks, operation, None)
         if handler is None:
             raise NotImplementedYetError(
                 f"/sam/{operation.replace('_', '-')} needs AutoSAM, which this version does not include yet."
@@ -241,8 +224,6 @@ class SamApi:
             return handler(self.engine, image, body, model_to_dict(autosam_conf))
 
     def segment_everything_v2(self, request) -> Dict[str, Any]:
-        from sd_webui_sam.autosam import api_hooks
-
         model = self.engine.resolve_model(request.model)
         _, image = self.image_from(request.image, request.image_id, request.transparency)
         with self.gpu("AutoSAM segment-everything (/sam/v2/segment-everything)"):
@@ -255,14 +236,12 @@ class SamApi:
         stats = dict(self.engine.stats())
         memory: Dict[str, Any] = {}
         try:
-            import resource
+            import resource  # POSIX only: absent on Windows
 
             memory["process_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         except ImportError:  # Windows
             pass
         try:
-            import torch
-
             if torch.cuda.is_available():
                 memory["cuda_allocated_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
                 memory["cuda_reserved_mib"] = round(torch.cuda.memory_reserved() / 2**20, 1)
@@ -374,13 +353,11 @@ class SamApi:
                     f"(max objects {self.engine.settings.max_objects})." if dropped else "")
         return {**base, "objects": objects, "msg": "Done." + left_out if left_out else "Done"}
 
-    def _objects(self, request, image, prediction, boxes, detected) -> List[Dict[str, Any]]:
-        masks = np.asarray(prediction.masks, dtype=bool)
-        scores = np.asarray(prediction.scores, dtype=np.float32)
-        logits = np.asarray(prediction.low_res_logits, dtype=np.float32)
-        object_boxes = list(getattr(prediction, "object_boxes", [None] * masks.shape[0]))
+    def _objects(self, request, image, prediction: Prediction, boxes, detected) -> List[Dict[str, Any]]:
+        count = len(prediction.masks)
+        object_boxes = list(prediction.object_boxes)
         described = []
-        for k in range(masks.shape[0]):
+        for k in range(count):
             prompt_box = object_boxes[k] if k < len(object_boxes) else None
             phrase = score = None
             if k >= len(boxes) and k < len(boxes) + len(detected):
@@ -390,14 +367,13 @@ class SamApi:
                 "phrase": phrase, "detection_score": score,
             })
         if request.best_only:
-            best = scores.argmax(axis=1)
-            picks = np.arange(masks.shape[0])
-            masks, scores, logits = masks[picks, best][:, None], scores[picks, best][:, None], logits[picks, best][:, None]
-        if request.merge and masks.shape[0] > 1:
-            masks = masks.any(axis=0, keepdims=True)
-            scores = scores.mean(axis=0, keepdims=True)
-            logits = logits.max(axis=0, keepdims=True)
+            prediction = prediction.best_per_object()
+        if request.merge and count > 1:
+            prediction = prediction.merged()
             described = [{"prompt_box": None, "phrase": None, "detection_score": None}]
+        masks = np.asarray(prediction.masks, dtype=bool)
+        scores = np.asarray(prediction.scores, dtype=np.float32)
+        logits = np.asarray(prediction.low_res_logits, dtype=np.float32)
         post = model_to_dict(request.postprocess)
         objects = []
         for k in range(masks.shape[0]):
@@ -410,7 +386,7 @@ class SamApi:
     def _mask_out(self, request, image, mask, score, logits, post) -> Dict[str, Any]:
         soft = None
         if any(post[key] for key in ("expand", "feather", "fill_holes", "remove_islands", "invert")):
-            processed = _masks().postprocess(mask, expand=post["expand"], feather=post["feather"],
+            processed = mask_ops.postprocess(mask, expand=post["expand"], feather=post["feather"],
                                              fill_holes=post["fill_holes"], min_island=post["remove_islands"],
                                              invert=post["invert"])
             if processed.dtype != bool:  # feathered: float 0..1 alpha
@@ -418,20 +394,18 @@ class SamApi:
                 mask = soft >= 0.5
             else:
                 mask = processed
-        out: Dict[str, Any] = {"score": round(score, 6), "box": codec.mask_box(mask), "area": int(mask.sum())}
+        out: Dict[str, Any] = {"score": round(score, 6), "box": _json_box(mask_ops.mask_to_box(mask)), "area": int(mask.sum())}
         if request.mask_format == "png":
-            out["mask"] = (codec.array_png_base64((soft * 255 + 0.5).astype(np.uint8)) if soft is not None
-                           else codec.bool_mask_png_base64(mask))
+            out["mask"] = (images.array_png_base64((soft * 255 + 0.5).astype(np.uint8)) if soft is not None
+                           else images.bool_mask_png_base64(mask))
         elif request.mask_format == "rle":
-            from sd_webui_sam import rle
-
             out["mask"] = rle.encode(mask)
         if request.return_cutout and request.alpha == "soft":
-            out["cutout"] = codec.png_base64(matting.cutout(image, mask, "soft", request.alpha_band))
+            out["cutout"] = images.png_base64(matting.cutout(image, mask, "soft", request.alpha_band))
         elif request.return_cutout:
-            out["cutout"] = codec.png_base64(_render().cutout(image, soft if soft is not None else mask))
+            out["cutout"] = images.png_base64(render.cutout(image, soft if soft is not None else mask))
         if request.return_blend:
-            out["blend"] = codec.png_base64(_render().reference_blend(image, mask, []))
+            out["blend"] = images.png_base64(render.reference_blend(image, mask, []))
         if request.return_logits:
             out["logits"] = codec.logits_base64(logits)
         return out
@@ -439,8 +413,6 @@ class SamApi:
     # ---------------------------------------------------------------- batch
 
     def batch(self, request, *, interrupt: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
-        from sd_webui_sam import batch as batch_module
-
         roots = tuple(Path(r).expanduser().resolve() for r in self.settings.batch_roots)
         if not roots:
             raise ForbiddenPathError("Batch over the API is off on this server; the owner can allow folders for it.")
@@ -471,6 +443,10 @@ class SamApi:
             overwrite=request.overwrite, autosam=dict(request.autosam_conf or {}),
             alpha=request.alpha, alpha_band=request.alpha_band,
         )
-        report = batch_module.run_batch(self.engine, options, detector=self.detector, interrupt=interrupt,
+        report = batch_module.run_batch(self.engine, options, interrupt=interrupt,
                                         gpu_lock=self._gpu_lock)
         return report.to_dict()
+
+
+def _json_box(box: Optional[Tuple[int, int, int, int]]) -> Optional[List[int]]:
+    return None if box is None else list(box)

@@ -1,7 +1,7 @@
 """The blocking work behind the routes: decode, prompt, segment, encode the answer.
 
 Routes call these methods through a worker thread (never on the event loop). The Engine
-serialises model access; the detector, which has no such guarantee, is serialised here.
+serialises model access, the detector included.
 Nothing here keeps per-request state on ``self`` except the bounded image store, whose
 entries are immutable arrays keyed by their content, so concurrent requests on different
 images cannot see each other's data.
@@ -15,15 +15,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Optional, Tuple
 
 import numpy as np
 
-from sd_webui_sam.api import codec
 from sd_webui_sam.api.codec import NotFoundError, SourcePolicy
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.images import image_content_key
-from sd_webui_sam.prompts import check_caption
 
 #: Upper bound on K objects x C candidates x H x W full-resolution mask pixels one request
 #: may make the engine produce (bool bytes); beyond it the request is refused, not attempted.
@@ -113,78 +111,6 @@ def check_mask_budget(objects: int, candidates: int, shape: Tuple[int, int]) -> 
             f"{objects} objects x {candidates} candidates at {shape[1]}x{shape[0]} is too much for one request; "
             "send fewer boxes, turn multimask off, or use a smaller image."
         )
-
-
-@dataclass
-class Detection:
-    box: Tuple[float, float, float, float]
-    phrase: str
-    score: float
-
-    @property
-    def has_area(self) -> bool:
-        """False for a box clamped to a line (it lay wholly outside the picture): nothing to segment."""
-        return self.box[2] - self.box[0] >= 1 and self.box[3] - self.box[1] >= 1
-
-
-class DetectorAccess:
-    """GroundingDINO for the API and batch: the engine's detector store (the one cache), or a
-    ``provider(name) -> detector`` a host or a test supplies, serialised by one lock."""
-
-    def __init__(self, provider: Optional[Callable[[Optional[str]], Any]] = None, lock: Optional[threading.Lock] = None,
-                 engine: Any = None):
-        self._provider = provider
-        self._lock = lock or threading.Lock()
-        self._engine = engine
-
-    def bind(self, engine: Any) -> "DetectorAccess":
-        """Use ``engine``'s detector when no provider or engine was given (SamApi binds its engine)."""
-        if self._provider is None and self._engine is None:
-            self._engine = engine
-        return self
-
-    def _raw(self, image: np.ndarray, caption: str, model: Optional[str], box_threshold: float,
-             text_threshold: float, like_reference: bool) -> List[Any]:
-        # only a reference-style request passes the flag, so a provider's detector that has
-        # no such mode still serves the v2 rule
-        extra = {"like_reference": True} if like_reference else {}
-        if self._provider is not None:
-            with self._lock:
-                detector = self._provider(model)
-                return list(detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold,
-                                            **extra))
-        if self._engine is None or not hasattr(self._engine, "detect"):
-            raise ServiceUnavailableError("GroundingDINO is not available on this server (no engine to run it).")
-        return list(self._engine.detect(model, image, caption, box_threshold, text_threshold, **extra))
-
-    def detect(self, image: np.ndarray, text: str, *, model: Optional[str], box_threshold: float,
-               text_threshold: float = 0.25, like_reference: bool = False) -> List[Detection]:
-        """Detections in image pixels, clamped to the image.
-
-        like_reference: the reference extension's boxes, order and phrase strings (see
-        ``Detector.detect``); a box lying wholly outside the image is then kept (clamped to
-        an edge) so that box indices stay the reference's; otherwise it is dropped.
-        """
-        caption = check_caption(text)
-        height, width = image.shape[:2]
-        raw = self._raw(image, caption, model, box_threshold, text_threshold, like_reference)
-        detections = []
-        for item in raw:
-            box = getattr(item, "box", None)
-            if box is None:
-                box = getattr(item, "box_xyxy", None)
-            if box is None and isinstance(item, dict):
-                box = item["box"]
-            x1, y1, x2, y2 = (float(v) for v in box)
-            # GroundingDINO boxes can stick out of the image; SAM wants them inside.
-            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-            if (x2 - x1 < 1 or y2 - y1 < 1) and not like_reference:
-                continue
-            phrase = getattr(item, "phrase", None) if not isinstance(item, dict) else item.get("phrase")
-            score = getattr(item, "score", None) if not isinstance(item, dict) else item.get("score")
-            detections.append(Detection((x1, y1, x2, y2), str(phrase or ""), float(score if score is not None else 0.0)))
-        return detections
 
 
 class GpuGate:

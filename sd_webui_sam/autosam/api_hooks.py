@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
+from PIL import Image
 
-from sd_webui_sam.autosam import pipelines
+from sd_webui_sam import images, render, rle
+from sd_webui_sam.autosam import pipelines, semantic
 from sd_webui_sam.autosam.generator import AutoSamConfig
 from sd_webui_sam.autosam.segmenters import (
     PROCESSORS,
@@ -21,17 +23,14 @@ from sd_webui_sam.autosam.segmenters import (
     get_segmenter,
     pixel_perfect_resolution,
 )
+from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 
 RANDOM = "random"
 
 
 def _png(array: np.ndarray) -> str:
-    from PIL import Image
-
-    from sd_webui_sam.api.codec import png_base64
-
-    return png_base64(Image.fromarray(np.ascontiguousarray(array)))
+    return images.array_png_base64(array)
 
 
 def autosam_config(values: Optional[Mapping[str, Any]]) -> AutoSamConfig:
@@ -39,7 +38,7 @@ def autosam_config(values: Optional[Mapping[str, Any]]) -> AutoSamConfig:
     return AutoSamConfig.from_mapping(dict(values or {}))
 
 
-def _model(engine, payload: Mapping[str, Any]) -> str:
+def _model(engine: Engine, payload: Mapping[str, Any]) -> str:
     return engine.resolve_model(payload.get("sam_model_name"))
 
 
@@ -72,7 +71,7 @@ def segmenter_for(payload: Mapping[str, Any], image: np.ndarray) -> SemanticSegm
     return get_segmenter(processor)
 
 
-def controlnet_seg(engine, image: np.ndarray, payload: Mapping[str, Any], autosam_conf: Mapping[str, Any]) -> Dict[str, Any]:
+def controlnet_seg(engine: Engine, image: np.ndarray, payload: Mapping[str, Any], autosam_conf: Mapping[str, Any]) -> Dict[str, Any]:
     processor = str(payload.get("processor") or "seg_ofade20k")
     config = autosam_config(autosam_conf)
     if processor == RANDOM:
@@ -100,13 +99,7 @@ def controlnet_seg(engine, image: np.ndarray, payload: Mapping[str, Any], autosa
     }
 
 
-def category_mask(engine, image: np.ndarray, payload: Mapping[str, Any], autosam_conf: Mapping[str, Any]) -> Dict[str, Any]:
-    from PIL import Image
-
-    from sd_webui_sam import render
-    from sd_webui_sam.api.codec import bool_mask_png_base64, png_base64
-    from sd_webui_sam.autosam import semantic
-
+def category_mask(engine: Engine, image: np.ndarray, payload: Mapping[str, Any], autosam_conf: Mapping[str, Any]) -> Dict[str, Any]:
     if str(payload.get("processor") or "") == RANDOM:
         raise InvalidPromptError("Mask by category needs a semantic processor (seg_*), not 'random'.")
     config = autosam_config(autosam_conf)
@@ -119,21 +112,18 @@ def category_mask(engine, image: np.ndarray, payload: Mapping[str, Any], autosam
     names = ", ".join(result.semantic.dataset.short_names[i] for i in result.class_ids)
     return {
         "msg": f"Done: mask of {names} ({int(result.mask.sum())} pixels).",
-        "blended_image": png_base64(render.reference_blend(image, result.mask, [])),
-        "mask": bool_mask_png_base64(result.mask, one_bit=True),
-        "masked_image": png_base64(render.cutout(image, result.mask)),
+        "blended_image": images.png_base64(render.reference_blend(image, result.mask, [])),
+        "mask": images.bool_mask_png_base64(result.mask, one_bit=True),
+        "masked_image": images.png_base64(render.cutout(image, result.mask)),
         # the reference's resized input matched its mask; ours is at the input's resolution
-        "resized_input": png_base64(Image.fromarray(image)),
+        "resized_input": images.png_base64(Image.fromarray(image)),
     }
 
 
-def segment_everything(engine, model: str, image: np.ndarray, autosam_conf: Mapping[str, Any], *,
+def segment_everything(engine: Engine, model: str, image: np.ndarray, autosam_conf: Mapping[str, Any], *,
                        mask_format: str = "rle", max_masks: Optional[int] = None) -> Dict[str, Any]:
     """/sam/v2/segment-everything: one record per mask (largest first) with its area, box (xyxy),
     predicted IoU, stability, the grid point that found it, and the mask as RLE or PNG."""
-    from sd_webui_sam import rle
-    from sd_webui_sam.api.codec import bool_mask_png_base64
-
     if mask_format not in ("rle", "png", "none"):
         raise InvalidPromptError("mask_format must be one of rle, png, none.")
     records = pipelines.segment_everything(engine, model, image, autosam_config(autosam_conf))
@@ -156,7 +146,7 @@ def segment_everything(engine, model: str, image: np.ndarray, autosam_conf: Mapp
         if mask_format == "rle":
             item["mask"] = rle.encode(record.mask())
         elif mask_format == "png":
-            item["mask"] = bool_mask_png_base64(record.mask())
+            item["mask"] = images.bool_mask_png_base64(record.mask())
         out.append(item)
     return {"width": int(image.shape[1]), "height": int(image.shape[0]), "model": model, "count": total,
             "masks": out, "msg": f"{total} masks."}

@@ -6,36 +6,39 @@ resolution.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
+from sd_webui_sam import rle
 from sd_webui_sam.autosam import editanything, layers, semantic
+from sd_webui_sam.autosam.editanything import blend
 from sd_webui_sam.autosam.generator import AutoSamConfig, MaskRecord, generate_masks_with_engine
 from sd_webui_sam.autosam.segmenters import SemanticSegmenter
+from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import SamUserError
+from sd_webui_sam.images import load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def segment_everything(engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
+def segment_everything(engine: Engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
                        **overrides) -> list[MaskRecord]:
     config = config or AutoSamConfig()
     if overrides:
-        from dataclasses import replace
-
         config = replace(config, **overrides)
     return generate_masks_with_engine(engine, model_name, image, config)
 
 
-def random_segmentation(engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
+def random_segmentation(engine: Engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
                         seed: int = 0) -> editanything.RandomSegmentation:
     return editanything.random_segmentation(image, segment_everything(engine, model_name, image, config), seed=seed)
 
 
-def semantic_segmentation(engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
+def semantic_segmentation(engine: Engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
                           config: Optional[AutoSamConfig] = None) -> semantic.SemanticResult:
     """Before/after SAM refinement of the segmenter's class map (all at the image's resolution)."""
     class_map = segmenter.segment(image, int(resolution))
@@ -50,7 +53,7 @@ class CategoryResult:
     semantic: semantic.SemanticResult
 
 
-def category_mask(engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
+def category_mask(engine: Engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
                   categories, config: Optional[AutoSamConfig] = None) -> CategoryResult:
     """One mask of the chosen classes (names or ids) from the SAM-refined class map."""
     data = semantic.dataset(segmenter.dataset)
@@ -80,14 +83,11 @@ class BatchReport:
         return "\n".join(lines)
 
 
-def _load(path: Path, engine) -> np.ndarray:
-    from sd_webui_sam.images import load_image
-
-    max_pixels = getattr(getattr(engine, "settings", None), "max_image_pixels", None)
-    return load_image(path, max_pixels) if max_pixels else load_image(path)
+def _load(path: Path, engine: Engine) -> np.ndarray:
+    return load_image(path, engine.settings.max_image_pixels)
 
 
-def layout(engine, model_name: str, image: np.ndarray, output_dir: Path, stem: str = "layout",
+def layout(engine: Engine, model_name: str, image: np.ndarray, output_dir: Path, stem: str = "layout",
            config: Optional[AutoSamConfig] = None, write_psd: bool = True, alpha: str = "hard",
            alpha_band: float = 0) -> layers.LayoutResult:
     masks = segment_everything(engine, model_name, image, config)
@@ -95,7 +95,7 @@ def layout(engine, model_name: str, image: np.ndarray, output_dir: Path, stem: s
                                 alpha_band=alpha_band)
 
 
-def layout_folder(engine, model_name: str, input_dir: Path, output_dir: Path, config: Optional[AutoSamConfig] = None,
+def layout_folder(engine: Engine, model_name: str, input_dir: Path, output_dir: Path, config: Optional[AutoSamConfig] = None,
                   write_psd: bool = True, alpha: str = "hard", alpha_band: float = 0) -> BatchReport:
     """A layout (PNG layers + PSD) per image, each in output_dir/<image name>/; one failing
     image is reported and the rest go on."""
@@ -111,17 +111,13 @@ def layout_folder(engine, model_name: str, input_dir: Path, output_dir: Path, co
     return report
 
 
-def category_mask_folder(engine, model_name: str, input_dir: Path, output_dir: Path, segmenter: SemanticSegmenter,
+def category_mask_folder(engine: Engine, model_name: str, input_dir: Path, output_dir: Path, segmenter: SemanticSegmenter,
                          resolution: int, categories, config: Optional[AutoSamConfig] = None,
                          save_mask: bool = True, save_masked: bool = True, save_blend: bool = True,
                          invert: bool = False) -> BatchReport:
     """Masks by category for a folder, at each image's resolution. The mask keeps the image's
     file name (stem + .png) inside output_dir/masks, the layout A1111's inpaint batch expects;
     existing files are never overwritten."""
-    from PIL import Image
-
-    from sd_webui_sam.autosam.editanything import blend
-
     semantic.parse_categories(categories, semantic.dataset(segmenter.dataset))
     output_dir = Path(output_dir)
     report = BatchReport()
@@ -152,8 +148,6 @@ def category_mask_folder(engine, model_name: str, input_dir: Path, output_dir: P
 
 def records_as_json(records: Sequence[MaskRecord]) -> list[dict]:
     """The reference generator's annotation list, JSON-ready (binary masks become COCO RLE)."""
-    from sd_webui_sam import rle
-
     out = []
     for record in records:
         item = record.to_dict()

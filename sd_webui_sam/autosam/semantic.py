@@ -11,8 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence, Union
 
+import cv2
 import numpy as np
 
+from sd_webui_sam.autosam.editanything import blend
 from sd_webui_sam.errors import SamUserError
 
 UNLABELLED = -1
@@ -384,8 +386,6 @@ def class_map_from_colours(colour_map: np.ndarray, data: Dataset, max_distance: 
 
 def resize_class_map(class_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a class map to (H, W) (class ids must not be interpolated)."""
-    import cv2
-
     class_map = np.asarray(class_map, dtype=np.int32)
     if class_map.shape == tuple(size):
         return class_map
@@ -442,8 +442,6 @@ class SemanticResult:
 
 def sam_refined_segmentation(image: np.ndarray, class_map: np.ndarray, masks: Iterable, data: Dataset) -> SemanticResult:
     """Refine a class map (any resolution; resized to the image) with the image's automatic masks."""
-    from sd_webui_sam.autosam.editanything import blend
-
     before = resize_class_map(class_map, image.shape[:2])
     after = refine_semantic_map(before, masks)
     before_colour, after_colour = colourise(before, data), colourise(after, data)

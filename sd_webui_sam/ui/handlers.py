@@ -16,12 +16,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
-from sd_webui_sam import images
+from sd_webui_sam import images, matting, render
+from sd_webui_sam import masks as mask_ops
+from sd_webui_sam.devices import is_out_of_memory
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError, ModelNotFoundError, OutOfMemoryError, SamUserError
 from sd_webui_sam.prompts import Prompts, read_panel_prompts
 
@@ -165,8 +167,6 @@ def change_device(engine, preference: str) -> Tuple[str, bool]:
 
 def describe_failure(error: BaseException) -> str:
     """One line for the panel; the traceback goes to the console only."""
-    from sd_webui_sam.devices import is_out_of_memory
-
     if isinstance(error, OutOfMemoryError) or is_out_of_memory(error):
         return ("Out of memory while running Segment Anything. Choose a smaller model, set the device to "
                 "CPU in Settings > Segment Anything, or free memory and try again.")
@@ -287,17 +287,10 @@ def require_model(model_name: Optional[str]) -> str:
 def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optional[str]) -> Candidates:
     """Run the decoder on the (cached) embedding; several objects are merged per candidate."""
     model_name = require_model(model_name)
-    pixels = to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    pixels = to_rgb_array(image, engine.settings.max_image_pixels)
     prompts = parse_prompts(prompts_json, pixels.shape[:2])
-    prediction = engine.segment(model_name, pixels, prompts, multimask_output=True)
-    masks = np.asarray(prediction.masks, dtype=bool)          # (K, C, H, W)
-    scores = np.asarray(prediction.scores, dtype=np.float32)  # (K, C)
-    if masks.ndim == 3:
-        masks, scores = masks[None], scores[None]
-    merged = masks.any(axis=0)
-    merged_scores = scores.mean(axis=0)
-    if merged.shape[0] == 1:  # single-output models: show the one mask three times is misleading
-        merged_scores = merged_scores[:1]
+    # a single-output model gives one candidate (never the one mask shown three times)
+    merged = engine.segment(model_name, pixels, prompts, multimask_output=True).merged()
     sequence = 0
     if isinstance(image, SessionImage):
         image.answered["previews"] += 1
@@ -306,8 +299,8 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
     return Candidates(
         sequence=sequence,
         image=pixels,
-        masks=merged,
-        scores=merged_scores,
+        masks=merged.masks[0],
+        scores=merged.scores[0],
         image_digest=image.digest if isinstance(image, SessionImage) else images.image_content_key(pixels),
         prompt_summary=summarise(prompts),
         picture_name=picture_name(prompts_json),
@@ -402,8 +395,6 @@ def candidates_payload(candidates: Candidates, token: Any = "") -> str:
 
 def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.ndarray:
     """The chosen candidate after the mask tools: (H, W) float32 in 0..1 (soft only when feathered)."""
-    from sd_webui_sam import masks as mask_ops
-
     if not 0 <= index < len(candidates.masks):
         index = candidates.best
     result = mask_ops.postprocess(
@@ -416,8 +407,6 @@ def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.n
 def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
     """Mask and cut-out at the picture's size; the overlay, a picture to look at, at most
     ``OVERLAY_SIDE`` px long (a 4000x3000 overlay took 4 s of PNG encoding after every click)."""
-    from sd_webui_sam import matting, render
-
     alpha = processed_mask(candidates, index, tools)
     height, width = alpha.shape
     size = display_size(width, height, OVERLAY_SIDE)

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from sd_webui_sam import images
-from sd_webui_sam.cutout import TextBox, best_masks, check_caption, detect_boxes, no_boxes_message, segment_boxes
+from local_groundingdino.store import CATALOGUE
+from sd_webui_sam import images, render
+from sd_webui_sam.compat import gradio_compat as grc
+from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
-from sd_webui_sam.prompts import read_panel_prompts
+from sd_webui_sam.prompts import check_caption, read_panel_prompts
+from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.ui import handlers
 
 PER_OBJECT = "Per object"
@@ -38,7 +41,7 @@ class BoxSelection:
     image_digest: str
     caption: str
     detector: str
-    boxes: Tuple[TextBox, ...]
+    boxes: Tuple[Detection, ...]
 
     def labels(self) -> List[str]:
         return [box_label(index, box) for index, box in enumerate(self.boxes)]
@@ -59,7 +62,7 @@ class TextSegmentation:
     message: str
 
 
-def box_label(index: int, box: TextBox) -> str:
+def box_label(index: int, box: Detection) -> str:
     return f"{index + 1}: {box.phrase} ({box.score:.2f})"
 
 
@@ -70,10 +73,8 @@ def _index_of(label: Any) -> Optional[int]:
         return None
 
 
-def draw_boxes(image: np.ndarray, boxes: Sequence[TextBox]) -> Image.Image:
+def draw_boxes(image: np.ndarray, boxes: Sequence[Detection]) -> Image.Image:
     """The picture with each box outlined and labelled '<number>: <phrase>'."""
-    from PIL import ImageDraw, ImageFont
-
     picture = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(picture)
     width = max(2, round(max(picture.size) / 300))
@@ -90,11 +91,11 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[TextBox]) -> Image.Image:
     return picture
 
 
-def preview_boxes(engine: Any, detector: Optional[str], image: Any, caption: Any, box_threshold: float,
+def preview_boxes(engine: Engine, detector: Optional[str], image: Any, caption: Any, box_threshold: float,
                   text_threshold: float) -> BoxPreview:
     """Detect once; the result is kept and reused exactly by the segmentation."""
     caption = check_caption(caption)
-    pixels = handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    pixels = handlers.to_rgb_array(image, engine.settings.max_image_pixels)
     name = engine.resolve_detector(detector or None)
     detected = detect_boxes(engine, name, pixels, caption, box_threshold, text_threshold)
     boxes = detected.boxes
@@ -108,7 +109,7 @@ def preview_boxes(engine: Any, detector: Optional[str], image: Any, caption: Any
     return BoxPreview(draw_boxes(pixels, boxes), selection, message)
 
 
-def kept_boxes(selection: Optional[BoxSelection], ticked: Optional[Sequence[Any]]) -> List[TextBox]:
+def kept_boxes(selection: Optional[BoxSelection], ticked: Optional[Sequence[Any]]) -> List[Detection]:
     """The ticked boxes of the last preview, in their numbered order."""
     return [selection.boxes[i] for i in kept_indices(selection, ticked)]
 
@@ -124,13 +125,11 @@ def kept_indices(selection: Optional[BoxSelection], ticked: Optional[Sequence[An
     return indices
 
 
-def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: Optional[BoxSelection],
+def segment_kept(engine: Engine, sam_model: Optional[str], image: Any, selection: Optional[BoxSelection],
                  ticked: Optional[Sequence[Any]], prompts_json: Optional[str] = None, mode: str = MERGED) -> TextSegmentation:
     """SAM on the kept boxes (one batched decode on the cached embedding), points refining their box."""
-    from sd_webui_sam import render
-
     sam_model = handlers.require_model(sam_model)
-    pixels = handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    pixels = handlers.to_rgb_array(image, engine.settings.max_image_pixels)
     numbers = kept_indices(selection, ticked)
     boxes = [selection.boxes[i] for i in numbers]
     if selection.image_digest != images.image_content_key(pixels):
@@ -138,25 +137,23 @@ def segment_kept(engine: Any, sam_model: Optional[str], image: Any, selection: O
     clicked = read_panel_prompts(prompts_json, pixels.shape[:2])
     points, labels, drawn = clicked.points, clicked.labels, clicked.boxes
     prediction = segment_boxes(engine, sam_model, pixels, [b.box for b in boxes] + drawn, points, labels)
-    masks = np.asarray(prediction.masks, dtype=bool)
-    scores = np.asarray(prediction.scores, dtype=np.float32)
-    merged_scores = scores.mean(axis=0)
+    merged = prediction.merged()
     candidates = handlers.Candidates(
-        image=pixels, masks=masks.any(axis=0), scores=merged_scores if masks.shape[1] > 1 else merged_scores[:1],
+        image=pixels, masks=merged.masks[0], scores=merged.scores[0],
         image_digest=selection.image_digest,
         prompt_summary=f"{len(boxes)} text box{'es' if len(boxes) != 1 else ''}"
                        + (f", {len(points)} point{'s' if len(points) != 1 else ''}" if points else ""),
     )
-    objects = best_masks(prediction)
+    object_masks = prediction.best_per_object().masks[:, 0]
     names = [f"{i + 1}: {selection.boxes[i].phrase}" for i in numbers]
     names += [f"drawn box {i + 1}" for i in range(len(drawn))]
-    names += ["points"] * (len(objects.masks) - len(names))
+    names += ["points"] * (len(object_masks) - len(names))
     gallery = []
     if mode == PER_OBJECT:
-        gallery = [(render.cutout(pixels, mask), name) for mask, name in zip(objects.masks, names)]
-    message = (f"{len(objects.masks)} object{'s' if len(objects.masks) != 1 else ''} from {candidates.prompt_summary}"
+        gallery = [(render.cutout(pixels, mask), name) for mask, name in zip(object_masks, names)]
+    message = (f"{len(object_masks)} object{'s' if len(object_masks) != 1 else ''} from {candidates.prompt_summary}"
                + (", one cut-out each below." if mode == PER_OBJECT else ", merged into one mask."))
-    return TextSegmentation(candidates=candidates, objects=gallery, object_masks=objects.masks, message=message)
+    return TextSegmentation(candidates=candidates, objects=gallery, object_masks=object_masks, message=message)
 
 
 # ----- gradio ----------------------------------------------------------------------------------
@@ -171,17 +168,14 @@ def _detector_choices(engine: Callable[[], Any]) -> List[str]:
 
 
 def _catalogue() -> Dict[str, str]:
-    from local_groundingdino.store import CATALOGUE
-
     return {entry.label: entry.file_name for entry in CATALOGUE}
 
 
 def build_section(panel: Any) -> Dict[str, Any]:
     """The text-prompt accordion inside ``panel`` (call within the panel's container)."""
-    import gradio as gr
+    import gradio as gr  # heavy: only building the UI needs it
 
-    from sd_webui_sam.compat import gradio_compat as grc
-    from sd_webui_sam.ui.panel import elem, status_html
+    from sd_webui_sam.ui.panel import elem, status_html  # the panel imports this module (a cycle to undo there)
 
     options = panel.options
     prefix, engine = options.prefix, options.engine
@@ -254,7 +248,7 @@ def cutout_alpha_script_args(parts: Dict[str, Any]) -> List[Any]:
 
 
 def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_html: Callable, grc: Any) -> None:
-    import gradio as gr
+    import gradio as gr  # heavy: only building the UI needs it
 
     prefix = panel.options.prefix
     answers = itertools.count(1)
@@ -315,7 +309,7 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
                                    min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
                                    edge_band=float(edge_band or 0))
         chosen = handlers.chosen_outputs(found, found.best, tools)
-        from sd_webui_sam.ui.panel import CHOICES
+        from sd_webui_sam.ui.panel import CHOICES  # the panel imports this module (a cycle to undo there)
 
         return (handlers.candidates_payload(found, token=f"text-{next(answers)}"), grc.update(value=CHOICES[found.best]),
                 found, chosen.overlay, chosen.mask, chosen.cutout, result.objects, status_html(result.message))
