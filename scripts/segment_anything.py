@@ -120,6 +120,7 @@ def _on_app_started(demo, app):
         settings=ApiSettings(busy_timeout_s=options.api_busy_timeout_s(shared.opts)),
         gpu_lock=queue_lock,
         batch_interrupt=webui_interrupted,
+        find_preprocessor=find_preprocessor,
     )
 
 

@@ -106,8 +106,8 @@ def band_region(unknown: np.ndarray, margin: int) -> Optional[Tuple[slice, slice
 
 
 def _pymatting():
-    # pymatting (and numba, which compiles its kernels on first import) is only needed for soft edges.
     try:
+        # pymatting (and numba, which compiles its kernels on first import) is only needed for soft edges.
         import pymatting
     except ImportError as error:
         raise SamUserError("Soft edges need the 'pymatting' package, which is not installed: run "

@@ -28,9 +28,10 @@ def client(api_engine):
     from fastapi import FastAPI
 
     from sd_webui_sam.api import mount_api
+    from sd_webui_sam.compat.controlnet_preprocessors import find_preprocessor
 
     app = FastAPI()
-    mount_api(app, api_engine)
+    mount_api(app, api_engine, find_preprocessor=find_preprocessor)  # as scripts/segment_anything.py does
     with ServerThread(app) as running:
         with httpx.Client(base_url=running.url, timeout=120, trust_env=False) as c:
             yield c

@@ -22,7 +22,8 @@ __all__ = ["mount_api", "ApiSettings", "SourcePolicy", "SamApi"]
 def mount_api(app: Any, engine: Engine, *, auth: Credentials = None, prefix: str = "/sam",
               settings: Optional[ApiSettings] = None, gpu_lock: Optional[ContextManager] = None,
               autosam: Any = None, metrics: Any = None,
-              metrics_path: str = "/metrics", batch_interrupt: Optional[Callable[[], bool]] = None) -> SamApi:
+              metrics_path: str = "/metrics", batch_interrupt: Optional[Callable[[], bool]] = None,
+              find_preprocessor: Optional[Callable[[Any], Any]] = None) -> SamApi:
     """Add our routes to ``app`` and return the :class:`SamApi` that serves them.
 
     auth: the WebUI's ``--api-auth`` string ("user:pass,...") or a mapping; None = open.
@@ -30,13 +31,16 @@ def mount_api(app: Any, engine: Engine, *, auth: Credentials = None, prefix: str
     metrics: an :class:`sd_webui_sam.metrics.ApiMetrics` (standalone server) to record and expose
     at ``metrics_path``.
     batch_interrupt: polled between files of /sam/v2/batch (the WebUI maps shared.state.interrupted).
+    find_preprocessor: how AutoSAM's routes reach the host's ControlNet segmentation preprocessors
+    (the WebUI adapter hands in compat.controlnet_preprocessors.find_preprocessor); None: none.
     Mounting the same app twice returns the first :class:`SamApi` without adding routes again.
     """
     with _MountGuard.lock:
         existing = getattr(app.state, "sd_webui_sam_api", None)
         if existing is not None:
             return existing
-        api = SamApi(engine, settings, gpu_lock=gpu_lock, autosam=autosam, metrics=metrics)
+        extra = {"find_preprocessor": find_preprocessor} if find_preprocessor is not None else {}
+        api = SamApi(engine, settings, gpu_lock=gpu_lock, autosam=autosam, metrics=metrics, **extra)
         dependency = make_auth_dependency(auth)
         dependencies = [Depends(dependency)] if dependency is not None else []
         prefix = "/" + prefix.strip("/")

@@ -24,6 +24,7 @@ from sd_webui_sam.api.service import (
     clock,
 )
 from sd_webui_sam.autosam import api_hooks
+from sd_webui_sam.autosam.segmenters import PreprocessorFinder, no_host_preprocessors
 from sd_webui_sam.engine import Engine, ManagedPredictor
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.predictor import Prediction
@@ -50,13 +51,14 @@ class SamApi:
     def __init__(self, engine: Engine, settings: Optional[ApiSettings] = None, *,
                  gpu_lock: Optional[ContextManager] = None,
                  autosam: Any = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None,
+                 find_preprocessor: PreprocessorFinder = no_host_preprocessors) -> None:
         self.engine = engine
         self.settings = settings or ApiSettings()
         self.images = ImageStore(self.settings.image_store_entries, self.settings.image_store_bytes)
         self._gpu_lock = gpu_lock
         self._gate = GpuGate(gpu_lock, self.settings.busy_timeout_s)
-        self._autosam = autosam
+        self._autosam = autosam if autosam is not None else api_hooks.AutoSamRoutes(find_preprocessor)
         self.metrics = metrics
 
     # ---------------------------------------------------------------- helpers
@@ -205,8 +207,7 @@ class SamApi:
         }
 
     def autosam(self, operation: str, payload, autosam_conf) -> Dict[str, Any]:
-        hooks = self._autosam if self._autosam is not None else api_hooks
-        handler = getattr(hooks, operation, None)
+        handler = getattr(self._autosam, operation, None)
         if handler is None:
             raise NotImplementedYetError(
                 f"/sam/{operation.replace('_', '-')} needs AutoSAM, which this version does not include yet."

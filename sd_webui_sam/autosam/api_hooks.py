@@ -18,9 +18,11 @@ from sd_webui_sam.autosam import pipelines, semantic
 from sd_webui_sam.autosam.generator import AutoSamConfig
 from sd_webui_sam.autosam.segmenters import (
     PROCESSORS,
+    PreprocessorFinder,
     SemanticSegmenter,
     UploadedMapSegmenter,
     get_segmenter,
+    no_host_preprocessors,
     pixel_perfect_resolution,
 )
 from sd_webui_sam.engine import Engine
@@ -56,7 +58,8 @@ def resolution(image: np.ndarray, payload: Mapping[str, Any]) -> int:
     return value
 
 
-def segmenter_for(payload: Mapping[str, Any], image: np.ndarray) -> SemanticSegmenter:
+def segmenter_for(payload: Mapping[str, Any], image: np.ndarray,
+                  find_preprocessor: PreprocessorFinder = no_host_preprocessors) -> SemanticSegmenter:
     """An uploaded colour-coded map when the request has one, else the host's preprocessor."""
     processor = str(payload.get("processor") or "seg_ofade20k")
     colour_map = payload.get("segmentation_map")
@@ -68,10 +71,11 @@ def segmenter_for(payload: Mapping[str, Any], image: np.ndarray) -> SemanticSegm
         return UploadedMapSegmenter(np.ascontiguousarray(array[..., :3]), str(dataset))
     if processor not in PROCESSORS:
         raise InvalidPromptError(f"Unknown processor {processor!r}; use random, {', '.join(PROCESSORS)}.")
-    return get_segmenter(processor)
+    return get_segmenter(processor, find_preprocessor)
 
 
-def controlnet_seg(engine: Engine, image: np.ndarray, payload: Mapping[str, Any], autosam_conf: Mapping[str, Any]) -> Dict[str, Any]:
+def controlnet_seg(engine: Engine, image: np.ndarray, payload: Mapping[str, Any], autosam_conf: Mapping[str, Any],
+                   find_preprocessor: PreprocessorFinder = no_host_preprocessors) -> Dict[str, Any]:
     processor = str(payload.get("processor") or "seg_ofade20k")
     config = autosam_config(autosam_conf)
     if processor == RANDOM:
@@ -85,7 +89,7 @@ def controlnet_seg(engine: Engine, image: np.ndarray, payload: Mapping[str, Any]
             "random_seg": _png(result.colour_map),
             "edit_anything_control": _png(result.control_map),
         }
-    segmenter = segmenter_for(payload, image)
+    segmenter = segmenter_for(payload, image, find_preprocessor)
     res = resolution(image, payload)
     model = _model(engine, payload)
     result = pipelines.semantic_segmentation(engine, model, image, segmenter, res, config)
@@ -99,11 +103,12 @@ def controlnet_seg(engine: Engine, image: np.ndarray, payload: Mapping[str, Any]
     }
 
 
-def category_mask(engine: Engine, image: np.ndarray, payload: Mapping[str, Any], autosam_conf: Mapping[str, Any]) -> Dict[str, Any]:
+def category_mask(engine: Engine, image: np.ndarray, payload: Mapping[str, Any], autosam_conf: Mapping[str, Any],
+                  find_preprocessor: PreprocessorFinder = no_host_preprocessors) -> Dict[str, Any]:
     if str(payload.get("processor") or "") == RANDOM:
         raise InvalidPromptError("Mask by category needs a semantic processor (seg_*), not 'random'.")
     config = autosam_config(autosam_conf)
-    segmenter = segmenter_for(payload, image)
+    segmenter = segmenter_for(payload, image, find_preprocessor)
     # a typo in the categories fails before any model runs
     semantic.parse_categories(payload.get("category") or "", semantic.dataset(segmenter.dataset))
     res = resolution(image, payload)
@@ -150,3 +155,19 @@ def segment_everything(engine: Engine, model: str, image: np.ndarray, autosam_co
         out.append(item)
     return {"width": int(image.shape[1]), "height": int(image.shape[0]), "model": model, "count": total,
             "masks": out, "msg": f"{total} masks."}
+
+
+class AutoSamRoutes:
+    """The AutoSAM routes' work with the host's segmenters: ``find_preprocessor`` is handed in by
+    the WebUI adapter (compat.controlnet_preprocessors); outside a WebUI there are none."""
+
+    def __init__(self, find_preprocessor: PreprocessorFinder = no_host_preprocessors) -> None:
+        self.find_preprocessor = find_preprocessor
+
+    def controlnet_seg(self, engine: Engine, image: np.ndarray, payload: Mapping[str, Any],
+                       autosam_conf: Mapping[str, Any]) -> Dict[str, Any]:
+        return controlnet_seg(engine, image, payload, autosam_conf, self.find_preprocessor)
+
+    def category_mask(self, engine: Engine, image: np.ndarray, payload: Mapping[str, Any],
+                      autosam_conf: Mapping[str, Any]) -> Dict[str, Any]:
+        return category_mask(engine, image, payload, autosam_conf, self.find_preprocessor)

@@ -19,6 +19,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from sd_webui_sam import matting
 from sd_webui_sam.errors import SamUserError
 
 LEFTOVER = "leftover"
@@ -105,8 +106,6 @@ def soften(stack: LayerStack, band_px: float = 0) -> LayerStack:
     """Soft edges: each segment layer an alpha matte of its mask (sd_webui_sam.matting), with the
     object's own colours there. The leftover layer, at the bottom, stays opaque wherever no segment
     is, so the stack still covers every pixel: under a soft edge it shows the original picture."""
-    from sd_webui_sam import matting
-
     softened, opaque = [], np.zeros(stack.image.shape[:2], dtype=bool)
     for layer in stack.layers:
         if layer.name == LEFTOVER:

@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 import numpy as np
 
 from sd_webui_sam.autosam.semantic import class_map_from_colours, dataset
-from sd_webui_sam.compat.controlnet_preprocessors import find_preprocessor as find_host_preprocessor
 from sd_webui_sam.errors import SamUserError
 
 __all__ = [
@@ -140,11 +139,8 @@ def discover_segmenters(find_preprocessor: PreprocessorFinder) -> dict[str, Colo
     return found
 
 
-def get_segmenter(name: str, find_preprocessor: PreprocessorFinder = find_host_preprocessor) -> ColourMapSegmenter:
-    """The named processor (seg_ufade20k, seg_ofade20k, seg_ofcoco), or a NoSegmenterError that says what to do.
-
-    The default finder is the WebUI's, for the HTTP API's routes, which are not handed one yet.
-    """
+def get_segmenter(name: str, find_preprocessor: PreprocessorFinder) -> ColourMapSegmenter:
+    """The named processor (seg_ufade20k, seg_ofade20k, seg_ofcoco), or a NoSegmenterError that says what to do."""
     if name not in PROCESSORS:
         raise SamUserError(f"Unknown segmentation processor {name!r}; choose one of {', '.join(PROCESSORS)}.")
     available = discover_segmenters(find_preprocessor)

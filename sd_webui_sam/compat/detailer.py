@@ -78,7 +78,7 @@ def _batch_value(values: Any, index: int, default: Any) -> Any:
 
 
 def _state() -> Any:
-    from modules import shared
+    from modules import shared  # the WebUI's own module: importable only inside the host
 
     return shared.state
 
@@ -198,7 +198,7 @@ def _keep_original(p: Any, image: Any, seed: Any, prompt: str, save_image: Optio
 
 def save_with_host(p: Any, image: Any, seed: Any, prompt: str, suffix: str) -> None:
     """Save as the host saves its '-before-face-restoration' images: next to the samples."""
-    from modules import images, shared
+    from modules import images, shared  # the WebUI's own modules: importable only inside the host
 
     images.save_image(image, p.outpath_samples, "", seed, prompt, shared.opts.samples_format, p=p, suffix=suffix)
 
@@ -261,7 +261,7 @@ def add_xyz_axes(xyz: Any) -> int:
 
 def sampler_names() -> List[str]:
     try:
-        from modules import sd_samplers
+        from modules import sd_samplers  # the WebUI's own module: absent outside the host
     except ImportError:
         return []
     try:

@@ -101,7 +101,7 @@ def on_load(blocks: gr.Blocks, js: str) -> None:
 def current_root_block() -> Optional[Any]:
     """The ``gr.Blocks`` being built right now, or None outside any."""
     try:
-        from gradio.context import Context
+        from gradio.context import Context  # gradio's internal module: absent from other versions
     except ImportError:  # pragma: no cover - both supported versions have it
         return None
     return getattr(Context, "root_block", None)

@@ -472,8 +472,6 @@ PRESET_TARGETS: Sequence[str] = (
 
 def soft_inpaint_mask(picture: Image.Image, mask_image: Image.Image) -> Image.Image:
     """The binary mask's alpha matte on ``picture`` as an 8-bit L mask (automatic band)."""
-    from sd_webui_sam import matting
-
     matte = matting.alpha_matte(np.asarray(picture.convert("RGB")), np.asarray(mask_image) >= 128)
     return Image.fromarray(np.round(matte.alpha * 255).astype(np.uint8), mode="L")
 

@@ -25,6 +25,7 @@ from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.prompts import check_caption, read_panel_prompts
 from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.ui import handlers
+from sd_webui_sam.ui.elements import CHOICES, elem, status_html
 
 PER_OBJECT = "Per object"
 MERGED = "Merged"
@@ -175,8 +176,6 @@ def build_section(panel: Any) -> Dict[str, Any]:
     """The text-prompt accordion inside ``panel`` (call within the panel's container)."""
     import gradio as gr  # heavy: only building the UI needs it
 
-    from sd_webui_sam.ui.panel import elem, status_html  # the panel imports this module (a cycle to undo there)
-
     options = panel.options
     prefix, engine = options.prefix, options.engine
     choices = _detector_choices(engine)
@@ -309,8 +308,6 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
                                    min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
                                    edge_band=float(edge_band or 0))
         chosen = handlers.chosen_outputs(found, found.best, tools)
-        from sd_webui_sam.ui.panel import CHOICES  # the panel imports this module (a cycle to undo there)
-
         return (handlers.candidates_payload(found, token=f"text-{next(answers)}"), grc.update(value=CHOICES[found.best]),
                 found, chosen.overlay, chosen.mask, chosen.cutout, result.objects, status_html(result.message))
 
