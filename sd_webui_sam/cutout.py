@@ -14,14 +14,12 @@ import numpy as np
 from PIL import Image
 
 from sd_webui_sam import matting, render
-from sd_webui_sam.prompts import check_caption
-from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
+from sd_webui_sam.text_prompt import Detection, detect_boxes, segment_boxes
 
 if TYPE_CHECKING:  # the engine imports nothing from here; only the annotation needs it
     from sd_webui_sam.engine import Engine
 
-#: compat.generation (the after-generation hook) reads the caption rule and the no-boxes message here.
-__all__ = ["CutoutResult", "text_cutout", "check_caption", "no_boxes_message"]
+__all__ = ["CutoutResult", "text_cutout"]
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from sd_webui_sam.cutout import no_boxes_message, text_cutout
-from sd_webui_sam.prompts import check_caption
+from sd_webui_sam.cutout import text_cutout
 from sd_webui_sam.errors import SamUserError
 from sd_webui_sam.handoff_pictures import control_map_array, image_and_mask
+from sd_webui_sam.prompts import check_caption
 from sd_webui_sam.script_args import ScriptArgValues, parse_script_args
+from sd_webui_sam.text_prompt import no_boxes_message
 
 __all__ = ["CUTOUT_MASK_SUFFIX", "CUTOUT_SUFFIX", "apply", "apply_control_map", "before_process", "cut_out_generated",
            "finish_cutouts"]

@@ -90,7 +90,7 @@ def config_from_values(values: Sequence[Any]) -> AutoSamConfig:
 def _rgb(image: Any, engine: Any, what: str = "Image") -> np.ndarray:
     if image is None:
         raise InvalidImageError(f"No image: upload a picture into '{what}' first.")
-    return handlers.to_rgb_array(image, getattr(engine.settings, "max_image_pixels", None))
+    return handlers.to_rgb_array(image, engine.settings.max_image_pixels)
 
 
 def _model(model_name: Optional[str]) -> str:

@@ -345,7 +345,7 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     # The picture is decoded once when it changes and encoded right away, so a click sends only
     # its prompts and runs only the mask decoder. A new picture also empties the old outputs.
     def remember_image(model_name, image):
-        remembered = handlers.session_image(image, getattr(engine().settings, "max_image_pixels", None))
+        remembered = handlers.session_image(image, engine().settings.max_image_pixels)
         note = f"Encoding the picture for {model_name}..." if remembered is not None and model_name else ""
         return [remembered, *cleared[:2], status_html(note), *cleared[3:]]
 
