@@ -213,11 +213,13 @@ def test_text_cutout_soft_edges_for_cut_out_after_generation():
 
     from sd_webui_sam.cutout import text_cutout
 
+    from sd_webui_sam.text_prompt import Detection
+
     class BlobEngine:
         settings = SimpleNamespace(max_objects=20)
 
-        def detect(self, *args):
-            return [SimpleNamespace(box_xyxy=(10.0, 10.0, 100.0, 90.0), phrase="blob", score=0.9)]
+        def detect(self, *args, **kwargs):
+            return [Detection(box=(10.0, 10.0, 100.0, 90.0), phrase="blob", score=0.9)]
 
         segment = staticmethod(blob_prediction)
 
