@@ -26,17 +26,19 @@ def assert_same_annotations(reference: list[dict], ours: list, exact_masks: bool
     assert len(ours) == len(reference), (len(ours), len(reference))
 
     # Random weights give many exactly equal scores, so NMS may order ties differently; compare
-    # as sets keyed by the generating point and the mask's box.
+    # as sets keyed by the generating point and the mask's box. The score only orders the rest
+    # (rounding it into the key would split a score that sits on a rounding boundary); it is
+    # compared to 1e-5 below.
     def reference_key(item):
         return (round(item["point_coords"][0][0], 6), round(item["point_coords"][0][1], 6), tuple(item["bbox"]),
-                item["area"], round(item["predicted_iou"], 5))
+                item["area"], item["predicted_iou"])
 
     def our_key(record):
         return (round(record.point_coords[0], 6), round(record.point_coords[1], 6), record.bbox, record.area,
-                round(record.predicted_iou, 5))
+                record.predicted_iou)
 
     for expected, got in zip(sorted(reference, key=reference_key), sorted(ours, key=our_key)):
-        assert our_key(got) == reference_key(expected)
+        assert our_key(got)[:4] == reference_key(expected)[:4]
         assert got.crop_box == tuple(expected["crop_box"])
         assert got.predicted_iou == pytest.approx(expected["predicted_iou"], abs=1e-5)
         assert got.stability_score == pytest.approx(expected["stability_score"], abs=1e-5, nan_ok=True)
