@@ -56,8 +56,19 @@ def test_install_py_changes_no_installed_version(host_setup):
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     after = _freeze(host_setup.python)
-    changed = sorted(set(before) ^ set(after))
+    # Adding what the extension needs (pymatting and its numba, the first time) is install.py's
+    # job; changing or removing anything the host already had is not.
+    versions_before, versions_after = _versions(before), _versions(after)
+    changed = sorted(f"{name}: {version} -> {versions_after.get(name, 'removed')}"
+                     for name, version in versions_before.items() if versions_after.get(name) != version)
     assert not changed, f"install.py changed: {changed}\n{result.stdout}{result.stderr}"
+    assert "pymatting" in versions_after, "install.py did not install the soft-edge dependency"
+
+
+def _versions(frozen):
+    """{normalised package name: its version (or its pinned source)} from ``pip freeze`` lines."""
+    pairs = (line.split("==", 1) if "==" in line else line.split(" @ ", 1) for line in frozen)
+    return {pair[0].strip().lower().replace("_", "-"): pair[-1].strip() for pair in pairs}
 
 
 def test_the_hosts_controlnet_is_loaded(webui):
