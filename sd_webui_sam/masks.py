@@ -33,13 +33,19 @@ _MAX_THREADS = 4
 _THREADED_PIXELS = 1 << 20  # below this, starting threads costs more than it saves
 
 
-def as_mask(mask: np.ndarray) -> np.ndarray:
-    """``mask`` as an (H, W) bool array: non-zero pixels, or values >= 0.5 for floats."""
+def as_plane(mask: np.ndarray) -> np.ndarray:
+    """``mask`` as an (H, W) array of its own values (a single trailing channel is dropped)."""
     array = np.asarray(mask)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim != 2:
         raise InvalidImageError(f"A mask must be a 2-D (height x width) array; this one has shape {array.shape}.")
+    return array
+
+
+def as_mask(mask: np.ndarray) -> np.ndarray:
+    """``mask`` as an (H, W) bool array: non-zero pixels, or values >= 0.5 for floats."""
+    array = as_plane(mask)
     if array.dtype == bool:
         return array
     if np.issubdtype(array.dtype, np.floating):

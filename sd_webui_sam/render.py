@@ -14,6 +14,7 @@ from PIL import Image
 
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 from sd_webui_sam.images import load_image, load_image_rgba
+from sd_webui_sam.masks import as_plane
 
 Colour = Tuple[int, int, int]
 
@@ -189,11 +190,7 @@ def reference_blend(image_rgb, mask: np.ndarray, boxes: Iterable[Sequence[float]
 
 def mask_image(mask: np.ndarray) -> Image.Image:
     """PIL mode "L": 255 in the mask, 0 outside (a float alpha keeps its grey levels)."""
-    array = np.asarray(mask)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim != 2:
-        raise InvalidImageError(f"A mask must be 2-D; got shape {array.shape}.")
+    array = as_plane(mask)
     alpha = _as_alpha(array, array.shape)
     return Image.fromarray(np.rint(alpha * 255).astype(np.uint8), mode="L")
 
