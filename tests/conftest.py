@@ -15,7 +15,7 @@ os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 @pytest.fixture(scope="session")
 def tiny_sam(tmp_path_factory):
     """(path to a tiny SAM .pth in the official layout, the reference model with the same weights)."""
-    from tests.fixtures.sam_checkpoints import TINY, build_reference_sam, save_state_dict
+    from tools.fixtures.sam_checkpoints import TINY, build_reference_sam, save_state_dict
 
     reference = build_reference_sam(TINY, seed=0)
     path = save_state_dict(reference.state_dict(), tmp_path_factory.mktemp("sam_models") / "tiny_sam.pth")

@@ -8,7 +8,7 @@ import torch
 from sd_webui_sam.autosam import generator_helpers as gen
 from sd_webui_sam.autosam.generator import AutoMaskGenerator, AutoSamConfig, GenerationTimings
 from sd_webui_sam.errors import SamUserError
-from tests.fixtures.autosam_fixtures import (ReferenceSegmenter, local_reference_sam, reference_annotations,
+from tools.fixtures.autosam_fixtures import (ReferenceSegmenter, local_reference_sam, reference_annotations,
                                              reference_encoder, small_reference_sam, textured_image)
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from sd_webui_sam.autosam.layers import LEFTOVER, build_layers, export_layout, psd_bytes, write_psd
 from sd_webui_sam.errors import SamUserError
-from tests.fixtures.autosam_fixtures import textured_image
+from tools.fixtures.autosam_fixtures import textured_image
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import torch
 
 from sd_webui_sam import checkpoints
 from sd_webui_sam.errors import CorruptCheckpointError, SamUserError, UnsafeCheckpointError
-from tests.fixtures.sam_checkpoints import save_state_dict
+from tools.fixtures.sam_checkpoints import save_state_dict
 
 
 class _RunsCommand:

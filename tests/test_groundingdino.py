@@ -18,7 +18,7 @@ from local_groundingdino.tokenizer import (
 )
 from sd_webui_sam.devices import Placement
 from sd_webui_sam.errors import InvalidPromptError, ModelNotFoundError, SamUserError, UnrecognisedCheckpointError
-from tests.fixtures import gdino_checkpoints as fixtures
+from tools.fixtures import gdino_checkpoints as fixtures
 
 CPU = Placement(device=torch.device("cpu"))
 NUM_QUERIES = 30

@@ -12,7 +12,7 @@ from sam_hq.families import FAMILIES as HQ_FAMILIES
 from sd_webui_sam import checkpoints, model_registry
 from sd_webui_sam.errors import UnrecognisedCheckpointError
 from sd_webui_sam.families import FAMILIES as SAM_FAMILIES
-from tests.fixtures.hq_checkpoints import (
+from tools.fixtures.hq_checkpoints import (
     HQ_TINY,
     build_reference_hq_sam,
     build_reference_hq_tiny,

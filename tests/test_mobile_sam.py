@@ -10,7 +10,7 @@ from sd_webui_sam import checkpoints, model_registry
 from sd_webui_sam.devices import Placement
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.predictor import Predictor, Prompts
-from tests.fixtures.hq_checkpoints import (
+from tools.fixtures.hq_checkpoints import (
     PROMPT_KINDS,
     assert_same_masks,
     assert_same_prediction,

@@ -14,7 +14,7 @@ import torch
 from sd_webui_sam import checkpoints, model_registry
 from sd_webui_sam.errors import CorruptCheckpointError, UnrecognisedCheckpointError
 from sd_webui_sam.families import SamFamily
-from tests.fixtures.sam_checkpoints import TINY, VIT_B, VIT_H, VIT_L, VitShape, save_state_dict
+from tools.fixtures.sam_checkpoints import TINY, VIT_B, VIT_H, VIT_L, VitShape, save_state_dict
 
 Shapes = Dict[str, Tuple[int, ...]]
 

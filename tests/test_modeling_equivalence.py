@@ -8,7 +8,7 @@ import torch
 from sd_webui_sam.modeling import ImageEncoderViT, SamSegmenter, build_sam
 from sd_webui_sam.modeling.image_encoder import add_decomposed_rel_pos, relative_position_table
 from tests.fixtures.mask_compare import assert_masks_match
-from tests.fixtures.sam_checkpoints import TINY
+from tools.fixtures.sam_checkpoints import TINY
 
 TINY_CONFIG = {
     "encoder_embed_dim": TINY.embed_dim,
@@ -198,7 +198,7 @@ def test_relative_positions_match_reference_including_interpolation(q_size, k_si
 def test_window_attention_pads_grids_that_do_not_divide_the_window():
     from segment_anything.modeling import ImageEncoderViT as ReferenceEncoder
 
-    from tests.fixtures.sam_checkpoints import randomise_
+    from tools.fixtures.sam_checkpoints import randomise_
 
     kwargs = dict(img_size=320, patch_size=16, embed_dim=16, depth=2, num_heads=2, window_size=7, global_attn_indexes=(1,))
     reference = ReferenceEncoder(

@@ -1,7 +1,7 @@
 """SAM 2 / 2.1: identification from shapes, loading of the official layout, and fidelity against
 Meta's ``sam2`` package (SAM2ImagePredictor, SAM2AutomaticMaskGenerator) on shared random weights.
 
-The oracle runs in its own venv (torch >= 2.5.1) through tests/sam2_oracle.py; it writes the
+The oracle runs in its own venv (torch >= 2.5.1) through tools/sam2_oracle.py; it writes the
 checkpoint (official layout, video weights included) that our loader then reads like a user's file.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sd_webui_sam.errors import UnrecognisedCheckpointError
 from sd_webui_sam.model_registry import build_model, identify
 from sd_webui_sam.predictor import Predictor, Prompts
 from tests.fixtures.mask_compare import assert_masks_match
-from tests.fixtures.sam2_checkpoints import (
+from tools.fixtures.sam2_checkpoints import (
     HIERA_T_TRUNK,
     TINY_TRUNK,
     VIDEO_ONLY_2_1,

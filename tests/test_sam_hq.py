@@ -17,7 +17,7 @@ from sd_webui_sam.devices import Placement
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.errors import InvalidPromptError
 from sd_webui_sam.predictor import Predictor, Prompts
-from tests.fixtures.hq_checkpoints import (
+from tools.fixtures.hq_checkpoints import (
     HQ_VIT_B_REDUCED,
     HQ_VIT_H_REDUCED,
     HQ_VIT_L_REDUCED,

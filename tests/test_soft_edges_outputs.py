@@ -152,7 +152,7 @@ def layout_scene():
     """A picture with two opaque objects over a textured background, and masks 2 px too big."""
     import cv2
 
-    from tests.fixtures.autosam_fixtures import textured_image
+    from tools.fixtures.autosam_fixtures import textured_image
 
     image = textured_image(90, 120, seed=3).copy()
     yy, xx = np.mgrid[:90, :120]

@@ -116,8 +116,8 @@ def batch_text_throughput(images: Sequence[np.ndarray], sam_state: Dict[str, tor
     from sd_webui_sam.batch import STATE_FILE, BatchOptions, run_batch
     from sd_webui_sam.engine import Engine
     from sd_webui_sam.settings import EngineSettings
-    from tests.fixtures.gdino_checkpoints import build_reference_gdino, save_checkpoint
-    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam, save_state_dict
+    from tools.fixtures.gdino_checkpoints import build_reference_gdino, save_checkpoint
+    from tools.fixtures.sam_checkpoints import VIT_B, build_reference_sam, save_state_dict
 
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as directory:

@@ -27,9 +27,9 @@ def detail_find_times(images: Sequence[np.ndarray], sam_state: Dict[str, torch.T
     from sd_webui_sam.detailing import find_objects, plan_passes
     from sd_webui_sam.engine import Engine
     from sd_webui_sam.settings import EngineSettings
-    from tests.fixtures.gdino_checkpoints import build_reference_gdino, save_checkpoint
-    from tests.fixtures.sam_checkpoints import save_state_dict
     from tools.bench_batch import write_bert_base_dir
+    from tools.fixtures.gdino_checkpoints import build_reference_gdino, save_checkpoint
+    from tools.fixtures.sam_checkpoints import save_state_dict
 
     settings = DetailSettings(enabled=True, caption=caption, box_threshold=0.0, text_threshold=0.0,
                               max_objects=max_objects, mask_expand=4, mask_feather=4.0, padding=32)

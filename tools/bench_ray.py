@@ -25,7 +25,7 @@ def ray_throughput(images: List, state_dict, actor_counts=(1, 2)) -> Dict[str, f
     from sd_webui_sam.batch_ray import RayOptions, run_batch_ray
     from sd_webui_sam.engine import Engine
     from sd_webui_sam.settings import EngineSettings
-    from tests.fixtures.sam_checkpoints import save_state_dict
+    from tools.fixtures.sam_checkpoints import save_state_dict
 
     figures: Dict[str, float] = {"images": len(images)}
     with tempfile.TemporaryDirectory() as temporary:

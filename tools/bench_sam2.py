@@ -1,7 +1,7 @@
 """Speed of SAM 2.1 (Hiera-T shape, random weights): ours against Meta's ``sam2`` on the same weights.
 
 The oracle (``SAM2ImagePredictor`` / ``SAM2AutomaticMaskGenerator``) needs torch >= 2.5.1, so it
-runs in .venv/sam2-oracle (tools/setup_oracle_env.sh) through tests/sam2_oracle.py, which also
+runs in .venv/sam2-oracle (tools/setup_oracle_env.sh) through tools/sam2_oracle.py, which also
 writes the shared checkpoint in the official layout; ours loads that file like a user's and runs
 on the host stack's torch, in this process. Both use the machine's threads, one after the other.
 """
@@ -21,8 +21,8 @@ from sd_webui_sam.devices import Placement
 from sd_webui_sam.embedding_cache import EmbeddingCache
 from sd_webui_sam.model_registry import build_model, identify
 from sd_webui_sam.predictor import Predictor, Prompts
-from tests.fixtures.sam2_checkpoints import HIERA_T_TRUNK, run_oracle
 from tools.bench_autosam import PERMISSIVE, benchmark_image
+from tools.fixtures.sam2_checkpoints import HIERA_T_TRUNK, run_oracle
 
 CLICK = dict(name="click", point_coords=[[450.0, 380.0]], point_labels=[1], multimask=True, repeats=5)
 EVERYTHING = dict(points_per_side=16, **PERMISSIVE)

@@ -2,7 +2,7 @@
 # Create (or bring up to date) the test-only environment of the SAM 2 oracle: Meta's `sam2`
 # package needs torch >= 2.5.1, newer than either host stack's torch, so it runs in its own
 # venv (.venv/sam2-oracle) that the host-stack tests call through a subprocess
-# (tests/sam2_oracle.py). Product code never imports it. A stamp makes a second run a no-op.
+# (tools/sam2_oracle.py). Product code never imports it. A stamp makes a second run a no-op.
 #   tools/setup_oracle_env.sh
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser import driver
+from tools import browser_driver as driver
 
 pytestmark = pytest.mark.browser
 

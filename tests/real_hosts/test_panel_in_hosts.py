@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser import driver
 from tests.real_hosts.conftest import ARTIFACTS
+from tools import browser_driver as driver
 
 pytestmark = pytest.mark.real_host
 

@@ -1,13 +1,13 @@
 """Runs Meta's ``sam2`` package (the test oracle) in its own venv (.venv/sam2-oracle, torch >= 2.5.1).
 
-Not a test module: the host-stack tests run it as a subprocess (tests/fixtures/sam2_oracle.py)
+Not a test module: the host-stack tests run it as a subprocess (tools/sam2_oracle.py)
 with a JSON job, and compare what it writes with our model's outputs. It builds the official
 model from the official config (hydra, as ``build_sam2`` does, with the trunk overridden for
 reduced shapes), gives it random weights, saves them in the official layout
 (``{"model": state_dict}``, video weights included), then runs ``SAM2ImagePredictor`` on the
 job's prompt cases and ``SAM2AutomaticMaskGenerator`` at the job's settings.
 
-    python tests/sam2_oracle.py job.json out_dir
+    python tools/sam2_oracle.py job.json out_dir
 """
 from __future__ import annotations
 
