@@ -12,7 +12,7 @@ _added = EXTENSION_ROOT not in sys.path
 if _added:
     sys.path.insert(0, EXTENSION_ROOT)
 try:
-    from sd_webui_sam.devices import DEVICE_CHOICES
+    from sd_webui_sam.devices import DEVICE_CHOICES, PRECISION_CHOICES
 finally:
     if _added:
         sys.path.remove(EXTENSION_ROOT)
@@ -26,4 +26,8 @@ def preload(parser):
     parser.add_argument(
         "--sam-device", type=str, default=None, choices=list(DEVICE_CHOICES),
         help="Segment Anything: device for SAM (default: the setting, 'auto').",
+    )
+    parser.add_argument(
+        "--sam-precision", type=str, default=None, choices=list(PRECISION_CHOICES),
+        help="Segment Anything: precision of the image encoder (default: the setting, 'auto'; the decoder stays fp32).",
     )

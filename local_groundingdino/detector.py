@@ -94,7 +94,7 @@ class Detector:
         self.short_side = short_side
         self.max_side = max_side
         self._lock = threading.Lock()
-        self.model = model.to(device=placement.storage_device, dtype=placement.dtype).eval()
+        self.model = model.place(placement.storage_device, placement.dtype).eval()
 
     @property
     def label(self) -> str:
@@ -110,7 +110,7 @@ class Detector:
         resized = Image.fromarray(image_rgb).resize(size, Image.BILINEAR) if size != (width, height) else Image.fromarray(image_rgb)
         pixels = torch.from_numpy(np.asarray(resized).copy()).to(self.placement.device).permute(2, 0, 1).float() / 255.0
         pixels = (pixels - self.model.pixel_mean.float()) / self.model.pixel_std.float()
-        return pixels[None].to(self.placement.dtype)
+        return pixels[None]  # float32: the backbone casts to its own dtype
 
     def run(self, image_rgb: np.ndarray, caption: str, *, like_reference: bool = False) -> Tuple[CaptionTokens, GroundingOutput]:
         """The raw model output for one image and caption (logits (1,Q,T), boxes (1,Q,4) cxcywh normalised).

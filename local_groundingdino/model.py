@@ -15,6 +15,7 @@ from local_groundingdino.deformable_attention import build_layout
 from local_groundingdino.swin import SwinBackbone, SwinShape
 from local_groundingdino.text_encoder import BertShape, BertTextEncoder
 from local_groundingdino.transformer import MLP, GroundingTransformer, TransformerShape, contrastive_logits, inverse_sigmoid, sine_embedding
+from sd_webui_sam.devices import DECODER_DTYPE
 from sd_webui_sam.weights import computed_buffer
 
 #: GroundingDINO's image position embedding uses a low temperature in both axes.
@@ -50,6 +51,10 @@ class GroundingOutput:
 
 
 class GroundingDino(nn.Module):
+    """Precision: the Swin backbone and BERT (the encoders) may run in reduced precision (see
+    :meth:`place`); their features are cast up to float32 before the projections, the fusion
+    and the grounding transformer, which always run in float32."""
+
     def __init__(self, shape: GroundingDinoShape):
         super().__init__()
         self.shape = shape
@@ -76,16 +81,29 @@ class GroundingDino(nn.Module):
         computed_buffer(self, "pixel_mean", lambda: torch.tensor(PIXEL_MEAN).view(3, 1, 1))
         computed_buffer(self, "pixel_std", lambda: torch.tensor(PIXEL_STD).view(3, 1, 1))
 
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """The Swin backbone's and BERT's dtype."""
+        return next(self.backbone.parameters()).dtype
+
+    def place(self, device: torch.device, encoder_dtype: torch.dtype) -> "GroundingDino":
+        """Move to ``device``: the Swin backbone and BERT in ``encoder_dtype``, every other part in float32."""
+        self.to(device=device, dtype=DECODER_DTYPE)
+        self.backbone.to(dtype=encoder_dtype)
+        self.bert.to(dtype=encoder_dtype)
+        return self
+
     def encode_text(self, text_inputs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """Returns (text features (B,T,C), allowed-attention mask (B,T,T), position embedding (B,T,256))."""
         allowed = text_inputs["self_attention_mask"]
         features = self.bert(text_inputs["input_ids"], allowed, text_inputs["position_ids"])
-        text = self.feat_map(features)
+        text = self.feat_map(features.to(self.feat_map.weight.dtype))
         position = sine_embedding(text_inputs["position_ids"], TEXT_POSITION_FEATURES, 10000.0).to(text.dtype)
         return text, allowed, position
 
     def image_levels(self, pixels: Tensor) -> List[Tensor]:
-        features = self.backbone(pixels)
+        dtype = self.feat_map.weight.dtype  # the projections' and the transformer's
+        features = [feature.to(dtype) for feature in self.backbone(pixels.to(self.encoder_dtype))]
         levels = [projection(feature) for projection, feature in zip(self.input_proj, features)]
         source = features[-1]
         for projection in self.input_proj[len(features):]:

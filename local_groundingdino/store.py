@@ -21,6 +21,7 @@ from sd_webui_sam.checkpoints import is_candidate_file, validate_model_name
 from sd_webui_sam.devices import Placement
 from sd_webui_sam.downloads import ProgressCallback, catalogue_entry, download_file
 from sd_webui_sam.errors import DownloadError, ModelNotFoundError, SamUserError
+from sd_webui_sam.same_content import ContentIdentity, FileKey, file_key
 from sd_webui_sam.weights import tensor_bytes
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,11 @@ def download_checkpoint(file_name: str, dest_dir: Path, progress: Optional[Progr
 
 
 class GroundingDinoStore:
-    """Discovery and the LRU of loaded detectors. Thread-safe."""
+    """Discovery and the LRU of loaded detectors. Thread-safe.
+
+    Files with the same content (a renamed copy) share one loaded detector; a file replaced on
+    disk is loaded anew.
+    """
 
     def __init__(self, settings: GroundingDinoSettings, placement: Optional[Placement] = None,
                  loader: Callable[..., Detector] = load_detector):
@@ -88,16 +93,18 @@ class GroundingDinoStore:
         self._placement = placement or devices.resolve_placement("auto")
         self._loader = loader
         self._lock = threading.RLock()
-        self._specs: Dict[Tuple[str, int, int], Optional[GroundingDinoSpec]] = {}
+        self._specs: Dict[FileKey, Optional[GroundingDinoSpec]] = {}
+        # Name -> detector, least recently used first; the names of one detector move together.
         self._loaded: "OrderedDict[str, Detector]" = OrderedDict()
+        self._files: Dict[str, Tuple[Path, FileKey]] = {}  # the file version each name was loaded from
+        self._content = ContentIdentity()
 
     @property
     def placement(self) -> Placement:
         return self._placement
 
     def _spec_of(self, path: Path) -> Optional[GroundingDinoSpec]:
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = file_key(path)
         if key not in self._specs:
             try:
                 self._specs[key] = identify_checkpoint(checkpoints.read_shapes(path))
@@ -143,40 +150,79 @@ class GroundingDinoStore:
         )
 
     def detector(self, name: str) -> Detector:
-        """The loaded detector for ``name``, loading it (and evicting the least recently used) if needed."""
+        """The loaded detector for ``name``, loading it if needed: the least recently used ones
+        leave first, so that two never have to fit at once."""
         with self._lock:
-            if name in self._loaded:
-                self._loaded.move_to_end(name)
-                return self._loaded[name]
             path = self.resolve(name)
-            detector = self._loader(
-                path, self._placement, tokenizer_dir=self.settings.tokenizer_dir,
-                short_side=self.settings.short_side, max_side=self.settings.max_side,
-            )
+            key = file_key(path)
+            if name in self._loaded and self._files[name][1] != key:  # the file was replaced on disk
+                self._forget([name])
+            detector = self._loaded.get(name) or self._same_content(path, key)
+            if detector is None:
+                while len(self._distinct()) >= max(1, self.settings.cache_size):
+                    self._forget(self._names_of(next(iter(self._loaded.values()))))
+                    devices.release_memory()
+                detector = self._loader(
+                    path, self._placement, tokenizer_dir=self.settings.tokenizer_dir,
+                    short_side=self.settings.short_side, max_side=self.settings.max_side,
+                )
+            elif name not in self._loaded:
+                logger.info("%s has the same content as %s: sharing the loaded detector", name, detector.name)
             self._loaded[name] = detector
-            while len(self._loaded) > max(1, self.settings.cache_size):
-                self._loaded.popitem(last=False)
-                devices.release_memory()
+            self._files[name] = (path, key)
+            for shared_name in self._names_of(detector):
+                self._loaded.move_to_end(shared_name)
             return detector
+
+    def _same_content(self, path: Path, key: FileKey) -> Optional[Detector]:
+        for other_name, detector in self._loaded.items():
+            other_path, other_key = self._files[other_name]
+            if self._content.same(path, key, other_path, other_key):
+                return detector
+        return None
+
+    def _distinct(self) -> List[Detector]:
+        """The loaded detectors, each once, least recently used first."""
+        return list({id(detector): detector for detector in self._loaded.values()}.values())
+
+    def _names_of(self, detector: Detector) -> List[str]:
+        return [name for name, loaded in self._loaded.items() if loaded is detector]
+
+    def _forget(self, names: List[str]) -> None:
+        for name in names:
+            self._loaded.pop(name, None)
+            self._files.pop(name, None)
 
     def loaded(self) -> List[str]:
         with self._lock:
             return list(self._loaded)
 
     def memory(self) -> List[Dict[str, object]]:
-        """Each loaded detector: name, label, device and the bytes its parameters and buffers hold."""
+        """Each loaded detector once: its first name, every name sharing it, label, the device its
+        weights are on now and the bytes its parameters and buffers hold."""
         with self._lock:
             return [
-                {"name": name, "label": detector.label, "device": str(detector.placement.storage_device),
-                 "bytes": tensor_bytes(detector.model)}
-                for name, detector in self._loaded.items()
+                {"name": self._names_of(detector)[0], "names": self._names_of(detector), "label": detector.label,
+                 "device": str(next(detector.model.parameters()).device), "bytes": tensor_bytes(detector.model)}
+                for detector in self._distinct()
             ]
+
+    def move_to_cpu(self) -> int:
+        """Move the detectors' weights to the CPU until their next run (which moves them back).
+        Returns the bytes moved off an accelerator."""
+        moved = 0
+        with self._lock:
+            for detector in self._distinct():
+                if next(detector.model.parameters()).device.type != "cpu":
+                    detector.model.to("cpu")
+                    moved += tensor_bytes(detector.model)
+        return moved
 
     def unload(self) -> List[Dict[str, object]]:
         """Free every loaded detector; returns what was freed (as :meth:`memory` described it)."""
         with self._lock:
             freed = self.memory()
-            self._loaded.clear()
+            self._forget(list(self._loaded))
         devices.release_memory()
         return freed
 

@@ -15,7 +15,7 @@ Options understood by :meth:`Sam2Segmenter.decode` (in ``options``; other famili
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +50,19 @@ class Sam2Segmenter(PromptableSegmenter):
         return self.no_mem_embed.dtype
 
     def encode_image(self, pixels: Tensor) -> Dict[str, Tensor]:
-        levels = self.image_encoder(pixels)
+        return self._image_features(self.image_encoder(pixels.to(self.encoder_dtype)))
+
+    def encode_images(self, pixels: Tensor) -> List[Dict[str, Tensor]]:
+        # the high-resolution features are laid out for one image (high_res_features), so the
+        # batch is split after the trunk and FPN, before them
+        levels = self.image_encoder(pixels.to(self.encoder_dtype))
+        return [self._image_features([level[index:index + 1] for level in levels]) for index in range(pixels.shape[0])]
+
+    def _image_features(self, levels: Sequence[Tensor]) -> Dict[str, Tensor]:
+        # Everything after the Hiera trunk and FPN neck (the "no memory" embedding, the decoder's
+        # high-resolution convolutions) runs in float32, so these features are float32 whatever
+        # the encoder's precision.
+        levels = [level.to(self.dtype) for level in levels]
         embeddings = levels[-1] + self.no_mem_embed.view(1, -1, 1, 1)
         features = {"image_embeddings": embeddings}
         if self.sam_mask_decoder.use_high_res_features:
@@ -70,6 +82,7 @@ class Sam2Segmenter(PromptableSegmenter):
     ) -> Tuple[Tensor, Tensor]:
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels are required with point_coords.")
+        features = self.decoder_inputs(features)
         sparse, dense = self.sam_prompt_encoder.encode(point_coords, point_labels, boxes, mask_input)
         high_res = None
         if self.sam_mask_decoder.use_high_res_features:

@@ -44,12 +44,14 @@ class HQSamSegmenter(SamSegmenter):
     mask_decoder: MaskDecoderHQ
 
     def encode_image(self, pixels: Tensor) -> Dict[str, Tensor]:
-        image_embeddings, interm = self.image_encoder.forward_with_interm(pixels)
+        image_embeddings, interm = self.image_encoder.forward_with_interm(pixels.to(self.encoder_dtype))
         early = interm[0]
+        # The HQ fusion belongs to the decoder (float32): both encoder outputs are cast up for it.
+        upcast = self.decoder_inputs({"image_embeddings": image_embeddings, "interm_embeddings": early})
         return {
             "image_embeddings": image_embeddings,
             "interm_embeddings": early,
-            "hq_features": self.mask_decoder.image_hq_features(image_embeddings, early),
+            "hq_features": self.mask_decoder.image_hq_features(upcast["image_embeddings"], upcast["interm_embeddings"]),
         }
 
     def decode(
@@ -70,6 +72,8 @@ class HQSamSegmenter(SamSegmenter):
             raise InvalidPromptError(
                 f"Unknown HQ-SAM multimask mode {multimask_mode!r}; use one of {', '.join(HQ_MULTIMASK_MODES)}."
             )
+        used = ("image_embeddings", "hq_features") if "hq_features" in features else ("image_embeddings", "interm_embeddings")
+        features = self.decoder_inputs(features, used)
         image_embeddings = features["image_embeddings"]
         hq_features = features.get("hq_features")
         if hq_features is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from sd_webui_sam.devices import Placement
+from sd_webui_sam.devices import Placement, default_encode_batch, is_out_of_memory, release_memory
 from sd_webui_sam.embedding_cache import CacheKey, EmbeddingCache, EncodedImage, dtype_name
 from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 from sd_webui_sam.images import image_content_key
@@ -70,6 +70,10 @@ class ObjectPrompt:
 
     box: Optional[np.ndarray]  # (4,) xyxy, image pixels
     point_indices: np.ndarray  # int indices into the prompt's points, in the user's order
+
+
+class ForeignEmbeddingsError(ValueError):
+    """Embeddings handed to predict that another model, device or dtype computed."""
 
 
 # -- geometry ---------------------------------------------------------------------------------
@@ -191,9 +195,10 @@ def prompt_token_groups(objects: Sequence[ObjectPrompt]) -> List[List[int]]:
 class Predictor:
     """Encode an image once (cached), prompt it many times.
 
-    The model must already be on ``placement.device`` in ``placement.dtype`` when encode or
-    predict run (the model store moves it); the predictor only moves inputs there. Upsampling
-    and thresholding run on that device in float32, so only boolean masks cross to the CPU.
+    The model must already be on ``placement.device`` when encode or predict run (the model store
+    moves it, its image encoder in ``placement.dtype``); the predictor only moves inputs there.
+    Embeddings are cached in the dtype the encoder computed them in, keyed by it. The decoder,
+    upsampling and thresholding run on that device in float32, so only boolean masks cross to the CPU.
 
     ``model_id`` names these exact weights in embedding cache keys (the model store passes one
     that changes when the file does); without it the model instance gets a random one.
@@ -206,9 +211,13 @@ class Predictor:
         cache: Optional[EmbeddingCache] = None,
         *,
         model_id: Optional[str] = None,
+        encode_batch_size: Optional[int] = None,
     ) -> None:
         self.model = model.eval()
         self.placement = placement
+        #: Images per encoder pass in encode_many (None: the device's default); out of memory
+        #: halves it, and it stays halved for this predictor's later calls.
+        self.encode_batch_size = max(1, int(encode_batch_size or default_encode_batch(placement.device)))
         self.cache = cache if cache is not None else EmbeddingCache()
         if model_id is None:
             model_id = getattr(model, "cache_identity", None)
@@ -219,36 +228,27 @@ class Predictor:
 
     # -- encoding -------------------------------------------------------------------------------
 
-    def cache_key(self, image: np.ndarray) -> CacheKey:
+    def cache_key(self, image: np.ndarray, image_key: Optional[str] = None) -> CacheKey:
+        """``image_key``: the picture's ``image_content_key`` when the caller already holds it (the
+        panel's picture): hashing a 4000x3000 photo on every click took 50-500 ms."""
         return CacheKey(
-            image_hash=image_content_key(image),
+            image_hash=image_key or image_content_key(image),
             model_id=self.model_id,
             device=str(self.placement.device),
-            dtype=dtype_name(self.placement.dtype),
+            dtype=dtype_name(self.model.encoder_dtype),
         )
 
-    def encode(self, image: np.ndarray) -> EncodedImage:
-        """Embeddings of an (H, W, 3) uint8 RGB image; the encoder runs only on a cache miss."""
+    def encode(self, image: np.ndarray, image_key: Optional[str] = None) -> EncodedImage:
+        """Embeddings of an (H, W, 3) uint8 RGB image; the encoder runs only on a cache miss.
+        ``image_key``: see ``cache_key``."""
         image = _check_image(image)
-        key = self.cache_key(image)
+        key = self.cache_key(image, image_key)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        image_size = int(self.model.image_size)
-        device, dtype = self.placement.device, self.placement.dtype
         with torch.inference_mode():
-            mean = self.model.pixel_mean.to(device=device, dtype=torch.float32)
-            std = self.model.pixel_std.to(device=device, dtype=torch.float32)
-            if self.model.input_geometry == STRETCH:
-                input_size = (image_size, image_size)
-                pixels = stretched_pixels(image, image_size, mean, std, device)
-            else:
-                resized = resize_image(image, image_size)
-                input_size = (int(resized.shape[0]), int(resized.shape[1]))
-                pixels = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None].float()
-                pixels = (pixels - mean) / std
-                pixels = F.pad(pixels, (0, image_size - input_size[1], 0, image_size - input_size[0]))
-            features = self.model.encode_image(pixels.to(dtype))
+            pixels, input_size = self._model_input(image)
+            features = self.model.encode_image(pixels)  # float32 in; the encoder casts to its dtype
         features = dict(features)
         encoded = EncodedImage(
             key=key,
@@ -260,6 +260,83 @@ class Predictor:
         self.cache.put(encoded)
         return encoded
 
+    def encode_many(self, images: Sequence[np.ndarray], max_batch: Optional[int] = None) -> List[EncodedImage]:
+        """Embeddings of several images, in their order, equal to :meth:`encode` of each.
+
+        Cached images are not encoded again (nor is a picture given twice); the others go
+        through the encoder up to ``encode_batch_size`` (and ``max_batch``) at a time. Out of
+        memory halves the batch size, frees what it can and tries the same images again; the
+        smaller size is kept for later calls. Out of memory with one image propagates.
+        """
+        images = [_check_image(image) for image in images]
+        keys = [self.cache_key(image) for image in images]
+        found: List[Optional[EncodedImage]] = [self.cache.get(key) for key in keys]
+        # each picture not cached -> where it is wanted (the first one is encoded)
+        wanted: Dict[CacheKey, List[int]] = {}
+        for index, (key, hit) in enumerate(zip(keys, found)):
+            if hit is None:
+                wanted.setdefault(key, []).append(index)
+        todo = list(wanted)
+        done = 0
+        while done < len(todo):
+            limit = self.encode_batch_size if max_batch is None else min(int(max_batch), self.encode_batch_size)
+            chunk = todo[done:done + max(1, limit)]
+            try:
+                encoded = self._encode_together([images[wanted[key][0]] for key in chunk], chunk)
+            except Exception as error:
+                if len(chunk) <= 1 or not is_out_of_memory(error):
+                    raise
+                self.encode_batch_size = len(chunk) // 2
+                encoded = None
+            if encoded is None:
+                # outside the handler: its traceback holds the failed pass's tensors until it ends
+                release_memory()
+                continue
+            for key, item in zip(chunk, encoded):
+                self.cache.put(item)
+                for index in wanted[key]:
+                    found[index] = item
+            done += len(chunk)
+        return [item for item in found if item is not None]
+
+    def _encode_together(self, images: Sequence[np.ndarray], keys: Sequence[CacheKey]) -> List[EncodedImage]:
+        """One encoder pass over ``images`` (their inputs stacked); each result owns its features."""
+        with torch.inference_mode():
+            inputs = [self._model_input(image) for image in images]
+            pixels = torch.cat([model_input for model_input, _ in inputs])
+            input_sizes = [input_size for _, input_size in inputs]
+            del inputs  # the stacked copy is all the encoder needs
+            per_image = self.model.encode_images(pixels)  # float32 in; the encoder casts to its dtype
+            del pixels
+            rows = [{name: _own_storage(tensor) for name, tensor in features.items()} for features in per_image]
+        del per_image
+        return [
+            EncodedImage(
+                key=key,
+                features=row,
+                original_size=(int(image.shape[0]), int(image.shape[1])),
+                input_size=input_size,
+                nbytes=EncodedImage.size_of(row),
+            )
+            for image, key, input_size, row in zip(images, keys, input_sizes, rows)
+        ]
+
+    def _model_input(self, image: np.ndarray) -> Tuple[Tensor, Tuple[int, int]]:
+        """(1, 3, S, S) float32 encoder input on the device (S: the model's image size), and the
+        (h, w) the picture takes in it before padding; see the module docstring for the geometry.
+        Every picture gives the same S x S, so several stack into one batch."""
+        image_size = int(self.model.image_size)
+        device = self.placement.device
+        mean = self.model.pixel_mean.to(device=device, dtype=torch.float32)
+        std = self.model.pixel_std.to(device=device, dtype=torch.float32)
+        if self.model.input_geometry == STRETCH:
+            return stretched_pixels(image, image_size, mean, std, device), (image_size, image_size)
+        resized = resize_image(image, image_size)
+        input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        pixels = torch.from_numpy(resized).to(device).permute(2, 0, 1)[None].float()
+        pixels = (pixels - mean) / std
+        return F.pad(pixels, (0, image_size - input_size[1], 0, image_size - input_size[0])), input_size
+
     # -- prompting ------------------------------------------------------------------------------
 
     def predict(
@@ -269,8 +346,14 @@ class Predictor:
         *,
         multimask_output: bool = True,
         options: Optional[Mapping] = None,
+        mask_size: Optional[Tuple[int, int]] = None,
+        image_key: Optional[str] = None,
     ) -> Prediction:
         """Masks for the prompts; see :func:`group_objects` for how points and boxes form objects.
+
+        ``mask_size`` (height, width): the masks at that size instead of the picture's (the panel
+        draws a 4000x3000 photo's masks at screen size; upsampling to full size cost more than the
+        decoder). ``image_key``: see ``cache_key``.
 
         Objects with the same prompt tokens (box or not, number of points) go through one
         batched decoder call; nothing is padded, since "not a point" tokens change SAM's
@@ -283,7 +366,7 @@ class Predictor:
             encoded = image_or_encoded
             self._check_encoded(encoded)
         else:
-            encoded = self.encode(image_or_encoded)
+            encoded = self.encode(image_or_encoded, image_key)
         checked = check_prompts(prompts, encoded.original_size, int(self.model.image_size) // 4)
         objects = group_objects(checked.points, checked.labels, checked.boxes)
         if checked.mask_input is not None and checked.mask_input.shape[0] not in (1, len(objects)):
@@ -305,7 +388,7 @@ class Predictor:
             back = torch.as_tensor(np.argsort(order, kind="stable"), device=low_res.device)
             low_res, iou = low_res[back], iou[back]
             upscaled = logits_to_image(low_res, self.model.input_geometry, int(self.model.image_size),
-                                       encoded.input_size, encoded.original_size)
+                                       encoded.input_size, tuple(mask_size or encoded.original_size))
             masks = (upscaled > self.model.mask_threshold).cpu().numpy()
             limit = self.model.low_res_logit_limit
             low_res_logits = (low_res.float() if limit is None else low_res.float().clamp(-limit, limit)).cpu().numpy()
@@ -338,7 +421,7 @@ class Predictor:
             boxes = torch.as_tensor(corners, dtype=torch.float32).to(device)
         if checked.mask_input is not None:
             masks = checked.mask_input if checked.mask_input.shape[0] == 1 else checked.mask_input[group]
-            mask_input = torch.as_tensor(masks[:, None]).to(device=device, dtype=self.placement.dtype)
+            mask_input = torch.as_tensor(masks[:, None]).to(device=device, dtype=self.model.dtype)
             if mask_input.shape[0] != len(members):
                 mask_input = mask_input.expand(len(members), -1, -1, -1)
         return self.model.decode(
@@ -353,11 +436,19 @@ class Predictor:
 
     def _check_encoded(self, encoded: EncodedImage) -> None:
         key = encoded.key
-        if (key.model_id, key.device, key.dtype) != (self.model_id, str(self.placement.device), dtype_name(self.placement.dtype)):
-            raise ValueError(
+        if (key.model_id, key.device, key.dtype) != (self.model_id, str(self.placement.device), dtype_name(self.model.encoder_dtype)):
+            raise ForeignEmbeddingsError(
                 f"These embeddings were computed by another model or placement ({key.model_id} on {key.device}/{key.dtype}); "
                 "encode the image with this predictor."
             )
+
+
+def _own_storage(tensor: Tensor) -> Tensor:
+    """The tensor, copied if it is a view into a larger one (an image's slice of a batch): a cached
+    slice would keep the whole batch alive, and cost more memory than the cache counts."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

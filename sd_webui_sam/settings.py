@@ -26,12 +26,20 @@ class EngineSettings:
     #: Then these, in order (the host's models/sam, then the extension's own models/sam).
     default_model_dirs: Tuple[Path, ...] = ()
     device: str = "auto"
-    half_precision: bool = False
+    #: The image encoders' precision, one of devices.PRECISION_CHOICES (decoders stay float32).
+    precision: str = "auto"
     offload_to_cpu: bool = False
+    #: Unload every model after this many minutes without use; 0 keeps them loaded.
+    unload_after_idle_minutes: float = 0.0
+    #: torch.compile the image encoder where it works (CUDA with Triton; compiled_encoder.py).
+    compile_encoder: bool = False
     model_cache_size: int = 1
     embedding_cache_entries: int = 8
     embedding_cache_bytes: int = 2 * 1024**3
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    #: Images per image-encoder pass where several are encoded together (batch); 0: the
+    #: device's default (devices.default_encode_batch). Out of memory halves it for the session.
+    encode_batch_size: int = 0
     #: A text prompt keeps at most this many boxes, the most confident first.
     max_objects: int = DEFAULT_MAX_OBJECTS
     #: GroundingDINO (text prompts): a user folder searched first, then these; empty defaults mean

@@ -12,7 +12,7 @@ from sd_webui_sam.errors import InvalidImageError, InvalidPromptError
 from sd_webui_sam.modeling import build_sam
 from sd_webui_sam.predictor import Predictor, Prompts, group_objects, prompt_token_groups, resize_image, resized_shape
 from tests.fixtures.mask_compare import assert_masks_match
-from tests.fixtures.sam_checkpoints import TINY, VIT_B, VitShape, build_reference_sam, save_state_dict
+from tools.fixtures.sam_checkpoints import TINY, VIT_B, VitShape, build_reference_sam, save_state_dict
 
 CPU = Placement(device=torch.device("cpu"))
 
@@ -371,13 +371,20 @@ def test_other_model_or_placement_misses_the_cache(counting):
     other_device_predictor.predict(image, prompts)
     assert counting.image_encoder.calls == 3
     keys = {Predictor(counting, placement, cache, model_id="a").cache_key(image) for placement in (
-        CPU, other_device, Placement(device=torch.device("cuda"), dtype=torch.float16), Placement(device=torch.device("cuda"))
+        CPU, other_device, Placement(device=torch.device("cuda"))
     )}
-    assert len(keys) == 4
+    assert len(keys) == 3
 
     encoded = other_device_predictor.encode(image)
     with pytest.raises(ValueError, match="another model or placement"):
         Predictor(counting, CPU, cache, model_id="a").predict(encoded, prompts)
+
+    # The key's dtype is the one the encoder really computes in.
+    counting.place(torch.device("cpu"), torch.bfloat16)
+    reduced = Predictor(counting, Placement(device=torch.device("cpu"), dtype=torch.bfloat16), cache, model_id="a")
+    assert reduced.cache_key(image) not in keys and reduced.cache_key(image).dtype == "bfloat16"
+    reduced.predict(image, prompts)
+    assert counting.image_encoder.calls == 4  # the bf16 key missed the fp32 embeddings
 
 
 def test_models_without_an_id_do_not_share_embeddings():

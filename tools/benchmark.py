@@ -2,6 +2,7 @@
 
     ./benchmark.sh                 # every section
     ./benchmark.sh click masks     # only some sections
+    ./benchmark.sh gpu             # the CUDA figures (one line saying so without CUDA)
 
 Random weights are used throughout: the cost of a forward pass does not depend on the values.
 The reference implementations (segment_anything & co.) are the test oracles installed by
@@ -60,7 +61,7 @@ def engine_with_checkpoint(state_dict, directory: Path, file_name: str):
     """Save a state dict as a user would drop it in, and open it through the real Engine."""
     from sd_webui_sam.engine import Engine
     from sd_webui_sam.settings import EngineSettings
-    from tests.fixtures.sam_checkpoints import save_state_dict
+    from tools.fixtures.sam_checkpoints import save_state_dict
 
     save_state_dict(state_dict, directory / file_name)
     return Engine(EngineSettings(user_model_dir=directory, device="cpu"))
@@ -73,7 +74,7 @@ def section_click() -> None:
     from segment_anything import SamPredictor
 
     from sd_webui_sam.predictor import Prompts
-    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
+    from tools.fixtures.sam_checkpoints import VIT_B, build_reference_sam
 
     torch.set_grad_enabled(False)
     image = test_image()
@@ -108,6 +109,18 @@ def section_click() -> None:
     report("SamPredictor.predict alone", reference_predict_only, "(median of 15)")
     report_ratio("warm click vs reference flow", reference_flow / warm_click, ">= 100x")
     report_ratio("warm click vs SamPredictor.predict alone", reference_predict_only / warm_click, ">= 1x")
+    print()
+    section_browser()
+
+
+def section_browser(repeats: int = 5) -> None:
+    """Issue 13: click in Chromium -> mask drawn on the canvas, MobileSAM and ViT-B, 1024x768 and
+    4000x3000 (one encode each, then warm clicks), and the server-side split of a click."""
+    from tools import bench_click
+
+    for variant in ("mobile_sam", "vit_b"):
+        bench_click.report(bench_click.run(repeats=repeats, variant=variant), variant)
+    bench_click.report_split(bench_click.server_breakdown(repeats))
 
 
 def section_masks() -> None:
@@ -133,8 +146,8 @@ def section_models() -> None:
     import torch
 
     from sd_webui_sam.predictor import Prompts
-    from tests.fixtures.hq_checkpoints import BENCHMARK_MODELS
-    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
+    from tools.fixtures.hq_checkpoints import BENCHMARK_MODELS
+    from tools.fixtures.sam_checkpoints import VIT_B, build_reference_sam
 
     torch.set_grad_enabled(False)
     image = test_image()
@@ -168,7 +181,7 @@ def section_memory() -> None:
 
 def section_text() -> None:
     """Issue 7: text -> boxes with Swin-T, ours vs groundingdino-py's PyTorch path, same weights."""
-    from tests.fixtures.gdino_checkpoints import benchmark_text_to_boxes
+    from tools.fixtures.gdino_checkpoints import benchmark_text_to_boxes
 
     figures = benchmark_text_to_boxes(image_size=(800, 1066), caption="hand . face .", repeats=2)
     print("GroundingDINO Swin-T (random weights, tiny BERT), 1024x768 resized to 800x1066, CPU, fp32")
@@ -179,8 +192,8 @@ def section_text() -> None:
 
 def section_api() -> None:
     """Issue 5: warm /sam/v2 with an image id vs /sam/sam-predict (re-sends and re-encodes)."""
-    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
     from tools.bench_api import api_latency
+    from tools.fixtures.sam_checkpoints import VIT_B, build_reference_sam
 
     image = test_image()
     with tempfile.TemporaryDirectory() as directory:
@@ -194,8 +207,8 @@ def section_api() -> None:
 
 def section_batch(count: int = 20) -> None:
     """Issue 5: run_batch with a text prompt vs the reference extension's sequential loop, same models."""
-    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
     from tools.bench_batch import CAPTION, batch_text_throughput
+    from tools.fixtures.sam_checkpoints import VIT_B, build_reference_sam
 
     images = [test_image(seed=seed) for seed in range(count)]
     figures = batch_text_throughput(images, build_reference_sam(VIT_B, 0).state_dict())
@@ -211,8 +224,8 @@ def section_batch(count: int = 20) -> None:
 
 def section_detail(count: int = 3) -> None:
     """Issue 16: "Detail each object", finding and masking the objects per generated image."""
-    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
     from tools.bench_detail import CAPTION, detail_find_times
+    from tools.fixtures.sam_checkpoints import VIT_B, build_reference_sam
 
     images = [test_image(seed=seed) for seed in range(count)]
     figures = detail_find_times(images, build_reference_sam(VIT_B, 0).state_dict())
@@ -225,8 +238,8 @@ def section_detail(count: int = 3) -> None:
 
 def section_ray(count: int = 8) -> None:
     """Issue 18: batch on a local Ray cluster with 1 and 2 actors vs the single-process batch."""
-    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam
     from tools.bench_ray import ray_throughput
+    from tools.fixtures.sam_checkpoints import VIT_B, build_reference_sam
 
     height, width = 512, 512
     f = ray_throughput([test_image(height, width, seed=seed) for seed in range(count)],
@@ -241,19 +254,11 @@ def section_ray(count: int = 8) -> None:
     report("Ray: shutting it down", f["ray_shutdown_s"])
 
 
-def section_browser() -> None:
-    """Issue 3: click in Chromium -> three masks drawn, embedding cached, ViT-B, 1024x768."""
-    from tests.browser.benchmark_click import report as browser_report
-    from tests.browser.benchmark_click import run
-
-    browser_report(run(repeats=5, variant="vit_b"), "vit_b")
-
-
 def section_everything() -> None:
     """Issue 6: segment everything, ours vs SamAutomaticMaskGenerator, same ViT-B weights and settings."""
     from sd_webui_sam.autosam.generator import AutoSamConfig
-    from tests.fixtures.autosam_fixtures import reference_generator_factory
     from tools.bench_autosam import PERMISSIVE, benchmark_segment_everything, format_result
+    from tools.fixtures.autosam_fixtures import reference_generator_factory
 
     for label, config in (
         ("reference defaults (random weights: few masks survive)", AutoSamConfig(points_per_side=16)),
@@ -289,6 +294,15 @@ def section_sam2() -> None:
     report_ratio("SAM 2.1 segment everything, oracle / ours", figures["oracle_everything"] / figures["ours_everything"], ">= 2x")
 
 
+def section_gpu() -> None:
+    """Issue 15: encoders, warm click, segment everything, batch and peak VRAM on CUDA, ours (bf16,
+    fused attention) next to the reference packages' fp32 flows; one line and nothing else without
+    CUDA (SAM_BENCH_GPU_SMOKE=1 runs every row on the CPU with small models, as a smoke test)."""
+    from tools.bench_gpu import run
+
+    run()
+
+
 SECTIONS: Dict[str, Callable[[], None]] = {
     "click": section_click,
     "masks": section_masks,
@@ -303,6 +317,7 @@ SECTIONS: Dict[str, Callable[[], None]] = {
     "detail": section_detail,
     "ray": section_ray,
     "matting": section_matting,
+    "gpu": section_gpu,
 }
 
 

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from sd_webui_sam.devices import DEVICE_CHOICES
+from sd_webui_sam.devices import DEVICE_CHOICES, PRECISION_CHOICES
 from sd_webui_sam.settings import EngineSettings
 
 __all__ = ["OPTIONS", "OptionSpec", "SETTINGS_SECTION", "api_busy_timeout_s", "engine_settings", "read_option",
@@ -38,6 +38,11 @@ class OptionSpec:
 OPTIONS: Sequence[OptionSpec] = (
     OptionSpec("sam_model_dir", "", "SAM model directory (empty: models/sam of the WebUI and of the extension)"),
     OptionSpec("sam_device", "auto", "Device for Segment Anything", "radio", {"choices": list(DEVICE_CHOICES)}),
+    OptionSpec("sam_precision", "auto", "Precision of Segment Anything's image encoder (auto: bf16 or fp16 on an "
+               "NVIDIA GPU, fp32 on the CPU; the mask decoder always runs in fp32; applies after a restart)",
+               "radio", {"choices": list(PRECISION_CHOICES)}),
+    OptionSpec("sam_compile_encoder", False, "Compile the SAM image encoder with torch.compile (CUDA with Triton "
+               "only; the first encode of each model is slow while it compiles; applies after a restart)", "checkbox"),
     OptionSpec("sam_model_cache_size", 1, "SAM models kept loaded", "slider", {"minimum": 1, "maximum": 4, "step": 1}),
     OptionSpec("sam_embedding_cache_entries", 8, "Image embeddings kept (clicks on a cached image skip the encoder)",
                "slider", {"minimum": 1, "maximum": 64, "step": 1}),
@@ -47,6 +52,10 @@ OPTIONS: Sequence[OptionSpec] = (
                "holds the GPU, before it is answered 503 with Retry-After", "slider",
                {"minimum": 1, "maximum": 600, "step": 1}),
     OptionSpec("sam_offload_to_cpu", False, "Move SAM to the CPU between uses (saves VRAM for generation)", "checkbox"),
+    OptionSpec("sam_unload_after_idle_minutes", 0, "Unload Segment Anything's models after this many idle minutes "
+               "(0: never)", "slider", {"minimum": 0, "maximum": 240, "step": 1}),
+    OptionSpec("sam_move_to_cpu_while_generating", False, "Move Segment Anything's models to the CPU whenever a "
+               "generation starts (done anyway with --lowvram/--medvram, or when Forge is short of VRAM)", "checkbox"),
     OptionSpec("sam_auto_preview", True, "Default: preview on every click", "checkbox"),
     OptionSpec("sam_default_expand", 0, "Default mask expand (+) / shrink (-), px", "slider",
                {"minimum": -64, "maximum": 64, "step": 1}),
@@ -94,6 +103,7 @@ def engine_settings(opts: Any, cmd_opts: Any, models_path: Optional[str], extens
     if extension_root is not None:
         defaults.append(Path(extension_root) / "models" / "sam")
     device = getattr(cmd_opts, "sam_device", None) or read_option(opts, "sam_device", "auto")
+    precision = str(getattr(cmd_opts, "sam_precision", None) or read_option(opts, "sam_precision", "auto")).lower()
     use_cpu = [str(v).lower() for v in (getattr(cmd_opts, "use_cpu", None) or [])]
     if "all" in use_cpu or "sam" in use_cpu:
         device = "cpu"
@@ -101,11 +111,21 @@ def engine_settings(opts: Any, cmd_opts: Any, models_path: Optional[str], extens
         user_model_dir=Path(user_dir).expanduser() if user_dir else None,
         default_model_dirs=tuple(defaults),
         device=str(device or "auto"),
+        compile_encoder=bool(read_option(opts, "sam_compile_encoder", False)),
+        precision=precision if precision in PRECISION_CHOICES else "auto",
         offload_to_cpu=bool(read_option(opts, "sam_offload_to_cpu", False)),
+        unload_after_idle_minutes=_non_negative(read_option(opts, "sam_unload_after_idle_minutes", 0)),
         model_cache_size=int(read_option(opts, "sam_model_cache_size", 1)),
         embedding_cache_entries=int(read_option(opts, "sam_embedding_cache_entries", 8)),
         max_objects=int(read_option(opts, "sam_max_objects", 20)),
     )
+
+
+def _non_negative(value: Any) -> float:
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def api_busy_timeout_s(opts: Any) -> float:

@@ -3,7 +3,7 @@ from .build import build_sam
 from .common import MLP, LayerNorm2d, MLPBlock
 from .image_encoder import Attention as ViTAttention
 from .image_encoder import Block as ViTBlock
-from .image_encoder import ImageEncoderViT, PatchEmbed, add_decomposed_rel_pos, merge_windows, pad_to_windows
+from .image_encoder import ImageEncoderViT, PatchEmbed, add_decomposed_rel_pos, forced_attention, merge_windows, pad_to_windows
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
 from .segmenter import SAM_PIXEL_MEAN, SAM_PIXEL_STD, PromptableSegmenter, SamSegmenter
@@ -29,6 +29,7 @@ __all__ = [
     "ViTBlock",
     "add_decomposed_rel_pos",
     "build_sam",
+    "forced_attention",
     "merge_windows",
     "pad_to_windows",
 ]

@@ -2,11 +2,14 @@
 relative positions, and a convolutional neck down to the 256-channel embedding."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Type
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from sd_webui_sam.devices import ATTENTION_BANDED, ATTENTION_FUSED, attention_kernel
 
 from .common import LayerNorm2d, MLPBlock
 
@@ -116,8 +119,29 @@ def add_decomposed_rel_pos(
 # Attention logits (floats) computed at a time on the CPU: the full map of a global block
 # (heads x 4096 x 4096, 800 MB for ViT-B) would stream through memory several times; query
 # bands of this size stay in cache and take the encoder from ~13 s to ~9 s on two cores.
-# Other devices take the whole map at once, as the original does.
+# Accelerators use the fused kernel instead (devices.attention_kernel decides).
 CPU_LOGITS_PER_STEP = 8_000_000
+
+
+# The memory-efficient SDPA kernel wants a bias whose rows start at multiples of 8 elements (16
+# on torch 2.1); otherwise torch copies it into a padded buffer at every call (and 2.2+ warns).
+BIAS_ROW_ALIGNMENT = 16
+
+
+def rel_pos_bias(term_h: Tensor, term_w: Tensor) -> Tensor:
+    """The decomposed terms as one additive bias (B, q_h*q_w, k_h*k_w) for the fused kernel.
+
+    Rows are padded to BIAS_ROW_ALIGNMENT (a 14x14 window has 196 keys) and the unpadded view is
+    returned, so the kernel takes it as it is. (Padding with F.pad, not by writing into a view
+    with ``out=``: torch.compile's functionalisation cannot trace the latter.)
+    """
+    batch, q_h, q_w, k_h = term_h.shape
+    k_w = term_w.shape[-1]
+    keys = k_h * k_w
+    bias = (term_h[..., :, None] + term_w[..., None, :]).reshape(batch, q_h * q_w, keys)
+    if keys % BIAS_ROW_ALIGNMENT:
+        bias = F.pad(bias, (0, -keys % BIAS_ROW_ALIGNMENT))[..., :keys]
+    return bias
 
 
 class Attention(nn.Module):
@@ -139,6 +163,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
+        #: None: the device decides (devices.attention_kernel); set only by forced_attention.
+        self.kernel_override: Optional[str] = None
         if use_rel_pos:
             if input_size is None:
                 raise ValueError("Relative positions need the attention grid size (input_size).")
@@ -153,11 +179,41 @@ class Attention(nn.Module):
         tokens = height * width
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, batch * self.num_heads, tokens, -1).unbind(0)
+        kernel = self.kernel_override or attention_kernel(x.device)
+        if kernel == ATTENTION_FUSED:
+            out = self._fused(q, k, v, batch, height, width)
+        else:
+            out = self._banded(q, k, v, height, width)
+        out = out.view(batch, self.num_heads, height, width, -1)
+        out = out.permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
+        return self.proj(out)
+
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, batch: int, height: int, width: int) -> Tensor:
+        """scaled_dot_product_attention with the relative positions as a float bias in q's dtype.
+
+        4-D (B, heads, tokens, head_dim) inputs: torch 2.1 sends 3-D ones to the math kernel.
+        A float mask must have the query's dtype on 2.1 and 2.3, and rules out the flash kernel;
+        the memory-efficient kernel takes it (the math one where that does not apply).
+        """
+        bias = None
+        if self.use_rel_pos:
+            term_h, term_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
+            bias = rel_pos_bias(term_h.to(q.dtype), term_w.to(q.dtype))
+            bias = bias.view(batch, self.num_heads, height * width, height * width)
+
+        def heads(t: Tensor) -> Tensor:
+            return t.reshape(batch, self.num_heads, height * width, -1)
+
+        return F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias)
+
+    def _banded(self, q: Tensor, k: Tensor, v: Tensor, height: int, width: int) -> Tensor:
+        """Logits in bands of query rows on the CPU (relative positions added in place); one band elsewhere."""
+        tokens = height * width
         if self.use_rel_pos:
             term_h, term_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
         k_t = k.transpose(-2, -1)
         rows = height
-        if x.device.type == "cpu":
+        if q.device.type == "cpu":
             rows = max(1, min(height, CPU_LOGITS_PER_STEP // (q.shape[0] * width * tokens)))
         out = torch.empty_like(q) if rows < height else None
         for top in range(0, height, rows):
@@ -172,9 +228,25 @@ class Attention(nn.Module):
                 out = mixed
             else:
                 out[:, band] = mixed
-        out = out.view(batch, self.num_heads, height, width, -1)
-        out = out.permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
-        return self.proj(out)
+        return out
+
+
+@contextmanager
+def forced_attention(module: nn.Module, kernel: str) -> Iterator[None]:
+    """Every ViT attention inside ``module`` uses ``kernel`` ("fused" / "banded") whatever the
+    device, for the duration of the block. For tests and benchmarks: the product lets
+    :func:`sd_webui_sam.devices.attention_kernel` choose."""
+    if kernel not in (ATTENTION_FUSED, ATTENTION_BANDED):
+        raise ValueError(f"unknown attention kernel {kernel!r}")
+    layers = [layer for layer in module.modules() if isinstance(layer, Attention)]
+    previous = [layer.kernel_override for layer in layers]
+    for layer in layers:
+        layer.kernel_override = kernel
+    try:
+        yield
+    finally:
+        for layer, kept in zip(layers, previous):
+            layer.kernel_override = kept
 
 
 class Block(nn.Module):

@@ -1,11 +1,12 @@
 """The interface every promptable segmentation model implements, and SAM's implementation of it."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from sd_webui_sam.devices import DECODER_DTYPE
 from sd_webui_sam.weights import computed_buffer
 
 from .mask_decoder import MaskDecoder
@@ -20,7 +21,15 @@ class PromptableSegmenter(nn.Module):
 
     ``pixel_mean`` / ``pixel_std`` are non-persistent (3, 1, 1) buffers on the 0..255 scale:
     official checkpoints do not store them, and the predictor normalises with them.
+
+    Precision: only ``image_encoder`` may run in reduced precision (see :meth:`place`). It takes
+    its input in any float dtype and returns its embeddings in its own dtype (cached so);
+    everything computed from them (the decoder, and the image-only parts of a decoder run at
+    encode time) runs in float32, the embeddings cast up at its input.
     """
+
+    #: The part run once per image, and the only one :meth:`place` puts in a reduced precision.
+    image_encoder: nn.Module
 
     image_size: int = 1024
     mask_threshold: float = 0.0
@@ -41,11 +50,38 @@ class PromptableSegmenter(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The prompt side's dtype (prompt encoder and mask decoder): float32 once placed."""
+        encoder = {id(parameter) for parameter in self.image_encoder.parameters()}
+        return next((p.dtype for p in self.parameters() if id(p) not in encoder), DECODER_DTYPE)
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """The image encoder's dtype: what it computes in, and the dtype of the embeddings it returns."""
+        return next(self.image_encoder.parameters()).dtype
+
+    def place(self, device: torch.device, encoder_dtype: torch.dtype) -> "PromptableSegmenter":
+        """Move to ``device``: the image encoder in ``encoder_dtype``, every other part in float32."""
+        self.to(device=device, dtype=DECODER_DTYPE)
+        self.image_encoder.to(dtype=encoder_dtype)
+        return self
+
+    def decoder_inputs(self, features: Mapping[str, Tensor], names: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
+        """``features`` (only ``names``, those present, when given) with every float tensor in the
+        decoder's dtype: an encoder in bf16/fp16 returns its embeddings in that dtype."""
+        dtype = self.dtype
+        chosen = features if names is None else {name: features[name] for name in names if name in features}
+        return {name: value.to(dtype) if value.is_floating_point() else value for name, value in chosen.items()}
 
     def encode_image(self, pixels: Tensor) -> Dict[str, Tensor]:
         """pixels: (B, 3, S, S), normalised and padded. Returns at least {"image_embeddings": (B, 256, 64, 64)}."""
         raise NotImplementedError
+
+    def encode_images(self, pixels: Tensor) -> List[Dict[str, Tensor]]:
+        """Several images in one pass: pixels (B, 3, S, S) -> B feature dicts, each what
+        :meth:`encode_image` gives for that image alone. A family whose features are not all
+        batch-first (SAM 2's high-resolution ones) overrides this."""
+        features = self.encode_image(pixels)
+        return [{name: tensor[index:index + 1] for name, tensor in features.items()} for index in range(pixels.shape[0])]
 
     def decode(
         self,
@@ -89,7 +125,7 @@ class SamSegmenter(PromptableSegmenter):
         return self.prompt_encoder.no_mask_embed.weight.dtype
 
     def encode_image(self, pixels: Tensor) -> Dict[str, Tensor]:
-        return {"image_embeddings": self.image_encoder(pixels)}
+        return {"image_embeddings": self.image_encoder(pixels.to(self.encoder_dtype))}
 
     def encode_prompts(
         self,
@@ -114,6 +150,7 @@ class SamSegmenter(PromptableSegmenter):
         multimask_output: bool,
         options: Optional[Mapping] = None,
     ) -> Tuple[Tensor, Tensor]:
+        features = self.decoder_inputs(features)
         sparse, dense = self.encode_prompts(point_coords, point_labels, boxes, mask_input)
         return self.mask_decoder(
             image_embeddings=features["image_embeddings"],
