@@ -44,6 +44,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError as error:
         print(f"'{command}' is not available in this installation: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while torch and the rest load (seconds): nothing started yet
+        print(f"\ninterrupted while '{command}' was starting; nothing was done", file=sys.stderr)
+        return 130
     return int(module.main(rest) or 0)
 
 

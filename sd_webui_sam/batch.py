@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -30,11 +31,13 @@ from PIL import Image
 from sd_webui_sam import matting, render, rle
 from sd_webui_sam import masks as mask_ops
 from sd_webui_sam.autosam.generator import AutoSamConfig, generate_masks_with_engine
+from sd_webui_sam.devices import PRECISION_CHOICES
+from sd_webui_sam.embedding_cache import EncodedImage
 from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import InvalidPromptError, SamUserError
 from sd_webui_sam.matting import check_alpha_mode
 from sd_webui_sam.images import load_image
-from sd_webui_sam.predictor import Prediction
+from sd_webui_sam.predictor import ForeignEmbeddingsError, Prediction
 from sd_webui_sam.prompts import Prompts, check_boxes, check_caption, check_labels, check_points
 from sd_webui_sam.settings import EngineSettings
 from sd_webui_sam.text_prompt import find_boxes, most_confident
@@ -53,6 +56,10 @@ _REFERENCE_SUFFIX = {"mask": "mask", "cutout": "output", "blend": "blend"}
 _INPAINT_FOLDER = {"mask": "masks", "cutout": "cutouts", "blend": "blends"}
 
 Interrupt = Union[None, Callable[[], bool], threading.Event]
+#: The BatchOptions that decide what the masks are (the prompts, the model and the mask settings);
+#: a finished source records their fingerprint, and a rerun with others does not silently keep it.
+PROMPT_FIELDS = ("model", "text", "dino_model", "box_threshold", "text_threshold", "points", "labels", "boxes",
+                 "everything", "autosam", "multimask", "per_object", "expand", "invert", "alpha", "alpha_band")
 
 
 @dataclass
@@ -284,8 +291,9 @@ class SharedManifest(_Manifest):
 class _State:
     """Which sources are finished, with their outputs and COCO annotations (append-only JSON lines)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, prompts: Optional[str] = None) -> None:
         self.path = path
+        self.prompts = prompts  # stamped on every entry recorded (prompt_fingerprint)
         self.entries: Dict[str, Dict[str, Any]] = {}
         if path.is_file():
             for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -298,6 +306,8 @@ class _State:
         return entry is not None and all((output_dir / name).is_file() for name in entry.get("outputs", []))
 
     def record(self, entry: Dict[str, Any]) -> None:
+        if self.prompts is not None:
+            entry = {**entry, "prompts": self.prompts}
         self.entries[entry["source"]] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -306,7 +316,64 @@ class _State:
             os.fsync(handle.fileno())
 
 
-# ------------------------------------------------------------------------------- the batch
+class PromptsChangedError(InvalidPromptError):
+    """Outputs in the folder were made with other prompts or settings, and overwrite is off."""
+
+    http_status = 409
+
+    def __init__(self, message: str, new_folder: Path) -> None:
+        super().__init__(message)
+        self.new_folder = new_folder
+
+
+def _canonical(value: Any) -> Any:
+    """Numbers as floats and sequences as lists, so the CLI's 0.0 and the panel's 0 are one prompt."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(key): _canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_canonical(item) for item in value]
+    return str(value)
+
+
+def prompt_fingerprint(options: BatchOptions) -> str:
+    """A short hash of PROMPT_FIELDS: equal prompts give equal fingerprints, in any process and
+    from any front end (no labels means every point is positive; no AutoSAM settings, the defaults)."""
+    chosen = {name: getattr(options, name) for name in PROMPT_FIELDS}
+    chosen["labels"] = list(options.labels) or [1] * len(options.points)
+    chosen["autosam"] = options.autosam or {}
+    text = json.dumps(_canonical(chosen), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def free_folder(folder: Path) -> Path:
+    """``folder-2``, ``folder-3``, ... the first that does not exist."""
+    number = 2
+    while folder.with_name(f"{folder.name}-{number}").exists():
+        number += 1
+    return folder.with_name(f"{folder.name}-{number}")
+
+
+def _state_for(options: BatchOptions, output_dir: Path) -> "_State":
+    """The folder's state, stamping this run's prompt fingerprint on what it records; outputs of
+    other prompts (unless ``overwrite``) stop the run with a PromptsChangedError that says so."""
+    fingerprint = prompt_fingerprint(options)
+    state = _State(output_dir / STATE_FILE, prompts=fingerprint)
+    # entries from before fingerprints were recorded have none: nothing to compare them with
+    other = [e for e in state.entries.values() if e.get("prompts") not in (None, fingerprint)]
+    if other and not options.overwrite:
+        new_folder = free_folder(output_dir)
+        raise PromptsChangedError(
+            f"{len(other)} image(s) in {output_dir} were segmented with other prompts or settings; keeping their "
+            f"outputs would mix two runs. Tick 'Overwrite existing outputs' to replace them, or use a new output "
+            f"folder such as {new_folder}.", new_folder)
+    return state
+
+
+# ------------------------------------ the batch: its steps (batch_ray's too) and run_batch
 
 
 def validate_options(options: BatchOptions) -> None:
@@ -328,118 +395,6 @@ def validate_options(options: BatchOptions) -> None:
         AutoSamConfig.from_mapping(options.autosam or {})  # bad settings fail before any image is read
 
 
-def run_batch(engine: Engine, options: BatchOptions, *, interrupt: Interrupt = None,
-              progress: Optional[Callable[[BatchProgress], None]] = None,
-              gpu_lock: Optional[ContextManager] = None) -> BatchReport:
-    """Segment every image of ``options.inputs``; see the module docstring for the guarantees."""
-    started = time.perf_counter()
-    validate_options(options)
-    output_dir = Path(options.output_dir).expanduser().resolve()
-    sources, ignored = collect_sources(options.inputs, output_dir, options.recursive)
-    source_paths = {s.path for s in sources}
-    stems = _output_stems(sources)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    state = _State(output_dir / STATE_FILE)
-    manifest = _Manifest(output_dir / MANIFEST_FILE)
-    report = BatchReport(output_dir=str(output_dir), total=len(sources), ignored=ignored)
-    max_pixels = options.max_pixels or engine.settings.max_image_pixels
-    lock = gpu_lock if gpu_lock is not None else contextlib.nullcontext()
-
-    def key(source: Source) -> str:
-        return stems[source.path].as_posix()
-
-    todo = [s for s in sources if options.overwrite or not state.finished(Path(key(s)), output_dir)]
-    report.skipped = len(sources) - len(todo)
-    queued = set(todo)
-    report.files.extend(FileResult(str(s.path), "skipped") for s in sources if s not in queued)
-    handled = report.skipped
-    if progress is not None and report.skipped:
-        progress(BatchProgress(handled, len(sources), "", "skipped"))
-
-    reader = ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-read")
-    writer = ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-write")
-    lookahead = max(2, options.io_workers)
-    reads: Dict[int, Future] = {}
-    pending: List[Tuple[Source, Dict[str, Any], List[Future]]] = []
-
-    def read(index: int) -> None:
-        if index < len(todo) and index not in reads:
-            reads[index] = reader.submit(load_image, todo[index].path, max_pixels=max_pixels)
-
-    def settle(wait: bool) -> None:
-        """Record sources whose writes have all finished (all, if ``wait``)."""
-        still = []
-        for source, entry, futures in pending:
-            if not wait and not all(f.done() for f in futures):
-                still.append((source, entry, futures))
-                continue
-            errors = [f.exception() for f in futures if f.exception() is not None]
-            result = entry.pop("_result")
-            if errors:
-                result.status, result.error = "failed", f"writing outputs failed: {errors[0]}"
-                report.failed.append({"source": str(source.path), "error": result.error})
-            else:
-                state.record(entry)
-                report.outputs_written += len(result.written)
-                report.outputs_kept += len(result.kept)
-                if result.status == "done":
-                    report.done += 1
-                elif result.status == "kept":
-                    report.kept += 1
-            report.files.append(result)
-        pending[:] = still
-
-    try:
-        for index in range(min(lookahead, len(todo))):
-            read(index)
-        for index, source in enumerate(todo):
-            if _is_interrupted(interrupt):
-                report.interrupted = True
-                break
-            read(index + lookahead)
-            status = "done"
-            error_text = None
-            try:
-                image = reads.pop(index).result()
-                entry, futures = _process(engine, options, lock, image, source, key(source),
-                                          stems[source.path], output_dir, source_paths, writer, manifest)
-                result = entry["_result"]
-                if not entry["outputs"] and not futures:
-                    result.status = "no_objects" if entry.get("objects") == 0 else "done"
-                status = result.status
-                pending.append((source, entry, futures))
-            except SamUserError as error:
-                status, error_text = "failed", str(error)
-            except (OSError, ValueError) as error:
-                status, error_text = "failed", f"{type(error).__name__}: {error}"
-            if status == "failed":
-                report.failed.append({"source": str(source.path), "error": error_text})
-                report.files.append(FileResult(str(source.path), "failed", error=error_text))
-            elif status == "no_objects":
-                report.no_objects += 1
-            settle(wait=False)
-            handled += 1
-            if progress is not None:
-                progress(BatchProgress(handled, len(sources), str(source.path), status))
-    except KeyboardInterrupt:
-        report.interrupted = True
-    finally:
-        for future in reads.values():
-            future.cancel()
-        reader.shutdown(wait=True)
-        writer.shutdown(wait=True)
-        settle(wait=True)
-        report.seconds = round(time.perf_counter() - started, 3)
-        if "coco" in options.outputs:
-            report.coco = str(_write_coco(output_dir, sources, stems, state, options))
-        report.report = str(output_dir / REPORT_FILE)
-        atomic_write_bytes(output_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=2).encode("utf-8"))
-    return report
-
-
-# ------------------------------------------- the same batch, one file at a time (batch_ray)
-
-
 @dataclass
 class BatchPlan:
     """What a run does before any image is read: the sources, their output stems, which an
@@ -455,13 +410,13 @@ class BatchPlan:
 
 
 def plan_batch(options: BatchOptions) -> BatchPlan:
-    """Validate, list the sources and set the finished ones aside, as ``run_batch`` does."""
+    """Validate, list the sources and set aside those an earlier run finished."""
     validate_options(options)
     output_dir = Path(options.output_dir).expanduser().resolve()
     sources, ignored = collect_sources(options.inputs, output_dir, options.recursive)
     stems = _output_stems(sources)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state = _State(output_dir / STATE_FILE)
+    state = _state_for(options, output_dir)
     todo = [s for s in sources if options.overwrite or not state.finished(stems[s.path], output_dir)]
     report = BatchReport(output_dir=str(output_dir), total=len(sources), ignored=ignored,
                          skipped=len(sources) - len(todo))
@@ -474,18 +429,96 @@ def process_file(engine: Engine, options: BatchOptions, image_source: Any, sourc
                  source_paths: Any, manifest: _Manifest) -> Tuple[FileResult, Optional[Dict[str, Any]]]:
     """One source from its bytes (or path) to its written outputs, in this process: (its result,
     the state entry to record; None when it failed). Every write has finished on return."""
-    try:
-        image = load_image(image_source, max_pixels=engine.settings.max_image_pixels)
-        with ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-write") as writer:
-            entry, futures = _process(engine, options, contextlib.nullcontext(), image, source,
-                                      stem.as_posix(), stem, output_dir, source_paths, writer, manifest)
-    except SamUserError as error:
-        return FileResult(str(source.path), "failed", error=str(error)), None
-    except (OSError, ValueError) as error:
-        return FileResult(str(source.path), "failed", error=f"{type(error).__name__}: {error}"), None
-    result = entry.pop("_result", None) or FileResult(str(source.path), "done")
-    if not entry["outputs"] and not futures:
-        result.status = "no_objects" if entry.get("objects") == 0 else "done"
+    return process_group(engine, options, [(image_source, source, stem)], output_dir, source_paths, manifest)[0]
+
+
+def process_group(engine: Engine, options: BatchOptions, items: Sequence[Tuple[Any, Source, Path]], output_dir: Path,
+                  source_paths: Any, manifest: _Manifest) -> List[Tuple[FileResult, Optional[Dict[str, Any]]]]:
+    """:func:`process_file` for several sources ((bytes or path, source, output stem) each), in
+    their order; those that load are encoded together (:func:`prepare_group`). A source that
+    fails is reported failed and the others go on. Every write has finished on return."""
+    images: List[Any] = []
+    for image_source, source, _ in items:
+        try:
+            images.append(load_image(image_source, max_pixels=_max_pixels(engine, options)))
+        except (SamUserError, OSError, ValueError) as error:
+            images.append(error)
+    lock = contextlib.nullcontext()
+    prepared = prepare_group(engine, options, lock, images)
+    answers = []
+    with ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-write") as writer:
+        for (_, source, stem), image, (encoded, planned) in zip(items, images, prepared):
+            try:
+                if isinstance(image, Exception):
+                    raise image
+                segmented = _process(engine, options, lock, image, source, stem, output_dir, source_paths, writer,
+                                     manifest, encoded=encoded, planned=planned)
+            except (SamUserError, OSError, ValueError) as error:
+                segmented = (_failed(source, error), None, [])
+            answers.append(segmented)
+    return [_settled(*answer) for answer in answers]
+
+
+#: A group member's ready work: (its embeddings or None, its prompts (_prompts_for) or None)
+Prepared = Tuple[Optional[EncodedImage], Optional[Tuple[Prompts, List[Any], int]]]
+
+
+def prepare_group(engine: Engine, options: BatchOptions, lock: ContextManager,
+                  images: Sequence[Any]) -> List[Prepared]:
+    """Encode a group's images in as few encoder passes as the engine's batch size allows
+    (``images``: decoded images, or the exception that loading one raised).
+
+    Text prompts are found first, and only images with something to segment are encoded. A
+    failure here costs nothing but the sharing: the image's prompts are found again, and it is
+    encoded on its own, in :func:`_process`, which reports its error as that image's. A group of
+    one is left to _process entirely.
+    """
+    prepared: List[Prepared] = [(None, None)] * len(images)
+    if len(images) <= 1:
+        return prepared
+    planned: List[Any] = [None] * len(images)
+    wanted = []
+    for index, image in enumerate(images):
+        if isinstance(image, Exception):
+            continue
+        if not options.everything:
+            try:
+                planned[index] = _prompts_for(options, image, engine, lock)
+            except (SamUserError, OSError, ValueError):
+                continue
+            prompts = planned[index][0]
+            if not prompts.boxes and not prompts.points:
+                continue
+        wanted.append(index)
+    encoded: List[Optional[EncodedImage]] = [None] * len(wanted)
+    if len(wanted) > 1:
+        try:
+            with lock:
+                encoded = list(engine.predictor(options.model).encode_many([images[index] for index in wanted]))
+        except (SamUserError, OSError, ValueError):
+            pass
+    embeddings = dict(zip(wanted, encoded))
+    return [(embeddings.get(index), planned[index]) for index in range(len(images))]
+
+
+def group_size(engine: Engine, options: BatchOptions) -> int:
+    """Sources encoded together: the engine's encoder batch size for the model."""
+    return max(1, int(engine.encode_batch_size(options.model)))
+
+
+def _max_pixels(engine: Engine, options: BatchOptions) -> int:
+    return options.max_pixels or engine.settings.max_image_pixels
+
+
+def _failed(source: Source, error: Exception) -> FileResult:
+    """A source that could not be read or segmented; a user error says itself, others their type."""
+    text = str(error) if isinstance(error, SamUserError) else f"{type(error).__name__}: {error}"
+    return FileResult(str(source.path), "failed", error=text)
+
+
+def _settled(result: FileResult, entry: Optional[Dict[str, Any]],
+             futures: List[Future]) -> Tuple[FileResult, Optional[Dict[str, Any]]]:
+    """A source whose writes have all finished: (its result, the state entry; None when a write failed)."""
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         result.status, result.error = "failed", f"writing outputs failed: {errors[0]}"
@@ -519,6 +552,96 @@ def finish_batch(plan: BatchPlan, started: float) -> BatchReport:
     return report
 
 
+def run_batch(engine: Engine, options: BatchOptions, *, interrupt: Interrupt = None,
+              progress: Optional[Callable[[BatchProgress], None]] = None,
+              gpu_lock: Optional[ContextManager] = None) -> BatchReport:
+    """Segment every image of ``options.inputs``; see the module docstring for the guarantees.
+    The steps are batch_ray's; here reading runs ahead and writing behind, in threads."""
+    started = time.perf_counter()
+    plan = plan_batch(options)
+    report, todo, output_dir = plan.report, plan.todo, plan.output_dir
+    source_paths = {s.path for s in plan.sources}
+    manifest = _Manifest(output_dir / MANIFEST_FILE)
+    max_pixels = _max_pixels(engine, options)
+    lock = gpu_lock if gpu_lock is not None else contextlib.nullcontext()
+    handled = report.skipped
+    if progress is not None and report.skipped:
+        progress(BatchProgress(handled, len(plan.sources), "", "skipped"))
+
+    reader = ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-read")
+    writer = ThreadPoolExecutor(max_workers=max(1, options.io_workers), thread_name_prefix="sam-batch-write")
+    # decoded images held at once: the group being segmented and the next few being read
+    size = group_size(engine, options)
+    lookahead = max(2, options.io_workers)
+    reads: Dict[int, Future] = {}
+    pending: List[Tuple[FileResult, Dict[str, Any], List[Future]]] = []
+
+    def read(index: int) -> None:
+        if index < len(todo) and index not in reads:
+            reads[index] = reader.submit(load_image, todo[index].path, max_pixels=max_pixels)
+
+    def loaded(index: int) -> Any:
+        """The decoded image, or what reading it raised."""
+        try:
+            return reads.pop(index).result()
+        except (SamUserError, OSError, ValueError) as error:
+            return error
+
+    def settle(wait: bool) -> None:
+        """Record sources whose writes have all finished (all, if ``wait``)."""
+        still = []
+        for segmented in pending:
+            if not wait and not all(f.done() for f in segmented[2]):
+                still.append(segmented)
+                continue
+            record_file(plan, *_settled(*segmented))
+        pending[:] = still
+
+    try:
+        for start in range(0, len(todo), size):
+            if _is_interrupted(interrupt):
+                report.interrupted = True
+                break
+            group = range(start, min(start + size, len(todo)))
+            for index in range(start, group.stop + lookahead):
+                read(index)
+            images = [loaded(index) for index in group]
+            prepared = prepare_group(engine, options, lock, images)
+            for index, image, (encoded, planned) in zip(group, images, prepared):
+                if index > start and _is_interrupted(interrupt):
+                    report.interrupted = True
+                    break
+                source = todo[index]
+                try:
+                    if isinstance(image, Exception):
+                        raise image
+                    result, entry, futures = _process(engine, options, lock, image, source, plan.stems[source.path],
+                                                      output_dir, source_paths, writer, manifest,
+                                                      encoded=encoded, planned=planned)
+                    pending.append((result, entry, futures))
+                except (SamUserError, OSError, ValueError) as error:
+                    result = _failed(source, error)
+                    record_file(plan, result, None)
+                status = result.status  # as segmented; a write that fails later is reported as failed
+                settle(wait=False)
+                handled += 1
+                if progress is not None:
+                    progress(BatchProgress(handled, len(plan.sources), str(source.path), status))
+            del images, prepared  # a group's pictures and embeddings go before the next group's come
+            if report.interrupted:
+                break
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        for future in reads.values():
+            future.cancel()
+        reader.shutdown(wait=True)
+        writer.shutdown(wait=True)
+        settle(wait=True)
+        finish_batch(plan, started)
+    return report
+
+
 def _prompts_for(options: BatchOptions, image: np.ndarray, engine: Engine, lock: ContextManager):
     """(prompts, the detections they came from, how many detections 'max objects' left out)."""
     shape = image.shape[:2]
@@ -538,26 +661,31 @@ def _finish_mask(mask: np.ndarray, options: BatchOptions) -> np.ndarray:
     return mask_ops.postprocess(mask, expand=options.expand, invert=options.invert)
 
 
-def _process(engine: Engine, options: BatchOptions, lock, image, source, key, stem, output_dir, source_paths,
-             writer, manifest):
-    entry: Dict[str, Any] = {"source": key, "outputs": [], "annotations": [], "size": list(image.shape[:2]),
+def _process(engine: Engine, options: BatchOptions, lock, image, source: Source, stem: Path, output_dir: Path,
+             source_paths, writer: ThreadPoolExecutor, manifest: _Manifest, *,
+             encoded: Optional[EncodedImage] = None,
+             planned: Optional[Tuple[Prompts, List[Any], int]] = None) -> Tuple[FileResult, Dict[str, Any], List[Future]]:
+    """Segment one decoded image and queue its writes: (its result so far, its state entry, the
+    writes); the result is final once the writes have finished (``_settled``). ``encoded``: the
+    image's embeddings, when its group was encoded together; ``planned``: its ``_prompts_for``."""
+    entry: Dict[str, Any] = {"source": stem.as_posix(), "outputs": [], "annotations": [], "size": list(image.shape[:2]),
                              "file": source.relative.as_posix()}
     if options.everything:
-        prediction = _everything(engine, options, image, lock)
+        prediction = _everything(engine, options, image, lock, encoded)
         detections: List[Any] = []
         boxes: List[Any] = []
         if len(prediction.masks) == 0:
             entry["objects"] = 0
-            return entry, []
+            return FileResult(str(source.path), "no_objects"), entry, []
     else:
-        prompts, detections, dropped = _prompts_for(options, image, engine, lock)
+        prompts, detections, dropped = planned if planned is not None else _prompts_for(options, image, engine, lock)
         if dropped:
             entry["objects_left_out"] = dropped  # the least confident, past the 'max objects' setting
         if not prompts.boxes and not prompts.points:
             entry["objects"] = 0
-            return entry, []
+            return FileResult(str(source.path), "no_objects"), entry, []
         with lock:
-            prediction = engine.segment(options.model, image, prompts, multimask_output=options.multimask)
+            prediction = _segment(engine, options, image, encoded, prompts)
         boxes = list(prompts.boxes)
     masks = np.asarray(prediction.masks, dtype=bool)  # (K, C, H, W)
     scores = np.asarray(prediction.scores, dtype=np.float32)
@@ -614,16 +742,29 @@ def _process(engine: Engine, options: BatchOptions, lock, image, source, key, st
         futures.append(writer.submit(lambda target=path, render_image=make: atomic_write_png(target, render_image())))
     if result.kept and not result.written:
         result.status = "kept"
-    entry["_result"] = result
-    return entry, futures
+    elif not jobs and entry["objects"] == 0:
+        result.status = "no_objects"
+    return result, entry, futures
 
 
-def _everything(engine: Engine, options: BatchOptions, image: np.ndarray, lock: ContextManager) -> Prediction:
+def _segment(engine: Engine, options: BatchOptions, image: np.ndarray, encoded: Optional[EncodedImage],
+             prompts: Prompts) -> Prediction:
+    """The image's prediction, from its group's embeddings when there are some."""
+    if encoded is not None:
+        try:
+            return engine.segment(options.model, encoded, prompts, multimask_output=options.multimask)
+        except ForeignEmbeddingsError:
+            pass  # the model was reloaded or moved since the group was encoded: encode this image again
+    return engine.segment(options.model, image, prompts, multimask_output=options.multimask)
+
+
+def _everything(engine: Engine, options: BatchOptions, image: np.ndarray, lock: ContextManager,
+                encoded: Optional[EncodedImage] = None) -> Prediction:
     """AutoSAM's masks as one object each, (K, 1, H, W) with their predicted IoU (K, 1), largest
     first; no boxes, and no logits (AutoSAM keeps none)."""
     config = AutoSamConfig.from_mapping(options.autosam or {})
     with lock:
-        records = generate_masks_with_engine(engine, options.model, image, config)
+        records = generate_masks_with_engine(engine, options.model, image, config, encoded=encoded)
     records = sorted(records, key=lambda r: -int(r.area))
     if not records:
         masks = np.zeros((0, 1) + image.shape[:2], dtype=bool)
@@ -704,6 +845,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="soft edges: band width in pixels on each side of the edge (default 0: automatic)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=list(PRECISION_CHOICES),
+                        help="the image encoders' precision (default auto: bf16/fp16 on an NVIDIA GPU, fp32 on the CPU)")
+    parser.add_argument("--encode-batch", type=int, default=0, metavar="N",
+                        help="images encoded together (default 0: 1 on the CPU, up to 8 on a GPU; "
+                             "halved by itself when memory runs out)")
     return parser
 
 
@@ -723,7 +869,10 @@ def main(argv: Optional[Sequence[str]] = None, *, engine: Optional[Engine] = Non
     with ``parser``: this one plus its options)."""
     args = (parser or build_parser()).parse_args(argv)
     if engine is None:
-        engine = Engine(EngineSettings(user_model_dir=args.model_dir, device=args.device))
+        if args.encode_batch < 0:
+            raise SystemExit("--encode-batch must be 0 (automatic) or more")
+        engine = Engine(EngineSettings(user_model_dir=args.model_dir, device=args.device, precision=args.precision,
+                                       encode_batch_size=args.encode_batch))
     points, labels = [], []
     for text in args.point or []:
         values = _numbers(text, (2, 3), "--point")

@@ -1,17 +1,22 @@
 """Batch on a Ray cluster (issue 18): a real local cluster on 127.0.0.1, started once for the
 module (2 CPUs, a small object store), and the tiny random-weight SAM checkpoint.
 
-The same outputs byte for byte as the single-process batch, a worker killed mid-run, an
-interrupted driver rerun, bad files; and Ray never imported by what the WebUI or the app loads.
+The same outputs byte for byte as the single-process batch, a worker killed mid-run, a driver
+stopped by Ctrl-C while connecting, while its pool warms up and mid-run (each when a phase line
+or a file shows, no fixed wait) and rerun, bad files, an image whose worker dies on every try;
+inputs and output as file:// URIs and in S3 (moto on 127.0.0.1), a URI that cannot be opened;
+and Ray never imported by what the WebUI or the app loads.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -40,6 +45,18 @@ def test_the_extension_the_app_and_install_never_import_ray():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_ctrl_c_while_the_command_is_still_loading_exits_130_with_a_message(monkeypatch, capsys):
+    # the seconds torch and the rest take to import come before any handler of ours
+    from sd_webui_sam import __main__ as entry
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry.importlib, "import_module", interrupted)
+    assert entry.main(["batch", "in", "-o", "out", "--ray"]) == 130
+    assert "interrupted while 'batch' was starting; nothing was done" in capsys.readouterr().err
 
 
 ray = pytest.importorskip("ray", reason="Ray is not installed in this stack (requirements/ray.txt)")
@@ -133,40 +150,101 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_output_exists_once(cluste
     assert [i["file_name"] for i in coco["images"]] == [f"img{i:02d}.png" for i in range(8)]
 
 
+class Driver:
+    """``python -m sd_webui_sam batch ... --ray ADDRESS`` in a subprocess, its output read as it comes."""
+
+    def __init__(self, cluster, folder, out, model_dir, outputs="mask,coco"):
+        command = [sys.executable, "-m", "sd_webui_sam", "batch", str(folder), "-o", str(out), "--model-dir",
+                   str(model_dir), "-m", "tiny_sam.pth", "--point", "20,20", "--outputs", outputs,
+                   "--device", "cpu", "--ray", cluster, "--ray-actors", "1"]
+        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in iter(self.process.stdout.readline, b""):
+            self.lines.append(line.decode(errors="replace"))
+
+    @property
+    def output(self):
+        return "".join(self.lines)
+
+    def wait_until(self, condition, what, timeout=300):
+        """Polls ``condition`` (no fixed wait); a driver that ends or a timeout first fails the test."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"the driver ended before {what}:\n{self.output[-6000:]}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout} s:\n{self.output[-6000:]}"
+            time.sleep(0.05)
+
+    def interrupt(self):
+        """Ctrl-C; (exit status, output)."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=120)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+        self.reader.join(timeout=10)
+        return self.process.returncode, self.output
+
+
+def phase_line(driver, phase):
+    return lambda: any(line.startswith(f"ray: {phase}") for line in driver.lines)
+
+
+@pytest.mark.parametrize("phase", ["connecting", "starting"])
+def test_a_ctrl_c_before_any_image_is_done_stops_at_once_with_a_report(cluster, api_model_dir, tmp_path, phase):
+    # "connecting": the signal lands in ray.init; "starting": the actor pool is still warming up
+    # (its actor process starting, importing, loading the model). Once, a Ctrl-C there ended the
+    # driver with exit 1 and no report (issue #18); the stop used to wait for the first image.
+    from sd_webui_sam.batch_ray import run_batch_ray
+
+    folder = make_folder(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    driver = Driver(cluster, folder, out, api_model_dir)
+    driver.wait_until(phase_line(driver, phase), f"'ray: {phase}' line")
+    code, output = driver.interrupt()
+    assert code == 130, output[-6000:]
+    assert "interrupted" in output and "Traceback" not in output
+    assert "0 done" in output and "- interrupted; run again to resume." in output
+    if phase == "connecting":
+        assert "ray: starting" not in output  # the stop is read as soon as ray.init returns: no pool
+    report = json.loads((out / "batch_report.json").read_text())
+    assert report["interrupted"] and report["done"] == 0 and report["total"] == 3 and not report["failed"]
+    assert not list(out.glob("*.png")) and not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    again = run_batch_ray(options([folder], out, outputs=("mask", "coco")), settings(api_model_dir),
+                          ray_options(cluster, actors=1))
+    assert again.done == 3 and again.skipped == 0 and not again.interrupted and not again.failed
+    assert len(list(out.glob("*_mask.png"))) == 3 * 3
+
+
 def test_an_interrupted_driver_reruns_only_what_is_missing(cluster, api_model_dir, tmp_path):
     from sd_webui_sam.batch_ray import run_batch_ray
 
-    folder = make_folder(tmp_path / "in", 10)
+    folder = make_folder(tmp_path / "in", 6)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "sd_webui_sam", "batch", str(folder), "-o", str(out), "--model-dir",
-               str(api_model_dir), "-m", "tiny_sam.pth", "--point", "20,20", "--outputs", "mask,coco",
-               "--device", "cpu", "--ray", cluster, "--ray-actors", "1"]
-    driver = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 150
-        while len(list(out.glob("*_mask.png"))) < 6 and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGINT)
-        output = driver.communicate(timeout=120)[0].decode(errors="replace")
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 130, output[-6000:]
+    driver = Driver(cluster, folder, out, api_model_dir)
+    driver.wait_until(phase_line(driver, "running"), "'ray: running' line")  # the first image is answered
+    code, output = driver.interrupt()
+    assert code == 130, output[-6000:]
     first = json.loads((out / "batch_report.json").read_text())
-    assert first["interrupted"] and first["done"] < 10
+    assert first["interrupted"] and 1 <= first["done"] < 6
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no partial output
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
-    assert 6 <= len(before) < 10 * 3
+    assert 3 <= len(before) < 6 * 3
     report = run_batch_ray(options([folder], out, outputs=("mask", "coco")), settings(api_model_dir),
                            ray_options(cluster, actors=1))
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
-    assert sorted(after) == sorted(f"img{i:02d}_{c}_mask.png" for i in range(10) for c in range(3))
+    assert sorted(after) == sorted(f"img{i:02d}_{c}_mask.png" for i in range(6) for c in range(3))
     assert {name: after[name] for name in before} == before  # nothing written twice
     assert report.outputs_written == len(after) - len(before)
     assert report.skipped == first["done"] and not report.failed
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     coco = json.loads((out / "annotations.json").read_text())
-    assert len(coco["images"]) == len(coco["annotations"]) == 10
+    assert len(coco["images"]) == len(coco["annotations"]) == 6
 
 
 def huge_png() -> bytes:
@@ -194,3 +272,198 @@ def test_bad_files_are_reported_and_the_rest_complete(cluster, api_model_dir, tm
     assert [Path(p).name for p in report.ignored] == ["notes.txt"]
     assert report.done == 2 and report.total == 5
     assert len(list((tmp_path / "out").glob("*_mask.png"))) == 6
+
+
+def uri_options(inputs, output, **kwargs):
+    """batch options whose inputs and output stay as typed (test_batch's options make them Paths)."""
+    made = options([], "unused", **kwargs)
+    made.inputs, made.output_dir = list(inputs), output
+    return made
+
+
+#: what the URI tests write (few kinds: each run is short)
+URI_KINDS = ("mask", "cutout", "coco")
+
+
+@pytest.fixture(scope="module")
+def plain_run(cluster, api_model_dir, tmp_path_factory):
+    """(input folder, output folder, report) of a run on three images given as plain local paths."""
+    from sd_webui_sam.batch_ray import run_batch_ray
+
+    root = tmp_path_factory.mktemp("plain")
+    folder = make_folder(root / "in", 3)
+    report = run_batch_ray(options([folder], root / "out", outputs=URI_KINDS), settings(api_model_dir),
+                           ray_options(cluster, actors=1))
+    assert report.done == 3 and not report.failed
+    return folder, root / "out", report
+
+
+def test_file_uris_give_the_outputs_of_plain_paths(cluster, api_model_dir, plain_run, tmp_path):
+    from sd_webui_sam.batch_ray import run_batch_ray
+
+    folder, plain_out, plain = plain_run
+    uri = run_batch_ray(uri_options([folder.as_uri()], (tmp_path / "uri").as_uri(), outputs=URI_KINDS),
+                        settings(api_model_dir), ray_options(cluster, actors=1))
+    assert uri.done == 3 and uri.output_dir == str(tmp_path / "uri")
+    expected = {k: v for k, v in digest_tree(plain_out).items() if k not in UNORDERED}
+    assert {k: v for k, v in digest_tree(tmp_path / "uri").items() if k not in UNORDERED} == expected
+    assert comparable(uri) == comparable(plain)
+
+
+def test_a_uri_that_cannot_be_opened_is_one_line_of_error(api_model_dir, tmp_path, capsys):
+    from sd_webui_sam.batch_ray import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = main(["nosuchfs://bucket/in", "-o", str(tmp_path / "out"), "--model-dir", str(api_model_dir),
+                     "-m", "tiny_sam.pth", "--point", "20,20", "--device", "cpu", "--ray"])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1] == "error: Cannot open nosuchfs://bucket/in: Unrecognized filesystem type in URI: nosuchfs://bucket/in"
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A moto S3 server on 127.0.0.1 and a URI maker for one bucket in it (credentials in the URI)."""
+    moto_server = pytest.importorskip("moto.server", reason="moto is not installed (requirements/ray.txt)")
+    import logging
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    port = server.get_host_and_port()[1]
+    try:
+        yield lambda key: (f"s3://testing:testing@bucket/{key}?endpoint_override=127.0.0.1:{port}&scheme=http"
+                           f"&region=us-east-1&allow_bucket_creation=true")
+    finally:
+        server.stop()
+
+
+def test_an_s3_round_trip_gives_the_local_outputs_and_resumes(cluster, api_model_dir, plain_run, s3_server):
+    from pyarrow import fs
+
+    from sd_webui_sam.batch_ray import run_batch_ray
+
+    folder, plain_out, _ = plain_run
+    s3, _ = fs.FileSystem.from_uri(s3_server(""))
+    s3.create_dir("bucket")
+    for path in sorted(folder.iterdir()):
+        with s3.open_output_stream(f"bucket/in/{path.name}") as stream:
+            stream.write(path.read_bytes())
+    with s3.open_output_stream("bucket/in/notes.txt") as stream:
+        stream.write(b"not an image")
+    remote = run_batch_ray(uri_options([s3_server("in")], s3_server("out"), outputs=URI_KINDS),
+                           settings(api_model_dir), ray_options(cluster, actors=1))
+    assert remote.done == 3 and not remote.failed
+    assert remote.ignored == ["s3://bucket/in/notes.txt"]
+    assert remote.output_dir == "s3://bucket/out" and remote.report == "s3://bucket/out/batch_report.json"
+
+    def stored(prefix):
+        found = s3.get_file_info(fs.FileSelector(prefix, recursive=True))
+        return {f.path[len(prefix) + 1:]: s3.open_input_stream(f.path).read() for f in found
+                if f.type == fs.FileType.File}
+
+    outputs = stored("bucket/out")
+    expected = {k: v for k, v in digest_tree(plain_out).items() if k not in UNORDERED}
+    assert {k: hashlib.sha256(v).hexdigest() for k, v in outputs.items() if k not in UNORDERED} == expected
+    assert sorted(outputs[".sam-batch-manifest.txt"].decode().splitlines()) == sorted(
+        (plain_out / ".sam-batch-manifest.txt").read_text().splitlines())
+    saved = json.loads(outputs["batch_report.json"])
+    assert saved["done"] == 3 and saved["output_dir"] == "s3://bucket/out" and "testing" not in json.dumps(saved)
+
+    again = run_batch_ray(uri_options([s3_server("in")], s3_server("out"), outputs=URI_KINDS),
+                          settings(api_model_dir), ray_options(cluster, actors=1))
+    assert again.skipped == 3 and again.outputs_written == 0
+    assert {k: v for k, v in stored("bucket/out").items() if k not in UNORDERED} == {
+        k: v for k, v in outputs.items() if k not in UNORDERED}
+
+
+#: a driver whose workers die (os._exit) on every try of doomed.png, counting the tries in a file
+#: (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in its environment keeps Ray on the loopback address)
+DOOMED_DRIVER = """
+import json, os, sys
+import ray
+from sd_webui_sam.batch import BatchOptions
+from sd_webui_sam.batch_ray import RayOptions, run_batch_ray, _PACKAGES, _ROOT
+from sd_webui_sam.settings import EngineSettings
+
+address, folder, out, model_dir, tries = sys.argv[1:]
+
+def sabotage():
+    import sd_webui_sam.batch_ray as batch_ray
+    process_file = batch_ray.process_file
+
+    def dies_on_doomed(engine, options, data, source, *args):
+        if str(source.path).endswith("doomed.png"):
+            with open(os.environ["DOOMED_TRIES"], "a") as handle:
+                handle.write("try\\n")
+            os._exit(1)
+        return process_file(engine, options, data, source, *args)
+    batch_ray.process_file = dies_on_doomed
+
+ray.init(address=address, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
+         runtime_env={"py_modules": [str(_ROOT / p) for p in _PACKAGES], "env_vars": {"DOOMED_TRIES": tries},
+                      "worker_process_setup_hook": sabotage})
+options = BatchOptions(inputs=[folder], output_dir=out, model="tiny_sam.pth", points=[(20.0, 20.0)],
+                       outputs=("mask",))
+report = run_batch_ray(options, EngineSettings(user_model_dir=model_dir, device="cpu"),
+                       RayOptions(address=address, actors=2, max_retries=1))
+print(json.dumps(report.to_dict()))
+"""
+
+
+def test_an_image_whose_worker_always_dies_is_retried_a_bounded_number_of_times(cluster, api_model_dir, tmp_path):
+    folder = make_folder(tmp_path / "in", 2)
+    (folder / "zz_doomed.png").write_bytes((folder / "img00.png").read_bytes())  # last: the others go first
+    tries = tmp_path / "tries.txt"
+    done = subprocess.run([sys.executable, "-c", DOOMED_DRIVER, cluster, str(folder), str(tmp_path / "out"),
+                           str(api_model_dir), str(tries)], cwd=ROOT, capture_output=True, text=True, timeout=420,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [Path(f["source"]).name for f in report["failed"]] == ["zz_doomed.png"]
+    assert "died" in report["failed"][0]["error"]
+    assert report["done"] == 2 and not report["interrupted"]
+    assert 2 <= len(tries.read_text().splitlines()) <= 4  # retried (max_retries=1), and not for ever
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == sorted(
+        f"img{i:02d}_{c}_mask.png" for i in range(2) for c in range(3))
+
+
+#: DOOMED_DRIVER with groups of three images per actor call (encoded together): a worker dies on
+#: every try of a group that holds doomed.png
+GROUPED_DOOMED_DRIVER = DOOMED_DRIVER.replace(
+    '    batch_ray.process_file = dies_on_doomed\n',
+    '    batch_ray.process_file = dies_on_doomed\n'
+    '    process_group = batch_ray.process_group\n\n'
+    '    def group_dies_on_doomed(engine, options, items, *args):\n'
+    '        if any(str(source.path).endswith("doomed.png") for _, source, _ in items):\n'
+    '            with open(os.environ["DOOMED_TRIES"], "a") as handle:\n'
+    '                handle.write("group\\n")\n'
+    '            os._exit(1)\n'
+    '        return process_group(engine, options, items, *args)\n'
+    '    batch_ray.process_group = group_dies_on_doomed\n',
+).replace('EngineSettings(user_model_dir=model_dir, device="cpu")',
+          'EngineSettings(user_model_dir=model_dir, device="cpu", encode_batch_size=3)')
+
+
+def test_a_group_whose_worker_dies_is_retried_one_image_at_a_time(cluster, api_model_dir, tmp_path):
+    assert GROUPED_DOOMED_DRIVER.count("group_dies_on_doomed") == 2 and "encode_batch_size=3" in GROUPED_DOOMED_DRIVER
+    folder = make_folder(tmp_path / "in", 5)
+    (folder / "zz_doomed.png").write_bytes((folder / "img00.png").read_bytes())
+    tries = tmp_path / "tries.txt"
+    done = subprocess.run([sys.executable, "-c", GROUPED_DOOMED_DRIVER, cluster, str(folder), str(tmp_path / "out"),
+                           str(api_model_dir), str(tries)], cwd=ROOT, capture_output=True, text=True, timeout=420,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [Path(f["source"]).name for f in report["failed"]] == ["zz_doomed.png"]
+    assert report["done"] == 5 and not report["interrupted"]
+    lines = tries.read_text().splitlines()
+    assert "group" in lines and "try" in lines  # died in its group, then alone
+    assert len(lines) <= 8
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == sorted(
+        f"img{i:02d}_{c}_mask.png" for i in range(5) for c in range(3))
