@@ -81,6 +81,46 @@ CATALOGUE: Tuple[CatalogueEntry, ...] = (
         "mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
         40728226, "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f", "MobileSAM", "mobile_sam", "tiny_vit",
     ),
+    # SAM 2.1 and SAM 2.0 from Meta's own download folders (092824, 072824). Meta publishes no hash
+    # and the Hugging Face pointers (facebook/sam2.1-hiera-*, facebook/sam2-hiera-*) could not be read
+    # from here, so the sha256 values are the ones public projects pin for Meta's files:
+    # computational-cell-analytics/micro-sam micro_sam/v2/util.py (HASHES, which pooch checks on every
+    # download: 2.1 today, 2.0 too in earlier versions), each value also pinned the same by other,
+    # unrelated projects (e.g. a 3D Slicer SAM extension for the four 2.0 files). The sizes are the
+    # byte counts public download scripts check, the same eight numbers in each (e.g. a MedSAM2
+    # checkpoint script's EXPECTED_SIZE table).
+    CatalogueEntry(
+        "sam2.1_hiera_large.pt", "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt",
+        898083611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", "SAM 2.1 Hiera-L", "sam2", "large",
+    ),
+    CatalogueEntry(
+        "sam2.1_hiera_base_plus.pt", "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_base_plus.pt",
+        323606802, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", "SAM 2.1 Hiera-B+", "sam2", "base_plus",
+    ),
+    CatalogueEntry(
+        "sam2.1_hiera_small.pt", "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_small.pt",
+        184416285, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", "SAM 2.1 Hiera-S", "sam2", "small",
+    ),
+    CatalogueEntry(
+        "sam2.1_hiera_tiny.pt", "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt",
+        156008466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", "SAM 2.1 Hiera-T", "sam2", "tiny",
+    ),
+    CatalogueEntry(
+        "sam2_hiera_large.pt", "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt",
+        897952466, "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b", "SAM 2 Hiera-L", "sam2", "large",
+    ),
+    CatalogueEntry(
+        "sam2_hiera_base_plus.pt", "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_base_plus.pt",
+        323493298, "d0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071", "SAM 2 Hiera-B+", "sam2", "base_plus",
+    ),
+    CatalogueEntry(
+        "sam2_hiera_small.pt", "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_small.pt",
+        184309650, "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3", "SAM 2 Hiera-S", "sam2", "small",
+    ),
+    CatalogueEntry(
+        "sam2_hiera_tiny.pt", "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_tiny.pt",
+        155906050, "65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125", "SAM 2 Hiera-T", "sam2", "tiny",
+    ),
 )
 
 

@@ -15,21 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-import torch
-
-from sd_webui_sam import checkpoints, devices
+from sd_webui_sam import checkpoints, compiled_encoder, devices
 from sd_webui_sam.checkpoints import is_candidate_file, validate_model_name
 from sd_webui_sam.devices import Placement
-from sd_webui_sam.downloads import file_sha256
+from sd_webui_sam.embedding_cache import dtype_name
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
 from sd_webui_sam.model_registry import ModelSpec, build_model, identify
+from sd_webui_sam.modeling import PromptableSegmenter
+from sd_webui_sam.same_content import ContentIdentity, FileKey, file_key
 from sd_webui_sam.settings import EngineSettings
 from sd_webui_sam.weights import tensor_bytes
 
 logger = logging.getLogger(__name__)
-
-#: (resolved path, size in bytes, modification time in ns): a file replaced in place gets a new key.
-FileKey = Tuple[str, int, int]
 
 
 @dataclass(frozen=True)
@@ -58,30 +55,18 @@ class LoadedModel:
     name: str  # the file it was loaded from; ``names`` also lists identical copies sharing it
     path: Path
     spec: ModelSpec
-    model: torch.nn.Module
+    model: PromptableSegmenter
     file_key: FileKey
-    fingerprint: str = ""
     names: List[str] = field(default_factory=list)
     nbytes: int = 0  # parameters and buffers
+    #: Moved to the CPU while the host needed the VRAM; the next use brings it back.
+    on_cpu_until_used: bool = False
 
     @property
     def model_id(self) -> str:
         """Identifies these exact weights (for embedding cache keys); changes when the file does."""
         _, size, mtime_ns = self.file_key
         return f"{self.name}:{size}:{mtime_ns}"
-
-
-def _file_key(path: Path) -> FileKey:
-    stat = path.stat()
-    return (str(path), stat.st_size, stat.st_mtime_ns)
-
-
-def _unchanged(entry: LoadedModel) -> bool:
-    """Whether the file a model was loaded from still holds what was loaded."""
-    try:
-        return _file_key(entry.path) == entry.file_key
-    except OSError:  # deleted since
-        return False
 
 
 class ModelStore:
@@ -98,8 +83,9 @@ class ModelStore:
         self.settings = settings
         self._on_drop = on_drop
         self._placement = placement or devices.resolve_placement(
-            settings.device, offload_to_cpu=settings.offload_to_cpu, half=settings.half_precision
+            settings.device, offload_to_cpu=settings.offload_to_cpu, precision=settings.precision
         )
+        _log_precision(self._placement)
         self._scan_lock = threading.Lock()
         self._models_lock = threading.RLock()
         self._listing: Optional[Dict[str, Path]] = None
@@ -110,8 +96,7 @@ class ModelStore:
         # when it joined (a file replaced since then no longer belongs there).
         self._loaded: "OrderedDict[int, LoadedModel]" = OrderedDict()
         self._by_name: Dict[str, Tuple[LoadedModel, FileKey]] = {}
-        self._fingerprints: Dict[FileKey, str] = {}
-        self._digests: Dict[FileKey, str] = {}
+        self._content = ContentIdentity()
 
     # ------------------------------------------------------------------ discovery
 
@@ -159,7 +144,7 @@ class ModelStore:
     def describe(self, name: str) -> ModelDescription:
         """Family, variant and label of a model file; cached until the file changes."""
         path = self.resolve(name)
-        key = _file_key(path)
+        key = file_key(path)
         with self._scan_lock:
             cached = self._descriptions.get(key)
         if cached is not None:
@@ -197,7 +182,7 @@ class ModelStore:
         A file with the same content as a loaded one (a renamed copy) shares that model.
         """
         path = self.resolve(name)
-        key = _file_key(path)
+        key = file_key(path)
         with self._models_lock:
             attached = self._by_name.get(name)
             if attached is not None and attached[1] == key:
@@ -223,34 +208,13 @@ class ModelStore:
             return entry
 
     def _same_content(self, path: Path, key: FileKey) -> Optional[LoadedModel]:
-        """The loaded model whose file holds exactly these bytes, if any.
-
-        A cheap fingerprint finds candidates; only a candidate costs a full sha256 of both files,
-        so loading a file that matches nothing reads no more than before.
-        """
-        candidates = [entry for entry in self._loaded.values() if entry.file_key[1] == key[1]]
-        if not candidates:
-            return None
-        fingerprint = self._fingerprint(path, key)
-        for entry in candidates:
-            if entry.fingerprint != fingerprint or not _unchanged(entry):
-                continue  # different bytes, or its file changed since (its content is unknown now)
-            if self._digest(entry.path, entry.file_key) == self._digest(path, key):
+        """The loaded model whose file holds exactly these bytes, if any (its file unchanged since)."""
+        for entry in self._loaded.values():
+            if self._content.same(path, key, entry.path, entry.file_key):
                 return entry
         return None
 
-    def _fingerprint(self, path: Path, key: FileKey) -> str:
-        if key not in self._fingerprints:
-            self._fingerprints[key] = checkpoints.sampled_fingerprint(path)
-        return self._fingerprints[key]
-
-    def _digest(self, path: Path, key: FileKey) -> str:
-        if key not in self._digests:
-            self._digests[key] = file_sha256(path)
-        return self._digests[key]
-
     def _load(self, name: str, path: Path, key: FileKey) -> LoadedModel:
-        fingerprint = self._fingerprint(path, key)
         state_dict = checkpoints.load_state_dict(path)
         spec = identify({tensor_name: tuple(tensor.shape) for tensor_name, tensor in state_dict.items()})
         try:
@@ -258,7 +222,9 @@ class ModelStore:
             model = build_model(spec, state_dict, source=name)
             del state_dict
             model.requires_grad_(False)
-            model.to(device=self._placement.storage_device, dtype=self._placement.dtype)
+            model.place(self._placement.storage_device, self._placement.dtype)
+            if self.settings.compile_encoder:
+                compiled_encoder.install(model, name)
         except Exception as error:
             if devices.is_out_of_memory(error):
                 devices.release_memory()
@@ -269,8 +235,9 @@ class ModelStore:
             raise
         with self._scan_lock:
             self._descriptions[key] = ModelDescription(name=name, path=path, size=key[1], spec=spec)
-        logger.info("Loaded %s (%s) on %s", name, spec.label, self._placement.storage_device)
-        return LoadedModel(name=name, path=path, spec=spec, model=model, file_key=key, fingerprint=fingerprint,
+        logger.info("Loaded %s (%s) on %s, image encoder in %s", name, spec.label, self._placement.storage_device,
+                    dtype_name(self._placement.dtype))
+        return LoadedModel(name=name, path=path, spec=spec, model=model, file_key=key,
                            nbytes=tensor_bytes(model))
 
     @contextmanager
@@ -283,8 +250,9 @@ class ModelStore:
         with self._models_lock:
             entry = self.get(name)
             placement = self._placement
-            if placement.offload_to_cpu:
+            if placement.offload_to_cpu or entry.on_cpu_until_used:
                 entry.model.to(placement.device)
+                entry.on_cpu_until_used = False
             try:
                 yield entry
             finally:
@@ -323,11 +291,32 @@ class ModelStore:
             entry.model = None  # type: ignore[assignment]
         return entry
 
+    def move_to_cpu(self) -> int:
+        """Move every loaded model resting on an accelerator to the CPU until its next use.
+        Returns the bytes moved."""
+        moved = 0
+        with self._models_lock:
+            if self._placement.storage_device.type == "cpu":
+                return 0
+            for entry in self._loaded.values():
+                if not entry.on_cpu_until_used:
+                    entry.model.to("cpu")
+                    entry.on_cpu_until_used = True
+                    moved += entry.nbytes
+        return moved
+
     def set_placement(self, placement: Placement) -> None:
         """Move loaded models to a new device/dtype (e.g. the user switched to the CPU)."""
         with self._models_lock:
             self._placement = placement
+            _log_precision(placement)
             for entry in self._loaded.values():
-                entry.model.to(device=placement.storage_device, dtype=placement.dtype)
+                entry.model.place(placement.storage_device, placement.dtype)
+                entry.on_cpu_until_used = False
                 entry.nbytes = tensor_bytes(entry.model)
         devices.release_memory()
+
+
+def _log_precision(placement: Placement) -> None:
+    if placement.precision_note:
+        logger.warning("%s", placement.precision_note)

@@ -4,17 +4,31 @@ A child process imports everything first, then records its resident set (RSS) as
 loads the file while a thread samples RSS every 2 ms (``ru_maxrss`` is checked too), and records
 RSS after the load and after the first use (an encode; for GroundingDINO a text prompt). Figures
 are MiB above the baseline. Linux only (RSS is read from /proc/self/statm).
+
+Checkpoints are random weights at real size in the official layouts, written one model at a
+time into a temporary folder and deleted after its two measurements (ViT-H is a 2.4 GB file).
+SAM 2.1 files are written by Meta's ``sam2`` package (video weights included, as in the
+published files) and its reference loader (``build_sam2``) runs in the oracle venv
+(.venv/sam2-oracle, torch >= 2.5.1); without that venv SAM 2.1 is skipped.
+
+    python tools/bench_memory.py                      # every model (what ./benchmark.sh memory runs)
+    python tools/bench_memory.py "SAM ViT-H" MobileSAM  # some of them
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 #: Run in a fresh interpreter: argv[1] is a JSON object {"side", "family", "path", "text_dir", "use"}.
 CHILD = r'''
@@ -61,7 +75,7 @@ if side == "ours":
         use = lambda model: engine.segment(name, image, Prompts(points=[(500.0, 400.0)], labels=[1]))
 else:
     if family == "gdino":
-        from tests.fixtures.gdino_checkpoints import reference_args
+        from tools.fixtures.gdino_checkpoints import reference_args
         from groundingdino.models import build_model
         from groundingdino.util.utils import clean_state_dict
         import contextlib, io
@@ -74,11 +88,20 @@ else:
         def use(model):
             pixels = torch.randn(1, 3, 800, 1067)
             model(pixels, captions=["hand . face ."])
+    elif family == "sam2":  # in the oracle venv: Meta's sam2 package
+        import warnings
+        warnings.filterwarnings("ignore")
+        from sam2.build_sam import build_sam2
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+        load = lambda: build_sam2(args["config"], path, device="cpu", mode="eval")
+        def use(model):
+            predictor = SAM2ImagePredictor(model)
+            predictor.set_image(image)
+            predictor.predict(point_coords=np.array([[500.0, 400.0]]), point_labels=np.array([1]))
     else:
         import importlib, warnings
         warnings.filterwarnings("ignore")
-        package, variant = {"sam": ("segment_anything", "vit_b"), "sam_hq": ("segment_anything_hq", "vit_b"),
-                            "mobile_sam": ("mobile_sam", "vit_t")}[family]
+        package, variant = args["package"], args["variant"]
         module = importlib.import_module(package)
         load = lambda: module.sam_model_registry[variant](checkpoint=path).eval()
         def use(model):
@@ -107,15 +130,25 @@ print("RESULT " + json.dumps(result))
 
 
 def measure(side: str, family: str, path: Path, *, text_dir: Optional[Path] = None, use: bool = True,
-            timeout: float = 900) -> Dict[str, float]:
+            timeout: float = 900, reference: Optional[Mapping] = None) -> Dict[str, float]:
     """Bytes above the child's baseline: load_peak, after_load, use_peak, after_use; and load_s.
 
     side: "ours" (through the Engine) or "reference" (the official package's loader);
-    family: "sam", "sam_hq", "mobile_sam" or "gdino".
+    family: "sam", "sam_hq", "mobile_sam", "sam2" or "gdino";
+    reference: what the reference loader needs ({"package", "variant"} for the SAM packages,
+    {"config"} for sam2, whose reference runs in the oracle venv).
     """
-    arguments = {"side": side, "family": family, "path": str(path), "text_dir": str(text_dir or ""), "use": use}
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    completed = subprocess.run([sys.executable, "-c", CHILD, json.dumps(arguments)], cwd=str(ROOT), env=env,
+    arguments = {"side": side, "family": family, "path": str(path), "text_dir": str(text_dir or ""), "use": use,
+                 **(reference or {})}
+    if side == "reference" and family == "sam2":
+        from tools.fixtures.sam2_checkpoints import ORACLE_PYTHON
+
+        python = str(ORACLE_PYTHON)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    else:
+        python = sys.executable
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    completed = subprocess.run([python, "-c", CHILD, json.dumps(arguments)], cwd=str(ROOT), env=env,
                                capture_output=True, text=True, timeout=timeout)
     lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     if completed.returncode != 0 or not lines:
@@ -123,57 +156,155 @@ def measure(side: str, family: str, path: Path, *, text_dir: Optional[Path] = No
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def _write_checkpoints(directory: Path) -> Dict[str, tuple]:
-    """Random weights at real size in the official key layouts: label -> (family, path, text_dir or None)."""
-    import gc
+# ----------------------------------------------------------------------------- the models at real size
 
+@dataclass(frozen=True)
+class BenchModel:
+    """One row pair of the table: how to write its file, and which reference loader reads it."""
+
+    family: str  # ours: "sam" | "sam_hq" | "mobile_sam" | "sam2" | "gdino"
+    file_name: str
+    reference_name: str  # the package whose loader is measured beside ours
+    reference: Mapping = field(default_factory=dict)  # what the child's reference branch needs
+    #: writes the checkpoint into a folder: (its path, the text-encoder folder the reference needs or None)
+    write: Callable[[Path, str], Tuple[Path, Optional[Path]]] = None  # type: ignore[assignment]
+
+
+def _write_sam(shape_name: str):
+    def write(folder: Path, file_name: str) -> Tuple[Path, Optional[Path]]:
+        from tools.fixtures import sam_checkpoints
+
+        model = sam_checkpoints.build_reference_sam(getattr(sam_checkpoints, shape_name), seed=0)
+        return sam_checkpoints.save_state_dict(model.state_dict(), folder / file_name), None
+    return write
+
+
+def _write_hq(shape_name: str):
+    def write(folder: Path, file_name: str) -> Tuple[Path, Optional[Path]]:
+        from tools.fixtures import hq_checkpoints
+
+        model = hq_checkpoints.build_reference_hq_sam(hq_checkpoints.HqShape(getattr(hq_checkpoints, shape_name)), seed=0)
+        return hq_checkpoints.save_state_dict(model.state_dict(), folder / file_name), None
+    return write
+
+
+def _write_mobile_sam(folder: Path, file_name: str) -> Tuple[Path, Optional[Path]]:
+    from tools.fixtures.hq_checkpoints import build_reference_mobile_sam, save_state_dict
+
+    return save_state_dict(build_reference_mobile_sam(seed=0).state_dict(), folder / file_name), None
+
+
+def _write_gdino(folder: Path, file_name: str) -> Tuple[Path, Optional[Path]]:
+    """Swin-T with a bert-base-sized BERT, as in groundingdino_swint_ogc.pth.
+
+    The reference builds BERT with from_pretrained(): a bert-base-sized folder stands in for the
+    download, with the bundled (bert-base-uncased) vocabulary so both sides tokenize alike.
+    """
     from local_groundingdino.tokenizer import BUNDLED_VOCAB
-    from tests.fixtures.gdino_checkpoints import TinyBert, build_reference_gdino, save_checkpoint, write_text_encoder_dir
-    from tests.fixtures.hq_checkpoints import BENCHMARK_MODELS, build_reference_mobile_sam
-    from tests.fixtures.sam_checkpoints import VIT_B, build_reference_sam, save_state_dict
+    from tools.fixtures.gdino_checkpoints import TinyBert, build_reference_gdino, save_checkpoint, write_text_encoder_dir
 
-    files = {}
-    for label, family, build, name in (
-        ("SAM ViT-B", "sam", lambda: build_reference_sam(VIT_B, seed=0), "sam_vit_b_random.pth"),
-        ("MobileSAM", "mobile_sam", lambda: build_reference_mobile_sam(seed=0), "mobile_sam_random.pt"),
-        ("HQ-SAM ViT-B", "sam_hq", lambda: BENCHMARK_MODELS["HQ-SAM ViT-B"][0](0), "sam_hq_vit_b_random.pth"),
-    ):
-        folder = directory / family
-        files[label] = (family, save_state_dict(build().state_dict(), folder / name), None)
-        gc.collect()
-    # The reference builds BERT with from_pretrained(): a bert-base-sized folder stands in for the
-    # download, with the bundled (bert-base-uncased) vocabulary so both sides tokenize alike.
     vocab = BUNDLED_VOCAB.read_text(encoding="utf-8").splitlines()
-    text_dir = write_text_encoder_dir(directory / "bert-base", vocab=vocab,
+    text_dir = write_text_encoder_dir(folder / "bert-base", vocab=vocab,
                                       shape=TinyBert(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072))
-    reference = build_reference_gdino("swin_t", text_dir, seed=0)
-    files["GroundingDINO Swin-T"] = ("gdino", save_checkpoint(reference, directory / "gdino" / "groundingdino_swint_random.pth"), text_dir)
-    del reference
-    gc.collect()
-    return files
+    return save_checkpoint(build_reference_gdino("swin_t", text_dir, seed=0), folder / file_name), text_dir
 
 
-def memory_table() -> None:
-    """Print peak RSS while loading (and RSS after the load and after the first use) per family,
-    ours vs the reference loader, each in a fresh process on the same file."""
-    import tempfile
+def _write_sam2(trunk_name: str):
+    def write(folder: Path, file_name: str) -> Tuple[Path, Optional[Path]]:
+        from tools.fixtures import sam2_checkpoints
 
+        path = folder / file_name
+        sam2_checkpoints.run_oracle({"trunk": getattr(sam2_checkpoints, trunk_name), "checkpoint": str(path), "seed": 0},
+                                    folder / "oracle-work")
+        return path, None
+    return write
+
+
+def _sam(variant: str) -> dict:
+    return {"package": "segment_anything", "variant": variant}
+
+
+#: label -> model, in the table's order (smallest file of each family first).
+MODELS: Dict[str, BenchModel] = {
+    "SAM ViT-B": BenchModel("sam", "sam_vit_b_random.pth", "segment-anything", _sam("vit_b"), _write_sam("VIT_B")),
+    "SAM ViT-L": BenchModel("sam", "sam_vit_l_random.pth", "segment-anything", _sam("vit_l"), _write_sam("VIT_L")),
+    "SAM ViT-H": BenchModel("sam", "sam_vit_h_random.pth", "segment-anything", _sam("vit_h"), _write_sam("VIT_H")),
+    "MobileSAM": BenchModel("mobile_sam", "mobile_sam_random.pt", "mobile_sam",
+                            {"package": "mobile_sam", "variant": "vit_t"}, _write_mobile_sam),
+    "HQ-SAM ViT-B": BenchModel("sam_hq", "sam_hq_vit_b_random.pth", "segment-anything-hq",
+                               {"package": "segment_anything_hq", "variant": "vit_b"}, _write_hq("VIT_B")),
+    "HQ-SAM ViT-H": BenchModel("sam_hq", "sam_hq_vit_h_random.pth", "segment-anything-hq",
+                               {"package": "segment_anything_hq", "variant": "vit_h"}, _write_hq("VIT_H")),
+    "GroundingDINO Swin-T": BenchModel("gdino", "groundingdino_swint_random.pth", "groundingdino", {}, _write_gdino),
+    "SAM 2.1 Hiera-T": BenchModel("sam2", "sam2.1_hiera_tiny_random.pt", "sam2 (build_sam2)",
+                                  {"config": "configs/sam2.1/sam2.1_hiera_t.yaml"}, _write_sam2("HIERA_T_TRUNK")),
+    "SAM 2.1 Hiera-B+": BenchModel("sam2", "sam2.1_hiera_base_plus_random.pt", "sam2 (build_sam2)",
+                                   {"config": "configs/sam2.1/sam2.1_hiera_b+.yaml"}, _write_sam2("HIERA_B_PLUS_TRUNK")),
+    "SAM 2.1 Hiera-L": BenchModel("sam2", "sam2.1_hiera_large_random.pt", "sam2 (build_sam2)",
+                                  {"config": "configs/sam2.1/sam2.1_hiera_l.yaml"}, _write_sam2("HIERA_L_TRUNK")),
+}
+
+
+def _write_in_child(label: str, folder: Path) -> Tuple[Path, Optional[Path]]:
+    """Write ``label``'s checkpoint in a child process, so that building the reference model
+    (random init, a full copy of the weights) leaves no garbage in this one."""
+    script = ("import json, sys; from pathlib import Path; from tools.bench_memory import MODELS; "
+              "model = MODELS[sys.argv[1]]; path, text_dir = model.write(Path(sys.argv[2]), model.file_name); "
+              "print('WRITTEN ' + json.dumps([str(path), str(text_dir) if text_dir else None]))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    completed = subprocess.run([sys.executable, "-c", script, label, str(folder)], cwd=str(ROOT), env=env,
+                               capture_output=True, text=True, timeout=3600)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("WRITTEN ")]
+    if completed.returncode != 0 or not lines:
+        raise RuntimeError(f"writing {label} failed:\n{completed.stderr[-3000:]}")
+    path, text_dir = json.loads(lines[-1][len("WRITTEN "):])
+    return Path(path), Path(text_dir) if text_dir else None
+
+
+def memory_table(labels: Optional[Sequence[str]] = None) -> None:
+    """Print peak RSS while loading (and RSS after the load and after the first use) per model,
+    ours vs the reference loader, each in a fresh process on the same file.
+
+    ``labels``: keys of :data:`MODELS` (default: all). One model's file exists at a time.
+    """
+    from tools.fixtures.sam2_checkpoints import oracle_available
+
+    unknown = [label for label in labels or () if label not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
     mib = lambda value: value / 2**20  # noqa: E731
-    with tempfile.TemporaryDirectory() as tmp:
-        files = _write_checkpoints(Path(tmp))
-        print("CPU, fp32; MiB above the process's baseline after its imports; x = multiple of the file size")
-        print(f"  {'model':<22}{'file':>8}  {'side':<10}{'load peak':>16}{'after load':>12}{'use peak':>10}"
-              f"{'after use':>11}{'load s':>8}   use")
-        for label, (family, path, text_dir) in files.items():
+    print("CPU, fp32; MiB above the process's baseline after its imports; x = multiple of the file size", flush=True)
+    print(f"  {'model':<22}{'file':>8}  {'loader':<20}{'load peak':>16}{'after load':>12}{'use peak':>10}"
+          f"{'after use':>11}{'load s':>8}   use", flush=True)
+    for label in labels or list(MODELS):
+        model = MODELS[label]
+        if model.family == "sam2" and not oracle_available():
+            print(f"  {label:<22} skipped: the SAM 2 oracle venv (.venv/sam2-oracle) is absent", flush=True)
+            continue
+        with tempfile.TemporaryDirectory(prefix="sam-memory-") as tmp:
+            folder = Path(tmp) / model.family
+            folder.mkdir()
+            try:
+                path, text_dir = _write_in_child(label, folder)
+            except Exception as error:
+                print(f"  {label:<22} not written: {str(error).splitlines()[-1]}", flush=True)
+                continue
             size = path.stat().st_size
-            use = "text prompt 'hand . face', 800x1067" if family == "gdino" else "encode 1024x768 + 1 click"
-            for side in ("ours", "reference"):
+            use = "text prompt 'hand . face', 800x1067" if model.family == "gdino" else "encode 1024x768 + 1 click"
+            for side, loader in (("ours", "ours"), ("reference", model.reference_name)):
                 try:
-                    figures = measure(side, family, path, text_dir=text_dir)
+                    figures = measure(side, model.family, path, text_dir=text_dir, reference=model.reference, timeout=3600)
                 except Exception as error:  # one failed child must not hide the others
-                    print(f"  {label:<22}{mib(size):>8.0f}  {side:<10} failed: {str(error).splitlines()[-1]}")
+                    print(f"  {label:<22}{mib(size):>8.0f}  {loader:<20} failed: {str(error).splitlines()[-1]}", flush=True)
                     continue
                 peak = figures["load_peak"]
-                print(f"  {label:<22}{mib(size):>8.0f}  {side:<10}{mib(peak):>9.0f} {peak / size:>4.2f}x"
+                print(f"  {label:<22}{mib(size):>8.0f}  {loader:<20}{mib(peak):>9.0f} {peak / size:>4.2f}x"
                       f"{mib(figures['after_load']):>12.0f}{mib(figures['use_peak']):>10.0f}"
-                      f"{mib(figures['after_use']):>11.0f}{figures['load_s']:>8.1f}   {use}")
+                      f"{mib(figures['after_use']):>11.0f}{figures['load_s']:>8.1f}   {use}", flush=True)
+                print("JSON " + json.dumps({"model": label, "loader": loader, "file_bytes": size, **figures}),
+                      file=sys.stderr, flush=True)
+        gc.collect()
+
+
+if __name__ == "__main__":
+    memory_table(sys.argv[1:] or None)
