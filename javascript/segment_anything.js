@@ -32,9 +32,21 @@
     // any picture.
     const MASK_FILL = [30, 144, 255, 130];
     const MASK_OUTLINE = [255, 255, 255, 255];
+    // The mask under the pointer (hover preview): asked for once the pointer rests this long, and
+    // only while clicks are answered within HOVER_SLOW_MS (a slower decoder could not follow it).
+    const HOVER_DEBOUNCE_MS = 90;
+    const HOVER_SLOW_MS = 400;
+    const HOVER_LOST_MS = 10000;  // a hover unanswered for this long is taken as lost
+    const HOVER_FILL = [30, 144, 255, 80];  // the chosen mask's colour, fainter
+    const HOVER_OUTLINE = [255, 255, 255, 190];
+    const ENCODING_TEXT = "Encoding the picture\u2026 (first click only)";
     const THUMB_WIDTH = 240;   // canvas pixels of a candidate thumbnail (shown at about half that)
     const THUMB_HEIGHT = 180;
     const OUTPUTS = ["mask", "cutout", "overlay"];
+    // How long a held download waits for its full-size file (a 4000x3000 cut-out on a busy CPU).
+    const FULL_OUTPUTS_WAIT_MS = 300000;
+    // How long, once they were sent, the full-size outputs may take to show in the page.
+    const FULL_OUTPUTS_SHOW_MS = 15000;
     const panels = {};
 
     function appRoot() {
@@ -74,6 +86,14 @@
                 canvas: null,   // the chosen mask, over the picture
                 masksDrawn: 0,
                 drawToken: 0,
+                thumbBase: null, // {src, canvas}: the picture at thumbnail size
+                hoverCanvas: null,
+                hover: {timer: null, point: null, seq: 0, dropBelow: 0, inFlight: false, sentAt: 0, again: false},
+                lastClickMs: 0,  // how long the last click took to be answered
+                hoversDrawn: 0,
+                encodedSrc: null, // the picture whose embedding the server holds (samPanel.imageEncoded)
+                encodingNote: null, // "Encoding the picture..." over the canvas while a click pays for it
+                encodingShown: 0,
             };
         }
         return panels[prefix];
@@ -142,23 +162,33 @@
         return element;
     }
 
+    // A new, empty canvas in ``parent`` in place of ``old`` (removed, if any).
+    function layerCanvas(old, parent, className, id) {
+        if (old) {
+            old.remove();
+        }
+        const canvas = document.createElement("canvas");
+        canvas.className = className;
+        canvas.id = id;
+        canvas.width = 1;
+        canvas.height = 1;
+        parent.appendChild(canvas);
+        return canvas;
+    }
+
     function ensureOverlay(st) {
         const img = st.img;
         const parent = img.parentElement;
         if (getComputedStyle(parent).position === "static") {
             parent.style.position = "relative";
         }
+        // The chosen mask, then the mask under the pointer, then the SVG on top.
         if (!st.canvas || st.canvas.parentElement !== parent) {
-            if (st.canvas) {
-                st.canvas.remove();
-            }
-            st.canvas = document.createElement("canvas");
-            st.canvas.className = "sam-mask-canvas";
-            st.canvas.id = st.prefix + "_mask_canvas";
-            st.canvas.width = 1;
-            st.canvas.height = 1;
-            parent.appendChild(st.canvas);
+            st.canvas = layerCanvas(st.canvas, parent, "sam-mask-canvas", st.prefix + "_mask_canvas");
             drawMask(st);
+        }
+        if (!st.hoverCanvas || st.hoverCanvas.parentElement !== parent) {
+            st.hoverCanvas = layerCanvas(st.hoverCanvas, parent, "sam-hover-canvas", st.prefix + "_hover_canvas");
         }
         if (!st.svg || st.svg.parentElement !== parent) {
             if (st.svg) {
@@ -167,7 +197,38 @@
             st.svg = svgElement("svg", {class: "sam-overlay", id: st.prefix + "_overlay_svg", preserveAspectRatio: "none"});
             parent.appendChild(st.svg);
         }
+        if (!st.encodingNote || st.encodingNote.parentElement !== parent) {
+            const shown = Boolean(st.encodingNote && !st.encodingNote.hidden);
+            if (st.encodingNote) {
+                st.encodingNote.remove();
+            }
+            // Absolutely placed over the picture (style.css): showing it moves nothing on the page.
+            st.encodingNote = document.createElement("div");
+            st.encodingNote.className = "sam-encoding";
+            st.encodingNote.id = st.prefix + "_encoding";
+            st.encodingNote.setAttribute("role", "status");
+            st.encodingNote.textContent = ENCODING_TEXT;
+            st.encodingNote.hidden = !shown;
+            parent.appendChild(st.encodingNote);
+        }
         return st.svg;
+    }
+
+    // The first click on a picture waits for its encoder (10-40 s on a CPU): say so over the
+    // canvas from the moment the click is sent until its masks arrive. Later clicks run the
+    // decoder only and show nothing.
+    function showEncoding(st, shown) {
+        if (shown && st.img && st.img.isConnected && st.width) {
+            ensureOverlay(st);
+        }
+        const note = st.encodingNote;
+        if (!note || note.hidden === !shown) {
+            return;
+        }
+        note.hidden = !shown;
+        if (shown) {
+            st.encodingShown += 1;
+        }
     }
 
     // A click on a dot or on a box's handle removes it, and never reaches the picture below.
@@ -192,7 +253,7 @@
         }
         const svg = ensureOverlay(st);
         const box = contentBox(st.img);
-        [svg, st.canvas].forEach(function (layer) {
+        [svg, st.canvas, st.hoverCanvas].forEach(function (layer) {
             layer.style.left = box.left + "px";
             layer.style.top = box.top + "px";
             layer.style.width = box.width + "px";
@@ -266,7 +327,9 @@
 
     // The mask (white on black) as a canvas of the same size: translucent fill inside, opaque
     // outline on its edge pixels, transparent outside.
-    function tintedLayer(maskImage, width, height) {
+    function tintedLayer(maskImage, width, height, fill, outline) {
+        fill = fill || MASK_FILL;
+        outline = outline || MASK_OUTLINE;
         const layer = document.createElement("canvas");
         layer.width = width;
         layer.height = height;
@@ -287,7 +350,7 @@
                 }
                 const edge = (x > 0 && !inside[i - 1]) || (x < width - 1 && !inside[i + 1])
                     || (y > 0 && !inside[i - width]) || (y < height - 1 && !inside[i + width]);
-                const colour = edge ? MASK_OUTLINE : MASK_FILL;
+                const colour = edge ? outline : fill;
                 out[i * 4] = colour[0];
                 out[i * 4 + 1] = colour[1];
                 out[i * 4 + 2] = colour[2];
@@ -330,16 +393,31 @@
         return element;
     }
 
-    // The picture with one candidate on it, whole (letterboxed, never cropped), as a small JPEG.
-    function thumbnail(st, layer) {
+    // The picture at thumbnail size, made once per picture: scaling a 4000x3000 photo down for
+    // each of three thumbnails on every click cost more than drawing the mask.
+    function thumbnailBase(st) {
+        if (st.thumbBase && st.thumbBase.src === st.src) {
+            return st.thumbBase.canvas;
+        }
         const canvas = document.createElement("canvas");
         const scale = Math.min(THUMB_WIDTH / st.width, THUMB_HEIGHT / st.height);
         canvas.width = Math.max(1, Math.round(st.width * scale));
         canvas.height = Math.max(1, Math.round(st.height * scale));
-        const context = canvas.getContext("2d");
         if (st.img && st.img.complete && st.img.naturalWidth) {
-            context.drawImage(st.img, 0, 0, canvas.width, canvas.height);
+            canvas.getContext("2d").drawImage(st.img, 0, 0, canvas.width, canvas.height);
+            st.thumbBase = {src: st.src, canvas: canvas};
         }
+        return canvas;
+    }
+
+    // The picture with one candidate on it, whole (letterboxed, never cropped), as a small JPEG.
+    function thumbnail(st, layer) {
+        const base = thumbnailBase(st);
+        const canvas = document.createElement("canvas");
+        canvas.width = base.width;
+        canvas.height = base.height;
+        const context = canvas.getContext("2d");
+        context.drawImage(base, 0, 0);
         context.drawImage(layer, 0, 0, canvas.width, canvas.height);
         return canvas.toDataURL("image/jpeg", 0.85);
     }
@@ -394,7 +472,7 @@
     // The one place the selection changes: canvas, strip and radio follow. ``pushToRadio``: also
     // check the radio, whose input event makes the server build the outputs for this candidate.
     function select(st, index, pushToRadio) {
-        if (!st.data || index < 0 || index >= st.layers.length) {
+        if (!st.data || index < 0 || index >= st.layers.length || !st.layers[index]) {
             return;
         }
         st.selected = index;
@@ -428,18 +506,30 @@
             return; // a newer answer (or a reset) came meanwhile
         }
         st.data = data;
-        st.layers = images.map((image) => tintedLayer(image, data.maskWidth, data.maskHeight));
-        st.thumbs = st.layers.map((layer) => thumbnail(st, layer));
-        st.selected = Math.min(Math.max(0, data.best || 0), st.layers.length - 1);
+        st.selected = Math.min(Math.max(0, data.best || 0), images.length - 1);
+        // The chosen mask first, on the canvas: that is what the user waits for. The other
+        // candidates' layers and the strip's thumbnails follow in the next task.
+        st.layers = images.map(() => null);
+        st.layers[st.selected] = tintedLayer(images[st.selected], data.maskWidth, data.maskHeight);
+        st.thumbs = [];
         render(st);
         drawMask(st);
-        renderStrip(st);
         st.masksDrawn += 1;
+        setTimeout(function () {
+            if (token !== st.drawToken) {
+                return;
+            }
+            st.layers = st.layers.map((layer, index) => layer || tintedLayer(images[index], data.maskWidth, data.maskHeight));
+            st.thumbs = st.layers.map((layer) => thumbnail(st, layer));
+            drawMask(st);  // the selection may have changed meanwhile
+            renderStrip(st);
+        }, 0);
     }
 
     // The candidates on screen no longer belong to the prompts (or the picture): take them away.
     function forgetCandidates(st) {
         st.drawToken += 1;
+        st.pendingDownload = null;
         st.data = null;
         st.layers = [];
         st.thumbs = [];
@@ -484,6 +574,76 @@
         });
     }
 
+    // A large picture's outputs are shown at the click's mask size (the server builds full-size
+    // files only when they are wanted): the mask output's width tells which ones are on screen.
+    function outputsShownSmall(st) {
+        const container = part(st.prefix, "mask");
+        const img = container && container.querySelector("img");
+        return Boolean(img && img.complete && img.naturalWidth && st.width && img.naturalWidth !== st.width);
+    }
+
+    // A download link of an output was clicked. If the outputs on screen are the small ones, the
+    // click is held: the server builds the full-size files, and fullOutputsDone clicks the link again.
+    function downloadClicked(event) {
+        const target = event.composedPath ? event.composedPath()[0] : event.target;
+        const link = target && target.closest && target.closest("a[download]");
+        if (!link) {
+            return;
+        }
+        for (const prefix in panels) {
+            const st = panels[prefix];
+            const name = OUTPUTS.find((n) => { const c = part(prefix, n); return c && c.contains(link); });
+            if (!name) {
+                continue;
+            }
+            if (outputsShownSmall(st)) {
+                event.preventDefault();
+                event.stopPropagation();
+                const pending = st.pendingDownload;
+                if (pending && !pending.answeredAt && Date.now() - pending.since < FULL_OUTPUTS_WAIT_MS) {
+                    pending.name = name;
+                    return; // already asked for (the same click seen from the app's shadow root, or a second link)
+                }
+                st.pendingDownload = {name: name, since: Date.now()};
+                const button = part(prefix, "full_outputs");
+                if (button) {
+                    button.click();
+                }
+            }
+            return;
+        }
+    }
+
+    // The full-size outputs were sent: once the browser shows them, the held download goes ahead.
+    function finishDownload(st) {
+        const pending = st.pendingDownload;
+        if (!pending) {
+            return;
+        }
+        pending.answeredAt = pending.answeredAt || Date.now();
+        if (Date.now() - pending.answeredAt > FULL_OUTPUTS_SHOW_MS) {
+            st.pendingDownload = null; // the build failed (its message is in the status), or a reset came
+            return;
+        }
+        const container = part(st.prefix, pending.name);
+        const link = container && container.querySelector("a[download]");
+        if (outputsShownSmall(st) || !link || !outputsReady(st)) {
+            setTimeout(() => finishDownload(st), 100);
+            return;
+        }
+        st.pendingDownload = null;
+        nameDownloads(st);
+        link.click();
+    }
+
+    function outputsReady(st) {
+        return OUTPUTS.every(function (name) {
+            const container = part(st.prefix, name);
+            const img = container && container.querySelector("img");
+            return Boolean(img && img.complete && img.naturalWidth);
+        });
+    }
+
     // ----- prompt editing ---------------------------------------------------------------------
 
     function hasPrompts(st) {
@@ -491,6 +651,7 @@
     }
 
     function changed(st) {
+        cancelHover(st);
         render(st);
         if (hasPrompts(st)) {
             schedulePreview(st);
@@ -582,6 +743,8 @@
         clearTimeout(st.timer);
         st.timer = null;
         forgetCandidates(st);
+        cancelHover(st);
+        showEncoding(st, false);
         render(st);
     }
 
@@ -652,6 +815,93 @@
         }
     }
 
+    // ----- hover preview ----------------------------------------------------------------------
+
+    function hoverEnabled(st) {
+        const box = part(st.prefix, "hover_preview");
+        const input = box && (box.tagName === "INPUT" ? box : box.querySelector("input[type=checkbox]"));
+        return Boolean(input && input.checked) && st.readySrc === st.src && st.width > 0
+            && (!st.lastClickMs || st.lastClickMs <= HOVER_SLOW_MS);
+    }
+
+    // The pointer rests on the picture: after the debounce, ask for the mask under it. Never while
+    // a click's preview is on its way (a hover must not delay it), never during a drag.
+    function scheduleHover(st, event) {
+        if (st.drag || !st.svg || previewInFlight(st) || st.timer !== null || !hoverEnabled(st)) {
+            return;
+        }
+        const p = toImage(st, event);
+        if (!insideImage(st, p)) {
+            cancelHover(st);
+            return;
+        }
+        st.hover.point = {x: Math.floor(p.x), y: Math.floor(p.y)};
+        clearTimeout(st.hover.timer);
+        st.hover.timer = setTimeout(function () {
+            st.hover.timer = null;
+            if (st.hover.inFlight && Date.now() - st.hover.sentAt < HOVER_LOST_MS) {
+                st.hover.again = true; // sent when the one in flight is answered
+                return;
+            }
+            sendHover(st);
+        }, HOVER_DEBOUNCE_MS);
+    }
+
+    function sendHover(st) {
+        st.hover.again = false;
+        if (!st.hover.point || previewInFlight(st) || st.timer !== null) {
+            return;
+        }
+        const button = part(st.prefix, "hover");
+        if (button) {
+            st.hover.inFlight = true;
+            st.hover.sentAt = Date.now();
+            button.click();
+        }
+    }
+
+    // A click, a drag, the pointer leaving, new prompts or a new picture: the hover mask goes, and
+    // an answer still on its way is dropped.
+    function cancelHover(st) {
+        clearTimeout(st.hover.timer);
+        st.hover.timer = null;
+        st.hover.point = null;
+        st.hover.again = false;
+        st.hover.dropBelow = st.hover.seq + 1;
+        drawHover(st, null);
+    }
+
+    function drawHover(st, layer) {
+        const canvas = st.hoverCanvas;
+        if (!canvas) {
+            return;
+        }
+        canvas.width = layer ? layer.width : 1;
+        canvas.height = layer ? layer.height : 1;
+        if (layer) {
+            canvas.getContext("2d").drawImage(layer, 0, 0);
+        }
+        canvas.dataset.drawn = layer ? String(st.hover.seq) : "";
+    }
+
+    async function showHover(st, json, seq) {
+        let data = null;
+        try {
+            data = json ? JSON.parse(json) : null;
+        } catch (error) {
+            data = null;
+        }
+        if (!data || !data.mask) {
+            return;
+        }
+        const image = await loadImage(data.mask);
+        if (seq < st.hover.dropBelow || seq !== st.hover.seq || !st.hover.point) {
+            return;
+        }
+        drawHover(st, tintedLayer(image, data.maskWidth, data.maskHeight, HOVER_FILL, HOVER_OUTLINE));
+        st.hoversDrawn += 1;
+    }
+
     // ----- binding ----------------------------------------------------------------------------
 
     function onMouseDown(st, event) {
@@ -660,6 +910,7 @@
         }
         event.preventDefault(); // no native image drag
         event.stopPropagation();
+        cancelHover(st);
         const p = toImage(st, event);
         if (!insideImage(st, p)) {
             return;
@@ -712,6 +963,8 @@
         img.addEventListener("click", (e) => { e.preventDefault(); e.stopPropagation(); }, true);
         img.addEventListener("contextmenu", (e) => onContextMenu(st, e), true);
         img.addEventListener("dragstart", (e) => e.preventDefault());
+        img.addEventListener("mousemove", (e) => scheduleHover(st, e));
+        img.addEventListener("mouseleave", () => cancelHover(st));
         if (window.ResizeObserver) {
             if (st.resizeObserver) {
                 st.resizeObserver.disconnect();
@@ -737,8 +990,12 @@
                 if (st.canvas) {
                     st.canvas.remove();
                 }
+                if (st.encodingNote) {
+                    st.encodingNote.remove();
+                }
                 st.svg = null;
                 st.canvas = null;
+                st.encodingNote = null;
                 st.img = null;
                 st.src = null;
                 st.width = 0;
@@ -863,6 +1120,7 @@
             root.addEventListener("change", rememberName, true);
             root.addEventListener("drop", rememberName, true);
             root.addEventListener("change", radioChanged, true);
+            root.addEventListener("click", downloadClicked, true);
         });
         new MutationObserver(queueScan).observe(document.body || document.documentElement, {
             childList: true, subtree: true, attributes: true, attributeFilter: ["src"],
@@ -885,11 +1143,35 @@
             const st = panelState(prefix);
             const values = Array.from(args).slice(0, inputCount);
             st.sentAt = Date.now();
+            showEncoding(st, st.encodedSrc !== st.src);
             await imageOnServer(st);
             values[promptIndex] = promptsJson(st);
             st.sentPrompts = values[promptIndex];
             st.previewsSent = (st.previewsSent || 0) + 1;
             return values;
+        },
+        // The hover button's browser-side step: the prompts plus the point under the pointer.
+        collectHover: function (prefix, args, promptIndex, inputCount) {
+            const st = panelState(prefix);
+            const values = Array.from(args).slice(0, inputCount);
+            const p = st.hover.point;
+            st.hover.seq += 1;
+            const points = st.points.map((q) => [q.x + 0.5, q.y + 0.5, q.label]);
+            if (p) {
+                points.push([p.x + 0.5, p.y + 0.5, 1]);
+            }
+            values[promptIndex] = JSON.stringify({name: st.name, width: st.width, height: st.height, points: points,
+                                                  boxes: st.boxes.map((b) => [b.x0, b.y0, b.x1, b.y1])});
+            return values;
+        },
+        hoverDone: function (prefix, data) {
+            const st = panelState(prefix);
+            st.hover.inFlight = false;
+            showHover(st, data, st.hover.seq);
+            if (st.hover.again) {
+                sendHover(st);
+            }
+            return [];
         },
         // Runs when the server has decoded a new picture: clicks made before that are previewed now.
         imageReady: function (prefix) {
@@ -900,14 +1182,40 @@
             releaseIfOnServer(st);
             return [];
         },
+        // Runs when the server has built the full-size outputs a held download waits for.
+        fullOutputsDone: function (prefix) {
+            finishDownload(panelState(prefix));
+            return [];
+        },
+        // Runs when the server has encoded the picture on its own (after an upload or a model
+        // change): a click on it now runs the decoder only.
+        imageEncoded: function (prefix) {
+            const st = panelState(prefix);
+            const container = part(prefix, "input_image");
+            const img = container && container.querySelector("img");
+            st.encodedSrc = img ? img.getAttribute("src") : null;
+            return [];
+        },
+        // Another model was chosen: the picture's next click pays for its encoder again.
+        modelChanged: function (prefix) {
+            panelState(prefix).encodedSrc = null;
+            return [];
+        },
         // Runs when a preview has been answered (success or failure), with the answer's masks
         // (handlers.candidates_payload; empty after a failure).
         previewDone: function (prefix, data) {
             const st = panelState(prefix);
             const sent = st.sentPrompts;
+            if (st.sentAt) {
+                st.lastClickMs = Date.now() - st.sentAt;
+            }
             st.sentAt = 0;
             st.sentPrompts = null;
             st.previewsAnswered = (st.previewsAnswered || 0) + 1;
+            showEncoding(st, false);
+            if (data) {
+                st.encodedSrc = st.src; // masks came back: the server holds this picture's embedding
+            }
             if (data === undefined) {
                 return [];
             }
@@ -945,7 +1253,7 @@
             const st = panelState(prefix);
             return {width: st.width, height: st.height, points: st.points.slice(), boxes: st.boxes.slice(),
                     previewsSent: st.previewsSent || 0, previewsAnswered: st.previewsAnswered || 0,
-                    masksDrawn: st.masksDrawn, selected: st.data ? st.selected : null,
+                    masksDrawn: st.masksDrawn, hoversDrawn: st.hoversDrawn, encodingShown: st.encodingShown, lastClickMs: st.lastClickMs, selected: st.data ? st.selected : null,
                     token: st.data ? st.data.token : null, name: pictureStem(st)};
         },
         // For tests: the candidates on screen (their masks as the server sent them).

@@ -75,6 +75,97 @@ def test_a_large_picture_sends_small_masks_that_keep_its_shape():
     assert small.shape == (768, 1024) and small[192:576, 256:768].all() and small.sum() == 384 * 512
 
 
+def test_a_large_picture_is_decoded_at_screen_size_and_its_outputs_at_full_size(engine):
+    """A click on a photo larger than the canvas answers with screen-sized masks; the outputs are
+    the engine's full-size mask of the chosen candidate, made only when asked for."""
+    from sd_webui_sam.predictor import Prompts
+
+    pixels = np.zeros((1200, 1600, 3), dtype=np.uint8)
+    pixels[:] = (40, 90, 160)
+    pixels[300:900, 500:1200] = (220, 180, 60)
+    session = handlers.session_image(pixels)
+    found = handlers.segment(engine, "tiny_sam.pth", session, prompts([(800.5, 600.5, 1)], size=(1600, 1200)))
+    assert found.masks.shape == (3, 768, 1024)
+    payload = json.loads(handlers.candidates_payload(found))
+    assert (payload["width"], payload["maskWidth"], payload["maskHeight"]) == (1600, 1024, 768)
+    assert np.array_equal(png_mask(payload["masks"][found.best]), found.masks[found.best])
+    direct = engine.segment("tiny_sam.pth", pixels, Prompts(points=[(800.5, 600.5)], labels=[1])).masks[0]
+    chosen = handlers.chosen_outputs(found, found.best, handlers.MaskTools())
+    assert chosen.mask.size == chosen.cutout.size == (1600, 1200)
+    assert np.array_equal(np.asarray(chosen.mask) > 127, direct[found.best])
+    assert np.array_equal(np.asarray(handlers.chosen_outputs(found, 0, handlers.MaskTools()).mask) > 127, direct[0])
+
+
+def test_a_click_on_a_large_picture_shows_outputs_without_the_full_size_path(engine, tmp_path):
+    """Issue #13: a click costs the decoder plus small outputs; the full-size decode and files are
+    made only for a download (full_size=True) or a send (mask_to_send)."""
+    pixels = np.zeros((1200, 1600, 3), dtype=np.uint8)
+    pixels[:] = (40, 90, 160)
+    pixels[300:900, 500:1200] = (220, 180, 60)
+    session = handlers.session_image(pixels)
+    found = handlers.segment(engine, "tiny_sam.pth", session, prompts([(800.5, 600.5, 1)], size=(1600, 1200)))
+    full_decodes = []
+    real_full_size = found.full_size
+
+    def spy():
+        full_decodes.append(1)
+        return real_full_size()
+
+    found.full_size = spy
+    files = handlers.ImageFiles()
+    tools = handlers.MaskTools(expand=8)
+    shown = [Image.open(path) for path in handlers.chosen_output_files(found, found.best, tools, files, full_size=False)]
+    assert not full_decodes
+    assert [image.size for image in shown] == [(1024, 768)] * 3
+    # the shown mask is the drawn candidate after the tools, scaled with the picture (8 px -> 5 px)
+    from sd_webui_sam import masks as mask_ops
+    expected = mask_ops.expand(found.masks[found.best], 5)
+    assert np.array_equal(np.asarray(shown[1]) > 127, expected)
+
+    # a send to inpaint with the small mask on screen: the full-size one is made then
+    sent = handlers.mask_to_send(Image.fromarray(pixels), shown[1], found, found.best, tools)
+    assert sent.size == (1600, 1200) and len(full_decodes) == 1
+    # a download: the full-size files (the decode is not repeated)
+    full = [Image.open(path) for path in handlers.chosen_output_files(found, found.best, tools, files, full_size=True)]
+    assert [image.size for image in full[1:]] == [(1600, 1200)] * 2 and len(full_decodes) == 1
+    assert np.array_equal(np.asarray(full[1]), np.asarray(sent))
+    # a mask already at the picture's size (Auto SAM's "send to panel") is sent as it is
+    assert handlers.mask_to_send(Image.fromarray(pixels), full[1], found, 0, tools) is full[1]
+
+
+def test_a_click_on_the_panels_picture_does_not_hash_its_pixels_again(engine, picture, monkeypatch):
+    from sd_webui_sam import predictor
+
+    session = handlers.session_image(picture)
+    handlers.encode_ahead(engine, "tiny_sam.pth", session)
+    hashed = []
+    real = predictor.image_content_key
+    monkeypatch.setattr(predictor, "image_content_key", lambda pixels: hashed.append(1) or real(pixels))
+    hits = engine.embeddings.stats()["hits"]
+    handlers.segment(engine, "tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
+    handlers.hover_payload(engine, "tiny_sam.pth", session, prompts([(30.5, 20.5, 1)]))
+    assert not hashed and engine.embeddings.stats()["hits"] == hits + 2  # the cached embedding, found by its digest
+
+
+def test_a_small_picture_shows_its_full_size_outputs_on_a_click(engine, picture):
+    found = handlers.segment(engine, "tiny_sam.pth", handlers.session_image(picture), prompts([(60.5, 50.5, 1)]))
+    found.full_size = lambda: pytest.fail("a picture no larger than the canvas needs no second decode")
+    assert handlers.is_full_size(found)
+    shown = handlers.preview_outputs(found, found.best, handlers.MaskTools())
+    full = handlers.chosen_outputs(found, found.best, handlers.MaskTools())
+    assert shown.mask.size == (128, 96) and np.array_equal(np.asarray(shown.mask), np.asarray(full.mask))
+
+
+def test_the_hover_mask_is_the_best_candidate_and_supersedes_no_click(engine, picture):
+    session = handlers.session_image(picture)
+    clicked = handlers.segment(engine, "tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
+    hover = json.loads(handlers.hover_payload(engine, "tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]), token=3))
+    assert (hover["token"], hover["maskWidth"], hover["maskHeight"]) == ("3", 128, 96)
+    assert np.array_equal(png_mask(hover["mask"]), clicked.masks[clicked.best])
+    assert not handlers.superseded(clicked, session)  # the click's outputs are still the ones to build
+    assert handlers.hover_payload(engine, "tiny_sam.pth", None, prompts([(5.5, 5.5, 1)])) == ""
+
+
 @pytest.mark.parametrize("name, stem", [("My photo.JPG", "My_photo"), ("a/b/c.d.png", "c.d"), ("", "picture"),
                                         (None, "picture"), ("../..", "picture"), ("..png", "picture")])
 def test_download_names_come_from_the_picture(name, stem):
@@ -254,8 +345,8 @@ def test_upload_encode_message_never_replaces_a_preview_answered_meanwhile(engin
             outer = self
 
             class Racing:
-                def encode(self, pixels):
-                    real_predictor.encode(pixels)
+                def encode(self, pixels, **kwargs):
+                    real_predictor.encode(pixels, **kwargs)
                     handlers.segment(outer.real, name, session, prompts([(60.5, 50.5, 1)]))
 
                 def predict(self, *args, **kwargs):

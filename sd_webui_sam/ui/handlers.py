@@ -14,7 +14,7 @@ import logging
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
@@ -53,20 +53,42 @@ class MaskTools:
 
 @dataclass
 class Candidates:
-    """The last preview: what the mask tools and the send buttons work on."""
+    """The last preview: what the mask tools and the send buttons work on.
+
+    ``masks`` may be smaller than the picture (a click's answer is decoded at display size only);
+    ``full_size`` then makes the picture-sized masks, once, when an output needs them.
+    """
 
     image: np.ndarray            # (H, W, 3) uint8, the picture the prompts were placed on
-    masks: np.ndarray            # (3, H, W) bool
+    masks: np.ndarray            # (3, h, w) bool, at the picture's size or smaller
     scores: np.ndarray           # (3,) float32
     image_digest: str = ""
     prompt_summary: str = ""
     picture_name: str = DEFAULT_PICTURE_NAME  # file-name stem for the downloads
     #: When it was made, in its picture's answers and resets (SessionImage.answered["generation"]).
     sequence: int = 0
+    #: (K, 3, h, w) bool: each object's (box's) own candidates before merging, at the size of
+    #: ``masks``; None: one object.
+    object_masks: Optional[np.ndarray] = None
+    full_size: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False, compare=False)
+    #: The picture at ``display_size`` (made once per upload: SessionImage.display_pixels); None:
+    #: resized from ``image`` when a preview needs it.
+    display_picture: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False, compare=False)
+    _full_masks: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    _full_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def best(self) -> int:
         return int(np.argmax(self.scores))
+
+    def full_mask(self, index: int) -> np.ndarray:
+        """Candidate ``index`` at the picture's size, (H, W) bool."""
+        if self.masks.shape[1:] == self.image.shape[:2] or self.full_size is None:
+            return self.masks[index]
+        with self._full_lock:  # the mask tools' renders may ask at once: decode once
+            if self._full_masks is None:
+                self._full_masks = self.full_size()
+        return self._full_masks[index]
 
     def index(self, choice: Any) -> int:
         """The candidate a choice (index or None) means; out of range falls back to the best."""
@@ -97,11 +119,20 @@ class SessionImage:
     #: How many previews were answered for this picture. The upload-time encode reports its time
     #: only if none was answered meanwhile, so its message never replaces a click's result.
     answered: collections.Counter = field(default_factory=collections.Counter, compare=False, repr=False)
+    _display: list = field(default_factory=list, compare=False, repr=False)
+    _display_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def size(self) -> Tuple[int, int]:
         """(width, height)."""
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    def display_pixels(self) -> np.ndarray:
+        """The picture at ``display_size``, made once (scaling a 4000x3000 photo down took ~0.3 s)."""
+        with self._display_lock:
+            if not self._display:
+                self._display.append(resized_picture(self.pixels, display_size(*self.size)))
+            return self._display[0]
 
 
 class ImageFiles:
@@ -160,9 +191,10 @@ def change_device(engine, preference: str) -> Tuple[str, bool]:
     except SamUserError as error:
         return str(error), False
     actual = str(placement.device)
+    note = f" {placement.precision_note}" if placement.precision_note else ""
     if preference not in ("auto", actual.split(":")[0]):
-        return f"{preference} is not available here; SAM runs on {actual}.", False
-    return f"SAM runs on {actual} now.", True
+        return f"{preference} is not available here; SAM runs on {actual}.{note}", False
+    return f"SAM runs on {actual} now.{note}", True
 
 
 def describe_failure(error: BaseException) -> str:
@@ -227,14 +259,15 @@ def encode_ahead(engine, model_name: Optional[str], image: Optional[SessionImage
     predictor = engine.predictor(model_name)
     misses = engine.embeddings.stats()["misses"]
     start = time.perf_counter()
-    predictor.encode(image.pixels)
+    predictor.encode(image.pixels, image_key=image.digest)
     seconds = time.perf_counter() - start
     if engine.embeddings.stats()["misses"] == misses:
         return None
+    image.display_pixels()  # what every click's outputs are drawn on, ready before the first one
     # One throw-away decode: the decoder's first run pays one-off setup costs (measured ~1 s on
     # a loaded CPU) that would otherwise land on the user's first click.
     width, height = image.size
-    predictor.predict(image.pixels, Prompts(points=[(width / 2, height / 2)], labels=[1]))
+    predictor.predict(image.pixels, Prompts(points=[(width / 2, height / 2)], labels=[1]), image_key=image.digest)
     if image.answered["previews"] != previews_before:
         return None
     return seconds
@@ -289,8 +322,19 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
     model_name = require_model(model_name)
     pixels = to_rgb_array(image, engine.settings.max_image_pixels)
     prompts = parse_prompts(prompts_json, pixels.shape[:2])
-    # a single-output model gives one candidate (never the one mask shown three times)
-    merged = engine.segment(model_name, pixels, prompts, multimask_output=True).merged()
+    # A click's answer is only ever drawn at screen size: decoding the masks at the picture's
+    # size (4000x3000: more than the decoder itself) waits until an output needs them.
+    width, height = pixels.shape[1], pixels.shape[0]
+    shown = display_size(width, height)
+
+    def decode(mask_size: Optional[Tuple[int, int]] = None):
+        # a single-output model gives one candidate (never the one mask shown three times)
+        # the panel's picture has its digest already: no click hashes its pixels again (50-500 ms at 4000x3000)
+        key = image.digest if isinstance(image, SessionImage) else None
+        return engine.segment(model_name, pixels, prompts, multimask_output=True, mask_size=mask_size, image_key=key)
+
+    prediction = decode(None if shown == (width, height) else (shown[1], shown[0]))
+    merged = prediction.merged()
     sequence = 0
     if isinstance(image, SessionImage):
         image.answered["previews"] += 1
@@ -304,6 +348,9 @@ def segment(engine, model_name: Optional[str], image: Any, prompts_json: Optiona
         image_digest=image.digest if isinstance(image, SessionImage) else images.image_content_key(pixels),
         prompt_summary=summarise(prompts),
         picture_name=picture_name(prompts_json),
+        object_masks=np.asarray(prediction.masks, dtype=bool) if len(prediction.masks) > 1 else None,
+        full_size=lambda: decode().merged().masks[0],
+        display_picture=image.display_pixels if isinstance(image, SessionImage) else None,
     )
 
 
@@ -359,17 +406,27 @@ def display_size(width: int, height: int, side: int = DISPLAY_MASK_SIDE) -> Tupl
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def resized_picture(pixels: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 scaled to ``size`` (width, height); the same array when it already is."""
+    if (pixels.shape[1], pixels.shape[0]) == tuple(size):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR, reducing_gap=2.0))
+
+
+def resized_mask(mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(h, w) bool at ``size`` (width, height): area-weighted, then thresholded, so thin parts
+    survive better than with nearest-neighbour."""
+    if (mask.shape[1], mask.shape[0]) == tuple(size):
+        return np.asarray(mask, dtype=bool)
+    grey = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8) * 255).resize(size, Image.BOX)
+    return np.asarray(grey) >= 128
+
+
 def mask_png_data_url(mask: np.ndarray, size: Tuple[int, int]) -> str:
     """One candidate as a 1-bit PNG data URL at ``size`` (a few KB): what the browser draws."""
-    height, width = mask.shape
-    if (width, height) == tuple(size):
-        small = Image.fromarray(np.ascontiguousarray(mask, dtype=bool))
-    else:
-        # Area-weighted, then thresholded: thin parts survive better than with nearest-neighbour.
-        grey = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8) * 255).resize(size, Image.BOX)
-        small = grey.point(lambda value: 255 if value >= 128 else 0).convert("1", dither=Image.Dither.NONE)
+    small = Image.fromarray(np.ascontiguousarray(resized_mask(mask, size)))  # a click's answer is at this size
     buffer = io.BytesIO()
-    small.save(buffer, format="PNG", compress_level=6)
+    small.save(buffer, format="PNG", compress_level=3)  # 6 took 3x as long for a tenth less
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -393,12 +450,30 @@ def candidates_payload(candidates: Candidates, token: Any = "") -> str:
     })
 
 
+def hover_payload(engine, model_name: Optional[str], image: Any, prompts_json: Optional[str], token: Any = "") -> str:
+    """The mask under the pointer before any click: the best candidate for the prompts plus the
+    hovered point, at screen size, as JSON for the panel's script ("" when there is no picture).
+
+    Nothing is kept and no answer counter moves: a hover never supersedes a click's candidates.
+    """
+    if not isinstance(image, SessionImage):
+        return ""
+    model_name = require_model(model_name)
+    prompts = parse_prompts(prompts_json, image.pixels.shape[:2])
+    size = display_size(*image.size)
+    merged = engine.segment(model_name, image.pixels, prompts, multimask_output=True,
+                            mask_size=(size[1], size[0]), image_key=image.digest).merged()
+    best = int(np.argmax(merged.scores[0]))
+    return json.dumps({"token": str(token), "maskWidth": size[0], "maskHeight": size[1],
+                       "mask": mask_png_data_url(merged.masks[0][best], size)})
+
+
 def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.ndarray:
     """The chosen candidate after the mask tools: (H, W) float32 in 0..1 (soft only when feathered)."""
     if not 0 <= index < len(candidates.masks):
         index = candidates.best
     result = mask_ops.postprocess(
-        candidates.masks[index], expand=tools.expand, feather=tools.feather, fill_holes=tools.fill_holes,
+        candidates.full_mask(index), expand=tools.expand, feather=tools.feather, fill_holes=tools.fill_holes,
         min_island=tools.min_island, invert=tools.invert,
     )
     return np.asarray(result, dtype=np.float32)
@@ -423,10 +498,55 @@ def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> Chos
     )
 
 
-def chosen_output_files(candidates: Candidates, index: int, tools: MaskTools, files: ImageFiles) -> Tuple[str, str, str]:
+def preview_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
+    """The outputs a click shows: at the size of its masks (``display_size``), from the masks the
+    browser drew, never from the full-size decoder. A picture no larger than that gets its
+    full-size outputs, which cost no more.
+
+    The tools' pixel sizes are scaled with the picture, so the preview looks like the full-size result.
+    """
+    height, width = candidates.image.shape[:2]
+    size = display_size(width, height)
+    if size == (width, height):
+        return chosen_outputs(candidates, index, tools)
+    if not 0 <= index < len(candidates.masks):
+        index = candidates.best
+    scale = size[0] / width
+    small_tools = replace(tools, expand=int(round(tools.expand * scale)), feather=tools.feather * scale,
+                          min_island=int(round(tools.min_island * scale * scale)), edge_band=tools.edge_band * scale)
+    mask = resized_mask(candidates.masks[index], size)
+    alpha = np.asarray(mask_ops.postprocess(mask, expand=small_tools.expand, feather=small_tools.feather,
+                                            fill_holes=small_tools.fill_holes, min_island=small_tools.min_island,
+                                            invert=small_tools.invert), dtype=np.float32)
+    picture = (candidates.display_picture() if candidates.display_picture is not None
+               else resized_picture(candidates.image, size))
+    return ChosenOutputs(
+        overlay=Image.fromarray(render.overlay(picture, alpha)),
+        mask=render.mask_image(alpha),
+        cutout=(matting.cutout(picture, alpha >= 0.5, "soft", small_tools.edge_band) if tools.soft_edges
+                else render.cutout(picture, alpha)),
+    )
+
+
+def is_full_size(candidates: Candidates) -> bool:
+    """Whether a click's outputs (``preview_outputs``) are already the full-size ones."""
+    height, width = candidates.image.shape[:2]
+    return display_size(width, height) == (width, height)
+
+
+def full_mask_image(candidates: Candidates, index: int, tools: MaskTools) -> Image.Image:
+    """The chosen mask after the tools at the picture's size (L): what is sent to inpaint."""
+    return render.mask_image(processed_mask(candidates, candidates.index(index), tools))
+
+
+def chosen_output_files(candidates: Candidates, index: int, tools: MaskTools, files: ImageFiles, *,
+                        full_size: bool = True) -> Tuple[str, str, str]:
     """(overlay, mask, cut-out) as PNG files named '<picture>_overlay.png' and so on: gradio 4 offers
-    a file's own name as the download name (the panel's script sets it on gradio 3)."""
-    chosen = chosen_outputs(candidates, index, tools)
+    a file's own name as the download name (the panel's script sets it on gradio 3).
+
+    ``full_size`` False: ``preview_outputs``, what a click shows (the panel's script asks for the
+    full-size files when one is downloaded)."""
+    chosen = chosen_outputs(candidates, index, tools) if full_size else preview_outputs(candidates, index, tools)
     stem = candidates.picture_name
     return (
         files.write(chosen.overlay, f"{stem}_overlay"),
@@ -474,6 +594,18 @@ def soft_inpaint_mask(picture: Image.Image, mask_image: Image.Image) -> Image.Im
     """The binary mask's alpha matte on ``picture`` as an 8-bit L mask (automatic band)."""
     matte = matting.alpha_matte(np.asarray(picture.convert("RGB")), np.asarray(mask_image) >= 128)
     return Image.fromarray(np.round(matte.alpha * 255).astype(np.uint8), mode="L")
+
+
+def mask_to_send(image: Any, mask: Any, candidates: Optional[Candidates], index: Any, tools: MaskTools) -> Any:
+    """The mask to hand on: the mask output when it has the picture's size; else (a large picture's
+    outputs are shown at screen size) the chosen candidate built at full size now."""
+    if mask is None or image is None or candidates is None:
+        return mask
+    width, height = (image.size if isinstance(image, Image.Image) else (np.asarray(image).shape[1], np.asarray(image).shape[0]))
+    shown = mask.size if isinstance(mask, Image.Image) else (np.asarray(mask).shape[1], np.asarray(mask).shape[0])
+    if shown == (width, height) or candidates.image.shape[:2] != (height, width):
+        return mask
+    return full_mask_image(candidates, index, tools)
 
 
 def inpaint_pair(image: Any, mask: Any) -> Tuple[Image.Image, Image.Image]:

@@ -16,7 +16,7 @@ from sd_webui_sam import downloads
 from sd_webui_sam.compat import gradio_compat as grc
 from sd_webui_sam.devices import DEVICE_CHOICES
 from sd_webui_sam.script_args import CUTOUT_ALPHA_ARGS, CUTOUT_ARGS, HANDOFF_ARGS, SCRIPT_ARGS, script_arg
-from sd_webui_sam.ui import autosam_tab, batch_tab, handlers, text_prompt
+from sd_webui_sam.ui import autosam_tab, batch_tab, detail_section, handlers, memory_line, text_prompt
 from sd_webui_sam.ui.elements import CHOICES, elem, status_html, unit_choices
 
 __all__ = ["TITLE", "Panel", "PanelOptions", "ToolDefaults", "build_panel", "first_run_html", "wire_send_to_inpaint"]
@@ -24,6 +24,8 @@ __all__ = ["TITLE", "Panel", "PanelOptions", "ToolDefaults", "build_panel", "fir
 TITLE = "Segment Anything"
 #: The hand-off arguments the panel builds controls for (the picture and the mask are its own).
 HANDOFF_FLAGS_AND_UNIT = ("use_for_generation", "controlnet_enabled", "controlnet_unit", "controlnet_invert")
+#: CSS px below which the canvas column does not shrink (the tools go below it instead).
+CANVAS_MIN_WIDTH = 480
 #: CSS px of each output image: fixed, so a result arriving never moves what is below it.
 OUTPUT_HEIGHT = 240
 #: The candidate strip before the first answer: the same three slots the script fills later.
@@ -44,6 +46,7 @@ class ToolDefaults:
     fill_holes: bool = False
     min_island: int = 0
     auto_preview: bool = True
+    hover_preview: bool = True
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,10 @@ def build_panel(options: PanelOptions) -> Panel:
         download_parts = _download_section(prefix, engine, open_=not choices)
         with gr.Row(elem_classes=["sam-workspace"]):
             # The canvas: the picture as large as the column and the window allow, with the chosen
-            # mask, the dots and the boxes drawn on it by javascript/segment_anything.js.
-            with gr.Column(scale=3, min_width=320):
+            # mask, the dots and the boxes drawn on it by javascript/segment_anything.js. Its minimum
+            # width makes the tools wrap below it in the WebUI's narrow left column (about 600 px at
+            # 1400 wide), so there the canvas gets the column's whole width instead of half of it.
+            with gr.Column(scale=3, min_width=CANVAS_MIN_WIDTH, elem_classes=["sam-canvas-column"]):
                 input_image = grc.image_input(script_arg("image").label, elem_id=elem(prefix, "input_image"), elem_classes=["sam-canvas"])
             # The tools beside it, so a click and its effect are on screen together.
             with gr.Column(scale=1, min_width=270, elem_classes=["sam-side"]):
@@ -178,6 +183,9 @@ def build_panel(options: PanelOptions) -> Panel:
                         elem_id=elem(prefix, "auto_preview"), min_width=120,
                     )
                     preview = gr.Button("Preview", variant="primary", elem_id=elem(prefix, "preview"), min_width=80)
+                # The script shows it only while clicks are answered fast enough to follow the pointer.
+                hover_preview = gr.Checkbox(label="Show the mask under the pointer", value=options.tools.hover_preview,
+                                            interactive=True, elem_id=elem(prefix, "hover_preview"))
                 gr.HTML(HELP_HTML, elem_id=elem(prefix, "help"), elem_classes=["sam-help"])
                 expand = gr.Slider(-64, 64, value=options.tools.expand, step=1, label="Expand (+) / shrink (-), px",
                                    elem_id=elem(prefix, "expand"))
@@ -199,12 +207,29 @@ def build_panel(options: PanelOptions) -> Panel:
             mask = grc.image_output(script_arg("mask").label, elem_id=elem(prefix, "mask"), image_mode="L",
                                     height=OUTPUT_HEIGHT)
             cutout = grc.image_output("Cut-out", elem_id=elem(prefix, "cutout"), image_mode="RGBA", height=OUTPUT_HEIGHT)
+        # What is loaded, and the button that frees it: below the work, since its text grows after
+        # the first encode (above the canvas it moved the picture under the pointer).
+        memory_parts = memory_line.build(prefix, engine)
         prompts = gr.Textbox(value="", visible=False, label="Prompts", elem_id=elem(prefix, "prompts"))
         # The last answer's candidates as compact masks (handlers.candidates_payload) for the script.
         masks_data = gr.Textbox(value="", visible=False, label="Candidate masks", elem_id=elem(prefix, "masks_data"))
         # Pressed by the script when the prompts become empty (clear, undo, removing the last dot):
         # it empties every output, so nothing of the old prompts can be downloaded or sent.
         reset = gr.Button("Reset outputs", elem_id=elem(prefix, "reset"), elem_classes=["sam-hidden"])
+        # Pressed by the script when an output shown at screen size is downloaded: the full-size
+        # overlay, mask and cut-out are built then, and the download follows.
+        full_outputs = gr.Button("Full-size outputs", elem_id=elem(prefix, "full_outputs"), elem_classes=["sam-hidden"])
+        # Each object of the chosen mask as its own PNG, for "Detail each object" (ui/detail_section.py).
+        object_masks = gr.Textbox(value="", visible=False, label="Object masks", elem_id=elem(prefix, "object_masks"))
+        # Whether that section takes its objects from this panel (set by the section's "Objects"):
+        # the per-object PNGs are made only then, not on every mask change.
+        object_masks_wanted = gr.Checkbox(value=False, visible=False, label="Object masks wanted",
+                                          elem_id=elem(prefix, "object_masks_wanted"))
+        # The mask under the pointer (handlers.hover_payload): pressed by the script, answered apart
+        # from the clicks' candidates.
+        hover = gr.Button("Hover preview", elem_id=elem(prefix, "hover"), elem_classes=["sam-hidden"])
+        hover_prompts = gr.Textbox(value="", visible=False, label="Hover prompts", elem_id=elem(prefix, "hover_prompts"))
+        hover_data = gr.Textbox(value="", visible=False, label="Hover mask", elem_id=elem(prefix, "hover_data"))
         state = gr.State(None)
         image_state = gr.State(None)  # handlers.SessionImage: the picture decoded once per upload
         panel = Panel(
@@ -213,7 +238,10 @@ def build_panel(options: PanelOptions) -> Panel:
             tools=[expand, feather, fill_holes, min_island, invert, soft_edges, edge_band], state=state,
             extra={"refresh": refresh, "device": device, "undo": undo, "clear": clear, "auto_preview": auto_preview,
                    "image_state": image_state, "masks_data": masks_data, "reset": reset, "first_run": first_run,
-                   **download_parts},
+                   "full_outputs": full_outputs,
+                   "object_masks": object_masks, "object_masks_wanted": object_masks_wanted,
+                   "hover": hover, "hover_prompts": hover_prompts, "hover_data": hover_data, "hover_preview": hover_preview,
+                   **download_parts, **memory_parts},
         )
         if options.sd_controls:
             _sd_controls(panel)
@@ -228,6 +256,8 @@ def build_panel(options: PanelOptions) -> Panel:
         panel.extra.update(text_prompt=text_parts, cutout_args=text_prompt.cutout_script_args(panel, text_parts))
         panel.extra.update(_more_tabs(panel))
     _wire(panel, refresh, undo, clear)
+    memory_line.wire(memory_parts["memory_line"], memory_parts["free_memory"], panel.status,
+                     [panel.status, text_parts["status"]], engine)
     return panel
 
 
@@ -368,15 +398,23 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     remembered = grc.listen(panel.input_image.change, handlers.guarded(remember_image, remember_failure),
                             [panel.model, panel.input_image], [image_state, *cleared_outputs], show_progress=False)
     guarded_encode = handlers.guarded(encode_ahead, encode_failure)
-    grc.listen(remembered.then, guarded_encode, [panel.model, image_state], [panel.status], show_progress=False)
+    # The script shows "Encoding the picture..." over the canvas when a click is sent before these
+    # encodes have finished (that click then pays for the encoder).
+    encoded_js = f"() => window.samPanel.imageEncoded({prefix!r})"
+    encoded = grc.listen(remembered.then, guarded_encode, [panel.model, image_state], [panel.status], show_progress=False)
+    grc.listen(encoded.then, None, [], [], js=encoded_js)
     grc.listen(remembered.then, None, [], [], js=f"() => window.samPanel.imageReady({prefix!r})")
-    grc.listen(panel.model.change, guarded_encode, [panel.model, image_state], [panel.status], show_progress=False)
+    grc.listen(panel.model.change, None, [], [], js=f"() => window.samPanel.modelChanged({prefix!r})")
+    encoded = grc.listen(panel.model.change, guarded_encode, [panel.model, image_state], [panel.status], show_progress=False)
+    grc.listen(encoded.then, None, [], [], js=encoded_js)
 
     answers = itertools.count(1)
 
     # A click's answer is the decoder's three masks as small PNGs (handlers.candidates_payload):
-    # the browser draws them on the canvas and in the strip. The full-size overlay, mask and
-    # cut-out of the chosen one follow in a second step that the canvas does not wait for.
+    # the browser draws them on the canvas and in the strip. The overlay, mask and cut-out of the
+    # chosen one follow in a second step that the canvas does not wait for, at the masks' size;
+    # the full-size files are made only when downloaded (the script asks for them), sent to inpaint,
+    # or while the mask is handed to the next generation (``handoff_flags`` below).
     def preview_masks(model_name, image, prompts_json):
         if isinstance(image, handlers.SessionImage):
             image.answered["attempts"] += 1
@@ -402,17 +440,18 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     )
 
     tool_inputs = [panel.state, panel.choice, *panel.tools]
+    # Whether the next generation takes the mask (img2img inpaint or ControlNet): the mask output
+    # then has to be the picture's size, so the outputs are built at full size after each change.
+    handoff_flags = [panel.use_for_generation, panel.cn_enabled]
 
-    def render_choice(found, index, expand, feather, fill_holes, min_island, invert, soft_edges=False, edge_band=0):
+    def render_choice(found, index, use_for_generation, controlnet_enabled, expand, feather, fill_holes, min_island,
+                      invert, soft_edges=False, edge_band=0, full_size=False):
         if found is None:
             return None, None, None, grc.update()
-        tools = handlers.MaskTools(
-            expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
-            min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
-            edge_band=float(edge_band or 0),
-        )
+        tools = _mask_tools(expand, feather, fill_holes, min_island, invert, soft_edges, edge_band)
         chosen = found.index(index)
-        return (*handlers.chosen_output_files(found, chosen, tools, files),
+        full_size = full_size or bool(use_for_generation) or bool(controlnet_enabled)
+        return (*handlers.chosen_output_files(found, chosen, tools, files, full_size=full_size),
                 status_html(handlers.candidates_status(found, chosen)))
 
     def render_failure(message: str):
@@ -434,18 +473,65 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
         # The preview has just written the status; leaving it alone keeps it from looking busy.
         return render_current(image, found, *values)[:3]
 
-    # The browser draws the masks first (previewDone), then the full-size outputs are built; off
-    # gradio 3's one-at-a-time queue too, so rendering never holds up the next preview.
-    grc.listen(event.then, None, [masks_data], [], js=f"(data) => window.samPanel.previewDone({prefix!r}, data)")
-    grc.listen(event.then, render_answer, [image_state, *tool_inputs], render_outputs, show_progress=False,
-               queue=grc.FAST_EVENT_QUEUE)
-    for control in [panel.choice, *panel.tools]:
-        grc.listen(control.change if control is not panel.choice else control.input, render_current,
-                   [image_state, *tool_inputs], [*render_outputs, panel.status], show_progress=False,
-                   queue=grc.FAST_EVENT_QUEUE)
+    def render_full_size(image, found, *values):
+        # Asked for by the script when a shown (smaller) output is downloaded.
+        return render_current(image, found, *values, True)[:3]
 
+    render_inputs = [image_state, panel.state, panel.choice, *handoff_flags, *panel.tools]
+    # The browser draws the masks first (previewDone), then the outputs are built; off gradio 3's
+    # one-at-a-time queue too, so rendering never holds up the next preview.
+    grc.listen(event.then, None, [masks_data], [], js=f"(data) => window.samPanel.previewDone({prefix!r}, data)")
+    grc.listen(event.then, render_answer, render_inputs, render_outputs, show_progress=False,
+               queue=grc.FAST_EVENT_QUEUE)
+    for control in [panel.choice, *handoff_flags, *panel.tools]:
+        grc.listen(control.change if control is not panel.choice else control.input, render_current,
+                   render_inputs, [*render_outputs, panel.status], show_progress=False,
+                   queue=grc.FAST_EVENT_QUEUE)
+    # On the queue: a 4000x3000 cut-out takes seconds, and the clicks' previews do not wait for it.
+    full_event = grc.listen(panel.extra["full_outputs"].click, render_full_size, render_inputs, render_outputs)
+    grc.listen(full_event.then, None, [], [], js=f"() => window.samPanel.fullOutputsDone({prefix!r})")
+
+    def object_masks(wanted, found, index, *tool_values):
+        if not wanted:
+            return ""
+        return detail_section.panel_object_masks(found, index, _mask_tools(*tool_values))
+
+    wanted = panel.extra["object_masks_wanted"]
+    for trigger in (panel.mask.change, wanted.change):
+        grc.listen(trigger, handlers.guarded(object_masks, lambda message: ""), [wanted, *tool_inputs],
+                   [panel.extra["object_masks"]], show_progress=False, queue=grc.FAST_EVENT_QUEUE)
+    _wire_hover(panel)
     if "download_button" in panel.extra:
         _wire_download(panel)
+
+
+def _mask_tools(expand, feather, fill_holes, min_island, invert, soft_edges=False, edge_band=0) -> handlers.MaskTools:
+    """The tool controls' values (None when a control is empty) as ``handlers.MaskTools``."""
+    return handlers.MaskTools(
+        expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
+        min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
+        edge_band=float(edge_band or 0),
+    )
+
+
+def _wire_hover(panel: Panel) -> None:
+    """The hover preview: off gradio 3's one-at-a-time queue, so it never waits behind a click;
+    the script sends one only while no click is in flight and drops answers it no longer wants."""
+    engine = panel.options.engine
+    prefix = panel.options.prefix
+    extra = panel.extra
+    hovers = itertools.count(1)
+
+    def hover_mask(model_name, image, prompts_json):
+        return handlers.hover_payload(engine(), model_name, image, prompts_json, token=next(hovers))
+
+    inputs = [panel.model, extra["image_state"], extra["hover_prompts"]]
+    event = grc.listen(
+        extra["hover"].click, handlers.guarded(hover_mask, lambda message: ""), inputs, [extra["hover_data"]],
+        js=f"(...args) => window.samPanel.collectHover({prefix!r}, args, {len(inputs) - 1}, {len(inputs)})",
+        show_progress=False, queue=grc.FAST_EVENT_QUEUE,
+    )
+    grc.listen(event.then, None, [extra["hover_data"]], [], js=f"(data) => window.samPanel.hoverDone({prefix!r}, data)")
 
 
 def _wire_download(panel: Panel) -> None:
@@ -489,7 +575,10 @@ def wire_send_to_inpaint(panel: Panel, targets: Dict[str, Any]) -> None:
     controls = [name for name in handlers.PRESET_TARGETS if name in targets]
     outputs = [targets["img_inpaint_base"], targets["img_inpaint_mask"], *(targets[n] for n in controls), panel.status]
 
-    def send(image, mask, preset):
+    def send(image, mask, preset, found=None, index=None, *tool_values):
+        if found is not None:
+            # The mask output shows a large picture's mask at screen size: the full-size one is made now.
+            mask = handlers.mask_to_send(image, mask, found, index, _mask_tools(*tool_values))
         picture, mask_image = handlers.inpaint_pair(image, mask)
         if preset == handlers.SOFT_EDGES_BLUR:
             mask_image = handlers.soft_inpaint_mask(picture, mask_image)
@@ -503,6 +592,6 @@ def wire_send_to_inpaint(panel: Panel, targets: Dict[str, Any]) -> None:
 
     event = grc.listen(
         panel.send_to_inpaint.click, handlers.guarded(send, failure),
-        [panel.input_image, panel.mask, panel.inpaint_preset], outputs,
+        [panel.input_image, panel.mask, panel.inpaint_preset, panel.state, panel.choice, *panel.tools], outputs,
     )
     grc.listen(event.then, None, [], [], js="() => window.samPanel.switchToInpaintUpload()")

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.browser import driver
+from tools import browser_driver as driver
 
 
 @pytest.fixture(scope="module")
@@ -16,5 +16,5 @@ def app_url(tiny_sam, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("browser_models")
     shutil.copy(tiny_sam[0], model_dir / "tiny_sam.pth")
     log = tmp_path_factory.mktemp("browser_logs") / "app.log"
-    with driver.standalone_app(model_dir, log_path=log) as url:
+    with driver.standalone_app(model_dir, log_path=log, timeout_s=300) as url:  # a loaded CI machine
         yield url

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from sd_webui_sam.compat import gradio_compat as grc
-from tests.browser import driver
+from tools import browser_driver as driver
 
 pytestmark = pytest.mark.browser
 
@@ -109,6 +109,16 @@ def wait_drawn(page, before):
     page.wait_for_function(f"() => window.samPanel.prompts('{P}').masksDrawn > {before}", timeout=60_000)
 
 
+def click_and_see_mask(page, x, y):
+    """Click pixel (x, y): the chosen mask is drawn on the picture, exactly over it."""
+    drawn = drawn_count(page)
+    page.mouse.click(*driver.client_point(page, x, y))
+    wait_drawn(page, drawn)
+    painted, mask_box, picture_box = mask_canvas_pixels(page)
+    assert painted > 0
+    assert all(abs(a - b) <= 1.5 for a, b in zip(mask_box, picture_box)), (mask_box, picture_box)
+
+
 def drawn_count(page):
     return page.evaluate(f"() => window.samPanel.prompts('{P}').masksDrawn")
 
@@ -133,6 +143,15 @@ def wait_outputs_cleared(page):
             && !document.querySelector('#{P}_mask_canvas').dataset.drawn""",
         timeout=30_000,
     )
+
+
+def upload_and_encode(page, path, timeout_ms=60_000):
+    """Upload ``path`` with auto-preview on, wait until it is encoded, and bring it on screen whole."""
+    driver.upload(page, path)
+    driver.set_auto_preview(page, True)
+    page.wait_for_function(f"() => document.querySelector('#{P}_status').innerText.includes('encoded')",
+                           timeout=timeout_ms)
+    driver.centre_picture(page)
 
 
 def decoded_png(data_url):
@@ -163,12 +182,7 @@ def test_canvas_mask_steady_layout_selection_and_downloads(app_url, pictures, vi
             assert box["height"] <= viewport[1] and box["width"] >= 0.5 * viewport[0] - 120
 
             # A click: the chosen mask is drawn on the picture, exactly over it.
-            drawn = drawn_count(page)
-            page.mouse.click(*driver.client_point(page, 160, 120))
-            wait_drawn(page, drawn)
-            painted, mask_box, picture_box = mask_canvas_pixels(page)
-            assert painted > 0
-            assert all(abs(a - b) <= 1.5 for a, b in zip(mask_box, picture_box)), (mask_box, picture_box)
+            click_and_see_mask(page, 160, 120)
             first = driver.wait_for_output(page, "mask", None)
             shot(page, "1_first_click")
 
@@ -299,6 +313,150 @@ def test_clear_undo_new_picture_and_box_removal_leave_nothing_stale(app_url, pic
             assert box["height"] <= VIEWPORTS[0][1]
             click_and_wait(45, 150)
             shot(page, "5_tall_picture")
+        except Exception:
+            shot(page, f"failed_{request.node.name}")
+            raise
+
+
+def test_a_4000x3000_photo_clicks_at_screen_size_and_downloads_at_full_size(app_url, tmp_path, request):
+    """A camera-sized JPEG: the click's masks arrive at screen size and are drawn over the whole
+    picture; the mask and the cut-out download at the photo's own size."""
+    width, height = 4000, 3000
+    yy, xx = np.mgrid[:height, :width]
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:] = (40, 90, 160)
+    pixels[(yy - 1500) ** 2 + (xx - 1800) ** 2 < 800 ** 2] = (220, 180, 60)
+    path = tmp_path / "camera photo.jpg"
+    Image.fromarray(pixels).save(path, quality=90)
+    with driver.browser_page(app_url, VIEWPORTS[0]) as page:
+        try:
+            upload_and_encode(page, path, timeout_ms=120_000)
+            click_and_see_mask(page, 1800, 1500)
+            shown = page.evaluate(f"() => window.samPanel.candidates('{P}')")
+            assert decoded_png(shown["masks"][shown["selected"]]).shape == (768, 1024)  # screen size, not 12 MP
+            shot(page, "6_large_photo")
+
+            # The click's outputs are shown at screen size: no full-size decode or 12 MP file per click.
+            shown_sizes = page.evaluate(f"""async () => {{
+                const sizes = [];
+                for (const n of ['mask', 'cutout', 'overlay']) {{
+                    for (let i = 0; i < 600; i++) {{
+                        const img = document.querySelector('#{P}_' + n + ' img');
+                        if (img && img.complete && img.naturalWidth) {{ sizes.push([img.naturalWidth, img.naturalHeight]); break; }}
+                        await new Promise((r) => setTimeout(r, 100));
+                    }}
+                }}
+                return sizes;
+            }}""")
+            assert shown_sizes == [[1024, 768]] * 3
+            # A download asks for the full-size files then, and gets them.
+            for name, size in (("mask", (width, height)), ("cutout", (width, height))):
+                driver.wait_for_output(page, name, None, timeout_ms=120_000)
+                with page.expect_download(timeout=120_000) as download_info:
+                    page.locator(f"#{P}_{name} a[download]").first.click()
+                download = download_info.value
+                assert download.suggested_filename == f"camera_photo_{name}.png"
+                with Image.open(download.path()) as downloaded:
+                    assert downloaded.format == "PNG" and downloaded.size == size
+                    if name == "mask":
+                        # The same mask as the one drawn, at full size (it was decoded at each size
+                        # from the same logits: only edge pixels may differ).
+                        full = downloaded.convert("L").resize((1024, 768), Image.BOX)
+                        agree = (np.asarray(full) > 127) == decoded_png(shown["masks"][shown["selected"]])
+                        assert agree.mean() > 0.97
+        except Exception:
+            shot(page, f"failed_{request.node.name}")
+            raise
+
+
+def test_the_mask_under_the_pointer_shows_before_a_click_and_gives_way_to_it(app_url, pictures, request):
+    with driver.browser_page(app_url, VIEWPORTS[0]) as page:
+        try:
+            upload_and_encode(page, pictures["wide"])
+            for x, y in ((150, 110), (155, 115), (160, 120)):
+                page.mouse.move(*driver.client_point(page, x, y))
+            page.wait_for_function(f"() => window.samPanel.prompts('{P}').hoversDrawn > 0", timeout=30_000)
+            painted = page.evaluate(
+                f"""() => {{ const c = document.querySelector('#{P}_hover_canvas');
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }}""")
+            assert painted > 0
+            # No click was made: no dot, no candidates, no outputs.
+            state = page.evaluate(f"() => window.samPanel.prompts('{P}')")
+            assert state["points"] == [] and state["masksDrawn"] == 0 and output_srcs(page) == [None, None, None]
+            shot(page, "7_hover")
+
+            # A click: the hover mask goes at once, and the click's mask is drawn.
+            page.mouse.click(*driver.client_point(page, 160, 120))
+            assert page.evaluate(f"() => document.querySelector('#{P}_hover_canvas').dataset.drawn") == ""
+            wait_drawn(page, 0)
+            assert len(driver.dot_centres(page)) == 1
+        except Exception:
+            shot(page, f"failed_{request.node.name}")
+            raise
+
+
+#: Records, on every frame, whether "Encoding the picture..." is on screen, where, and where the picture is.
+ENCODING_RECORDER = f"""() => {{
+    window.__encodingSeen = [];
+    if (window.__encodingLoop) return;
+    window.__encodingLoop = true;
+    const loop = () => {{
+        const note = document.querySelector('#{P}_encoding');
+        if (note && !note.hidden && note.offsetParent !== null) {{
+            const r = note.getBoundingClientRect();
+            const p = document.querySelector('#{P}_input_image img').getBoundingClientRect();
+            window.__encodingSeen.push({{text: note.innerText, note: [r.left, r.top, r.right, r.bottom],
+                                        picture: [p.left, p.top, p.right, p.bottom],
+                                        drawn: window.samPanel.prompts('{P}').masksDrawn}});
+        }}
+        requestAnimationFrame(loop);
+    }};
+    loop();
+}}"""
+
+
+def test_the_first_click_on_a_new_picture_says_it_is_encoding(app_url, tmp_path, request):
+    """The first click pays for the encoder: a note over the canvas says so until its masks are
+    drawn, without moving anything; the next click runs the decoder only and shows no note."""
+    width, height = 4000, 3000  # the server takes a moment to decode it: the click comes before the encode
+    yy, xx = np.mgrid[:height, :width]
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:] = (40, 90, 160)
+    pixels[(yy - 1500) ** 2 + (xx - 1800) ** 2 < 800 ** 2] = (220, 180, 60)
+    path = tmp_path / "first click.jpg"
+    Image.fromarray(pixels).save(path, quality=90)
+    with driver.browser_page(app_url, VIEWPORTS[0]) as page:
+        try:
+            driver.set_auto_preview(page, True)
+            driver.upload(page, path)
+            driver.centre_picture(page)
+            page.evaluate(ENCODING_RECORDER)
+            picture_before = page.locator(f"#{P}_input_image img").bounding_box()
+            page.mouse.click(*driver.client_point(page, 1800, 1500))
+            if page.is_visible(f"#{P}_encoding"):
+                shot(page, "8_encoding")
+            wait_drawn(page, 0)
+            seen = page.evaluate("() => window.__encodingSeen")
+            assert seen, "the note never showed during the first click"
+            for frame in seen:
+                assert "Encoding the picture" in frame["text"] and frame["drawn"] == 0
+                left, top, right, bottom = frame["note"]
+                p_left, p_top, p_right, p_bottom = frame["picture"]
+                assert p_left <= left and right <= p_right and p_top <= top and bottom <= p_bottom  # over the canvas
+                moved = max(abs(a - b) for a, b in zip(frame["picture"], (
+                    picture_before["x"], picture_before["y"], picture_before["x"] + picture_before["width"],
+                    picture_before["y"] + picture_before["height"])))
+                assert moved <= 1, frame
+            assert not page.is_visible(f"#{P}_encoding")
+            shown = page.evaluate(f"() => window.samPanel.prompts('{P}').encodingShown")
+
+            # A second click on the same picture runs the decoder only: no note.
+            page.evaluate(ENCODING_RECORDER)
+            page.mouse.click(*driver.client_point(page, 1700, 1400), button="right")
+            wait_drawn(page, 1)
+            assert page.evaluate("() => window.__encodingSeen") == []
+            assert page.evaluate(f"() => window.samPanel.prompts('{P}').encodingShown") == shown
         except Exception:
             shot(page, f"failed_{request.node.name}")
             raise
