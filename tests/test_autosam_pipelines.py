@@ -30,7 +30,7 @@ def fake_generation(monkeypatch):
     """Every image gets three masks: its left half, its right half and a square in the left half."""
     calls = []
 
-    def generate(engine, model_name, image, config):
+    def generate(engine, model_name, image, config, control=None):
         calls.append(image.shape)
         height, width = image.shape[:2]
         left = np.zeros((height, width), bool)

@@ -48,9 +48,35 @@ def test_fixed_points_write_masks_and_report(engine, model, tmp_path):
     report = bt.run_from_ui(engine, values(model, str(source), out, bt.PROMPT_KINDS[1], points="20, 20\n30,30,0"))
     assert report.startswith("2 done") and str(out) in report
     assert sorted(p.name for p in out.glob("*_mask.png")) == [f"img{i}_{c}_mask.png" for i in range(2) for c in range(3)]
-    # a second run keeps everything (overwrite is off) and says so
-    again = bt.run_from_ui(engine, values(model, str(source), out, bt.PROMPT_KINDS[1], points="20, 20"))
+    # a second run with the same prompts keeps everything (overwrite is off) and says so
+    again = bt.run_from_ui(engine, values(model, str(source), out, bt.PROMPT_KINDS[1], points="20, 20\n30,30,0"))
     assert "2 skipped" in again
+
+
+def test_a_rerun_with_other_prompts_says_so_and_offers_overwrite_or_a_new_folder(engine, model, tmp_path):
+    from sd_webui_sam.batch import PromptsChangedError
+
+    source = folder(tmp_path / "in")
+    out = tmp_path / "out"
+    bt.run_from_ui(engine, values(model, str(source), out, bt.PROMPT_KINDS[1], points="20, 20"))
+    first = (out / "img0_0_mask.png").read_bytes()
+    moved = values(model, str(source), out, bt.PROMPT_KINDS[1], points="40, 10")
+    with pytest.raises(PromptsChangedError, match="2 image\\(s\\).*other prompts.*Overwrite.*new output folder") as caught:
+        bt.run_from_ui(engine, moved)
+    assert (out / "img0_0_mask.png").read_bytes() == first  # nothing was touched
+    assert caught.value.new_folder == out.resolve().with_name("out-2")
+    assert bt.new_folder_for(str(out)) == str(out.resolve().with_name("out-2"))
+
+    elsewhere = bt.run_from_ui(engine, values(model, str(source), bt.new_folder_for(str(out)), bt.PROMPT_KINDS[1],
+                                              points="40, 10"))
+    assert elsewhere.startswith("2 done")
+    replaced = bt.run_from_ui(engine, values(model, str(source), out, bt.PROMPT_KINDS[1], points="40, 10",
+                                             overwrite=True))
+    assert replaced.startswith("2 done") and (out / "img0_0_mask.png").read_bytes() != first
+    # the folder now belongs to the new prompts: rerunning them resumes, the old ones are refused in turn
+    assert "2 skipped" in bt.run_from_ui(engine, moved)
+    with pytest.raises(PromptsChangedError):
+        bt.run_from_ui(engine, values(model, str(source), out, bt.PROMPT_KINDS[1], points="20, 20"))
 
 
 def test_text_prompt_with_the_tiny_groundingdino_inpaint_naming(engine, model, tmp_path):
@@ -115,3 +141,4 @@ def test_tab_builds(engine, sd_controls):
     parts = panel.extra["batch"]
     assert parts["overwrite"].value is False and parts["kind"].value == bt.PROMPT_KINDS[0]
     assert isinstance(parts["signal"], bt.StopSignal)
+    assert parts["conflict"].visible is False  # shown only when the output folder holds other prompts' outputs

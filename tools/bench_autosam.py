@@ -4,7 +4,7 @@
 and, when given one, a reference ``generate(image)`` callable on the same model and settings,
 and reports the ratio. The reference (``segment_anything.SamAutomaticMaskGenerator``) is a test
 dependency, so the product never imports it: ``reference_factory`` is passed in, e.g.
-``tests.fixtures.autosam_fixtures.reference_generator_factory`` from a source checkout.
+``tools.fixtures.autosam_fixtures.reference_generator_factory`` from a source checkout.
 """
 from __future__ import annotations
 
@@ -168,8 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--permissive", action="store_true",
                         help="pred_iou_thresh = stability_score_thresh = 0 (every candidate upsampled)")
     parser.add_argument("--reference", action="store_true",
-                        help="also time segment_anything.SamAutomaticMaskGenerator (needs the test dependencies "
-                             "and a source checkout with tests/)")
+                        help="also time segment_anything.SamAutomaticMaskGenerator (needs the test dependencies)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -178,9 +177,9 @@ def main(argv=None) -> int:
     factory = None
     if args.reference:
         try:
-            from tests.fixtures.autosam_fixtures import reference_generator_factory as factory
+            from tools.fixtures.autosam_fixtures import reference_generator_factory as factory
         except ImportError as error:
-            print(f"--reference needs segment_anything and the repository's tests package: {error}")
+            print(f"--reference needs segment_anything (a test dependency): {error}")
             return 1
     result = benchmark_segment_everything(checkpoint=args.checkpoint, device=args.device, config=config,
                                           reference_factory=factory, repeats=args.repeats)

@@ -34,8 +34,9 @@ from sd_webui_sam.autosam.generator_helpers import (
     unpack_masks,
     upsample_logits,
 )
-from sd_webui_sam.devices import is_out_of_memory, release_memory
-from sd_webui_sam.embedding_cache import EmbeddingCache
+from sd_webui_sam.autosam.progress import GenerationClock, JobControl, work_plan
+from sd_webui_sam.devices import default_points_per_batch, is_out_of_memory, release_memory
+from sd_webui_sam.embedding_cache import EmbeddingCache, EncodedImage
 from sd_webui_sam.errors import SamUserError
 from sd_webui_sam.predictor import Predictor
 from sd_webui_sam.rle import decode as rle_decode, encode as rle_encode
@@ -49,8 +50,6 @@ OUTPUT_MODES = ("binary_mask", "coco_rle", "none")
 
 # Upsampled float logits are the largest temporary; this many masks are upsampled at once.
 UPSAMPLE_CHUNK = 64
-
-CPU_DECODE_BATCH = 8
 
 # Bounds that keep one request from asking for an unbounded amount of work or memory
 # (the reference's defaults are 32, 64 and 0).
@@ -127,14 +126,11 @@ class AutoSamConfig:
         return self
 
     def effective_decode_batch(self, device: torch.device) -> int:
-        """Prompts per decoder call. Accelerators: large batches (max(points_per_batch, 128)).
-        CPUs: 8, which keeps each call's per-prompt image tokens (4 MiB a prompt, several
-        copies) in cache; measured 4 to 8 fastest per prompt, 32 and 64 20-40% slower, same results."""
+        """Prompts per decoder call: ``decode_batch_size`` if set, else the device's
+        (devices.default_points_per_batch: small on a CPU, large on an accelerator)."""
         if self.decode_batch_size is not None:
             return max(1, int(self.decode_batch_size))
-        if device.type == "cpu":
-            return CPU_DECODE_BATCH
-        return max(int(self.points_per_batch), 128)
+        return default_points_per_batch(device, int(self.points_per_batch))
 
 
 @dataclass
@@ -234,6 +230,8 @@ class AutoMaskGenerator:
         self.model = model
         self.encode = encode
         self.config = (config or AutoSamConfig()).validated()
+        #: prompts per decoder call once an out-of-memory error halved one (None: not yet)
+        self._decode_limit: Optional[int] = None
         if self.config.point_grids is not None:
             self.grids = [np.asarray(grid, dtype=np.float64) for grid in self.config.point_grids]
         else:
@@ -251,7 +249,10 @@ class AutoMaskGenerator:
         return int(getattr(self.model, "image_size", 1024))
 
     @torch.no_grad()
-    def generate(self, image: np.ndarray, timings: GenerationTimings | None = None) -> list[MaskRecord]:
+    def generate(self, image: np.ndarray, timings: GenerationTimings | None = None, *,
+                 control: Optional[JobControl] = None) -> list[MaskRecord]:
+        """``control``: progress after each crop encode and point batch, and the interrupt checked
+        between them (a stop raises GenerationInterrupted and returns nothing)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError("generate expects an (H,W,3) uint8 RGB image")
         timings = timings if timings is not None else GenerationTimings()
@@ -259,11 +260,13 @@ class AutoMaskGenerator:
         height, width = image.shape[:2]
         crops = crop_boxes((height, width), int(self.config.crop_n_layers), float(self.config.crop_overlap_ratio))
         timings.crops = len(crops)
+        counters = self._counters(image.shape[:2], control)
+        counters.control.check()
 
         parts = []
         crop_shapes = []
         for crop_index, (box, layer) in enumerate(crops):
-            part = self._process_crop(image, box, layer, crop_index, timings)
+            part = self._process_crop(image, box, layer, crop_index, timings, counters)
             crop_shapes.append((box[3] - box[1], box[2] - box[0]))
             if part is not None:
                 parts.append(part)
@@ -298,9 +301,15 @@ class AutoMaskGenerator:
         timings.total_s = time.perf_counter() - started
         return records
 
+    def _counters(self, image_shape, control: Optional[JobControl]) -> GenerationClock:
+        """The counters of a run on an image of ``image_shape`` (crops and point batches to do)."""
+        weights = next(iter(self.model.parameters()), None) if isinstance(self.model, torch.nn.Module) else None
+        device = weights.device if weights is not None else torch.device("cpu")
+        return GenerationClock(work_plan(self.config, image_shape, device), control)
+
     # -- per crop ---------------------------------------------------------------------------
 
-    def _process_crop(self, image, box, layer, crop_index, timings) -> Optional[_Survivors]:
+    def _process_crop(self, image, box, layer, crop_index, timings, counters: GenerationClock) -> Optional[_Survivors]:
         config = self.config
         x0, y0, x1, y1 = box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
@@ -311,7 +320,9 @@ class AutoMaskGenerator:
         features = encoded.features
         device = next(iter(features.values())).device
         synchronize(device)
-        timings.encoder_s += time.perf_counter() - clock
+        encode_s = time.perf_counter() - clock
+        timings.encoder_s += encode_s
+        counters.encoded(encode_s)
 
         in_h, in_w = encoded.input_size
         grid_points = self.grids[layer] * np.array([crop_w, crop_h], dtype=np.float64)
@@ -324,15 +335,18 @@ class AutoMaskGenerator:
         image_box = (0, 0, image.shape[1], image.shape[0])
         whole_image = tuple(box) == image_box
         parts = []
-        batch = config.effective_decode_batch(device)
-        for start in range(0, len(model_points), batch):
+        start = 0
+        while start < len(model_points):
+            # an out-of-memory error earlier in this generation lowered the batch for the rest of it
+            batch = min(config.effective_decode_batch(device), self._decode_limit or len(model_points))
             stop = min(start + batch, len(model_points))
             clock = time.perf_counter()
             coords = model_points_t[start:stop, None, :]
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
             low_res, iou = self._decode(features, coords, labels)
             synchronize(device)
-            timings.decoder_s += time.perf_counter() - clock
+            decode_s = time.perf_counter() - clock
+            timings.decoder_s += decode_s
 
             clock = time.perf_counter()
             per_point = low_res.shape[1]
@@ -352,6 +366,8 @@ class AutoMaskGenerator:
                     parts.append(part)
             synchronize(device)
             timings.postprocess_s += time.perf_counter() - clock
+            counters.decoded(decode_s, stop - start)  # checks the interrupt: the next batch starts only if not stopped
+            start = stop
 
         clock = time.perf_counter()
         if not parts:
@@ -369,7 +385,8 @@ class AutoMaskGenerator:
         return survivors
 
     def _decode(self, features, coords: torch.Tensor, labels: torch.Tensor):
-        """Decode a batch of single-point prompts; out of memory, halve the batch and go on."""
+        """Decode a batch of single-point prompts; out of memory, halve the batch (for the rest of
+        the generation too) and go on."""
         try:
             return self.model.decode(features, point_coords=coords, point_labels=labels, boxes=None, mask_input=None,
                                      multimask_output=True, options=dict(self.config.decode_options))
@@ -377,10 +394,14 @@ class AutoMaskGenerator:
             if len(coords) <= 1 or not is_out_of_memory(error):
                 raise
         release_memory()
-        half = len(coords) // 2
-        first = self._decode(features, coords[:half], labels[:half])
-        second = self._decode(features, coords[half:], labels[half:])
-        return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
+        self._decode_limit = min(self._decode_limit or len(coords), len(coords) // 2)
+        outputs = []
+        start = 0
+        while start < len(coords):
+            stop = start + self._decode_limit  # read again each time: a piece may lower it further
+            outputs.append(self._decode(features, coords[start:stop], labels[start:stop]))
+            start = stop
+        return torch.cat([logits for logits, _ in outputs]), torch.cat([iou for _, iou in outputs])
 
     def _filter_chunk(self, low_res, iou, point_index, input_size, crop_size, box, image_box, whole_image,
                       crop_index, grid_points, timings) -> Optional[_Survivors]:
@@ -489,11 +510,14 @@ class AutoMaskGenerator:
 
 
 def generate_masks(predictor, image: np.ndarray, config: AutoSamConfig | None = None, *,
-                   timings: GenerationTimings | None = None) -> list[MaskRecord]:
+                   timings: GenerationTimings | None = None, control: Optional[JobControl] = None,
+                   encoded: Optional[EncodedImage] = None) -> list[MaskRecord]:
     """Segment everything in an (H,W,3) uint8 RGB image with a :class:`~sd_webui_sam.predictor.Predictor`.
 
     Crops are encoded through the predictor, so the whole image reuses an embedding the panel
-    already computed for the same image and model.
+    already computed for the same image and model; ``encoded``: the whole image's embeddings
+    when the caller has them (batch encodes several images together), used if they are this
+    image's with this predictor's model, device and dtype.
     """
     whole_image_shape = image.shape
     crop_predictor = None
@@ -501,6 +525,8 @@ def generate_masks(predictor, image: np.ndarray, config: AutoSamConfig | None = 
     def encode(crop: np.ndarray):
         nonlocal crop_predictor
         if crop.shape == whole_image_shape:
+            if encoded is not None and encoded.key == predictor.cache_key(crop):
+                return encoded
             return predictor.encode(crop)
         if crop_predictor is None:
             # crop embeddings are used once: keep them out of the shared cache
@@ -508,13 +534,14 @@ def generate_masks(predictor, image: np.ndarray, config: AutoSamConfig | None = 
                                        model_id=predictor.model_id)
         return crop_predictor.encode(crop)
 
-    return AutoMaskGenerator(predictor.model, encode, config).generate(image, timings)
+    return AutoMaskGenerator(predictor.model, encode, config).generate(image, timings, control=control)
 
 
 def generate_masks_with_engine(engine, model_name: str, image: np.ndarray, config: AutoSamConfig | None = None, *,
-                               timings: GenerationTimings | None = None) -> list[MaskRecord]:
+                               timings: GenerationTimings | None = None, control: Optional[JobControl] = None,
+                               encoded: Optional[EncodedImage] = None) -> list[MaskRecord]:
     """The same through the :class:`~sd_webui_sam.engine.Engine`: the model stays on the compute
     device, and other users of the engine wait, for the whole generation."""
     config = (config or AutoSamConfig()).validated()
     with engine.use_predictor(model_name, advice="a smaller image or fewer points per side") as predictor:
-        return generate_masks(predictor, image, config, timings=timings)
+        return generate_masks(predictor, image, config, timings=timings, control=control, encoded=encoded)

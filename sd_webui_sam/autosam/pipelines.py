@@ -2,7 +2,8 @@
 
 Each function takes the Engine and a model name, runs segment-everything once, and builds one
 feature's outputs from the masks. Images are (H,W,3) uint8 RGB; outputs are at the image's own
-resolution.
+resolution. ``control`` (optional) reports progress and is the Stop the generation checks
+between point batches; the folder functions also check it between images.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sd_webui_sam import rle
 from sd_webui_sam.autosam import editanything, layers, semantic
 from sd_webui_sam.autosam.editanything import blend
 from sd_webui_sam.autosam.generator import AutoSamConfig, MaskRecord, generate_masks_with_engine
+from sd_webui_sam.autosam.progress import GenerationInterrupted, JobControl
 from sd_webui_sam.autosam.segmenters import SemanticSegmenter
 from sd_webui_sam.engine import Engine
 from sd_webui_sam.errors import SamUserError
@@ -26,23 +28,25 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def segment_everything(engine: Engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
-                       **overrides) -> list[MaskRecord]:
+                       *, control: Optional[JobControl] = None, **overrides) -> list[MaskRecord]:
     config = config or AutoSamConfig()
     if overrides:
         config = replace(config, **overrides)
-    return generate_masks_with_engine(engine, model_name, image, config)
+    return generate_masks_with_engine(engine, model_name, image, config, control=control)
 
 
 def random_segmentation(engine: Engine, model_name: str, image: np.ndarray, config: Optional[AutoSamConfig] = None,
-                        seed: int = 0) -> editanything.RandomSegmentation:
-    return editanything.random_segmentation(image, segment_everything(engine, model_name, image, config), seed=seed)
+                        seed: int = 0, *, control: Optional[JobControl] = None) -> editanything.RandomSegmentation:
+    masks = segment_everything(engine, model_name, image, config, control=control)
+    return editanything.random_segmentation(image, masks, seed=seed)
 
 
 def semantic_segmentation(engine: Engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
-                          config: Optional[AutoSamConfig] = None) -> semantic.SemanticResult:
+                          config: Optional[AutoSamConfig] = None, *,
+                          control: Optional[JobControl] = None) -> semantic.SemanticResult:
     """Before/after SAM refinement of the segmenter's class map (all at the image's resolution)."""
     class_map = segmenter.segment(image, int(resolution))
-    masks = segment_everything(engine, model_name, image, config)
+    masks = segment_everything(engine, model_name, image, config, control=control)
     return semantic.sam_refined_segmentation(image, class_map, masks, semantic.dataset(segmenter.dataset))
 
 
@@ -54,11 +58,12 @@ class CategoryResult:
 
 
 def category_mask(engine: Engine, model_name: str, image: np.ndarray, segmenter: SemanticSegmenter, resolution: int,
-                  categories, config: Optional[AutoSamConfig] = None) -> CategoryResult:
+                  categories, config: Optional[AutoSamConfig] = None, *,
+                  control: Optional[JobControl] = None) -> CategoryResult:
     """One mask of the chosen classes (names or ids) from the SAM-refined class map."""
     data = semantic.dataset(segmenter.dataset)
     ids = semantic.parse_categories(categories, data)   # before any model runs: a typo fails fast
-    result = semantic_segmentation(engine, model_name, image, segmenter, resolution, config)
+    result = semantic_segmentation(engine, model_name, image, segmenter, resolution, config, control=control)
     return CategoryResult(mask=np.isin(result.after, ids), class_ids=ids, semantic=result)
 
 
@@ -77,9 +82,10 @@ def image_files(folder: Path) -> list[Path]:
 class BatchReport:
     done: list[Path] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    stopped: bool = False
 
     def status(self) -> str:
-        lines = [f"{len(self.done)} image(s) done."] + self.errors
+        lines = [f"{len(self.done)} image(s) done." + (" Stopped before the rest." if self.stopped else "")] + self.errors
         return "\n".join(lines)
 
 
@@ -89,23 +95,27 @@ def _load(path: Path, engine: Engine) -> np.ndarray:
 
 def layout(engine: Engine, model_name: str, image: np.ndarray, output_dir: Path, stem: str = "layout",
            config: Optional[AutoSamConfig] = None, write_psd: bool = True, alpha: str = "hard",
-           alpha_band: float = 0) -> layers.LayoutResult:
-    masks = segment_everything(engine, model_name, image, config)
+           alpha_band: float = 0, *, control: Optional[JobControl] = None) -> layers.LayoutResult:
+    masks = segment_everything(engine, model_name, image, config, control=control)
     return layers.export_layout(image, masks, Path(output_dir), stem, write_psd_file=write_psd, alpha=alpha,
                                 alpha_band=alpha_band)
 
 
 def layout_folder(engine: Engine, model_name: str, input_dir: Path, output_dir: Path, config: Optional[AutoSamConfig] = None,
-                  write_psd: bool = True, alpha: str = "hard", alpha_band: float = 0) -> BatchReport:
+                  write_psd: bool = True, alpha: str = "hard", alpha_band: float = 0, *,
+                  control: Optional[JobControl] = None) -> BatchReport:
     """A layout (PNG layers + PSD) per image, each in output_dir/<image name>/; one failing
-    image is reported and the rest go on."""
+    image is reported and the rest go on. A stop ends the folder after the layouts already written."""
     report = BatchReport()
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     for path in image_files(input_dir):
         try:
             result = layout(engine, model_name, _load(path, engine), Path(output_dir), path.stem, config, write_psd,
-                            alpha, alpha_band)
+                            alpha, alpha_band, control=control)
             report.done.append(result.directory)
+        except GenerationInterrupted:
+            report.stopped = True
+            break
         except SamUserError as error:
             report.errors.append(f"{path.name}: {error}")
     return report
@@ -114,7 +124,7 @@ def layout_folder(engine: Engine, model_name: str, input_dir: Path, output_dir: 
 def category_mask_folder(engine: Engine, model_name: str, input_dir: Path, output_dir: Path, segmenter: SemanticSegmenter,
                          resolution: int, categories, config: Optional[AutoSamConfig] = None,
                          save_mask: bool = True, save_masked: bool = True, save_blend: bool = True,
-                         invert: bool = False) -> BatchReport:
+                         invert: bool = False, *, control: Optional[JobControl] = None) -> BatchReport:
     """Masks by category for a folder, at each image's resolution. The mask keeps the image's
     file name (stem + .png) inside output_dir/masks, the layout A1111's inpaint batch expects;
     existing files are never overwritten."""
@@ -124,7 +134,7 @@ def category_mask_folder(engine: Engine, model_name: str, input_dir: Path, outpu
     for path in image_files(input_dir):
         try:
             image = _load(path, engine)
-            result = category_mask(engine, model_name, image, segmenter, resolution, categories, config)
+            result = category_mask(engine, model_name, image, segmenter, resolution, categories, config, control=control)
             mask = ~result.mask if invert else result.mask
             outputs = []
             if save_mask:
@@ -141,6 +151,9 @@ def category_mask_folder(engine: Engine, model_name: str, input_dir: Path, outpu
                     raise SamUserError(f"{target} already exists; choose an empty output folder.")
                 picture.save(target)
             report.done.append(path)
+        except GenerationInterrupted:
+            report.stopped = True
+            break
         except SamUserError as error:
             report.errors.append(f"{path.name}: {error}")
     return report

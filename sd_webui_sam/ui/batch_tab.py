@@ -6,45 +6,23 @@ WebUI, the host's Interrupt turning on during the run (``PanelOptions.host_inter
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from sd_webui_sam.batch import BatchOptions, run_batch
+from sd_webui_sam.batch import BatchOptions, PromptsChangedError, free_folder, run_batch
 from sd_webui_sam.errors import InvalidPromptError
-from sd_webui_sam.ui import handlers
 from sd_webui_sam.ui.autosam_tab import CONFIG_FIELDS, config_from_values
+from sd_webui_sam.ui import handlers
 from sd_webui_sam.ui.elements import elem
+from sd_webui_sam.ui.jobs import StopSignal, guarded_with_progress
 
-__all__ = ["NAMING_CHOICES", "OUTPUT_CHOICES", "PROMPT_KINDS", "StopSignal", "build", "build_options", "parse_inputs",
-           "report_text", "run_from_ui"]
+__all__ = ["NAMING_CHOICES", "OUTPUT_CHOICES", "PROMPT_KINDS", "StopSignal", "build", "build_options", "new_folder_for",
+           "parse_inputs", "report_text", "run_from_ui"]
 
 PROMPT_KINDS = ("Text prompt (GroundingDINO)", "Fixed points / boxes", "Segment everything (AutoSAM)")
 OUTPUT_CHOICES = {"Mask": "mask", "Cut-out (transparent PNG)": "cutout", "Blend": "blend", "COCO JSON": "coco"}
 NAMING_CHOICES = {"Reference ({name}_{i}_mask.png)": "reference",
                   "A1111 batch inpaint (masks/{name}.png)": "inpaint"}
-
-
-class StopSignal:
-    """Set by the Stop button; cleared when a run starts. One per built tab."""
-
-    def __init__(self, host_interrupted: Optional[Callable[[], bool]] = None) -> None:
-        self.event = threading.Event()
-        self.host_interrupted = host_interrupted
-
-    def start(self) -> Callable[[], bool]:
-        """The interrupt callable for one run: the Stop button, or the host's interrupt turning on."""
-        self.event.clear()
-        host = self.host_interrupted
-        was_on = bool(host()) if host is not None else False  # a stale flag from an earlier generation
-
-        def interrupted() -> bool:
-            return self.event.is_set() or (host is not None and not was_on and bool(host()))
-
-        return interrupted
-
-    def stop(self) -> None:
-        self.event.set()
 
 
 def _numbers(text: str, width: Sequence[int], what: str) -> List[List[float]]:
@@ -98,6 +76,11 @@ def build_options(model_name, inputs_text, recursive, output_dir, kind, text, di
     else:
         raise InvalidPromptError(f"Choose a prompt kind: {', '.join(PROMPT_KINDS)}.")
     return BatchOptions(**options)
+
+
+def new_folder_for(output_dir: str) -> str:
+    """The output folder to offer when the chosen one holds outputs of other prompts."""
+    return str(free_folder(Path(str(output_dir).strip()).expanduser().resolve()))
 
 
 def report_text(report) -> str:
@@ -163,22 +146,36 @@ def build(panel: Any, *, autosam_config: Sequence[Any] = ()) -> Dict[str, Any]:
         start = gr.Button("Start batch", variant="primary", elem_id=elem(prefix, "start"))
         stop = gr.Button("Stop", elem_id=elem(prefix, "stop"))
     result = gr.Textbox(label="Batch report", lines=6, interactive=False, elem_id=elem(prefix, "report"))
+    # Shown when the output folder holds outputs of other prompts: the two ways on.
+    with gr.Row(visible=False, elem_id=elem(prefix, "conflict")) as conflict:
+        overwrite_now = gr.Button("Overwrite them and start", elem_id=elem(prefix, "conflict_overwrite"))
+        new_folder_now = gr.Button("Use a new folder and start", elem_id=elem(prefix, "conflict_new_folder"))
 
     controls = [panel.model, inputs_box, recursive, output_dir, kind, text, dino_model, box_threshold, points, boxes,
                 per_object, multimask, outputs, naming, expand, invert, overwrite, *autosam_config]
 
-    def start_batch(*values, progress=gr.Progress()):
+    # gradio finds a Progress parameter only among the positional ones: it comes first, the inputs follow.
+    def start_batch(progress=gr.Progress(), *values):
         def show(index: int, total: int, name: str) -> None:
             if total:
                 progress(index / total, desc=f"{index}/{total} {name}")
 
-        return run_from_ui(engine(), (*values[:17], tuple(values[17:])), interrupt=signal.start(), progress=show)
+        try:
+            report = run_from_ui(engine(), (*values[:17], tuple(values[17:])), interrupt=signal.start(), progress=show)
+        except PromptsChangedError as error:
+            return str(error), grc.update(visible=True)
+        return report, grc.update(visible=False)
 
-    guarded_start = handlers.guarded(start_batch, lambda message: message)
-    guarded_start.__wrapped__ = start_batch  # gradio finds the Progress parameter through the wrapper
-    grc.listen(start.click, guarded_start, controls, [result])
+    guarded_start = guarded_with_progress(start_batch, lambda message: (message, grc.update(visible=False)))
+    grc.listen(start.click, guarded_start, controls, [result, conflict])
+    overwriting = grc.listen(overwrite_now.click, lambda: True, [], [overwrite], queue=False)
+    moving = grc.listen(new_folder_now.click, handlers.guarded(new_folder_for, lambda message: grc.update()),
+                        [output_dir], [output_dir], queue=False)
+    for chosen in (overwriting, moving):
+        grc.listen(chosen.then, guarded_start, controls, [result, conflict])
     # Off the queue, so it answers while the batch still holds the queue's worker.
     grc.listen(stop.click, lambda: signal.stop(), [], [], queue=False)
     return {"inputs": inputs_box, "recursive": recursive, "output": output_dir, "kind": kind, "text": text,
             "points": points, "boxes": boxes, "per_object": per_object, "multimask": multimask, "outputs": outputs,
-            "naming": naming, "overwrite": overwrite, "start": start, "stop": stop, "report": result, "signal": signal}
+            "naming": naming, "overwrite": overwrite, "start": start, "stop": stop, "report": result, "signal": signal,
+            "conflict": conflict, "conflict_overwrite": overwrite_now, "conflict_new_folder": new_folder_now}
