@@ -21,7 +21,7 @@ import sd_webui_sam  # noqa: E402,F401  (see segment_anything.py)
 from sd_webui_sam.compat import detailer  # noqa: E402
 from sd_webui_sam.compat.session import host_session  # noqa: E402
 from sd_webui_sam.errors import SamUserError  # noqa: E402
-from sd_webui_sam.ui.detail_section import build_detail_section, ordered  # noqa: E402
+from sd_webui_sam.ui.detail_section import build_detail_section, follow_panel_masks, ordered  # noqa: E402
 
 
 def _say(messages):
@@ -36,7 +36,18 @@ def _model_names(engine):
         return [], []
 
 
+#: elem_id suffix of the panel's hidden parts the section connects to -> their name in follow_panel_masks.
+PANEL_PARTS = {"sam_object_masks": "box", "sam_object_masks_wanted": "wanted"}
+
+
 class SamDetailerScript(scripts.Script):
+    # This tab's section argument that holds the panel's masks and its "Objects" choice, and the
+    # panel's boxes that feed it (whichever of the two scripts builds its UI first, the second
+    # connects them).
+    panel_masks_box = None
+    section_parts = None
+    panel_parts = None
+
     def title(self):
         return detailer.TITLE
 
@@ -49,7 +60,22 @@ class SamDetailerScript(scripts.Script):
                                           samplers=detailer.sampler_names())
         self.infotext_fields = detailer.paste_fields(components)
         self.paste_field_names = []
+        self.panel_masks_box = components["panel_masks"]
+        self.section_parts = {"box": components["panel_masks"], "source": components["source"]}
+        self._connect()
         return ordered(components)
+
+    def after_component(self, component, **kwargs):
+        tab = "img2img" if self.is_img2img else "txt2img"
+        elem_id = getattr(component, "elem_id", None) or ""
+        name = PANEL_PARTS.get(elem_id[len(tab) + 1:]) if elem_id.startswith(f"{tab}_") else None
+        if name is not None:
+            self.panel_parts = {**(self.panel_parts or {}), name: component}
+            self._connect()
+
+    def _connect(self):
+        if follow_panel_masks(self.panel_parts, self.section_parts):
+            self.panel_parts = None  # connected: a later build must not reuse them
 
     def before_process(self, p, *args):
         _say(detailer.before_process(p, args))

@@ -16,6 +16,8 @@ from sd_webui_sam.script_schema import ScriptArg
 USE_GENERATION = "Use the generation's"
 ORDERS = ("left to right", "largest first", "by score")
 SEED_RULES = ("same seed", "seed + index")
+#: Where the objects come from: GroundingDINO + SAM on each image, or the masks made in the panel.
+SOURCES = ("found by caption", "the panel's masks")
 #: Infotext keys start with this, so they never collide with the host's or other extensions'.
 INFOTEXT_PREFIX = "SAM detail"
 
@@ -70,6 +72,13 @@ DETAIL_SETTINGS: Tuple[ScriptArg, ...] = (
              info="Off: an image in which nothing is found gets a note in its infotext."),
     _setting("keep_original", "bool", False, "Also keep the image before detailing",
              infotext=_key("keep original")),
+    # Added last, so positional API callers from before keep their meaning.
+    _setting("source", "choice", SOURCES[0], "Objects", choices=SOURCES, infotext=_key("source"),
+             info="Found by caption: GroundingDINO finds what 'Objects to detail' names. The panel's masks: each "
+                  "object (box or click group) of the Segment Anything panel's current mask is detailed."),
+    # The panel's masks, one PNG per object (base64 or data URL); a JSON list in the section's hidden
+    # box, filled by the panel; a list of strings through the API. Too large for an infotext.
+    _setting("panel_masks", "picture", "", "Panel masks"),
 )
 SETTINGS_BY_NAME: Dict[str, ScriptArg] = {setting.name: setting for setting in DETAIL_SETTINGS}
 NAMES: Tuple[str, ...] = tuple(SETTINGS_BY_NAME)
@@ -90,7 +99,7 @@ class _DetailSettingsMethods:
         return {item.name: getattr(self, item.name) for item in fields(self)}
 
 
-_TYPES = {"bool": bool, "text": str, "choice": str, "int": int, "float": float}
+_TYPES = {"bool": bool, "text": str, "choice": str, "int": int, "float": float, "picture": object}
 #: The parsed settings: a frozen dataclass with one field per ``DETAIL_SETTINGS`` entry (its default).
 DetailSettings = make_dataclass(
     "DetailSettings", [(s.name, _TYPES[s.kind], field(default=s.default)) for s in DETAIL_SETTINGS],

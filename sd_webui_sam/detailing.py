@@ -7,6 +7,7 @@ img2img "only masked" pass inside the WebUI.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
@@ -14,10 +15,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from sd_webui_sam import masks
+from sd_webui_sam import images, masks
 from sd_webui_sam.text_prompt import detect_boxes, most_confident, no_boxes_message, segment_boxes
 from sd_webui_sam.prompts import check_caption
-from sd_webui_sam.detail_settings import ORDERS, SEED_RULES, DetailSettings
+from sd_webui_sam.detail_settings import ORDERS, SEED_RULES, SOURCES, DetailSettings
 from sd_webui_sam.errors import SamUserError
 
 #: Processing sizes are multiples of this (the latent is 1/8 of the picture).
@@ -42,6 +43,7 @@ class FoundObject:
 class FoundObjects:
     objects: List[FoundObject]               # in inpainting order
     notes: List[str] = field(default_factory=list)
+    scaled_from: Optional[Tuple[int, int]] = None  # (width, height) of the panel's masks, when scaled
 
 
 def _bounded(value: float, low: float, high: float) -> float:
@@ -67,21 +69,28 @@ def find_objects(engine: Any, image: np.ndarray, settings: DetailSettings) -> Fo
         return FoundObjects([], [no_boxes_message(caption, settings.box_threshold)])
     objects = segment_boxes(engine, sam_model, image, [box.box for box in detected.boxes]).best_per_object()
     height, width = image.shape[:2]
+    found = [FoundObject(box=box.box, phrase=box.phrase, score=box.score, mask=mask,
+                         area_fraction=float(mask.sum()) / float(height * width))
+             for box, mask in zip(detected.boxes, objects.masks[:, 0])]
+    notes = [detected.dropped_note()] if detected.dropped else []
+    return select_objects(found, settings, notes, nothing=f"nothing found for '{caption}'.")
+
+
+def select_objects(found: Sequence[FoundObject], settings: DetailSettings, notes: List[str], *,
+                   nothing: str) -> FoundObjects:
+    """``found`` filtered by 'min/max area', the most confident 'max objects' of them, in the chosen
+    order; ``notes`` gains what was left out and why (``nothing`` when nothing was there at all)."""
     low, high = _bounded(settings.min_area, 0.0, 1.0), _bounded(settings.max_area, 0.0, 1.0)
     kept: List[FoundObject] = []
     too_small, too_large = [], []
-    for box, mask in zip(detected.boxes, objects.masks[:, 0]):
-        fraction = float(mask.sum()) / float(height * width)
-        found = FoundObject(box=box.box, phrase=box.phrase, score=box.score, mask=mask, area_fraction=fraction)
-        if not mask.any() or fraction < low:
-            too_small.append(found)
-        elif fraction > high:
-            too_large.append(found)
+    for obj in found:
+        if not obj.mask.any() or obj.area_fraction < low:
+            too_small.append(obj)
+        elif obj.area_fraction > high:
+            too_large.append(obj)
         else:
-            kept.append(found)
-    notes: List[str] = []
-    if detected.dropped:
-        notes.append(detected.dropped_note())
+            kept.append(obj)
+    notes = list(notes)
     if too_small:
         notes.append(f"{len(too_small)} object(s) too small to inpaint ("
                      + ", ".join(f"'{o.phrase}' {o.area_fraction:.4f}" for o in too_small)
@@ -92,8 +101,78 @@ def find_objects(engine: Any, image: np.ndarray, settings: DetailSettings) -> Fo
     if dropped:
         notes.append(f"{dropped} less confident object(s) left out by 'max objects' ({settings.max_objects}).")
     if not kept and not too_small and not too_large:
-        notes.append(f"nothing found for '{caption}'.")
+        notes.append(nothing)
     return FoundObjects(order_objects(kept, settings.order), notes)
+
+
+#: Aspect ratios closer than this (relative) count as the same shape: a panel mask is then scaled.
+ASPECT_TOLERANCE = 0.01
+NO_PANEL_MASK = ("'Objects' is 'the panel's masks' but the Segment Anything panel has no mask in this tab: upload "
+                 "the picture there, click or box each object (one box per object) and press Preview; through the "
+                 "API send 'panel_masks', a list of base64 PNG masks.")
+
+
+def read_panel_masks(value: Any) -> List[np.ndarray]:
+    """The panel's masks as bool (H, W) arrays: from the section's hidden box (a JSON list), or the
+    API (a list, or one string) of base64 PNGs / data URLs; PIL images and arrays are taken as they are."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise SamUserError("The panel's masks are not a readable JSON list.") from None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    read: List[np.ndarray] = []
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, np.ndarray) and item.ndim == 2:
+            read.append(masks.as_mask(item))
+            continue
+        try:  # base64 / data URL / PIL, within the image size limits, transparency kept
+            rgba = Image.fromarray(images.load_image_rgba(item), "RGBA")
+        except SamUserError as error:
+            raise SamUserError(f"panel mask {number}: {error}") from None
+        read.append(np.asarray(images.mask_grey(rgba)) > 127)
+    return read
+
+
+def panel_objects(panel_masks: Sequence[np.ndarray], image_size: Tuple[int, int],
+                  settings: DetailSettings) -> FoundObjects:
+    """The panel's masks as the objects of an image of ``image_size`` (width, height): scaled when the
+    image is larger or smaller but of the same shape (a note says so), refused when its shape differs."""
+    if not panel_masks:
+        raise SamUserError(NO_PANEL_MASK)
+    width, height = image_size
+    notes: List[str] = []
+    found: List[FoundObject] = []
+    scaled_from: Optional[Tuple[int, int]] = None
+    for index, mask in enumerate(panel_masks):
+        mask_height, mask_width = mask.shape[:2]
+        if (mask_width, mask_height) != (width, height):
+            aspect, wanted = mask_width / mask_height, width / height
+            if abs(aspect - wanted) > ASPECT_TOLERANCE * wanted:
+                raise SamUserError(f"the panel's masks are {mask_width}x{mask_height} but the generated image is "
+                                   f"{width}x{height}, another shape: generate at the panel picture's aspect "
+                                   "ratio, or make the masks on a picture of this one's.")
+            if scaled_from is None:
+                scaled_from = (mask_width, mask_height)
+                notes.append(f"the panel's masks ({mask_width}x{mask_height}) were scaled to the generated image "
+                             f"({width}x{height}).")
+            grey = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.BILINEAR)
+            mask = np.asarray(grey) >= 128
+        box = masks.mask_to_box(mask) or (0, 0, 0, 0)
+        found.append(FoundObject(box=tuple(float(edge) for edge in box), phrase=f"panel object {index + 1}",
+                                 score=1.0, mask=mask, area_fraction=float(mask.sum()) / float(width * height)))
+    selected = select_objects(found, settings, notes, nothing="the panel's masks are empty.")
+    selected.scaled_from = scaled_from
+    return selected
+
+
+def objects_to_detail(engine: Any, image: Image.Image, settings: DetailSettings) -> FoundObjects:
+    """The objects of one generated image, from the source the settings name."""
+    if settings.source == SOURCES[1]:
+        return panel_objects(read_panel_masks(settings.panel_masks), image.size, settings)
+    return find_objects(engine, np.asarray(image.convert("RGB")), settings)
 
 
 def order_objects(objects: Sequence[FoundObject], order: str) -> List[FoundObject]:

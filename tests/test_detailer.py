@@ -3,10 +3,12 @@ generated image, every object the caption names is inpainted alone by the host's
 masked", with its own SAM mask; prompts, seeds, infotext, API arguments, X/Y/Z and Interrupt."""
 from __future__ import annotations
 
+import json
 import types
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sd_webui_sam import detail_settings, detailing
 from sd_webui_sam.detail_settings import DETAIL_SETTINGS, NAMES, DetailSettings, parse_args
@@ -285,3 +287,142 @@ def test_parsing_clamps_and_defaults():
     assert parsed.text_threshold == 0.25 and parsed.max_objects == 100 and parsed.min_area == 0.0
     assert parse_args([False, "dog", {"enabled": False}]).enabled is False
     assert DetailSettings().replaced({"order": "LARGEST FIRST", "steps": "12"}).order == "largest first"
+
+
+# ----- objects from the panel ---------------------------------------------------------------------
+
+PANEL = "the panel's masks"
+
+
+def _panel_masks(width=W, height=H):
+    """Two objects as the panel hands them over: a block on the left, a disc on the right."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    left = (cols >= width // 8) & (cols < width // 3) & (rows >= height // 4) & (rows < height // 2)
+    right = (cols - 3 * width // 4) ** 2 + (rows - height // 2) ** 2 < (height // 5) ** 2
+    return [left, right]
+
+
+def _png_list(object_masks):
+    from sd_webui_sam import images
+
+    return [images.bool_mask_png_base64(mask) for mask in object_masks]
+
+
+def test_two_panel_objects_make_two_passes_each_with_only_its_mask(webui, passes):
+    object_masks = _panel_masks(512, 512)  # the stand-in's API generates 512x512
+    p = webui.api_txt2img({"prompt": "a cat", "alwayson_scripts": {TITLE.lower(): {"args": [
+        {"source": PANEL, "panel_masks": _png_list(object_masks), "mask_expand": 0, "resolution": 64}]}}})
+    assert len(passes) == 2
+    settings = parse_args([{"mask_expand": 0}])
+    for mask, inner in zip(object_masks, passes):  # left to right: the block, then the disc
+        seen = np.asarray(inner.seen_by_init["image_mask"]) > 0
+        assert np.array_equal(seen, np.asarray(detailing.inpaint_mask(mask, settings)) > 0)
+    assert p.extra_generation_params["SAM detail source"] == PANEL
+    assert "SAM detail panel masks scaled from" not in p.extra_generation_params
+
+
+def test_panel_masks_of_another_size_are_scaled_and_the_infotext_says_so(webui, passes, capsys):
+    half = _panel_masks(W // 2, H // 2)
+    values = _values(source=PANEL, panel_masks=json.dumps(_png_list(half)), mask_expand=0)
+    _, processed = _txt2img(webui, values)
+    assert len(passes) == 2
+    assert "SAM detail panel masks scaled from: 32x24" in processed.infotexts[0]
+    assert "were scaled to the generated image (64x48)" in capsys.readouterr().out
+    for mask, inner in zip(half, passes):
+        seen = np.asarray(inner.seen_by_init["image_mask"]) > 0
+        scaled = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.BILINEAR)) >= 128
+        assert np.array_equal(seen, scaled)
+
+
+def test_panel_masks_of_another_shape_or_none_are_refused_with_a_message(webui, passes, capsys):
+    _, processed = _txt2img(webui, _values(source=PANEL, panel_masks=_png_list(_panel_masks(48, 48))))
+    out = capsys.readouterr().out
+    assert not passes and len(processed.images) == 1
+    assert "the panel's masks are 48x48 but the generated image is 64x48, another shape" in out
+    _, processed = _txt2img(webui, _values(source=PANEL, panel_masks=""))
+    assert not passes and len(processed.images) == 1
+    assert "the Segment Anything panel has no mask in this tab" in capsys.readouterr().out
+
+
+def test_the_panels_prediction_reaches_the_section_one_mask_per_object(webui):
+    from sd_webui_sam import masks
+    from sd_webui_sam.compat.session import host_session
+    from sd_webui_sam.predictor import Prompts
+    from sd_webui_sam.ui import handlers
+    from sd_webui_sam.ui.detail_section import panel_object_masks
+
+    engine = host_session().engine()
+    model = engine.list_models()[0]
+    picture = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    boxes = [(2, 4, 30, 40), (34, 6, 62, 44)]
+    prompts_json = json.dumps({"width": W, "height": H, "points": [], "boxes": [list(b) for b in boxes]})
+    found = handlers.segment(engine, model, Image.fromarray(picture), prompts_json)  # what the panel's Preview does
+    direct = engine.segment(model, picture, Prompts(boxes=[tuple(map(float, b)) for b in boxes]))
+    read = detailing.read_panel_masks(panel_object_masks(found, 1, handlers.MaskTools(expand=2)))
+    assert len(read) == 2  # one mask per box, not their union
+    for index, mask in enumerate(read):
+        assert np.array_equal(mask, masks.expand(direct.masks[index, 1], 2))
+    assert panel_object_masks(None, 0, handlers.MaskTools()) == ""
+    # in the page, the panel's box feeds the section's hidden argument in the same tab
+    for runner, tab in ((webui.txt2img, "txt2img"), (webui.img2img, "img2img")):
+        section_box = webui.script(runner, TITLE).panel_masks_box
+        panel_box = _element(webui, f"{tab}_sam_object_masks")
+        config = webui.demo.get_config_file()
+        assert any(dep["inputs"] == [panel_box._id] and dep["outputs"] == [section_box._id]
+                   for dep in config["dependencies"]), tab
+
+
+def _element(webui, elem_id):
+    return next(block for block in webui.demo.blocks.values() if getattr(block, "elem_id", None) == elem_id)
+
+
+def _event_handlers(webui, inputs, outputs):
+    """(the functions of the page's events with these inputs and outputs, the ids of their triggers)."""
+    found, triggers = [], []
+    for index, dep in enumerate(webui.demo.get_config_file()["dependencies"]):
+        if dep["inputs"] == [block._id for block in inputs] and dep["outputs"] == [block._id for block in outputs]:
+            found.append(webui.demo.fns[dep.get("id", index)].fn)
+            # gradio 4: [[id, event], ...]; gradio 3: [id, ...] with the event under "trigger"
+            triggers.extend(target[0] if isinstance(target, (list, tuple)) else target for target in dep["targets"])
+    return found, triggers
+
+
+def test_the_panel_makes_object_pngs_only_while_the_section_takes_the_panels_masks(webui, monkeypatch):
+    from sd_webui_sam.compat.session import host_session
+    from sd_webui_sam.ui import detail_section, handlers
+
+    engine = host_session().engine()
+    picture = np.random.default_rng(4).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    prompts_json = json.dumps({"width": W, "height": H, "points": [], "boxes": [[2, 4, 30, 40], [34, 6, 62, 44]]})
+    found = handlers.segment(engine, engine.list_models()[0], Image.fromarray(picture), prompts_json)
+    encoded = []
+    real = detail_section.panel_object_masks
+    monkeypatch.setattr(detail_section, "panel_object_masks", lambda *args: encoded.append(1) or real(*args))
+    tools = (0, 0.0, False, 0, False, False, 0)  # expand, feather, fill holes, min island, invert, soft edges, band
+    for runner, tab in ((webui.txt2img, "txt2img"), (webui.img2img, "img2img")):
+        source = webui.script(runner, TITLE).section_parts["source"]
+        wanted = _element(webui, f"{tab}_sam_object_masks_wanted")
+        panel_box = _element(webui, f"{tab}_sam_object_masks")
+        assert source.value == detail_settings.SOURCES[0] and wanted.value is False  # the page starts in agreement
+
+        # "Objects" decides whether the panel makes the PNGs
+        (follow,), _ = _event_handlers(webui, [source], [wanted])
+        assert follow(PANEL) is True and follow(detail_settings.SOURCES[0]) is False
+
+        # the panel's handler, run on a mask change and when "wanted" changes (so a switch fills the box at once)
+        fns, triggers = _event_handlers(
+            webui, [wanted, *_panel_tool_inputs(webui, tab, panel_box)], [panel_box])
+        assert fns and wanted._id in triggers, tab
+        encoded.clear()
+        assert fns[0](False, found, 1, *tools) == ""
+        assert not encoded  # found by caption: no PNG is made
+        read = detailing.read_panel_masks(fns[0](True, found, 1, *tools))
+        assert len(read) == 2 and encoded
+
+
+def _panel_tool_inputs(webui, tab, panel_box):
+    """The inputs of the panel's object-masks handler after "wanted": state, choice and the tools."""
+    for dep in webui.demo.get_config_file()["dependencies"]:
+        if dep["outputs"] == [panel_box._id] and len(dep["inputs"]) > 3:
+            return [webui.demo.blocks[block_id] for block_id in dep["inputs"][1:]]
+    raise AssertionError(f"no object-masks handler in {tab}")

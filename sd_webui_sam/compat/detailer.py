@@ -16,11 +16,9 @@ import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy as np
-
 from sd_webui_sam.detail_settings import (DETAIL_SETTINGS, INFOTEXT_PREFIX, USE_GENERATION, DetailSettings,
                                           axis_settings, from_infotext, infotext_params, parse_args)
-from sd_webui_sam.detailing import PassPlan, find_objects, plan_passes
+from sd_webui_sam.detailing import PassPlan, objects_to_detail, plan_passes
 from sd_webui_sam.errors import SamUserError
 
 LOG = logging.getLogger("sd_webui_sam.detailer")
@@ -35,6 +33,7 @@ KEPT_ATTRIBUTE = "sd_webui_sam_detail_kept"
 #: Per-image infotext entries (how many objects were detailed, or why none).
 OBJECTS_KEY = f"{INFOTEXT_PREFIX} objects"
 NOTE_KEY = f"{INFOTEXT_PREFIX} note"
+SCALED_KEY = f"{INFOTEXT_PREFIX} panel masks scaled from"
 BEFORE_SUFFIX = "-before-detail"
 AXIS_PREFIX = "[SAM detail] "
 
@@ -128,6 +127,7 @@ def detail_image(p: Any, pp: Any, values: Sequence[Any], engine: Any, *,
     if isinstance(params, dict):
         params.pop(OBJECTS_KEY, None)
         params.pop(NOTE_KEY, None)
+        params.pop(SCALED_KEY, None)
     settings, problems = _wanted_settings(p, values)
     if settings is None:
         return problems
@@ -142,9 +142,11 @@ def detail_image(p: Any, pp: Any, values: Sequence[Any], engine: Any, *,
     negative = _batch_value(getattr(p, "negative_prompts", None), batch_index, getattr(p, "negative_prompt", ""))
     seed = _batch_value(getattr(p, "seeds", None), batch_index, getattr(p, "seed", -1))
     try:
-        found = find_objects(engine, np.asarray(image.convert("RGB")), settings)
+        found = objects_to_detail(engine, image, settings)
     except SamUserError as error:
         return [f"Detail each object: {error}"]
+    if found.scaled_from is not None and isinstance(params, dict):
+        params[SCALED_KEY] = "{}x{}".format(*found.scaled_from)
     plans, notes = plan_passes(found.objects, settings, prompt=prompt, negative_prompt=negative, seed=int(seed))
     notes = found.notes + notes
     messages = [f"Detail each object: {note}" for note in notes]

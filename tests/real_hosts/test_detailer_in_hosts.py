@@ -1,6 +1,8 @@
 """'Detail each object' inside a real A1111 / Forge, through ``/sdapi/v1/txt2img`` with the section's
 named arguments: each object is inpainted by the host's own img2img, one pass per object, and only
-the objects' pixels change.
+the objects' pixels change. And the section itself in txt2img, in Debian's Chromium at 1400x1000:
+visible, every control labelled, the caption box taking text (screenshots in
+test-artifacts/real_hosts/detail-section-<host>.png).
 
 The SD checkpoint and the detection models have random weights, so the objects are whatever
 GroundingDINO boxes at threshold 0 give: "max objects" 2 makes them exactly 2. The test finds the
@@ -16,9 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sd_webui_sam.detail_settings import DETAIL_SETTINGS
+from tools import browser_driver as driver
+from tests.real_hosts.conftest import ARTIFACTS
+
 pytestmark = pytest.mark.real_host
 
 SCRIPT = "detail each object (segment anything)"
+#: ``Script.elem_id`` of the section's parts in txt2img (the host derives it from the title).
+SECTION_ID = "script_txt2img_detail_each_object_segment_anything"
 W, H = 128, 96
 #: Pixels within this distance of an object's expanded mask may differ from the local computation
 #: (the host's torch may round the SAM logits differently at the mask's edge).
@@ -72,3 +80,30 @@ def test_two_objects_are_inpainted_one_pass_each_and_nothing_else_changes(host_m
         assert (detailed[mask] != before[mask]).any(), "an object's pixels did not change"
     outside = ~masks.expand(union, EDGE_TOLERANCE_PX)
     assert np.array_equal(detailed[outside], before[outside]), "pixels outside every object's mask changed"
+
+
+def test_the_section_in_txt2img_is_visible_labelled_and_takes_a_caption(webui):
+    if driver.chromium_path() is None:
+        pytest.skip("Debian's chromium is not installed")
+    shown = [setting for setting in DETAIL_SETTINGS if setting.kind != "picture"]  # the panel's masks are hidden
+    with driver.browser_page(webui.base_url, (1400, 1000), ready="#tabs", timeout_ms=300_000) as page:
+        page.locator("#tabs button", has_text="txt2img").first.click()
+        accordion = page.locator(f"#{SECTION_ID}_accordion")
+        accordion.scroll_into_view_if_needed()
+        assert accordion.is_visible(), "the section is not in txt2img"
+        assert "Detail each object (Segment Anything)" in accordion.inner_text()
+        accordion.locator(".label-wrap").first.click()
+        caption = page.locator(f"#{SECTION_ID}_caption").locator("textarea, input").first
+        caption.wait_for(state="visible", timeout=30_000)
+        for setting in shown:
+            control = page.locator(f"#{SECTION_ID}_{setting.name}")
+            assert control.is_visible(), f"'{setting.label}' is not shown"
+            assert setting.label in control.inner_text(), f"the control of '{setting.name}' lacks its label"
+        assert not page.locator(f"#{SECTION_ID}_panel_masks").is_visible()
+        caption.fill("face, left hand")
+        caption.press("Tab")
+        assert caption.input_value() == "face, left hand"
+        accordion.scroll_into_view_if_needed()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"detail-section-{webui.name}.png"))
+        accordion.screenshot(path=str(ARTIFACTS / f"detail-section-{webui.name}-open.png"))

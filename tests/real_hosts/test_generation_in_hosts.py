@@ -2,7 +2,8 @@
 own HTTP API (``/sdapi/v1/img2img`` and ``/sdapi/v1/txt2img`` with ``alwayson_scripts``).
 
 The SD checkpoint has random weights, so only what the extension promises is checked: pixels
-outside the mask are the source's, and "Cut out after generation" writes its files.
+outside the mask are the source's, and "Cut out after generation" writes its files (with soft
+edges: partial alpha, only in the band along the mask's edge).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import base64
 import io
 import time
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -66,12 +68,18 @@ def test_img2img_api_with_our_script_arguments_inpaints_only_the_mask(host_model
     assert "image and mask set as img2img inpaint input" in webui.log_text()
 
 
-def test_cut_out_after_generation_writes_cutout_and_mask(host_models, webui):
+def _cutout_request(*, soft_edges: bool, edge_band: float, host_models) -> dict:
+    """txt2img with "Cut out after generation" on, positionally in script_args.SCRIPT_ARGS's order."""
+    handoff = [False, None, None, False, "0", False]
+    cutout = [True, "face", host_models["sam"], host_models["gdino"], 0.0, 0.0]
+    control_map = [False, 0, None]
+    alpha = [soft_edges, edge_band]
+    return dict(_generation_settings(), save_images=True,
+                alwayson_scripts={SCRIPT: {"args": handoff + cutout + control_map + alpha}})
+
+
+def _written_cutout(webui, request):
     before = set(webui.webui_dir.glob("outputs/**/*.png"))
-    request = dict(_generation_settings(), save_images=True,
-                   alwayson_scripts={SCRIPT: {"args": [False, None, None, False, "0", False,
-                                                       True, "face", host_models["sam"], host_models["gdino"],
-                                                       0.0, 0.0]}})
     response = webui.post("/sdapi/v1/txt2img", json=request, timeout=1200)
     assert response.status_code == 200, response.text[:3000]
     written = sorted(set(webui.webui_dir.glob("outputs/**/*.png")) - before)
@@ -79,9 +87,49 @@ def test_cut_out_after_generation_writes_cutout_and_mask(host_models, webui):
     masks = [path for path in written if path.stem.endswith("-cutout-mask")]
     assert cutouts and masks, f"written: {[p.name for p in written]}\n{webui.log_text()[-3000:]}"
     cutout = Image.open(cutouts[0])
+    cutout.load()
+    return cutout, np.asarray(Image.open(masks[0]).convert("L"))
+
+
+def test_cut_out_after_generation_writes_cutout_and_mask(host_models, webui):
+    # The six arguments of "Cut out after generation" alone (a caller from before soft edges).
+    request = dict(_generation_settings(), save_images=True,
+                   alwayson_scripts={SCRIPT: {"args": [False, None, None, False, "0", False,
+                                                       True, "face", host_models["sam"], host_models["gdino"],
+                                                       0.0, 0.0]}})
+    cutout, saved_mask = _written_cutout(webui, request)
     assert cutout.mode == "RGBA" and cutout.size == (W, H)
-    saved_mask = np.asarray(Image.open(masks[0]).convert("L"))
     assert np.array_equal(np.asarray(cutout)[..., 3] > 0, saved_mask > 0)
+
+
+def test_cut_out_after_generation_with_soft_edges_has_partial_alpha_only_in_the_band(host_models, webui):
+    """The soft cut-out's partial alpha lies only in the band along the saved mask's edge, and
+    beyond it the alpha is the mask's. Where the mask has a sure inside (farther than the band from
+    its edge) the matte has colours to pull from and gives semi-transparent pixels; where it has
+    none (the random-weight SAM's 1-px lattice at this size) the matte keeps the mask as it is."""
+    band = 1
+    cutout, saved_mask = _written_cutout(webui, _cutout_request(soft_edges=True, edge_band=band,
+                                                                host_models=host_models))
+    assert cutout.mode == "RGBA" and cutout.size == (W, H)
+    assert set(np.unique(saved_mask)) <= {0, 255}, "the mask beside the cut-out stays binary"
+    inside = (saved_mask > 0).astype(np.uint8)
+    assert inside.any() and not inside.all(), "the tiny SAM found no edge to soften"
+    # How far each pixel is from the pixels on the other side of the mask's edge.
+    inside_distance = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    edge_distance = np.maximum(inside_distance, cv2.distanceTransform(1 - inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE))
+    alpha = np.asarray(cutout)[..., 3]
+    partial = (alpha > 0) & (alpha < 255)
+    sure_inside = int(np.count_nonzero(inside_distance > band))
+    print(f"{webui.name}: soft cut-out: {int(partial.sum())} partial-alpha pixels, {len(np.unique(alpha))} "
+          f"alpha levels, {sure_inside} mask pixels farther than the band from its edge")
+    if partial.any():
+        assert edge_distance[partial].max() <= band + 1, "partial alpha outside the band"
+    far = edge_distance > band + 1
+    assert np.array_equal(alpha[far], np.where(inside[far] > 0, 255, 0)), "the matte changed sure pixels"
+    if sure_inside:
+        assert partial.any(), "soft edges gave no semi-transparent pixel"
+    else:
+        assert np.array_equal(alpha, saved_mask), "with no sure inside the matte must keep the mask"
 
 
 def test_controlnet_unit_gets_the_mask_and_a_missing_model_is_explained(host_models, webui, source):
