@@ -167,10 +167,18 @@ class RunningHost:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def startup_profile(self) -> dict:
-        """The host's own start-up timer (``/internal/profile-startup``): {"total", "records"}."""
-        status, body = http_get(self.base_url + "/internal/profile-startup")
-        return json.loads(body) if status == 200 and body else {}
+    def startup_profile(self, wait: float = 60.0) -> dict:
+        """The host's own start-up timer (``/internal/profile-startup``): {"total", "records"}.
+
+        A1111 fills it in only after the server already answers (webui.py sets
+        ``timer.startup_record`` once launch returns), so until then the route says null: poll."""
+        deadline = time.monotonic() + wait
+        while True:
+            status, body = http_get(self.base_url + "/internal/profile-startup")
+            profile = json.loads(body) if status == 200 and body else None
+            if profile or time.monotonic() > deadline or not self.alive():
+                return profile or {}
+            time.sleep(1.0)
 
     def extension_seconds(self) -> Dict[str, float]:
         """Start-up timer records that name our extension (script loads, callbacks): {record: s}."""
@@ -212,8 +220,8 @@ def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
 
 def start_host(name: str, port: Optional[int] = None, extra_args: Sequence[str] = (),
                log_path: Optional[Path] = None, timeout: float = 900.0) -> RunningHost:
-    """Start the host and wait until it serves (``/internal/ping`` answers and the log has the
-    "Startup time" line the WebUI prints once every app_started callback ran)."""
+    """Start the host and wait until it serves: the log has the "Startup time" line the WebUI
+    prints once every app_started callback ran, then ``/internal/ping`` answers."""
     if name not in HOST_NAMES:
         raise ValueError(f"unknown host {name!r}")
     python = host_python(name)
@@ -241,11 +249,17 @@ def start_host(name: str, port: Optional[int] = None, extra_args: Sequence[str] 
             if elapsed > timeout:
                 raise HostStartError(f"{name} did not start within {timeout:.0f}s; log {log_path}:\n"
                                      f"{tail(host.log_text())}")
-            status, _ = http_get(host.base_url + "/internal/ping", timeout=5)
-            if status == 200:
-                pinged_at = pinged_at or time.monotonic()
-                if "Startup time:" in host.log_text() or time.monotonic() - pinged_at > 120:
-                    break
+            # No request before the host says it has started: A1111 adds its middleware after
+            # gradio already serves, and a request in between makes Starlette build the stack, so
+            # A1111 exits with "Cannot add middleware after an application has started". The ping
+            # alone is the fallback for a host whose log never says so.
+            started_up = "Startup time:" in host.log_text()
+            if started_up or elapsed > timeout / 2:
+                status, _ = http_get(host.base_url + "/internal/ping", timeout=5)
+                if status == 200:
+                    pinged_at = pinged_at or time.monotonic()
+                    if started_up or time.monotonic() - pinged_at > 120:
+                        break
             time.sleep(1.0)
     except BaseException:
         host.stop()
