@@ -23,7 +23,7 @@ import local_groundingdino  # noqa: E402,F401  (see above)
 import sam2_image  # noqa: E402,F401  (see above)
 import sam_hq  # noqa: E402,F401  (see above)
 import sd_webui_sam  # noqa: E402,F401  (see above)
-from sd_webui_sam.compat import generation, options, saving  # noqa: E402
+from sd_webui_sam.compat import generation, host_memory, options, saving  # noqa: E402
 from sd_webui_sam.compat.controlnet import find_controlnet  # noqa: E402
 from sd_webui_sam.compat.controlnet_preprocessors import find_preprocessor  # noqa: E402
 from sd_webui_sam.compat.gradio_compat import current_root_block  # noqa: E402
@@ -50,6 +50,7 @@ def _models_path():
 
 SESSION.configure(lambda: options.engine_settings(shared.opts, shared.cmd_opts, _models_path(), EXTENSION_ROOT),
                   wire_send=wire_send_to_inpaint)
+host_memory.install_forge_hook(SESSION.engine_if_created)
 
 
 class SegmentAnythingScript(scripts.Script):
@@ -78,7 +79,10 @@ class SegmentAnythingScript(scripts.Script):
         return panel.script_args  # in script_args.SCRIPT_ARGS order, which parse_script_args reads
 
     def before_process(self, p, *args):
-        for message in generation.before_process(p, args, find_controlnet, is_img2img=bool(self.is_img2img)):
+        moved = host_memory.before_generation(SESSION.engine_if_created, shared.opts, shared.cmd_opts,
+                                              getattr(shared, "sd_model", None))
+        messages = generation.before_process(p, args, find_controlnet, is_img2img=bool(self.is_img2img))
+        for message in ([moved] if moved else []) + messages:
             print(f"[Segment Anything] {message}")
 
     def postprocess_image(self, p, pp, *args):

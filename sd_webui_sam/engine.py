@@ -7,16 +7,18 @@ one lock, so ``segment`` is safe to call from several threads (gradio queue, API
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from local_groundingdino.store import REFERENCE_MODEL_NAMES, GroundingDinoSettings, GroundingDinoStore
-from sd_webui_sam import devices
-from sd_webui_sam.embedding_cache import EmbeddingCache
+from sd_webui_sam import compiled_encoder, devices
+from sd_webui_sam.embedding_cache import EmbeddingCache, dtype_name
 from sd_webui_sam.errors import ModelNotFoundError, OutOfMemoryError, SamUserError
 from sd_webui_sam.checkpoints import match_model_name, validate_model_name
 from sd_webui_sam.model_store import LoadedModel, ModelDescription, ModelStore
@@ -24,9 +26,12 @@ from sd_webui_sam.predictor import Predictor
 from sd_webui_sam.prompts import check_caption
 from sd_webui_sam.settings import EngineSettings
 
+logger = logging.getLogger(__name__)
+
 
 class Engine:
-    def __init__(self, settings: Optional[EngineSettings] = None):
+    def __init__(self, settings: Optional[EngineSettings] = None, clock: Callable[[], float] = time.monotonic):
+        """``clock`` (seconds) times the idle unload; a test hands in its own."""
         self.settings = settings if settings is not None else EngineSettings()
         self.embeddings = EmbeddingCache.from_settings(self.settings)
         self.store = ModelStore(self.settings, on_drop=self._forget_embeddings)
@@ -34,6 +39,15 @@ class Engine:
         # Re-entrant: a managed predictor's calls take it, and so does segment() around them.
         self._lock = threading.RLock()
         self._device_preference = self.settings.device
+        # Idle unload: uses in progress and when the last one ended (None: nothing waits to be
+        # unloaded). Always taken after the engine lock, never before it.
+        self._clock = clock
+        self._idle = threading.Condition()
+        self._uses = 0
+        self._last_used: Optional[float] = None
+        self._idle_watcher: Optional[threading.Thread] = None
+        #: (model name, device) -> images per encoder pass, once an out-of-memory error lowered it
+        self._encode_batch_sizes: Dict[Tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ models
 
@@ -125,10 +139,17 @@ class Engine:
     @contextmanager
     def _run(self, model_name: str, advice: str = "a smaller image or model") -> Iterator[Predictor]:
         """:meth:`use_predictor` for a name already resolved (a handle's calls)."""
-        with self._lock:
+        with self._lock, self._in_use():
             try:
                 with self.store.use(model_name) as loaded:
-                    yield Predictor(loaded.model, self.store.placement, self.embeddings, model_id=loaded.model_id)
+                    start = self.encode_batch_size(model_name)
+                    predictor = Predictor(loaded.model, self.store.placement, self.embeddings, model_id=loaded.model_id,
+                                          encode_batch_size=start)
+                    try:
+                        yield predictor
+                    finally:
+                        if predictor.encode_batch_size < start:
+                            self._encode_batch_sizes[(model_name, str(self.placement.device))] = predictor.encode_batch_size
             except OutOfMemoryError:
                 raise
             except Exception as error:
@@ -141,6 +162,14 @@ class Engine:
                     f"Use {advice}, enable CPU offload, or switch SAM to the CPU."
                 ) from error
 
+    def encode_batch_size(self, model_name: str) -> int:
+        """Images per encoder pass for one model on the current device: the settings' (or the
+        device's default) until an out-of-memory error lowered it."""
+        remembered = self._encode_batch_sizes.get((model_name, str(self.placement.device)))
+        if remembered is not None:
+            return remembered
+        return max(1, int(self.settings.encode_batch_size or devices.default_encode_batch(self.placement.device)))
+
     def segment(
         self,
         model_name: str,
@@ -149,9 +178,14 @@ class Engine:
         *,
         multimask_output: bool = True,
         options: Optional[Mapping] = None,
+        mask_size: Optional[Tuple[int, int]] = None,
+        image_key: Optional[str] = None,
     ):
-        """Encode ``image`` (or reuse its cached embeddings) and decode ``prompts`` -> Prediction."""
-        return self.predictor(model_name).predict(image, prompts, multimask_output=multimask_output, options=options or {})
+        """Encode ``image`` (or reuse its cached embeddings) and decode ``prompts`` -> Prediction
+        (masks at ``mask_size``, (height, width), when given; else at the picture's size).
+        ``image_key``: the picture's ``images.image_content_key`` when the caller holds it."""
+        return self.predictor(model_name).predict(image, prompts, multimask_output=multimask_output, options=options or {},
+                                                  mask_size=mask_size, image_key=image_key)
 
     # ------------------------------------------------------------------ text prompts (GroundingDINO)
 
@@ -212,7 +246,7 @@ class Engine:
         with ``like_reference``, see ``Detector.detect``)."""
         caption = check_caption(caption)
         name = self.resolve_detector(model_name)
-        with self._lock:
+        with self._lock, self._in_use():
             try:
                 detector = self.detectors.detector(name)
                 return detector.detect(image, caption, box_threshold=box_threshold, text_threshold=text_threshold,
@@ -244,7 +278,7 @@ class Engine:
         Returns where SAM runs now (a preference the machine cannot honour resolves elsewhere)."""
         try:
             placement = devices.resolve_placement(
-                preference, offload_to_cpu=self.settings.offload_to_cpu, half=self.settings.half_precision
+                preference, offload_to_cpu=self.settings.offload_to_cpu, precision=self.settings.precision
             )
         except ValueError as error:
             raise SamUserError(str(error)) from error
@@ -266,7 +300,8 @@ class Engine:
         # wait for a long job to finish.
         models = [
             {"names": list(entry.names), "label": entry.spec.label, "family": entry.spec.family,
-             "device": str(self.store.placement.storage_device), "bytes": entry.nbytes}
+             "device": "cpu" if entry.on_cpu_until_used else str(self.store.placement.storage_device),
+             "bytes": entry.nbytes}
             for entry in self.store.loaded()
         ]
         return _memory_report(models, self.detectors.memory(), self.embeddings.stats())
@@ -279,16 +314,107 @@ class Engine:
             self.embeddings.clear()
             self.store.unload()
             self.detectors.unload()
+            with self._idle:
+                self._last_used = None  # nothing left to unload when idle
         devices.release_memory()
         return freed
+
+    def move_to_cpu(self) -> int:
+        """Move the loaded models off the accelerator until their next use, and drop the image
+        embeddings kept there: the host generates and is short of VRAM. Returns the bytes freed
+        on the accelerator. A job running now keeps its models (0): it needs them, and waiting
+        for it would hold up the generation."""
+        if self.store.placement.device.type == "cpu" or not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            freed = self.store.move_to_cpu() + self.detectors.move_to_cpu()
+            if self.embeddings.nbytes:
+                freed += self.embeddings.nbytes
+                self.embeddings.clear()
+        finally:
+            self._lock.release()
+        if freed:
+            devices.release_memory()
+            logger.info("Moved Segment Anything's models to the CPU (%.0f MiB freed on the GPU)", freed / 2**20)
+        return freed
+
+    # ------------------------------------------------------------------ idle unload
+
+    @property
+    def idle_limit_s(self) -> float:
+        """Seconds without use after which every model is unloaded; 0 never."""
+        try:
+            return max(0.0, float(self.settings.unload_after_idle_minutes or 0)) * 60.0
+        except (TypeError, ValueError):
+            return 0.0
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Marks a use of the models (under the engine lock); its end starts the idle countdown."""
+        with self._idle:
+            self._uses += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._uses -= 1
+                self._last_used = self._clock()
+                self._idle.notify_all()
+            self._start_idle_watcher()
+
+    def _idle_remaining_s(self) -> Optional[float]:
+        """(Under ``self._idle``.) Seconds until the models count as idle; None while nothing
+        waits to be unloaded or a use is in progress."""
+        if self._uses or self._last_used is None or self.idle_limit_s <= 0:
+            return None
+        return self._last_used + self.idle_limit_s - self._clock()
+
+    def unload_if_idle(self) -> bool:
+        """Unload every model and embedding when none was used for the idle limit. Returns whether it did."""
+        if self.idle_limit_s <= 0:
+            return False
+        with self._lock:  # no use can start while it is held
+            with self._idle:
+                remaining = self._idle_remaining_s()
+                if remaining is None or remaining > 0:
+                    return False
+            freed = self.unload()
+        logger.info("Unloaded Segment Anything's models after %.0f idle minutes (%.1f MiB)",
+                    self.idle_limit_s / 60, freed["total_mib"])
+        return True
+
+    def _start_idle_watcher(self) -> None:
+        if self.idle_limit_s <= 0 or self._idle_watcher is not None:
+            return
+        with self._idle:
+            if self._idle_watcher is None:
+                self._idle_watcher = threading.Thread(target=self._watch_idle, name="sam-idle-unload", daemon=True)
+                self._idle_watcher.start()
+
+    def _watch_idle(self) -> None:
+        """One thread per engine, asleep until the idle limit can have passed since the last use."""
+        while True:
+            with self._idle:
+                remaining = self._idle_remaining_s()
+                while remaining is None or remaining > 0:
+                    self._idle.wait(remaining)
+                    remaining = self._idle_remaining_s()
+            self.unload_if_idle()
 
     def stats(self) -> Dict[str, Any]:
         placement = self.store.placement
         return {
             "device": str(placement.device),
-            "dtype": str(placement.dtype).replace("torch.", ""),
+            # What really runs: the image encoders in ``dtype``, the decoders in ``decoder_dtype``.
+            "dtype": dtype_name(placement.dtype),
+            "decoder_dtype": dtype_name(placement.decoder_dtype),
+            "precision": self.settings.precision,
+            "precision_note": placement.precision_note,
             "offload_to_cpu": placement.offload_to_cpu,
             "loaded_models": self.store.loaded_names(),
+            # With compile_encoder on: "name: compiled (1 input shape)" or "name: eager: <why>".
+            "encoder_compile": [f"{entry.name}: {status}" for entry in self.store.loaded()
+                                if (status := compiled_encoder.status_of(entry.model)) is not None],
             "model_cache_size": self.store.capacity,
             "model_dirs": [str(directory) for directory in self.store.model_dirs()],
             "embedding_cache": self.embeddings.stats(),
@@ -338,8 +464,14 @@ class ManagedPredictor:
         with self.engine._run(self.model_name) as predictor:
             return getattr(predictor, method)(*args, **kwargs)
 
-    def encode(self, image: np.ndarray):
-        return self._run("encode", image)
+    def encode(self, image: np.ndarray, image_key: Optional[str] = None):
+        return self._run("encode", image, image_key)
 
-    def predict(self, image_or_encoded, prompts, *, multimask_output: bool = True, options: Optional[Mapping] = None):
-        return self._run("predict", image_or_encoded, prompts, multimask_output=multimask_output, options=options or {})
+    def encode_many(self, images, max_batch: Optional[int] = None):
+        """Several images' embeddings, encoded together (Predictor.encode_many)."""
+        return self._run("encode_many", images, max_batch=max_batch)
+
+    def predict(self, image_or_encoded, prompts, *, multimask_output: bool = True, options: Optional[Mapping] = None,
+                mask_size: Optional[Tuple[int, int]] = None, image_key: Optional[str] = None):
+        return self._run("predict", image_or_encoded, prompts, multimask_output=multimask_output, options=options or {},
+                         mask_size=mask_size, image_key=image_key)

@@ -50,5 +50,11 @@ class DownloadError(SamUserError):
     http_status = 502
 
 
+class JobStopped(SamUserError):
+    """A long job ended early because the user pressed Stop (or the host's Interrupt)."""
+
+    http_status = 409
+
+
 class OutOfMemoryError(SamUserError):
     http_status = 507

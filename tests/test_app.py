@@ -53,3 +53,87 @@ def test_without_a_model_the_panel_says_what_to_do_and_where(tmp_path):
     hint = first_run_html(lambda: engine, [])
     assert str(tmp_path.resolve()) in hint and "MobileSAM" in hint and "Download official checkpoints" in hint
     assert first_run_html(lambda: engine, ["sam_vit_b_01ec64.pth"]) == ""
+
+
+# A standalone server with one extra route: a job that notes when it starts, notes when it sees
+# the shutdown (the Interrupt the panel's jobs get), and then does not stop for two minutes.
+LONG_JOB_SERVER = r"""
+import sys, threading, time
+from pathlib import Path
+
+from fastapi.routing import APIRoute
+
+from sd_webui_sam import app as standalone
+
+notes, port = Path(sys.argv[1]), sys.argv[2]
+made = standalone.create_app
+
+
+def create_app(engine, shutdown=None):
+    web = made(engine, shutdown)
+
+    def long_job():
+        (notes / "started").write_text("1")
+        while not shutdown.is_set():
+            time.sleep(0.05)
+        (notes / "interrupted").write_text("1")
+        time.sleep(120)
+        return {}
+
+    web.router.routes.insert(0, APIRoute("/test-long-job", long_job, methods=["GET"]))
+    return web
+
+
+standalone.create_app = create_app
+standalone.main(["--port", port, "--model-dir", str(notes), "--device", "cpu"])
+"""
+
+
+def test_sigterm_ends_the_standalone_server_within_seconds_during_a_job(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-c", LONG_JOB_SERVER, str(tmp_path), str(port)], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(url + "/", trust_env=False, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert server.poll() is None, server.stderr.read().decode(errors="replace")[-2000:]
+        def ask_for_the_job() -> None:
+            try:
+                httpx.get(url + "/test-long-job", trust_env=False, timeout=180)
+            except httpx.HTTPError:
+                pass  # the server went away under it: what this test wants
+
+        job = threading.Thread(target=ask_for_the_job, daemon=True)
+        job.start()
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline, "the long job never started"
+            time.sleep(0.1)
+
+        server.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        server.wait(timeout=10)
+        assert time.monotonic() - sent < 10
+        assert (tmp_path / "interrupted").exists()  # the job was told to stop, not only abandoned
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

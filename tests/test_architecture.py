@@ -3,7 +3,8 @@
 Dependencies run one way: scripts/app -> ui/api/batch -> host adapters -> features -> engine ->
 models -> images/masks. These tests read every product module's imports with `ast` (nothing is
 imported), so they fail on the commit that adds an upward import, an import cycle, a host
-(`modules.*`) import outside `compat/`, or a late import of our own code.
+(`modules.*`) import outside `compat/`, a late import of our own code, product code importing
+tests/ or tools/, or tools/ importing tests/ (tests may import tools, never the reverse).
 """
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     )),
     ("model code", (
         "sd_webui_sam.modeling", "sd_webui_sam.model_registry", "sd_webui_sam.checkpoints",
-        "sd_webui_sam.weights", "sd_webui_sam.families", "sd_webui_sam.downloads", "sam_hq", "sam2_image",
+        "sd_webui_sam.weights", "sd_webui_sam.families", "sd_webui_sam.downloads", "sd_webui_sam.same_content",
+        "sam_hq", "sam2_image",
         "local_groundingdino",
     )),
     ("engine", (
         "sd_webui_sam.model_store", "sd_webui_sam.embedding_cache", "sd_webui_sam.predictor",
-        "sd_webui_sam.render", "sd_webui_sam.engine", "sd_webui_sam.metrics",
+        "sd_webui_sam.render", "sd_webui_sam.engine", "sd_webui_sam.metrics", "sd_webui_sam.compiled_encoder",
     )),
     ("features", (
         "sd_webui_sam.text_prompt", "sd_webui_sam.cutout", "sd_webui_sam.autosam",
@@ -224,8 +226,8 @@ def test_no_import_cycles_between_packages():
 
 
 def test_host_modules_are_imported_only_in_compat():
-    # `modules` / `modules_forge` / ControlNet's `lib_controlnet` are the WebUI's own packages.
-    host_roots = ("modules", "modules_forge", "lib_controlnet")
+    # `modules` / `modules_forge` / Forge's `backend` / ControlNet's `lib_controlnet` are the WebUI's own packages.
+    host_roots = ("modules", "modules_forge", "backend", "lib_controlnet")
     outside = []
     for module, targets in sorted(RECORDS.items()):
         # scripts/ are the WebUI's own entry points: they subclass its Script and register callbacks.
@@ -268,6 +270,28 @@ def test_late_third_party_imports_say_why():
             if "#" not in here and not above.startswith("#"):
                 unexplained.append(f"{module}:{record.line}: {here.strip()}")
     assert not unexplained, "late imports without a one-line reason:\n" + "\n".join(unexplained)
+
+
+def _imports_of(roots: Tuple[str, ...], files: Iterator[Path]) -> List[str]:
+    """`path:line imports target` for each import in ``files`` of a module under ``roots``."""
+    found = []
+    for path in files:
+        for record in _imports(path):
+            if record.target.split(".")[0] in roots:
+                found.append(f"{path.relative_to(ROOT)}:{record.line} imports {record.target}")
+    return found
+
+
+def test_tools_never_import_tests():
+    # Tests may import tools (the checkpoint builders, the browser driver); the benchmarks and the
+    # set-up scripts must run from a tree without tests/, so the arrow never points back.
+    imports = _imports_of(("tests",), iter(sorted((ROOT / "tools").rglob("*.py"))))
+    assert not imports, "tools/ imports tests/ (move what it needs into tools/):\n" + "\n".join(imports)
+
+
+def test_product_code_never_imports_tests_or_tools():
+    imports = _imports_of(("tests", "tools"), product_files())
+    assert not imports, "product code imports tests/ or tools/:\n" + "\n".join(imports)
 
 
 @pytest.mark.parametrize("package", ["sd_webui_sam", "sam_hq", "sam2_image", "local_groundingdino"])

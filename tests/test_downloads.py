@@ -191,12 +191,16 @@ def test_catalogue_entries_are_complete_and_unique():
     assert len(names) == len(set(names))
     assert {"sam_vit_h_4b8939.pth", "sam_vit_l_0b3195.pth", "sam_vit_b_01ec64.pth", "sam_hq_vit_h.pth",
             "sam_hq_vit_l.pth", "sam_hq_vit_b.pth", "sam_hq_vit_tiny.pth", "mobile_sam.pt"} <= set(names)
+    sam2_files = {f"sam2{version}_hiera_{size}.pt" for version in ("", ".1") for size in ("tiny", "small", "base_plus", "large")}
+    assert sam2_files <= set(names)
+    # every SAM 2 file is verified by its sha256, not only its size
+    assert all(entry.sha256 and entry.family == "sam2" for entry in downloads.CATALOGUE if entry.file_name in sam2_files)
     for entry in downloads.CATALOGUE:
         assert entry.url.startswith("https://") and entry.url.endswith("/" + entry.file_name)
         assert entry.size > 10_000_000
         assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
     with pytest.raises(DownloadError, match="Known files"):
-        downloads.catalogue_entry("sam2_hiera_large.pt")
+        downloads.catalogue_entry("sam3.pt")
 
 
 def test_download_model_uses_the_catalogue(server, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from sd_webui_sam.devices import Placement
 from sd_webui_sam.errors import CorruptCheckpointError, ModelNotFoundError, SamUserError, UnsafeCheckpointError
 from sd_webui_sam.model_store import ModelStore
 from sd_webui_sam.settings import MODEL_DIR_ENV, EngineSettings
-from tests.fixtures.sam_checkpoints import save_state_dict
+from tools.fixtures.sam_checkpoints import save_state_dict
 
 
 @pytest.fixture(autouse=True)
@@ -293,7 +293,8 @@ def test_set_placement_moves_loaded_models(tiny_sam, dirs):
     store = _store_with_models(tiny_sam, dirs, ["a.pth"])
     loaded = store.get("a.pth")
     store.set_placement(Placement(device=torch.device("cpu"), dtype=torch.float16))
-    assert next(loaded.model.parameters()).dtype == torch.float16
+    assert next(loaded.model.image_encoder.parameters()).dtype == torch.float16
+    assert next(loaded.model.mask_decoder.parameters()).dtype == torch.float32  # decoders stay float32
     store.set_placement(Placement(device=torch.device("meta")))
     assert loaded.model.pixel_mean.device.type == "meta"
     assert next(loaded.model.parameters()).device.type == "meta"

@@ -166,7 +166,32 @@ def test_section_works_without_an_enable_tick_and_selects_all_or_none(engine, sa
     labels = selection.labels()
     assert labels and "sam-status-error" not in status
     assert named["keep_all"](selection)["value"] == labels and named["keep_none"]()["value"] == []
+    shown = []  # gradio passes the handler its progress bar first
     masks_data, _, found, overlay, mask, cutout, _, status = named["segment"](
-        sam_name, image, "", selection, labels[:1], tp.MERGED, 0, 0, False, 0, False)
+        lambda fraction, desc="": shown.append(desc), sam_name, image, "", selection, labels[:1], tp.MERGED, 0, 0, False,
+        0, False)
+    assert shown == ["1/1 boxes segmented"]
     assert "sam-status-error" not in status and mask.size == (W, H)
     assert len(json.loads(masks_data)["masks"]) == len(found.scores)
+
+
+def test_many_kept_boxes_are_segmented_in_parts_with_progress_and_a_stop(engine, sam_name, image, preview, monkeypatch):
+    from sd_webui_sam.errors import JobStopped
+
+    ticked = preview.selection.labels()[:3]
+    whole = tp.segment_kept(engine, sam_name, image, preview.selection, ticked, "", tp.MERGED)
+    monkeypatch.setattr(tp, "BOXES_PER_CALL", 1)
+    steps = []
+    parted = tp.segment_kept(engine, sam_name, image, preview.selection, ticked, "", tp.MERGED,
+                             progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    # the same masks as one call: the parts only change when the work is reported
+    assert np.array_equal(parted.object_masks, whole.object_masks)
+    assert np.array_equal(parted.candidates.masks, whole.candidates.masks)
+    assert np.allclose(parted.candidates.scores, whole.candidates.scores, atol=1e-5)
+
+    stopped = []
+    with pytest.raises(JobStopped, match="after 1 of 3 boxes"):
+        tp.segment_kept(engine, sam_name, image, preview.selection, ticked, "", tp.MERGED,
+                        progress=lambda done, total: stopped.append(done), interrupt=lambda: bool(stopped))
+    assert stopped == [1]

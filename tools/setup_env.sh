@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or bring up to date) the virtual environment of one host stack.
 #   tools/setup_env.sh a1111|forge [--with-tests]
+#   tools/setup_env.sh --debian-packages   (only what apt installs: python3-venv, chromium)
 # The environment lives in .venv/<stack>; a stamp of the requirement files makes a second run
 # a no-op. Nothing here compiles product code; only the GroundingDINO test oracle builds a
 # small CPU extension of its own.
@@ -28,9 +29,12 @@ apt_ensure() {
 if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_ensure python3-venv
 fi
-if [ "$with_tests" = "--with-tests" ] && ! command -v chromium >/dev/null 2>&1; then
-    apt_ensure chromium
+if [ "$with_tests" = "--with-tests" ] || [ "$stack" = "--debian-packages" ]; then
+    command -v chromium >/dev/null 2>&1 || apt_ensure chromium
 fi
+# test.sh installs the Debian packages first, alone (two apt-gets cannot run side by side),
+# then sets up the stacks in parallel.
+[ "$stack" != "--debian-packages" ] || exit 0
 
 stamp_input=$(cat "$root/requirements/$stack.txt" "$root/requirements/common.txt" "$root/requirements/test.txt" "$root/requirements/ray.txt" "$root/tools/setup_env.sh" | sha256sum | cut -c1-16)
 stamp="$venv/.stamp-${with_tests:-runtime}"

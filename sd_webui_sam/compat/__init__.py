@@ -8,11 +8,12 @@
 ``session``: the per-process host session (the one engine, the img2img send targets).
 ``interrupt``: the host's Interrupt flag.
 ``generation``: what the script does to the WebUI's processing object ``p``.
+``host_memory``: our models leave the GPU while the host generates and is short of VRAM.
 
 Nothing here imports ``ui``, ``api`` or ``scripts``: what this package needs from them is handed in.
 Submodules are imported by name (``from sd_webui_sam.compat import options``); this file imports
 none of them, so the light ones never load gradio.
 """
 
-__all__ = ["controlnet", "controlnet_preprocessors", "generation", "gradio_compat", "interrupt", "options", "saving",
-           "session"]
+__all__ = ["controlnet", "controlnet_preprocessors", "generation", "gradio_compat", "host_memory", "interrupt", "options",
+           "saving", "session"]

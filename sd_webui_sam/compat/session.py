@@ -54,6 +54,11 @@ class HostSession:
                 self._engine = Engine(settings)
             return self._engine
 
+    def engine_if_created(self) -> Optional[Engine]:
+        """The engine, or None before anything needed it (then no model is loaded either)."""
+        with self._lock:
+            return self._engine
+
     # The inpaint-upload images exist only once img2img is built, and both hosts build txt2img and
     # img2img as separate top-level gr.Blocks that are rendered into the page afterwards. So
     # txt2img's send button is wired later, inside img2img's Blocks, when those images appear: an

@@ -7,6 +7,10 @@ box that contains them (the predictor's rule).
 
 The handler functions (``preview_boxes``, ``kept_boxes``, ``segment_kept``) take plain values
 and are what the tests drive; ``build_section`` only makes components and wires them.
+
+Many kept boxes are segmented BOXES_PER_CALL at a time, with progress after each part and the
+section's Stop (or the host's Interrupt) checked between parts; only the merged mask and each
+object's best mask are kept, so memory grows with the boxes by one plane each, not three.
 """
 from __future__ import annotations
 
@@ -21,17 +25,21 @@ from local_groundingdino.store import CATALOGUE
 from sd_webui_sam import images, render
 from sd_webui_sam.compat import gradio_compat as grc
 from sd_webui_sam.engine import Engine
-from sd_webui_sam.errors import InvalidPromptError, SamUserError
+from sd_webui_sam.errors import InvalidPromptError, JobStopped, SamUserError
 from sd_webui_sam.prompts import check_caption, read_panel_prompts
+from sd_webui_sam.predictor import Prediction
 from sd_webui_sam.text_prompt import Detection, detect_boxes, no_boxes_message, segment_boxes
 from sd_webui_sam.ui import handlers
 from sd_webui_sam.ui.elements import CHOICES, elem, status_html
+from sd_webui_sam.ui.jobs import StopSignal, guarded_with_progress
 
 PER_OBJECT = "Per object"
 MERGED = "Merged"
 MODES = (MERGED, PER_OBJECT)
 #: CSS px of the box picture, and of the scrolling box list beside it (style.css).
 BOX_IMAGE_HEIGHT = 360
+#: Kept boxes decoded per call: small enough for progress and Stop every few seconds on a CPU.
+BOXES_PER_CALL = 16
 BOX_COLOURS = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (80, 220, 100), (200, 90, 255), (255, 140, 40))
 
 
@@ -126,9 +134,49 @@ def kept_indices(selection: Optional[BoxSelection], ticked: Optional[Sequence[An
     return indices
 
 
+def segment_in_parts(engine: Engine, sam_model: str, pixels: np.ndarray, boxes: Sequence[Any], points, labels, *,
+                     interrupt: Optional[Callable[[], bool]] = None,
+                     progress: Optional[Callable[[int, int], None]] = None) -> Tuple[Prediction, np.ndarray]:
+    """(all objects merged per candidate, each object's best mask (K,H,W)) for ``boxes`` and points.
+
+    Without points, BOXES_PER_CALL boxes per decode on the one cached embedding: ``progress(done,
+    total)`` after each part, ``interrupt()`` checked before the next. With points one call does
+    all (a point refines whichever box holds it)."""
+    parts = [list(boxes)]
+    if not len(points):
+        parts = [list(boxes[i:i + BOXES_PER_CALL]) for i in range(0, len(boxes), BOXES_PER_CALL)] or [[]]
+    merged_masks = merged_logits = None
+    score_sum = None
+    objects: List[np.ndarray] = []
+    done = 0
+    for part in parts:
+        if interrupt is not None and interrupt():
+            raise JobStopped(f"Stopped after {done} of {len(boxes)} boxes; press 'Segment kept boxes' again to redo them.")
+        prediction = segment_boxes(engine, sam_model, pixels, part, points, labels)
+        merged = prediction.merged()
+        count = len(prediction.scores)
+        if merged_masks is None:
+            merged_masks, merged_logits, score_sum = merged.masks, merged.low_res_logits, merged.scores * count
+        else:
+            merged_masks = merged_masks | merged.masks
+            merged_logits = np.maximum(merged_logits, merged.low_res_logits)
+            score_sum = score_sum + merged.scores * count
+        objects.append(prediction.best_per_object().masks[:, 0])
+        done += len(part)
+        if progress is not None:
+            progress(done, len(boxes))
+    total = sum(len(masks) for masks in objects)
+    merged = Prediction(masks=merged_masks, scores=(score_sum / max(total, 1)).astype(np.float32),
+                        low_res_logits=merged_logits, object_boxes=[None])
+    return merged, np.concatenate(objects)
+
+
 def segment_kept(engine: Engine, sam_model: Optional[str], image: Any, selection: Optional[BoxSelection],
-                 ticked: Optional[Sequence[Any]], prompts_json: Optional[str] = None, mode: str = MERGED) -> TextSegmentation:
-    """SAM on the kept boxes (one batched decode on the cached embedding), points refining their box."""
+                 ticked: Optional[Sequence[Any]], prompts_json: Optional[str] = None, mode: str = MERGED, *,
+                 interrupt: Optional[Callable[[], bool]] = None,
+                 progress: Optional[Callable[[int, int], None]] = None) -> TextSegmentation:
+    """SAM on the kept boxes (batched decodes on the cached embedding), points refining their box;
+    ``progress(boxes done, total)`` and ``interrupt`` as in segment_in_parts."""
     sam_model = handlers.require_model(sam_model)
     pixels = handlers.to_rgb_array(image, engine.settings.max_image_pixels)
     numbers = kept_indices(selection, ticked)
@@ -137,15 +185,14 @@ def segment_kept(engine: Engine, sam_model: Optional[str], image: Any, selection
         raise InvalidPromptError("The picture changed since 'Preview boxes'; press 'Preview boxes' again.")
     clicked = read_panel_prompts(prompts_json, pixels.shape[:2])
     points, labels, drawn = clicked.points, clicked.labels, clicked.boxes
-    prediction = segment_boxes(engine, sam_model, pixels, [b.box for b in boxes] + drawn, points, labels)
-    merged = prediction.merged()
+    merged, object_masks = segment_in_parts(engine, sam_model, pixels, [b.box for b in boxes] + drawn, points, labels,
+                                            interrupt=interrupt, progress=progress)
     candidates = handlers.Candidates(
         image=pixels, masks=merged.masks[0], scores=merged.scores[0],
         image_digest=selection.image_digest,
         prompt_summary=f"{len(boxes)} text box{'es' if len(boxes) != 1 else ''}"
                        + (f", {len(points)} point{'s' if len(points) != 1 else ''}" if points else ""),
     )
-    object_masks = prediction.best_per_object().masks[:, 0]
     names = [f"{i + 1}: {selection.boxes[i].phrase}" for i in numbers]
     names += [f"drawn box {i + 1}" for i in range(len(drawn))]
     names += ["points"] * (len(object_masks) - len(names))
@@ -202,6 +249,7 @@ def build_section(panel: Any) -> Dict[str, Any]:
             parts["preview_boxes"] = gr.Button("Preview boxes", elem_id=elem(prefix, "text_preview_boxes"))
             parts["mode"] = gr.Radio(label="Masks", choices=list(MODES), value=MERGED, elem_id=elem(prefix, "text_mode"))
             parts["segment"] = gr.Button("Segment kept boxes", variant="primary", elem_id=elem(prefix, "text_segment"))
+            parts["stop"] = gr.Button("Stop", elem_id=elem(prefix, "text_stop"), scale=0, min_width=80)
         with gr.Row(elem_classes=["sam-text-boxes-row"]):
             with gr.Column(scale=3, min_width=320):
                 parts["box_image"] = grc.image_output("Boxes", elem_id=elem(prefix, "text_boxes"), height=BOX_IMAGE_HEIGHT)
@@ -251,6 +299,8 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
 
     prefix = panel.options.prefix
     answers = itertools.count(1)
+    signal = StopSignal(panel.options.host_interrupted)
+    parts["signal"] = signal
 
     def refresh(current):
         names = _detector_choices(engine)
@@ -300,9 +350,16 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
 
     grc.listen(parts["keep_none"].click, keep_none, [], [parts["keep"]], show_progress=False)
 
-    def segment(model, image, prompts_json, selection, ticked, mode, expand, feather, fill_holes, min_island,
-                invert, soft_edges=False, edge_band=0):
-        result = segment_kept(engine(), model, image, selection, ticked, prompts_json, mode)
+    # gradio finds a Progress parameter only among the positional ones: it comes first, the inputs follow.
+    def segment(progress=gr.Progress(), *inputs):
+        model, image, prompts_json, selection, ticked, mode, expand, feather, fill_holes, min_island, invert, *soft = inputs
+        soft_edges, edge_band = (list(soft) + [False, 0])[:2]
+
+        def show(done: int, total: int) -> None:
+            progress(done / total, desc=f"{done}/{total} boxes segmented")
+
+        result = segment_kept(engine(), model, image, selection, ticked, prompts_json, mode, interrupt=signal.start(),
+                              progress=show)
         found = result.candidates
         tools = handlers.MaskTools(expand=int(expand or 0), feather=float(feather or 0), fill_holes=bool(fill_holes),
                                    min_island=int(min_island or 0), invert=bool(invert), soft_edges=bool(soft_edges),
@@ -323,7 +380,9 @@ def _wire(panel: Any, parts: Dict[str, Any], engine: Callable[[], Any], status_h
         f"{len(inputs)}); if (window.samPanel.previewDone) window.samPanel.previewDone({prefix!r}); return values; }}"
     )
     masks_data = panel.extra["masks_data"]
-    event = grc.listen(parts["segment"].click, handlers.guarded(segment, segment_failure), inputs,
+    event = grc.listen(parts["segment"].click, guarded_with_progress(segment, segment_failure), inputs,
                [masks_data, panel.choice, panel.state, panel.overlay, panel.mask, panel.cutout, parts["objects"],
                 parts["status"]], js=collect_js)
     grc.listen(event.then, None, [masks_data], [], js=f"(data) => window.samPanel.showCandidates({prefix!r}, data)")
+    # Off the queue, so it answers while the segmentation still holds the queue's worker.
+    grc.listen(parts["stop"].click, signal.stop, [], [], queue=False)
