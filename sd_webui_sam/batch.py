@@ -917,5 +917,7 @@ def main(argv: Optional[Sequence[str]] = None, *, engine: Optional[Engine] = Non
     print(report.summary())
     for failure in report.failed:
         print(f"  failed: {failure['source']}: {failure['error']}", file=sys.stderr)
-    print(f"report: {report.report}")
+    # flushed now: a library that ends the process hard at exit (Ray does) must not lose the summary
+    print(f"report: {report.report}", flush=True)
+    sys.stderr.flush()
     return 130 if report.interrupted else (1 if report.failed else 0)

@@ -30,8 +30,8 @@ same outputs, names, atomic writes, manifest and state file. What Ray adds:
 - **Stopping.** Ctrl-C (or SIGTERM) stops the run at any point (:class:`StopOnSignal`): while the
   driver waits for the pool (its actors still starting and loading models, or segmenting) at
   once; while it connects, as soon as ``ray.init`` returns. The images answered are recorded, the
-  report written (interrupted, with what was done, zero included), Ray shut down, and a rerun
-  does only the rest.
+  report written (interrupted, with what was done, zero included), Ray Data's executor stopped
+  and then Ray shut down (in that order: see :func:`_stop_stream`), and a rerun does only the rest.
 """
 from __future__ import annotations
 
@@ -618,7 +618,7 @@ def _run(plan: BatchPlan, where: _Where, settings: EngineSettings, ray_options: 
                         if _is_interrupted(interrupt):
                             break
                 finally:
-                    answers.close()  # Ray Data stops its executor (and the pool) before Ray is shut down
+                    answers.close()  # each pass stops its executor (and the pool) before Ray is shut down
     except KeyboardInterrupt:
         stopped_by_signal = True
     finally:
@@ -678,14 +678,20 @@ def _segment(ray: Any, plan: BatchPlan, where: _Where, settings: EngineSettings,
     pool = pool_size(ray.cluster_resources(), ray_options)
     group = group_size(settings, pool[1])
     seen = set()
-    for answer in _segment_pass(ray, plan, where, settings, ray_options, pool, plan.todo, group, on_phase):
-        seen.add(answer["source"])
-        yield answer
-    left = [source for source in plan.todo if str(source.path) not in seen]
-    if left and group > 1:
-        for answer in _segment_pass(ray, plan, where, settings, ray_options, pool, left, 1, on_phase):
+    # closing(): a stop closes this generator, and each pass must stop its stream then, not when
+    # (or if) the garbage collector gets to it (see _segment_pass)
+    with contextlib.closing(_segment_pass(ray, plan, where, settings, ray_options, pool, plan.todo, group,
+                                          on_phase)) as answers:
+        for answer in answers:
             seen.add(answer["source"])
             yield answer
+    left = [source for source in plan.todo if str(source.path) not in seen]
+    if left and group > 1:
+        with contextlib.closing(_segment_pass(ray, plan, where, settings, ray_options, pool, left, 1,
+                                              on_phase)) as answers:
+            for answer in answers:
+                seen.add(answer["source"])
+                yield answer
     for source in plan.todo:
         if str(source.path) not in seen:
             error = (f"its worker died {ray_options.max_retries + 1} times while segmenting it "
@@ -715,8 +721,29 @@ def _segment_pass(ray: Any, plan: BatchPlan, where: _Where, settings: EngineSett
         max_restarts=-1, max_task_retries=ray_options.max_retries)
     on_phase(f"starting {actors} segmenting actor{'s' if actors > 1 else ''} for {len(paths)} images "
              f"(each loads the model before its first image)")
-    for row in segmented.iter_rows():
-        yield json.loads(row["row"])
+    try:
+        for row in segmented.iter_rows():
+            yield json.loads(row["row"])
+    finally:
+        _stop_stream(segmented)
+
+
+def _stop_stream(dataset: Any) -> None:
+    """Stop the Ray Data executor behind ``dataset``'s rows now, and wait until it has stopped.
+
+    A stream left before its end (a stop) keeps its executor and reader threads running until
+    the dataset is garbage-collected, and Ray ends a process whose thread calls into it after
+    ``ray.shutdown`` with ``_exit(1)`` ("The core worker has already been shutdown"): exit 1
+    instead of 130, and the summary still in stdout's buffer lost. Ray Data has no public call
+    for this; ``Dataset._current_executor`` is what its own blocking calls shut down (Ray 2.52).
+    """
+    executor = getattr(dataset, "_current_executor", None)
+    if executor is None:
+        return
+    try:
+        executor.shutdown(force=True)
+    except Exception as error:  # any: the run is over either way; Ray's own shutdown follows
+        logging.getLogger(__name__).warning("Ray Data's executor did not stop cleanly: %s", _first_line(error))
 
 
 def _record_in_source_order(plan: BatchPlan, answered: Dict[str, tuple]) -> None:

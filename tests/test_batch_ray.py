@@ -247,6 +247,39 @@ def test_an_interrupted_driver_reruns_only_what_is_missing(cluster, api_model_di
     assert len(coco["images"]) == len(coco["annotations"]) == 6
 
 
+
+
+class _SlowRows:
+    def __call__(self, batch):
+        time.sleep(0.3)
+        return batch
+
+
+def test_a_stream_left_early_has_its_executor_stopped_before_ray_shuts_down(cluster):
+    # Ray ends a process with exit 1 (losing its unflushed stdout) when one of its threads calls
+    # into Ray after ray.shutdown. A stream left before its end keeps Ray Data's executor thread
+    # running until the dataset is collected: the exit 1 after "ray: stopping" (issue #18), seen
+    # only on a loaded machine. _stop_stream ends it at once.
+    import ray
+
+    from sd_webui_sam.batch_ray import _stop_stream
+
+    def executors():
+        return [t.name for t in threading.enumerate() if t.name.startswith("StreamingExecutor")]
+
+    assert ray.is_initialized()  # the cluster fixture's own driver, this process
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.range(40, override_num_blocks=40).map_batches(
+        _SlowRows, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+    rows = iter(dataset.iter_rows())
+    next(rows), next(rows)
+    rows.close()  # a stop: the rest is not wanted
+    time.sleep(1)
+    assert executors(), "the executor stopped by itself: this test no longer shows anything"
+    _stop_stream(dataset)
+    assert executors() == []
+    _stop_stream(dataset)  # twice is harmless
+
 def huge_png() -> bytes:
     """A PNG whose header declares 100000 x 100000 pixels (its data would never decode)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
