@@ -257,11 +257,15 @@ def test_panel_builds_and_preview_handler_reports_instead_of_raising(engine, pic
     preview = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "preview_masks")
     remember = next(f.fn for f in functions if getattr(f.fn, "__name__", "") == "remember_image")
     # A new picture empties every output of the old one.
-    session, masks_data, state, status, overlay, mask, cutout = remember("tiny_sam.pth", picture)
+    session, masks_data, state, status, overlay, mask, cutout = remember("tiny_sam.pth", picture, None)
     assert isinstance(session, handlers.SessionImage) and np.array_equal(session.pixels, np.asarray(picture))
     assert (masks_data, state, overlay, mask, cutout) == ("", None, None, None, None) and "Encoding" in status
     masks_data, choice, state, status = preview("tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
     assert len(json.loads(masks_data)["masks"]) == 3 and state.masks.shape == (3, 96, 128) and "3 masks" in status
+    # Another picture: the outputs of a render still running for the old one's masks are dropped.
+    assert not handlers.superseded(state, session)
+    remember("tiny_sam.pth", picture, session)
+    assert handlers.superseded(state, session)
     masks_data, choice, state, status = preview("tiny_sam.pth", None, prompts([(60.5, 50.5, 1)]))
     assert masks_data == "" and state is None and "sam-status-error" in status and "Traceback" not in status
 

@@ -374,7 +374,8 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
 
     # The picture is decoded once when it changes and encoded right away, so a click sends only
     # its prompts and runs only the mask decoder. A new picture also empties the old outputs.
-    def remember_image(model_name, image):
+    def remember_image(model_name, image, previous):
+        handlers.invalidate(previous)  # a render still running for the old picture then keeps out
         remembered = handlers.session_image(image, engine().settings.max_image_pixels)
         note = f"Encoding the picture for {model_name}..." if remembered is not None and model_name else ""
         return [remembered, *cleared[:2], status_html(note), *cleared[3:]]
@@ -396,7 +397,8 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
         return status_html(message, error=True)
 
     remembered = grc.listen(panel.input_image.change, handlers.guarded(remember_image, remember_failure),
-                            [panel.model, panel.input_image], [image_state, *cleared_outputs], show_progress=False)
+                            [panel.model, panel.input_image, image_state], [image_state, *cleared_outputs],
+                            show_progress=False)
     guarded_encode = handlers.guarded(encode_ahead, encode_failure)
     # The script shows "Encoding the picture..." over the canvas when a click is sent before these
     # encodes have finished (that click then pays for the encoder).
