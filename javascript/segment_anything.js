@@ -22,8 +22,11 @@
     const DOT_RADIUS_CSS = 6;
     const DRAG_THRESHOLD_CSS = 5;
     // Short: bursts are mostly absorbed by holding clicks made while a preview is in flight
-    // (see schedulePreview), so the debounce need not add much to every click.
+    // (see schedulePreview), so the debounce need not add much to a click in a burst.
     const PREVIEW_DEBOUNCE_MS = 40;
+    // A click made this long after the last preview was sent starts a burst, if any: it is sent at
+    // once, without the debounce, so a single click waits for nothing but the decoder.
+    const PREVIEW_QUIET_MS = 150;
     // A preview unanswered for this long is taken as lost (a first ViT-H encode on a CPU is slow).
     const PREVIEW_LOST_MS = 180000;
     // How long a click waits for the server to have decoded a new picture before it is sent anyway.
@@ -768,16 +771,20 @@
         return st.sentAt > 0 && Date.now() - st.sentAt < PREVIEW_LOST_MS;
     }
 
-    // Clicks are debounced, and while a preview is being computed later clicks only mark the
-    // prompts as changed: when the answer arrives (previewDone) one more preview is sent for the
-    // prompts as they are then. So a burst of clicks costs at most two decoder runs, and the
-    // masks shown always end up matching the dots.
+    // A click after a quiet spell is sent at once. Clicks in quick succession are debounced, and
+    // while a preview is being computed later clicks only mark the prompts as changed: when the
+    // answer arrives (previewDone) one more preview is sent for the prompts as they are then. So
+    // the clicks made while one preview is computed cost one more decoder run, and the masks shown
+    // always end up matching the dots.
     function schedulePreview(st) {
         if (!autoPreviewEnabled(st)) {
             return;
         }
+        const quiet = st.timer === null && !previewInFlight(st)
+            && Date.now() - (st.lastSentAt || 0) >= PREVIEW_QUIET_MS;
         clearTimeout(st.timer);
-        st.timer = setTimeout(() => sendPreview(st), PREVIEW_DEBOUNCE_MS);
+        // Even "at once" goes through a zero timer: the click's own event handling finishes first.
+        st.timer = setTimeout(() => sendPreview(st), quiet ? 0 : PREVIEW_DEBOUNCE_MS);
     }
 
     function sendPreview(st) {
@@ -1143,6 +1150,7 @@
             const st = panelState(prefix);
             const values = Array.from(args).slice(0, inputCount);
             st.sentAt = Date.now();
+            st.lastSentAt = st.sentAt;
             showEncoding(st, st.encodedSrc !== st.src);
             await imageOnServer(st);
             values[promptIndex] = promptsJson(st);

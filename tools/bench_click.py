@@ -8,7 +8,7 @@ then warm clicks as a user makes them (auto-preview on), median. Then the server
 warm click, measured in-process: the decoder, the compact masks the reply carries, and the outputs
 built after the mask is drawn (at screen size; the full-size ones only on download or send).
 Targets: <= 150 ms (1024x768) and <= 300 ms (4000x3000). Asserts nothing.
-``run()`` and ``server_breakdown()`` are what ``./benchmark.sh click`` calls.
+``run()`` and ``server_breakdown()`` are what ``./benchmark.sh browser`` calls.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def _measure(page, picture: Path, size, repeats: int) -> Dict[str, float]:
         print(f"  warm-click measurement failed after {len(clicks)} clicks: {type(error).__name__}; "
               f"previews sent {state['previewsSent']}, answered {state['previewsAnswered']}", file=sys.stderr)
     if clicks:
-        results[f"{label}: WARM CLICK -> MASK DRAWN ON THE CANVAS (median of {len(clicks)}, incl. 40 ms debounce)"] = \
+        results[f"{label}: WARM CLICK -> MASK DRAWN ON THE CANVAS (median of {len(clicks)})"] = \
             statistics.median(c["total"] for c in clicks)
         results[f"{label}:   of which preview sent -> answer in the browser (server + transfer)"] = \
             statistics.median(c["answered"] for c in clicks)

@@ -7,6 +7,10 @@
 Random weights are used throughout: the cost of a forward pass does not depend on the values.
 The reference implementations (segment_anything & co.) are the test oracles installed by
 ``tools/setup_env.sh --with-tests``. This prints figures; it asserts nothing.
+
+Each section imports what it measures inside its function, on purpose: a section's heavy
+dependencies (an oracle, Ray, the browser driver) load only when it is chosen, and a missing one
+fails that section alone.
 """
 from __future__ import annotations
 
@@ -109,8 +113,6 @@ def section_click() -> None:
     report("SamPredictor.predict alone", reference_predict_only, "(median of 15)")
     report_ratio("warm click vs reference flow", reference_flow / warm_click, ">= 100x")
     report_ratio("warm click vs SamPredictor.predict alone", reference_predict_only / warm_click, ">= 1x")
-    print()
-    section_browser()
 
 
 def section_browser(repeats: int = 5) -> None:
