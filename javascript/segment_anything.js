@@ -328,39 +328,41 @@
         });
     }
 
+    // An [r, g, b, a] colour as one pixel of a Uint32Array view of canvas bytes (little-endian
+    // on every platform browsers run on: bytes r, g, b, a in memory).
+    function pixelWord(colour) {
+        return ((colour[3] << 24) | (colour[2] << 16) | (colour[1] << 8) | colour[0]) >>> 0;
+    }
+
     // The mask (white on black) as a canvas of the same size: translucent fill inside, opaque
-    // outline on its edge pixels, transparent outside.
+    // outline on its edge pixels, transparent outside. 32-bit words, not bytes: this runs on
+    // every click, on up to 1024x1024 pixels, between the answer and the mask on screen.
     function tintedLayer(maskImage, width, height, fill, outline) {
-        fill = fill || MASK_FILL;
-        outline = outline || MASK_OUTLINE;
+        const fillWord = pixelWord(fill || MASK_FILL);
+        const outlineWord = pixelWord(outline || MASK_OUTLINE);
         const layer = document.createElement("canvas");
         layer.width = width;
         layer.height = height;
-        const context = layer.getContext("2d");
+        const context = layer.getContext("2d", {willReadFrequently: true});
         context.drawImage(maskImage, 0, 0, width, height);
-        const pixels = context.getImageData(0, 0, width, height);
-        const source = pixels.data;
+        const source = new Uint32Array(context.getImageData(0, 0, width, height).data.buffer);
         const inside = new Uint8Array(width * height);
         for (let i = 0; i < inside.length; i++) {
-            inside[i] = source[i * 4] > 127 ? 1 : 0;
+            inside[i] = (source[i] & 0xff) > 127 ? 1 : 0;  // the red byte of a grey pixel
         }
-        const out = new Uint8ClampedArray(source.length);
-        for (let y = 0; y < height; y++) {
-            for (let x = 0; x < width; x++) {
-                const i = y * width + x;
+        const out = new Uint32Array(width * height);  // zero: transparent
+        const last = width - 1;
+        for (let y = 0, i = 0; y < height; y++) {
+            for (let x = 0; x < width; x++, i++) {
                 if (!inside[i]) {
                     continue;
                 }
-                const edge = (x > 0 && !inside[i - 1]) || (x < width - 1 && !inside[i + 1])
+                const edge = (x > 0 && !inside[i - 1]) || (x < last && !inside[i + 1])
                     || (y > 0 && !inside[i - width]) || (y < height - 1 && !inside[i + width]);
-                const colour = edge ? outline : fill;
-                out[i * 4] = colour[0];
-                out[i * 4 + 1] = colour[1];
-                out[i * 4 + 2] = colour[2];
-                out[i * 4 + 3] = colour[3];
+                out[i] = edge ? outlineWord : fillWord;
             }
         }
-        context.putImageData(new ImageData(out, width, height), 0, 0);
+        context.putImageData(new ImageData(new Uint8ClampedArray(out.buffer), width, height), 0, 0);
         return layer;
     }
 
@@ -504,20 +506,24 @@
             return;
         }
         const token = ++st.drawToken;
-        const images = await Promise.all(data.masks.map(loadImage));
+        const selected = Math.min(Math.max(0, data.best || 0), data.masks.length - 1);
+        // The chosen mask first, decoded and drawn on the canvas: that is what the user waits for.
+        // The other candidates' masks, layers and the strip's thumbnails follow.
+        const chosen = await loadImage(data.masks[selected]);
         if (token !== st.drawToken) {
             return; // a newer answer (or a reset) came meanwhile
         }
         st.data = data;
-        st.selected = Math.min(Math.max(0, data.best || 0), images.length - 1);
-        // The chosen mask first, on the canvas: that is what the user waits for. The other
-        // candidates' layers and the strip's thumbnails follow in the next task.
-        st.layers = images.map(() => null);
-        st.layers[st.selected] = tintedLayer(images[st.selected], data.maskWidth, data.maskHeight);
+        st.selected = selected;
+        st.layers = data.masks.map(() => null);
+        st.layers[selected] = tintedLayer(chosen, data.maskWidth, data.maskHeight);
         st.thumbs = [];
         render(st);
         drawMask(st);
         st.masksDrawn += 1;
+        // Click (the prompt change) -> its masks drawn into the canvas, as the page saw it.
+        st.lastDrawnMs = st.changedAt ? performance.now() - st.changedAt : null;
+        const images = await Promise.all(data.masks.map((src, index) => index === selected ? chosen : loadImage(src)));
         setTimeout(function () {
             if (token !== st.drawToken) {
                 return;
@@ -657,6 +663,7 @@
         cancelHover(st);
         render(st);
         if (hasPrompts(st)) {
+            st.changedAt = performance.now(); // for lastDrawnMs: the click's own moment
             schedulePreview(st);
         } else {
             clearTimeout(st.timer);
@@ -1261,7 +1268,8 @@
             const st = panelState(prefix);
             return {width: st.width, height: st.height, points: st.points.slice(), boxes: st.boxes.slice(),
                     previewsSent: st.previewsSent || 0, previewsAnswered: st.previewsAnswered || 0,
-                    masksDrawn: st.masksDrawn, hoversDrawn: st.hoversDrawn, encodingShown: st.encodingShown, lastClickMs: st.lastClickMs, selected: st.data ? st.selected : null,
+                    masksDrawn: st.masksDrawn, hoversDrawn: st.hoversDrawn, encodingShown: st.encodingShown, lastClickMs: st.lastClickMs,
+                    lastDrawnMs: st.lastDrawnMs, selected: st.data ? st.selected : null,
                     token: st.data ? st.data.token : null, name: pictureStem(st)};
         },
         // For tests: the candidates on screen (their masks as the server sent them).
