@@ -449,19 +449,24 @@ print(json.dumps(report.to_dict()))
 """
 
 
-def test_an_image_whose_worker_always_dies_is_retried_a_bounded_number_of_times(cluster, api_model_dir, tmp_path):
-    folder = make_folder(tmp_path / "in", 2)
-    (folder / "zz_doomed.png").write_bytes((folder / "img00.png").read_bytes())  # last: the others go first
+
+def run_doomed_driver(source, cluster, folder, tmp_path, api_model_dir):
+    """A DOOMED_DRIVER variant run over ``folder``: (its report, the lines its dying workers wrote)."""
     tries = tmp_path / "tries.txt"
-    done = subprocess.run([sys.executable, "-c", DOOMED_DRIVER, cluster, str(folder), str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-c", source, cluster, str(folder), str(tmp_path / "out"),
                            str(api_model_dir), str(tries)], cwd=ROOT, capture_output=True, text=True, timeout=420,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]), tries.read_text().splitlines()
+
+def test_an_image_whose_worker_always_dies_is_retried_a_bounded_number_of_times(cluster, api_model_dir, tmp_path):
+    folder = make_folder(tmp_path / "in", 2)
+    (folder / "zz_doomed.png").write_bytes((folder / "img00.png").read_bytes())  # last: the others go first
+    report, tries = run_doomed_driver(DOOMED_DRIVER, cluster, folder, tmp_path, api_model_dir)
     assert [Path(f["source"]).name for f in report["failed"]] == ["zz_doomed.png"]
     assert "died" in report["failed"][0]["error"]
     assert report["done"] == 2 and not report["interrupted"]
-    assert 2 <= len(tries.read_text().splitlines()) <= 4  # retried (max_retries=1), and not for ever
+    assert 2 <= len(tries) <= 4  # retried (max_retries=1), and not for ever
     assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == sorted(
         f"img{i:02d}_{c}_mask.png" for i in range(2) for c in range(3))
 
@@ -487,15 +492,9 @@ def test_a_group_whose_worker_dies_is_retried_one_image_at_a_time(cluster, api_m
     assert GROUPED_DOOMED_DRIVER.count("group_dies_on_doomed") == 2 and "encode_batch_size=3" in GROUPED_DOOMED_DRIVER
     folder = make_folder(tmp_path / "in", 5)
     (folder / "zz_doomed.png").write_bytes((folder / "img00.png").read_bytes())
-    tries = tmp_path / "tries.txt"
-    done = subprocess.run([sys.executable, "-c", GROUPED_DOOMED_DRIVER, cluster, str(folder), str(tmp_path / "out"),
-                           str(api_model_dir), str(tries)], cwd=ROOT, capture_output=True, text=True, timeout=420,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report, lines = run_doomed_driver(GROUPED_DOOMED_DRIVER, cluster, folder, tmp_path, api_model_dir)
     assert [Path(f["source"]).name for f in report["failed"]] == ["zz_doomed.png"]
     assert report["done"] == 5 and not report["interrupted"]
-    lines = tries.read_text().splitlines()
     assert "group" in lines and "try" in lines  # died in its group, then alone
     assert len(lines) <= 8
     assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == sorted(

@@ -318,16 +318,21 @@ def test_clear_undo_new_picture_and_box_removal_leave_nothing_stale(app_url, pic
             raise
 
 
+
+def camera_photo(path):
+    """A 4000x3000 JPEG, as a camera gives: a yellow disc centred at (1800, 1500) on blue."""
+    yy, xx = np.mgrid[:3000, :4000]
+    pixels = np.zeros((3000, 4000, 3), dtype=np.uint8)
+    pixels[:] = (40, 90, 160)
+    pixels[(yy - 1500) ** 2 + (xx - 1800) ** 2 < 800 ** 2] = (220, 180, 60)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
 def test_a_4000x3000_photo_clicks_at_screen_size_and_downloads_at_full_size(app_url, tmp_path, request):
     """A camera-sized JPEG: the click's masks arrive at screen size and are drawn over the whole
     picture; the mask and the cut-out download at the photo's own size."""
     width, height = 4000, 3000
-    yy, xx = np.mgrid[:height, :width]
-    pixels = np.zeros((height, width, 3), dtype=np.uint8)
-    pixels[:] = (40, 90, 160)
-    pixels[(yy - 1500) ** 2 + (xx - 1800) ** 2 < 800 ** 2] = (220, 180, 60)
-    path = tmp_path / "camera photo.jpg"
-    Image.fromarray(pixels).save(path, quality=90)
+    path = camera_photo(tmp_path / "camera photo.jpg")
     with driver.browser_page(app_url, VIEWPORTS[0]) as page:
         try:
             upload_and_encode(page, path, timeout_ms=120_000)
@@ -419,13 +424,8 @@ ENCODING_RECORDER = f"""() => {{
 def test_the_first_click_on_a_new_picture_says_it_is_encoding(app_url, tmp_path, request):
     """The first click pays for the encoder: a note over the canvas says so until its masks are
     drawn, without moving anything; the next click runs the decoder only and shows no note."""
-    width, height = 4000, 3000  # the server takes a moment to decode it: the click comes before the encode
-    yy, xx = np.mgrid[:height, :width]
-    pixels = np.zeros((height, width, 3), dtype=np.uint8)
-    pixels[:] = (40, 90, 160)
-    pixels[(yy - 1500) ** 2 + (xx - 1800) ** 2 < 800 ** 2] = (220, 180, 60)
-    path = tmp_path / "first click.jpg"
-    Image.fromarray(pixels).save(path, quality=90)
+    # the server takes a moment to decode a 4000x3000 photo: the click comes before the encode
+    path = camera_photo(tmp_path / "first click.jpg")
     with driver.browser_page(app_url, VIEWPORTS[0]) as page:
         try:
             driver.set_auto_preview(page, True)
