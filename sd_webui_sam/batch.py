@@ -574,7 +574,7 @@ def run_batch(engine: Engine, options: BatchOptions, *, interrupt: Interrupt = N
     size = group_size(engine, options)
     lookahead = max(2, options.io_workers)
     reads: Dict[int, Future] = {}
-    pending: List[Tuple[FileResult, Dict[str, Any], List[Future]]] = []
+    pending: List[Tuple[FileResult, Optional[Dict[str, Any]], List[Future]]] = []
 
     def read(index: int) -> None:
         if index < len(todo) and index not in reads:
@@ -588,14 +588,10 @@ def run_batch(engine: Engine, options: BatchOptions, *, interrupt: Interrupt = N
             return error
 
     def settle(wait: bool) -> None:
-        """Record sources whose writes have all finished (all, if ``wait``)."""
-        still = []
-        for segmented in pending:
-            if not wait and not all(f.done() for f in segmented[2]):
-                still.append(segmented)
-                continue
-            record_file(plan, *_settled(*segmented))
-        pending[:] = still
+        """Record sources whose writes have all finished (all, if ``wait``), in source order: the
+        state file and the report read the same however the writer threads interleave."""
+        while pending and (wait or all(f.done() for f in pending[0][2])):
+            record_file(plan, *_settled(*pending.pop(0)))
 
     try:
         for start in range(0, len(todo), size):
@@ -621,7 +617,7 @@ def run_batch(engine: Engine, options: BatchOptions, *, interrupt: Interrupt = N
                     pending.append((result, entry, futures))
                 except (SamUserError, OSError, ValueError) as error:
                     result = _failed(source, error)
-                    record_file(plan, result, None)
+                    pending.append((result, None, []))  # recorded in its turn, with nothing to wait for
                 status = result.status  # as segmented; a write that fails later is reported as failed
                 settle(wait=False)
                 handled += 1
