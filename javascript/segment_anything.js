@@ -1158,7 +1158,8 @@
             const values = Array.from(args).slice(0, inputCount);
             st.sentAt = Date.now();
             st.lastSentAt = st.sentAt;
-            showEncoding(st, st.encodedSrc !== st.src);
+            st.sentEncoded = st.encodedSrc === st.src;
+            showEncoding(st, !st.sentEncoded);
             await imageOnServer(st);
             values[promptIndex] = promptsJson(st);
             st.sentPrompts = values[promptIndex];
@@ -1269,7 +1270,7 @@
             return {width: st.width, height: st.height, points: st.points.slice(), boxes: st.boxes.slice(),
                     previewsSent: st.previewsSent || 0, previewsAnswered: st.previewsAnswered || 0,
                     masksDrawn: st.masksDrawn, hoversDrawn: st.hoversDrawn, encodingShown: st.encodingShown, lastClickMs: st.lastClickMs,
-                    lastDrawnMs: st.lastDrawnMs, selected: st.data ? st.selected : null,
+                    lastDrawnMs: st.lastDrawnMs, sentEncoded: Boolean(st.sentEncoded), selected: st.data ? st.selected : null,
                     token: st.data ? st.data.token : null, name: pictureStem(st)};
         },
         // For tests: the candidates on screen (their masks as the server sent them).

@@ -319,11 +319,12 @@ def test_clear_undo_new_picture_and_box_removal_leave_nothing_stale(app_url, pic
 
 
 
-def camera_photo(path):
-    """A 4000x3000 JPEG, as a camera gives: a yellow disc centred at (1800, 1500) on blue."""
+def camera_photo(path, blue=160):
+    """A 4000x3000 JPEG, as a camera gives: a yellow disc centred at (1800, 1500) on blue (another
+    ``blue``, another picture: nothing of it is cached)."""
     yy, xx = np.mgrid[:3000, :4000]
     pixels = np.zeros((3000, 4000, 3), dtype=np.uint8)
-    pixels[:] = (40, 90, 160)
+    pixels[:] = (40, 90, blue)
     pixels[(yy - 1500) ** 2 + (xx - 1800) ** 2 < 800 ** 2] = (220, 180, 60)
     Image.fromarray(pixels).save(path, quality=90)
     return path
@@ -424,23 +425,32 @@ ENCODING_RECORDER = f"""() => {{
 def test_the_first_click_on_a_new_picture_says_it_is_encoding(app_url, tmp_path, request):
     """The first click pays for the encoder: a note over the canvas says so until its masks are
     drawn, without moving anything; the next click runs the decoder only and shows no note."""
-    # the server takes a moment to decode a 4000x3000 photo: the click comes before the encode
-    path = camera_photo(tmp_path / "first click.jpg")
     with driver.browser_page(app_url, VIEWPORTS[0]) as page:
         try:
             driver.set_auto_preview(page, True)
-            driver.upload(page, path)
-            driver.centre_picture(page)
-            page.evaluate(ENCODING_RECORDER)
-            picture_before = page.locator(f"#{P}_input_image img").bounding_box()
-            page.mouse.click(*driver.client_point(page, 1800, 1500))
-            if page.is_visible(f"#{P}_encoding"):
-                shot(page, "8_encoding")
-            wait_drawn(page, 0)
+            # The server takes a moment to decode a 4000x3000 photo, so a click right after the
+            # upload mostly comes before the encode has finished; on a loaded machine the encode can
+            # win, and that click (rightly) shows no note: then another picture is tried.
+            for attempt in range(3):
+                driver.upload(page, camera_photo(tmp_path / f"first click {attempt}.jpg", blue=160 + attempt))
+                driver.centre_picture(page)
+                page.evaluate(ENCODING_RECORDER)
+                picture_before = page.locator(f"#{P}_input_image img").bounding_box()
+                drawn = drawn_count(page)
+                page.mouse.click(*driver.client_point(page, 1800, 1500))
+                if page.is_visible(f"#{P}_encoding"):
+                    shot(page, "8_encoding")
+                wait_drawn(page, drawn)
+                if not page.evaluate(f"() => window.samPanel.prompts('{P}').sentEncoded"):
+                    break
+                assert page.evaluate("() => window.__encodingSeen") == []  # encoded already: no note
+                page.click(f"#{P}_clear")
+            else:
+                pytest.skip("the encode finished before the click three times: nothing to show")
             seen = page.evaluate("() => window.__encodingSeen")
             assert seen, "the note never showed during the first click"
             for frame in seen:
-                assert "Encoding the picture" in frame["text"] and frame["drawn"] == 0
+                assert "Encoding the picture" in frame["text"] and frame["drawn"] == drawn  # before its masks
                 left, top, right, bottom = frame["note"]
                 p_left, p_top, p_right, p_bottom = frame["picture"]
                 assert p_left <= left and right <= p_right and p_top <= top and bottom <= p_bottom  # over the canvas
@@ -453,8 +463,9 @@ def test_the_first_click_on_a_new_picture_says_it_is_encoding(app_url, tmp_path,
 
             # A second click on the same picture runs the decoder only: no note.
             page.evaluate(ENCODING_RECORDER)
+            drawn = drawn_count(page)
             page.mouse.click(*driver.client_point(page, 1700, 1400), button="right")
-            wait_drawn(page, 1)
+            wait_drawn(page, drawn)
             assert page.evaluate("() => window.__encodingSeen") == []
             assert page.evaluate(f"() => window.samPanel.prompts('{P}').encodingShown") == shown
         except Exception:
