@@ -213,7 +213,9 @@ class Predictor:
         model_id: Optional[str] = None,
         encode_batch_size: Optional[int] = None,
     ) -> None:
-        self.model = model.eval()
+        # eval() sets an attribute on every module (3 ms for MobileSAM), and the engine makes a
+        # predictor per click: only a model with a module still training needs it.
+        self.model = model.eval() if any(m.training for m in model.modules()) else model
         self.placement = placement
         #: Images per encoder pass in encode_many (None: the device's default); out of memory
         #: halves it, and it stays halved for this predictor's later calls.

@@ -61,10 +61,14 @@ class Attention(nn.Module):
     def tokens_to_image(self, queries: Tensor, image_keys: Tensor, image_values: Tensor) -> Tensor:
         """Prompt tokens (B, T, C) attend over image tokens (S, N, C), S = 1 (one image for all
         B prompts) or B. Returns (B, T, C)."""
-        batch, count, _ = queries.shape
+        batch, count, width = queries.shape
         heads, head_dim = self.num_heads, self.head_dim
         q = self.q_proj(queries)
-        if image_keys.shape[0] == 1 and image_values.shape[0] == 1:
+        shared = image_keys.shape[0] == 1 and image_values.shape[0] == 1
+        # Projecting the N image tokens costs about 2*N*C*D multiply-adds (D: the attention width);
+        # folding the B*T queries into image space (below) costs 2*B*H*T*N*C instead, which is less
+        # while B*T*(H*C - D) < C*D: up to about 17 tokens for SAM, as a click's one prompt has.
+        if shared and batch * count * (heads * width - self.internal_dim) >= width * self.internal_dim:
             # Project the shared image once; every prompt's tokens become rows of one product.
             k = self.k_proj(image_keys[0]).view(-1, heads, head_dim).transpose(0, 1)
             v = self.v_proj(image_values[0]).view(-1, heads, head_dim).transpose(0, 1)
