@@ -28,6 +28,8 @@ from tools import browser_driver as driver
 IMAGE_SIZE = (1024, 768)  # width, height
 IMAGE_SIZES = (IMAGE_SIZE, (4000, 3000))
 TARGETS_MS = {IMAGE_SIZE: 150, (4000, 3000): 300}
+#: Between one warm click's answer and the next click (a person's is longer).
+PAUSE_MS = 600
 
 
 def _picture(path: Path, size=IMAGE_SIZE) -> None:
@@ -55,8 +57,10 @@ def _timed_click(page, x: int, y: int, *, button_preview: bool, timeout_ms: int 
     if button_preview:
         page.click(f"#{driver.PREFIX}_preview")
     # The mask is on the canvas: what the user waits for (the outputs come after).
+    # Polled every 50 ms, not on every frame: polling per frame makes the page paint all the time,
+    # which took CPU from the server's decoder on this 2-core machine. The page's own clock times it.
     page.wait_for_function(f"(n) => window.samPanel.prompts('{driver.PREFIX}').masksDrawn > n", arg=drawn,
-                           timeout=timeout_ms)
+                           timeout=timeout_ms, polling=50)
     total = time.perf_counter() - start
     state = page.evaluate(f"() => window.samPanel.prompts('{driver.PREFIX}')")
     return {"total": total, "answered": state["lastClickMs"] / 1000, "in_page": state["lastDrawnMs"] / 1000}
@@ -86,8 +90,11 @@ def _measure(page, picture: Path, size, repeats: int) -> Dict[str, float]:
     clicks: List[Dict[str, float]] = []
     try:
         for index in range(repeats):
-            # Cleared first: a click within a dot's radius removes that dot instead.
+            # Cleared first: a click within a dot's radius removes that dot instead. Then a pause,
+            # as a person's between looking at one answer and clicking again: the page and the
+            # server finish with the clear (and the last answer's outputs) first.
             page.click(f"#{driver.PREFIX}_clear")
+            page.wait_for_timeout(PAUSE_MS)
             clicks.append(_timed_click(page, *at(-0.015 + 0.01 * index, 0.02 - 0.005 * index), button_preview=False,
                                        timeout_ms=60_000))
     except Exception as error:  # a figure that could not be taken is reported, not hidden
