@@ -4,7 +4,7 @@
 // overlay is an SVG whose viewBox is the image's own pixel grid. Resizing the window or zooming
 // the page therefore cannot move a dot off its pixel: only the overlay's CSS box is re-fitted.
 //
-// The candidate masks arrive as small PNGs (the hidden "<prefix>_masks_data" textbox, read by
+// The candidate masks arrive as packed bits (the hidden "<prefix>_masks_data" textbox, read by
 // previewDone); the chosen one is drawn on a canvas between the picture and the SVG, translucent with
 // an outline, and all three as thumbnails in the "<prefix>_candidates" strip. The strip, the
 // "<prefix>_choice" radio and the canvas always show the same candidate.
@@ -27,6 +27,10 @@
     // A click made this long after the last preview was sent starts a burst, if any: it is sent at
     // once, without the debounce, so a single click waits for nothing but the decoder.
     const PREVIEW_QUIET_MS = 150;
+    // A click's overlay, mask and cut-out are asked for once its mask is on the canvas and no other
+    // click came for this long: a quick series of clicks builds only the last one's, and the
+    // server's decoder does not share the CPU with outputs nobody will see.
+    const OUTPUTS_QUIET_MS = 200;
     // A preview unanswered for this long is taken as lost (a first ViT-H encode on a CPU is slow).
     const PREVIEW_LOST_MS = 180000;
     // How long a click waits for the server to have decoded a new picture before it is sent anyway.
@@ -75,6 +79,7 @@
                 svg: null,
                 drag: null,
                 timer: null,
+                outputsTimer: null, // a click's outputs, asked for when it fires (OUTPUTS_QUIET_MS)
                 sentAt: 0,      // when the preview in flight was sent (0: none)
                 sentPrompts: null,
                 readySrc: null, // the picture the server has decoded (samPanel.imageReady)
@@ -319,13 +324,27 @@
 
     // ----- candidate masks --------------------------------------------------------------------
 
-    function loadImage(src) {
-        return new Promise(function (resolve, reject) {
-            const image = new Image();
-            image.onload = () => resolve(image);
-            image.onerror = () => reject(new Error("a candidate mask could not be decoded"));
-            image.src = src;
-        });
+    // One candidate as the server packs it (handlers.packed_mask): base64 of the zlib-compressed
+    // bits of its pixels, row by row, the first pixel in a byte's high bit. Returns one byte per
+    // pixel, 1 inside. Synchronous (zlib_inflate.js), with no image decode and no canvas read-back:
+    // this runs between an answer and its mask on screen.
+    function unpackMask(packed, width, height) {
+        let bits = null;
+        try {
+            const text = atob(packed);
+            const compressed = new Uint8Array(text.length);
+            for (let i = 0; i < text.length; i++) {
+                compressed[i] = text.charCodeAt(i);
+            }
+            bits = window.samZlibInflate(compressed, Math.ceil(width * height / 8));
+        } catch (error) {
+            throw new Error("a candidate mask could not be decoded (" + error.message + ")");
+        }
+        const inside = new Uint8Array(width * height);
+        for (let i = 0; i < inside.length; i++) {
+            inside[i] = (bits[i >> 3] >> (7 - (i & 7))) & 1;
+        }
+        return inside;
     }
 
     // An [r, g, b, a] colour as one pixel of a Uint32Array view of canvas bytes (little-endian
@@ -334,35 +353,36 @@
         return ((colour[3] << 24) | (colour[2] << 16) | (colour[1] << 8) | colour[0]) >>> 0;
     }
 
-    // The mask (white on black) as a canvas of the same size: translucent fill inside, opaque
-    // outline on its edge pixels, transparent outside. 32-bit words, not bytes: this runs on
-    // every click, on up to 1024x1024 pixels, between the answer and the mask on screen.
-    function tintedLayer(maskImage, width, height, fill, outline) {
+    // The mask (one byte per pixel, 1 inside) as a canvas of its size: translucent fill inside,
+    // opaque outline on its edge pixels, transparent outside. `reuse`: a canvas of an answer no
+    // longer shown, drawn over instead of a new one. This runs on every click, on up to 1024x1024
+    // pixels, between the answer and the mask on screen: 32-bit words, not bytes, and the edge
+    // test without branches (an inside pixel is inside the outline when its four neighbours are
+    // inside too; a neighbour past the picture's border counts as the pixel itself).
+    function tintedLayer(inside, width, height, fill, outline, reuse) {
         const fillWord = pixelWord(fill || MASK_FILL);
         const outlineWord = pixelWord(outline || MASK_OUTLINE);
-        const layer = document.createElement("canvas");
-        layer.width = width;
-        layer.height = height;
-        const context = layer.getContext("2d", {willReadFrequently: true});
-        context.drawImage(maskImage, 0, 0, width, height);
-        const source = new Uint32Array(context.getImageData(0, 0, width, height).data.buffer);
-        const inside = new Uint8Array(width * height);
-        for (let i = 0; i < inside.length; i++) {
-            inside[i] = (source[i] & 0xff) > 127 ? 1 : 0;  // the red byte of a grey pixel
-        }
         const out = new Uint32Array(width * height);  // zero: transparent
         const last = width - 1;
         for (let y = 0, i = 0; y < height; y++) {
+            const up = y > 0 ? -width : 0;
+            const down = y < height - 1 ? width : 0;
             for (let x = 0; x < width; x++, i++) {
-                if (!inside[i]) {
+                if (inside[i] === 0) {
                     continue;
                 }
-                const edge = (x > 0 && !inside[i - 1]) || (x < last && !inside[i + 1])
-                    || (y > 0 && !inside[i - width]) || (y < height - 1 && !inside[i + width]);
-                out[i] = edge ? outlineWord : fillWord;
+                const interior = inside[i - (x > 0 ? 1 : 0)] & inside[i + (x < last ? 1 : 0)] & inside[i + up]
+                    & inside[i + down];
+                out[i] = interior ? fillWord : outlineWord;
             }
         }
-        context.putImageData(new ImageData(new Uint8ClampedArray(out.buffer), width, height), 0, 0);
+        let layer = reuse;
+        if (!layer || layer.width !== width || layer.height !== height) {
+            layer = document.createElement("canvas");
+            layer.width = width;
+            layer.height = height;
+        }
+        layer.getContext("2d").putImageData(new ImageData(new Uint8ClampedArray(out.buffer), width, height), 0, 0);
         return layer;
     }
 
@@ -491,7 +511,7 @@
         }
     }
 
-    async function showCandidates(st, json) {
+    function showCandidates(st, json) {
         let data = null;
         try {
             data = json ? JSON.parse(json) : null;
@@ -509,26 +529,37 @@
         const selected = Math.min(Math.max(0, data.best || 0), data.masks.length - 1);
         // The chosen mask first, decoded and drawn on the canvas: that is what the user waits for.
         // The other candidates' masks, layers and the strip's thumbnails follow.
-        const chosen = await loadImage(data.masks[selected]);
-        if (token !== st.drawToken) {
-            return; // a newer answer (or a reset) came meanwhile
+        let chosen = null;
+        try {
+            chosen = unpackMask(data.masks[selected], data.maskWidth, data.maskHeight);
+        } catch (error) {
+            console.error("Segment Anything:", error.message);
+            forgetCandidates(st);  // nothing to draw: no candidates are shown rather than old ones
+            return;
         }
+        const spare = st.layers;  // the canvases of the answer this one replaces
         st.data = data;
         st.selected = selected;
         st.layers = data.masks.map(() => null);
-        st.layers[selected] = tintedLayer(chosen, data.maskWidth, data.maskHeight);
+        st.layers[selected] = tintedLayer(chosen, data.maskWidth, data.maskHeight, null, null, spare[selected]);
         st.thumbs = [];
         render(st);
         drawMask(st);
         st.masksDrawn += 1;
         // Click (the prompt change) -> its masks drawn into the canvas, as the page saw it.
         st.lastDrawnMs = st.changedAt ? performance.now() - st.changedAt : null;
-        const images = await Promise.all(data.masks.map((src, index) => index === selected ? chosen : loadImage(src)));
         setTimeout(function () {
             if (token !== st.drawToken) {
                 return;
             }
-            st.layers = st.layers.map((layer, index) => layer || tintedLayer(images[index], data.maskWidth, data.maskHeight));
+            try {
+                st.layers = st.layers.map((layer, index) => layer
+                    || tintedLayer(unpackMask(data.masks[index], data.maskWidth, data.maskHeight),
+                                   data.maskWidth, data.maskHeight, null, null, spare[index]));
+            } catch (error) {
+                console.error("Segment Anything:", error.message);
+                return;  // the chosen one is drawn; the strip stays without thumbnails
+            }
             st.thumbs = st.layers.map((layer) => thumbnail(st, layer));
             drawMask(st);  // the selection may have changed meanwhile
             renderStrip(st);
@@ -550,7 +581,12 @@
     // ...and on the server too: its outputs could otherwise still be downloaded or sent.
     function resetOutputs(st) {
         forgetCandidates(st);
-        const button = part(st.prefix, "reset");
+        pressButton(st, "reset");
+    }
+
+    // A button of the panel, pressed by the script: the hidden ones (panel.py) start server steps.
+    function pressButton(st, name) {
+        const button = part(st.prefix, name);
         if (button) {
             button.click();
         }
@@ -614,10 +650,7 @@
                     return; // already asked for (the same click seen from the app's shadow root, or a second link)
                 }
                 st.pendingDownload = {name: name, since: Date.now()};
-                const button = part(prefix, "full_outputs");
-                if (button) {
-                    button.click();
-                }
+                pressButton(st, "full_outputs");
             }
             return;
         }
@@ -661,6 +694,7 @@
 
     function changed(st) {
         cancelHover(st);
+        clearTimeout(st.outputsTimer);  // these prompts' answer will ask for its own outputs
         render(st);
         if (hasPrompts(st)) {
             st.changedAt = performance.now(); // for lastDrawnMs: the click's own moment
@@ -799,10 +833,7 @@
         if (previewInFlight(st)) {
             return; // previewDone sends the newest prompts
         }
-        const button = part(st.prefix, "preview");
-        if (button) {
-            button.click();
-        }
+        pressButton(st, "preview");
     }
 
     // Resolves once the server holds the picture shown (the preview reads it from there), or after
@@ -898,7 +929,7 @@
         canvas.dataset.drawn = layer ? String(st.hover.seq) : "";
     }
 
-    async function showHover(st, json, seq) {
+    function showHover(st, json, seq) {
         let data = null;
         try {
             data = json ? JSON.parse(json) : null;
@@ -908,11 +939,16 @@
         if (!data || !data.mask) {
             return;
         }
-        const image = await loadImage(data.mask);
+        let inside = null;
+        try {
+            inside = unpackMask(data.mask, data.maskWidth, data.maskHeight);
+        } catch (error) {
+            return;  // no mask under the pointer is shown: the click still works
+        }
         if (seq < st.hover.dropBelow || seq !== st.hover.seq || !st.hover.point) {
             return;
         }
-        drawHover(st, tintedLayer(image, data.maskWidth, data.maskHeight, HOVER_FILL, HOVER_OUTLINE));
+        drawHover(st, tintedLayer(inside, data.maskWidth, data.maskHeight, HOVER_FILL, HOVER_OUTLINE));
         st.hoversDrawn += 1;
     }
 
@@ -1245,7 +1281,11 @@
                 }
                 return [];
             }
+            // The outputs are built once the chosen mask is on the canvas and the clicks pause (after
+            // a failure too: they are emptied then).
             showCandidates(st, data);
+            clearTimeout(st.outputsTimer);
+            st.outputsTimer = setTimeout(() => pressButton(st, "show_outputs"), OUTPUTS_QUIET_MS);
             if (sent !== null && st.timer === null && promptsJson(st) !== sent) {
                 schedulePreview(st);
             }
@@ -1280,7 +1320,8 @@
                 return null;
             }
             return {token: st.data.token, best: st.data.best, selected: st.selected, scores: st.data.scores.slice(),
-                    masks: st.data.masks.slice(), drawn: st.canvas ? st.canvas.dataset.drawn : ""};
+                    masks: st.data.masks.slice(), maskWidth: st.data.maskWidth, maskHeight: st.data.maskHeight,
+                    drawn: st.canvas ? st.canvas.dataset.drawn : ""};
         },
         switchToInpaintUpload: function () {
             if (typeof switch_to_img2img_tab === "function") {

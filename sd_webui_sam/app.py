@@ -30,7 +30,8 @@ __all__ = ["LocalPageMiddleware", "build_blocks", "build_parser", "create_app", 
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 EXTENSION_ROOT = PACKAGE_ROOT.parent
-FRONT_END_JS = EXTENSION_ROOT / "javascript" / "segment_anything.js"
+#: The panel's scripts: all of this folder's, in name order, as the WebUI loads an extension's javascript/.
+FRONT_END_DIR = EXTENSION_ROOT / "javascript"
 STYLE_CSS = EXTENSION_ROOT / "style.css"
 PANEL_PREFIX = "sam"
 
@@ -110,7 +111,8 @@ def build_blocks(engine: Any, shutdown: Optional[threading.Event] = None):
         gr.Markdown("## Segment Anything")
         build_panel(PanelOptions(prefix=PANEL_PREFIX, engine=lambda: engine, accordion=False,
                                  host_interrupted=shutdown.is_set if shutdown is not None else None))
-        grc.on_load(blocks, "() => {\n" + FRONT_END_JS.read_text(encoding="utf-8") + "\n}")
+        scripts = "\n".join(path.read_text(encoding="utf-8") for path in sorted(FRONT_END_DIR.glob("*.js")))
+        grc.on_load(blocks, "() => {\n" + scripts + "\n}")
     return blocks
 
 

@@ -394,7 +394,7 @@ def test_send_to_inpaint_fills_inpaint_upload_and_applies_preset(make_webui, tab
     found = handlers.Candidates(image=big, masks=full[:, ::2, ::2], scores=np.array([0.2, 0.9, 0.5], np.float32),
                                 full_size=lambda: full)
     shown = handlers.preview_outputs(found, 1, handlers.MaskTools()).mask
-    assert shown.size == (1024, 768)
+    assert shown.size == (640, 480)
     sent = fn(Image.fromarray(big), shown, handlers.LEAVE_SETTINGS, found, 1, 0, 0.0, False, 0, False, False, 0)
     assert sent[1].size == (2048, 1536) and np.array_equal(np.asarray(sent[1]) > 127, full[1])
     assert soft[1].mode == "L" and soft[1].size == mask.size

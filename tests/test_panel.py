@@ -12,6 +12,7 @@ from PIL import Image
 from sd_webui_sam.errors import InvalidPromptError
 from sd_webui_sam.images import image_content_key
 from sd_webui_sam.ui import handlers
+from tests.fixtures.panel_masks import unpacked_mask
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +46,13 @@ def test_points_give_three_candidates_matching_the_engine(engine, picture):
     direct = engine.segment("tiny_sam.pth", np.asarray(picture), Prompts(points=[(60.5, 50.5), (10.5, 12.5)], labels=[1, 0]))
     assert np.array_equal(found.masks, direct.masks[0])
     assert np.allclose(found.scores, direct.scores[0])
-    # What the browser gets: each candidate as a PNG at the picture's size (it is under 1024 px),
+    # What the browser gets: each candidate as packed bits at the picture's size (it is under 1024 px),
     # the very mask the engine made, with its score and the best one marked.
     payload = json.loads(handlers.candidates_payload(found, token=7))
     assert (payload["token"], payload["width"], payload["height"], payload["best"]) == ("7", 128, 96, found.best)
     assert payload["scores"] == [round(float(s), 4) for s in found.scores]
-    for data_url, mask in zip(payload["masks"], found.masks):
-        assert np.array_equal(png_mask(data_url), mask)
-
-
-def png_mask(data_url):
-    import base64
-    import io
-
-    assert data_url.startswith("data:image/png;base64,")
-    with Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))) as image:
-        return np.asarray(image.convert("L")) > 127
+    for packed, mask in zip(payload["masks"], found.masks):
+        assert np.array_equal(unpacked_mask(packed, (128, 96)), mask)
 
 
 def test_a_large_picture_sends_small_masks_that_keep_its_shape():
@@ -71,7 +63,7 @@ def test_a_large_picture_sends_small_masks_that_keep_its_shape():
     payload = json.loads(handlers.candidates_payload(candidates))
     assert (payload["maskWidth"], payload["maskHeight"]) == (1024, 768)
     assert sum(len(m) for m in payload["masks"]) < 30_000  # three masks in one small reply
-    small = png_mask(payload["masks"][1])
+    small = unpacked_mask(payload["masks"][1], (1024, 768))
     assert small.shape == (768, 1024) and small[192:576, 256:768].all() and small.sum() == 384 * 512
 
 
@@ -88,7 +80,7 @@ def test_a_large_picture_is_decoded_at_screen_size_and_its_outputs_at_full_size(
     assert found.masks.shape == (3, 768, 1024)
     payload = json.loads(handlers.candidates_payload(found))
     assert (payload["width"], payload["maskWidth"], payload["maskHeight"]) == (1600, 1024, 768)
-    assert np.array_equal(png_mask(payload["masks"][found.best]), found.masks[found.best])
+    assert np.array_equal(unpacked_mask(payload["masks"][found.best], (1024, 768)), found.masks[found.best])
     direct = engine.segment("tiny_sam.pth", pixels, Prompts(points=[(800.5, 600.5)], labels=[1])).masks[0]
     chosen = handlers.chosen_outputs(found, found.best, handlers.MaskTools())
     assert chosen.mask.size == chosen.cutout.size == (1600, 1200)
@@ -116,10 +108,10 @@ def test_a_click_on_a_large_picture_shows_outputs_without_the_full_size_path(eng
     tools = handlers.MaskTools(expand=8)
     shown = [Image.open(path) for path in handlers.chosen_output_files(found, found.best, tools, files, full_size=False)]
     assert not full_decodes
-    assert [image.size for image in shown] == [(1024, 768)] * 3
-    # the shown mask is the drawn candidate after the tools, scaled with the picture (8 px -> 5 px)
+    assert [image.size for image in shown] == [(640, 480)] * 3
+    # the shown mask is the drawn candidate after the tools, scaled with the picture (8 px -> 3 px)
     from sd_webui_sam import masks as mask_ops
-    expected = mask_ops.expand(found.masks[found.best], 5)
+    expected = mask_ops.expand(handlers.resized_mask(found.masks[found.best], (640, 480)), 3)
     assert np.array_equal(np.asarray(shown[1]) > 127, expected)
 
     # a send to inpaint with the small mask on screen: the full-size one is made then
@@ -161,7 +153,7 @@ def test_the_hover_mask_is_the_best_candidate_and_supersedes_no_click(engine, pi
     clicked = handlers.segment(engine, "tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]))
     hover = json.loads(handlers.hover_payload(engine, "tiny_sam.pth", session, prompts([(60.5, 50.5, 1)]), token=3))
     assert (hover["token"], hover["maskWidth"], hover["maskHeight"]) == ("3", 128, 96)
-    assert np.array_equal(png_mask(hover["mask"]), clicked.masks[clicked.best])
+    assert np.array_equal(unpacked_mask(hover["mask"], (128, 96)), clicked.masks[clicked.best])
     assert not handlers.superseded(clicked, session)  # the click's outputs are still the ones to build
     assert handlers.hover_payload(engine, "tiny_sam.pth", None, prompts([(5.5, 5.5, 1)])) == ""
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import base64
 import collections
-import io
 import json
 import re
 import logging
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
@@ -33,6 +33,10 @@ CANDIDATE_COUNT = 3
 #: Longest side of the candidate masks sent to the browser: about the canvas's size on screen,
 #: so a 4000x3000 photo costs the same small transfer as a 1024x768 one.
 DISPLAY_MASK_SIDE = 1024
+#: Longest side of the overlay, mask and cut-out a click shows under the canvas (they show at
+#: about 320 px): PNG-encoding three 1024 px outputs took ~120 ms of CPU after every click, which
+#: the next click's decoder then had to share. Downloads and sends get the full-size ones.
+OUTPUT_PREVIEW_SIDE = 640
 DEFAULT_PICTURE_NAME = "picture"
 #: Longest side of the overlay output (the mask and the cut-out keep the picture's size).
 OVERLAY_SIDE = 2048
@@ -71,8 +75,8 @@ class Candidates:
     #: ``masks``; None: one object.
     object_masks: Optional[np.ndarray] = None
     full_size: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False, compare=False)
-    #: The picture at ``display_size`` (made once per upload: SessionImage.display_pixels); None:
-    #: resized from ``image`` when a preview needs it.
+    #: The picture at the outputs' preview size (made once per upload: SessionImage.display_pixels);
+    #: None: resized from ``image`` when a preview needs it.
     display_picture: Optional[Callable[[], np.ndarray]] = field(default=None, repr=False, compare=False)
     _full_masks: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     _full_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -128,10 +132,11 @@ class SessionImage:
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
 
     def display_pixels(self) -> np.ndarray:
-        """The picture at ``display_size``, made once (scaling a 4000x3000 photo down took ~0.3 s)."""
+        """The picture at the size of a click's outputs (``OUTPUT_PREVIEW_SIDE``), made once (scaling
+        a 4000x3000 photo down took ~0.3 s)."""
         with self._display_lock:
             if not self._display:
-                self._display.append(resized_picture(self.pixels, display_size(*self.size)))
+                self._display.append(resized_picture(self.pixels, display_size(*self.size, OUTPUT_PREVIEW_SIDE)))
             return self._display[0]
 
 
@@ -422,12 +427,13 @@ def resized_mask(mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return np.asarray(grey) >= 128
 
 
-def mask_png_data_url(mask: np.ndarray, size: Tuple[int, int]) -> str:
-    """One candidate as a 1-bit PNG data URL at ``size`` (a few KB): what the browser draws."""
-    small = Image.fromarray(np.ascontiguousarray(resized_mask(mask, size)))  # a click's answer is at this size
-    buffer = io.BytesIO()
-    small.save(buffer, format="PNG", compress_level=3)  # 6 took 3x as long for a tenth less
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def packed_mask(mask: np.ndarray, size: Tuple[int, int]) -> str:
+    """One candidate at ``size`` (width, height) as the panel's script reads it: the pixels row by
+    row as bits (1 inside; np.packbits' order, the first pixel in the high bit), zlib-compressed,
+    base64. A few KB, and the browser turns it into the canvas layer with one pass over the bits:
+    an image format would cost an image decode and a canvas read-back on every click first."""
+    small = np.ascontiguousarray(resized_mask(mask, size))  # a click's answer is at this size
+    return base64.b64encode(zlib.compress(np.packbits(small).tobytes(), 1)).decode("ascii")
 
 
 def candidates_payload(candidates: Candidates, token: Any = "") -> str:
@@ -446,7 +452,7 @@ def candidates_payload(candidates: Candidates, token: Any = "") -> str:
         "scores": [round(float(score), 4) for score in candidates.scores],
         "best": candidates.best,
         "name": candidates.picture_name,
-        "masks": [mask_png_data_url(mask, size) for mask in candidates.masks],
+        "masks": [packed_mask(mask, size) for mask in candidates.masks],
     })
 
 
@@ -465,7 +471,7 @@ def hover_payload(engine, model_name: Optional[str], image: Any, prompts_json: O
                             mask_size=(size[1], size[0]), image_key=image.digest).merged()
     best = int(np.argmax(merged.scores[0]))
     return json.dumps({"token": str(token), "maskWidth": size[0], "maskHeight": size[1],
-                       "mask": mask_png_data_url(merged.masks[0][best], size)})
+                       "mask": packed_mask(merged.masks[0][best], size)})
 
 
 def processed_mask(candidates: Candidates, index: int, tools: MaskTools) -> np.ndarray:
@@ -499,14 +505,14 @@ def chosen_outputs(candidates: Candidates, index: int, tools: MaskTools) -> Chos
 
 
 def preview_outputs(candidates: Candidates, index: int, tools: MaskTools) -> ChosenOutputs:
-    """The outputs a click shows: at the size of its masks (``display_size``), from the masks the
+    """The outputs a click shows: at most ``OUTPUT_PREVIEW_SIDE`` px long, from the masks the
     browser drew, never from the full-size decoder. A picture no larger than that gets its
     full-size outputs, which cost no more.
 
     The tools' pixel sizes are scaled with the picture, so the preview looks like the full-size result.
     """
     height, width = candidates.image.shape[:2]
-    size = display_size(width, height)
+    size = display_size(width, height, OUTPUT_PREVIEW_SIDE)
     if size == (width, height):
         return chosen_outputs(candidates, index, tools)
     if not 0 <= index < len(candidates.masks):
@@ -531,7 +537,7 @@ def preview_outputs(candidates: Candidates, index: int, tools: MaskTools) -> Cho
 def is_full_size(candidates: Candidates) -> bool:
     """Whether a click's outputs (``preview_outputs``) are already the full-size ones."""
     height, width = candidates.image.shape[:2]
-    return display_size(width, height) == (width, height)
+    return display_size(width, height, OUTPUT_PREVIEW_SIDE) == (width, height)
 
 
 def full_mask_image(candidates: Candidates, index: int, tools: MaskTools) -> Image.Image:

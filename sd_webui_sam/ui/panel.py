@@ -219,6 +219,9 @@ def build_panel(options: PanelOptions) -> Panel:
         # Pressed by the script when an output shown at screen size is downloaded: the full-size
         # overlay, mask and cut-out are built then, and the download follows.
         full_outputs = gr.Button("Full-size outputs", elem_id=elem(prefix, "full_outputs"), elem_classes=["sam-hidden"])
+        # Pressed by the script once a click's chosen mask is on the canvas (at once after a failed
+        # click): the overlay, mask and cut-out of its answer are built then.
+        show_outputs = gr.Button("Show outputs", elem_id=elem(prefix, "show_outputs"), elem_classes=["sam-hidden"])
         # Each object of the chosen mask as its own PNG, for "Detail each object" (ui/detail_section.py).
         object_masks = gr.Textbox(value="", visible=False, label="Object masks", elem_id=elem(prefix, "object_masks"))
         # Whether that section takes its objects from this panel (set by the section's "Objects"):
@@ -238,7 +241,7 @@ def build_panel(options: PanelOptions) -> Panel:
             tools=[expand, feather, fill_holes, min_island, invert, soft_edges, edge_band], state=state,
             extra={"refresh": refresh, "device": device, "undo": undo, "clear": clear, "auto_preview": auto_preview,
                    "image_state": image_state, "masks_data": masks_data, "reset": reset, "first_run": first_run,
-                   "full_outputs": full_outputs,
+                   "full_outputs": full_outputs, "show_outputs": show_outputs,
                    "object_masks": object_masks, "object_masks_wanted": object_masks_wanted,
                    "hover": hover, "hover_prompts": hover_prompts, "hover_data": hover_data, "hover_preview": hover_preview,
                    **download_parts, **memory_parts},
@@ -480,10 +483,11 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
         return render_current(image, found, *values, True)[:3]
 
     render_inputs = [image_state, panel.state, panel.choice, *handoff_flags, *panel.tools]
-    # The browser draws the masks first (previewDone), then the outputs are built; off gradio 3's
+    # The browser draws the chosen mask first (previewDone), then asks for the outputs: built while
+    # it draws, they took the CPU the drawing needed where both share one machine. Off gradio 3's
     # one-at-a-time queue too, so rendering never holds up the next preview.
     grc.listen(event.then, None, [masks_data], [], js=f"(data) => window.samPanel.previewDone({prefix!r}, data)")
-    grc.listen(event.then, render_answer, render_inputs, render_outputs, show_progress=False,
+    grc.listen(panel.extra["show_outputs"].click, render_answer, render_inputs, render_outputs, show_progress=False,
                queue=grc.FAST_EVENT_QUEUE)
     for control in [panel.choice, *handoff_flags, *panel.tools]:
         grc.listen(control.change if control is not panel.choice else control.input, render_current,

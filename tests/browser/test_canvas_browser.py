@@ -7,7 +7,6 @@ nothing of any machine but this one. Screenshots of each state go to test-artifa
 """
 from __future__ import annotations
 
-import io
 from urllib.parse import urlparse
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from PIL import Image
 
 from sd_webui_sam.compat import gradio_compat as grc
+from tests.fixtures.panel_masks import unpacked_mask
 from tools import browser_driver as driver
 
 pytestmark = pytest.mark.browser
@@ -87,22 +87,24 @@ def largest_other_element(page):
 
 
 def mask_canvas_pixels(page):
-    """(painted pixels, CSS box of the mask canvas, CSS box of the picture as painted)."""
-    return page.evaluate(
+    """(painted pixels as an (h, w) bool array, CSS box of the mask canvas, CSS box of the picture as painted)."""
+    painted, width, height, mask_box, picture_box = page.evaluate(
         f"""() => {{
             const c = document.querySelector('#{P}_mask_canvas');
             const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let painted = 0;
-            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted++;
+            let painted = '';
+            for (let i = 3; i < data.length; i += 4) painted += data[i] > 0 ? '1' : '0';
             const r = c.getBoundingClientRect();
             const img = document.querySelector('#{P}_input_image img');
             const b = img.getBoundingClientRect();
             const s = Math.min(b.width / img.naturalWidth, b.height / img.naturalHeight);
             const w = img.naturalWidth * s, h = img.naturalHeight * s;
-            return [painted, [r.left, r.top, r.width, r.height],
+            return [painted, c.width, c.height, [r.left, r.top, r.width, r.height],
                     [b.left + (b.width - w) / 2, b.top + (b.height - h) / 2, w, h]];
         }}"""
     )
+    pixels = np.frombuffer(painted.encode("ascii"), dtype=np.uint8) == ord("1")
+    return pixels.reshape(height, width), mask_box, picture_box
 
 
 def wait_drawn(page, before):
@@ -115,8 +117,11 @@ def click_and_see_mask(page, x, y):
     page.mouse.click(*driver.client_point(page, x, y))
     wait_drawn(page, drawn)
     painted, mask_box, picture_box = mask_canvas_pixels(page)
-    assert painted > 0
+    assert painted.any()
     assert all(abs(a - b) <= 1.5 for a, b in zip(mask_box, picture_box)), (mask_box, picture_box)
+    # the very mask the server chose, pixel for pixel (it travels packed and compressed)
+    shown = page.evaluate(f"() => window.samPanel.candidates('{P}')")
+    assert np.array_equal(painted, shown_mask(shown, shown["selected"]))
 
 
 def drawn_count(page):
@@ -154,10 +159,9 @@ def upload_and_encode(page, path, timeout_ms=60_000):
     driver.centre_picture(page)
 
 
-def decoded_png(data_url):
-    import base64
-
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("L")) > 127
+def shown_mask(shown, index):
+    """Candidate ``index`` of ``window.samPanel.candidates``, as the script reads it."""
+    return unpacked_mask(shown["masks"][index], (shown["maskWidth"], shown["maskHeight"]))
 
 
 @pytest.mark.parametrize("viewport", VIEWPORTS, ids=lambda v: f"{v[0]}x{v[1]}")
@@ -222,7 +226,7 @@ def test_canvas_mask_steady_layout_selection_and_downloads(app_url, pictures, vi
             assert shown["selected"] == other_index and shown["drawn"].endswith(f":{other_index}")
             mask_src = driver.wait_for_output(page, "mask", mask_before)
             chosen = np.asarray(driver.decode(page, mask_src).convert("L")) > 127
-            candidate = decoded_png(shown["masks"][other_index])
+            candidate = shown_mask(shown, other_index)
             assert np.array_equal(chosen, candidate)
             shot(page, "2_other_candidate")
 
@@ -339,10 +343,10 @@ def test_a_4000x3000_photo_clicks_at_screen_size_and_downloads_at_full_size(app_
             upload_and_encode(page, path, timeout_ms=120_000)
             click_and_see_mask(page, 1800, 1500)
             shown = page.evaluate(f"() => window.samPanel.candidates('{P}')")
-            assert decoded_png(shown["masks"][shown["selected"]]).shape == (768, 1024)  # screen size, not 12 MP
+            assert shown_mask(shown, shown["selected"]).shape == (768, 1024)  # screen size, not 12 MP
             shot(page, "6_large_photo")
 
-            # The click's outputs are shown at screen size: no full-size decode or 12 MP file per click.
+            # The click's outputs are shown small: no full-size decode or 12 MP file per click.
             shown_sizes = page.evaluate(f"""async () => {{
                 const sizes = [];
                 for (const n of ['mask', 'cutout', 'overlay']) {{
@@ -354,7 +358,7 @@ def test_a_4000x3000_photo_clicks_at_screen_size_and_downloads_at_full_size(app_
                 }}
                 return sizes;
             }}""")
-            assert shown_sizes == [[1024, 768]] * 3
+            assert shown_sizes == [[640, 480]] * 3
             # A download asks for the full-size files then, and gets them.
             for name, size in (("mask", (width, height)), ("cutout", (width, height))):
                 driver.wait_for_output(page, name, None, timeout_ms=120_000)
@@ -368,7 +372,7 @@ def test_a_4000x3000_photo_clicks_at_screen_size_and_downloads_at_full_size(app_
                         # The same mask as the one drawn, at full size (it was decoded at each size
                         # from the same logits: only edge pixels may differ).
                         full = downloaded.convert("L").resize((1024, 768), Image.BOX)
-                        agree = (np.asarray(full) > 127) == decoded_png(shown["masks"][shown["selected"]])
+                        agree = (np.asarray(full) > 127) == shown_mask(shown, shown["selected"])
                         assert agree.mean() > 0.97
         except Exception:
             shot(page, f"failed_{request.node.name}")
@@ -471,3 +475,55 @@ def test_the_first_click_on_a_new_picture_says_it_is_encoding(app_url, tmp_path,
         except Exception:
             shot(page, f"failed_{request.node.name}")
             raise
+
+
+def test_the_page_reads_every_packed_mask_exactly_and_refuses_a_damaged_one(app_url):
+    """The candidates travel as zlib-compressed bits that the page inflates itself
+    (javascript/zlib_inflate.js): smooth and noisy masks, sizes that are not a multiple of 8 bits,
+    and each kind of block a compressor writes (stored, fixed and dynamic codes)."""
+    import base64
+    import zlib
+
+    from sd_webui_sam.ui import handlers
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:768, :1024]
+    masks = {
+        "disc": (yy - 300) ** 2 + (xx - 500) ** 2 < 200 ** 2,
+        "noise": rng.random((768, 1024)) < 0.5,  # incompressible: stored blocks
+        "speckled disc": ((yy - 400) ** 2 + (xx - 300) ** 2 < 250 ** 2) ^ (rng.random((768, 1024)) < 0.05),
+        "empty, odd size": np.zeros((17, 333), dtype=bool),
+        "full, odd size": np.ones((17, 333), dtype=bool),
+        "one pixel": np.ones((1, 1), dtype=bool),
+    }
+    cases = []
+    for name, mask in masks.items():
+        height, width = mask.shape
+        bits = np.packbits(mask).tobytes()
+        streams = [zlib.compress(bits, level) for level in (0, 1, 9)]
+        streams.append(base64.b64decode(handlers.packed_mask(mask, (width, height))))
+        for stream in streams:
+            cases.append([name, len(bits), base64.b64encode(stream).decode("ascii"), base64.b64encode(bits).decode("ascii")])
+    with driver.browser_page(app_url) as page:
+        results = page.evaluate(
+            """(cases) => cases.map(([name, size, packed, expected]) => {
+                const bytes = Uint8Array.from(atob(packed), (c) => c.charCodeAt(0));
+                const out = window.samZlibInflate(bytes, size);
+                let text = ''; for (let i = 0; i < out.length; i += 8192) text += String.fromCharCode(...out.subarray(i, i + 8192));
+                return [name, btoa(text) === expected];
+            })""",
+            cases,
+        )
+        assert all(ok for _, ok in results), [name for name, ok in results if not ok]
+        # A damaged or cut-off stream is refused with an error, never read as some other mask.
+        good = zlib.compress(np.packbits(masks["speckled disc"]).tobytes(), 1)
+        damaged = bytearray(good)
+        damaged[len(good) // 2] ^= 0x10
+        refused = page.evaluate(
+            """([streams, size]) => streams.map((packed) => {
+                try { window.samZlibInflate(Uint8Array.from(atob(packed), (c) => c.charCodeAt(0)), size); return false; }
+                catch (error) { return error.message.startsWith('not a valid compressed mask'); }
+            })""",
+            [[base64.b64encode(bytes(damaged)).decode(), base64.b64encode(good[:-7]).decode()], 768 * 1024 // 8],
+        )
+        assert refused == [True, True]
