@@ -123,6 +123,11 @@ def test_a_click_on_a_large_picture_shows_outputs_without_the_full_size_path(eng
     assert np.array_equal(np.asarray(full[1]), np.asarray(sent))
     # a mask already at the picture's size (Auto SAM's "send to panel") is sent as it is
     assert handlers.mask_to_send(Image.fromarray(pixels), full[1], found, 0, tools) is full[1]
+    # a send right after a click, before its outputs were built, sends the chosen candidate
+    early = handlers.mask_to_send(Image.fromarray(pixels), None, found, found.best, tools)
+    assert np.array_equal(np.asarray(early), np.asarray(sent))
+    # no candidates (cleared, or a failed click): nothing to send, as before
+    assert handlers.mask_to_send(Image.fromarray(pixels), None, None, 0, tools) is None
 
 
 def test_a_click_on_the_panels_picture_does_not_hash_its_pixels_again(engine, picture, monkeypatch):

@@ -603,14 +603,18 @@ def soft_inpaint_mask(picture: Image.Image, mask_image: Image.Image) -> Image.Im
 
 
 def mask_to_send(image: Any, mask: Any, candidates: Optional[Candidates], index: Any, tools: MaskTools) -> Any:
-    """The mask to hand on: the mask output when it has the picture's size; else (a large picture's
-    outputs are shown at screen size) the chosen candidate built at full size now."""
-    if mask is None or image is None or candidates is None:
+    """The mask to hand on: the mask output when it has the picture's size; else the chosen
+    candidate built at full size now (a click's outputs are shown small, and are built only once
+    its mask is drawn and the clicks pause: a send can come before them)."""
+    if image is None or candidates is None:
         return mask
     width, height = (image.size if isinstance(image, Image.Image) else (np.asarray(image).shape[1], np.asarray(image).shape[0]))
-    shown = mask.size if isinstance(mask, Image.Image) else (np.asarray(mask).shape[1], np.asarray(mask).shape[0])
-    if shown == (width, height) or candidates.image.shape[:2] != (height, width):
+    if candidates.image.shape[:2] != (height, width):
         return mask
+    if mask is not None:
+        shown = mask.size if isinstance(mask, Image.Image) else (np.asarray(mask).shape[1], np.asarray(mask).shape[0])
+        if shown == (width, height):
+            return mask
     return full_mask_image(candidates, index, tools)
 
 

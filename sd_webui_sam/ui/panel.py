@@ -583,7 +583,7 @@ def wire_send_to_inpaint(panel: Panel, targets: Dict[str, Any]) -> None:
 
     def send(image, mask, preset, found=None, index=None, *tool_values):
         if found is not None:
-            # The mask output shows a large picture's mask at screen size: the full-size one is made now.
+            # The mask output is small (or not built yet, right after a click): the full-size one is made now.
             mask = handlers.mask_to_send(image, mask, found, index, _mask_tools(*tool_values))
         picture, mask_image = handlers.inpaint_pair(image, mask)
         if preset == handlers.SOFT_EDGES_BLUR:
