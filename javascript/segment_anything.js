@@ -939,14 +939,14 @@
         if (!data || !data.mask) {
             return;
         }
+        if (seq < st.hover.dropBelow || seq !== st.hover.seq || !st.hover.point) {
+            return;
+        }
         let inside = null;
         try {
             inside = unpackMask(data.mask, data.maskWidth, data.maskHeight);
         } catch (error) {
             return;  // no mask under the pointer is shown: the click still works
-        }
-        if (seq < st.hover.dropBelow || seq !== st.hover.seq || !st.hover.point) {
-            return;
         }
         drawHover(st, tintedLayer(inside, data.maskWidth, data.maskHeight, HOVER_FILL, HOVER_OUTLINE));
         st.hoversDrawn += 1;
