@@ -424,7 +424,7 @@ from sd_webui_sam.batch import BatchOptions
 from sd_webui_sam.batch_ray import RayOptions, run_batch_ray, _PACKAGES, _ROOT
 from sd_webui_sam.settings import EngineSettings
 
-address, folder, out, model_dir, tries = sys.argv[1:]
+address, folder, out, model_dir, tries, report_path = sys.argv[1:]
 
 def sabotage():
     import sd_webui_sam.batch_ray as batch_ray
@@ -445,19 +445,20 @@ options = BatchOptions(inputs=[folder], output_dir=out, model="tiny_sam.pth", po
                        outputs=("mask",))
 report = run_batch_ray(options, EngineSettings(user_model_dir=model_dir, device="cpu"),
                        RayOptions(address=address, actors=2, max_retries=1))
-print(json.dumps(report.to_dict()))
+with open(report_path, "w") as handle:  # not stdout: Ray prints its workers' deaths there, late
+    json.dump(report.to_dict(), handle)
 """
 
 
 
 def run_doomed_driver(source, cluster, folder, tmp_path, api_model_dir):
     """A DOOMED_DRIVER variant run over ``folder``: (its report, the lines its dying workers wrote)."""
-    tries = tmp_path / "tries.txt"
+    tries, report = tmp_path / "tries.txt", tmp_path / "report.json"
     done = subprocess.run([sys.executable, "-c", source, cluster, str(folder), str(tmp_path / "out"),
-                           str(api_model_dir), str(tries)], cwd=ROOT, capture_output=True, text=True, timeout=420,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+                           str(api_model_dir), str(tries), str(report)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=420, env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    return json.loads(done.stdout.strip().splitlines()[-1]), tries.read_text().splitlines()
+    return json.loads(report.read_text()), tries.read_text().splitlines()
 
 def test_an_image_whose_worker_always_dies_is_retried_a_bounded_number_of_times(cluster, api_model_dir, tmp_path):
     folder = make_folder(tmp_path / "in", 2)
