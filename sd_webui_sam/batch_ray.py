@@ -678,16 +678,14 @@ def _segment(ray: Any, plan: BatchPlan, where: _Where, settings: EngineSettings,
     pool = pool_size(ray.cluster_resources(), ray_options)
     group = group_size(settings, pool[1])
     seen = set()
-    # closing(): a stop closes this generator, and each pass must stop its stream then, not when
-    # (or if) the garbage collector gets to it (see _segment_pass)
-    with contextlib.closing(_segment_pass(ray, plan, where, settings, ray_options, pool, plan.todo, group,
-                                          on_phase)) as answers:
-        for answer in answers:
-            seen.add(answer["source"])
-            yield answer
-    left = [source for source in plan.todo if str(source.path) not in seen]
-    if left and group > 1:
-        with contextlib.closing(_segment_pass(ray, plan, where, settings, ray_options, pool, left, 1,
+    # In groups first; then, if any group's worker kept dying, what is left one image at a time.
+    for pass_group in (group, 1) if group > 1 else (group,):
+        left = [source for source in plan.todo if str(source.path) not in seen]
+        if not left:
+            break
+        # closing(): a stop closes this generator, and each pass must stop its stream then, not
+        # when (or if) the garbage collector gets to it (see _segment_pass)
+        with contextlib.closing(_segment_pass(ray, plan, where, settings, ray_options, pool, left, pass_group,
                                               on_phase)) as answers:
             for answer in answers:
                 seen.add(answer["source"])
