@@ -4,9 +4,10 @@
 
 For each model (real-size architectures, random weights: the cost does not depend on the values)
 and for a 1024x768 and a 4000x3000 picture: one upload (the encoder runs once), one first click,
-then warm clicks as a user makes them (auto-preview on), median. Then the server-side split of a
+then warm clicks as a user makes them (auto-preview on, a 600 ms pause before each), median. Then
+the server-side split of a
 warm click, measured in-process: the decoder, the compact masks the reply carries, and the outputs
-built after the mask is drawn (at screen size; the full-size ones only on download or send).
+built after the mask is drawn (at most 640 px long; the full-size ones only on download or send).
 Targets: <= 150 ms (1024x768) and <= 300 ms (4000x3000). Asserts nothing.
 ``run()`` and ``server_breakdown()`` are what ``./benchmark.sh browser`` calls.
 """
@@ -171,8 +172,8 @@ def server_breakdown(repeats: int = 5, sizes=IMAGE_SIZES, variant: str = "mobile
             prompts = json.dumps({"width": width, "height": height, "points": [[width * 0.45, height * 0.5, 1]],
                                   "boxes": []})
             steps: Dict[str, List[float]] = {"decoder, masks at screen size": [],
-                                             "the reply's compact masks (3 PNGs + JSON)": [],
-                                             "after the mask is drawn: outputs at screen size (each click)": []}
+                                             "the reply's compact masks (3 x zlib-packed bits + JSON)": [],
+                                             "after the mask is drawn and clicks pause: outputs <= 640 px": []}
             for _ in range(repeats + 1):  # the first run pays one-off set-up: left out
                 start = time.perf_counter()
                 found = handlers.segment(engine, name, image, prompts)
