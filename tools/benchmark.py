@@ -115,7 +115,7 @@ def section_click() -> None:
     report_ratio("warm click vs SamPredictor.predict alone", reference_predict_only / warm_click, ">= 1x")
 
 
-def section_browser(repeats: int = 5) -> None:
+def section_browser(repeats: int = 7) -> None:
     """Issue 13: click in Chromium -> mask drawn on the canvas, MobileSAM and ViT-B, 1024x768 and
     4000x3000 (one encode each, then warm clicks), and the server-side split of a click."""
     from tools import bench_click
