@@ -219,8 +219,8 @@ def build_panel(options: PanelOptions) -> Panel:
         # Pressed by the script when an output shown at screen size is downloaded: the full-size
         # overlay, mask and cut-out are built then, and the download follows.
         full_outputs = gr.Button("Full-size outputs", elem_id=elem(prefix, "full_outputs"), elem_classes=["sam-hidden"])
-        # Pressed by the script once a click's chosen mask is on the canvas (at once after a failed
-        # click): the overlay, mask and cut-out of its answer are built then.
+        # Pressed by the script once a click's chosen mask is on the canvas and the clicks pause
+        # (after a failed click too): the overlay, mask and cut-out of the last answer are built then.
         show_outputs = gr.Button("Show outputs", elem_id=elem(prefix, "show_outputs"), elem_classes=["sam-hidden"])
         # Each object of the chosen mask as its own PNG, for "Detail each object" (ui/detail_section.py).
         object_masks = gr.Textbox(value="", visible=False, label="Object masks", elem_id=elem(prefix, "object_masks"))
