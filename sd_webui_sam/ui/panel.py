@@ -415,11 +415,12 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
 
     answers = itertools.count(1)
 
-    # A click's answer is the decoder's three masks as small PNGs (handlers.candidates_payload):
-    # the browser draws them on the canvas and in the strip. The overlay, mask and cut-out of the
-    # chosen one follow in a second step that the canvas does not wait for, at the masks' size;
-    # the full-size files are made only when downloaded (the script asks for them), sent to inpaint,
-    # or while the mask is handed to the next generation (``handoff_flags`` below).
+    # A click's answer is the decoder's three masks as packed bits at display size
+    # (handlers.candidates_payload): the browser draws them on the canvas and in the strip. The
+    # overlay, mask and cut-out of the chosen one follow once that is drawn and the clicks pause
+    # (``show_outputs`` below), at most handlers.OUTPUT_PREVIEW_SIDE long; the full-size files are made only
+    # when downloaded (the script asks for them), sent to inpaint, or while the mask is handed to
+    # the next generation (``handoff_flags`` below).
     def preview_masks(model_name, image, prompts_json):
         if isinstance(image, handlers.SessionImage):
             image.answered["attempts"] += 1
