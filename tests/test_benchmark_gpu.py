@@ -11,17 +11,19 @@ from tools import bench_gpu, benchmark
 
 NUMBER = r"\s+\d+\.\d+ (ms|s|x|img/s)\b"
 
+# The smoke run's precision for ours: bf16, or fp32 on a CPU that emulates bf16.
+OURS = bench_gpu._dtype_name(bench_gpu.ours_dtype(torch.device("cpu")))
 # Every figure the GPU run prints, ours next to the reference (smoke sizes: 2x2 points, 2 images).
 EXPECTED_ROWS = [
     *[f"{model}: encoder, {side}" for model in ("SAM ViT-B", "SAM ViT-L", "SAM ViT-H", "MobileSAM", "HQ-SAM ViT-H")
-      for side in ("ours (bf16, fused attention)", "reference (fp32)", "reference / ours")],
-    "GroundingDINO Swin-T (tiny BERT): image + caption -> boxes, ours (bf16)",
+      for side in (f"ours ({OURS}, fused attention)", "reference (fp32)", "reference / ours")],
+    f"GroundingDINO Swin-T (tiny BERT): image + caption -> boxes, ours ({OURS})",
     "GroundingDINO Swin-T (tiny BERT): image + caption -> boxes, groundingdino-py (fp32)",
     "GroundingDINO Swin-T (tiny BERT): reference / ours",
-    "SAM ViT-H: warm click, 1 point -> 3 full-res masks, ours (bf16)",
+    f"SAM ViT-H: warm click, 1 point -> 3 full-res masks, ours ({OURS})",
     "SAM ViT-H: warm click, SamPredictor.predict (fp32)",
     "SAM ViT-H: warm click, reference / ours",
-    "SAM ViT-H: segment everything 2x2, ours (bf16)",
+    f"SAM ViT-H: segment everything 2x2, ours ({OURS})",
     "SAM ViT-H: segment everything 2x2, SamAutomaticMaskGenerator (fp32)",
     "SAM ViT-H: segment everything, reference / ours",
     "SAM ViT-H: batch of 2, run_batch",  # then "(<the Engine's precision>, model loaded)"

@@ -74,7 +74,8 @@ def fake_cuda(monkeypatch):
     ("bf16", torch.bfloat16, False),
     ("fp16", torch.float32, True),  # CPU fp16 matrix products are slow or missing: fp32, with the reason
 ])
-def test_precision_on_the_cpu(no_accelerator, choice, dtype, explained):
+def test_precision_on_the_cpu(no_accelerator, monkeypatch, choice, dtype, explained):
+    monkeypatch.setattr(devices, "cpu_bf16_slowdown", lambda: 1.2)  # a CPU with bf16 instructions
     for device in ("auto", "cpu"):
         placement = resolve_placement(device, precision=choice)
         assert placement.device == CPU and placement.dtype == dtype
@@ -82,6 +83,21 @@ def test_precision_on_the_cpu(no_accelerator, choice, dtype, explained):
         assert bool(placement.precision_note) == explained
     if explained:
         assert "fp16" in placement.precision_note and "CPU" in placement.precision_note
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_kept_and_its_price_is_said(no_accelerator, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_bf16_slowdown", lambda: 84.0)
+    placement = resolve_placement("cpu", precision="bf16")
+    assert placement.dtype == torch.bfloat16
+    assert "84x" in placement.precision_note and "fp32" in placement.precision_note
+    assert resolve_placement("cpu", precision="auto").precision_note == ""  # auto is fp32 there: nothing to say
+
+
+def test_the_bf16_probe_tells_this_cpu_apart():
+    """The measured factor is a plain positive number, and the threshold sits far from both kinds
+    of CPU (about 1 with bf16 instructions, 50-100 without)."""
+    slowdown = devices.cpu_bf16_slowdown()
+    assert slowdown > 0 and (slowdown < devices.SLOW_BF16_FACTOR / 2 or slowdown > devices.SLOW_BF16_FACTOR * 2), slowdown
 
 
 def test_every_choice_is_covered_and_an_unknown_one_is_refused(no_accelerator):
@@ -245,6 +261,8 @@ def test_groundingdino_runs_swin_and_bert_in_bf16_and_the_rest_in_fp32(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(devices.cpu_bf16_slowdown() >= devices.SLOW_BF16_FACTOR,
+                    reason="this CPU has no bf16 instructions: two real ViT-B encodes in emulated bf16 take ~10 minutes")
 def test_slow_cpu_bf16_encoder_matches_fp32_at_real_vit_b_size():
     """Random weights at real ViT-B size, one 1024x768 picture of shapes, three prompts: every
     candidate mask of the bf16 encoder overlaps fp32's with IoU >= 0.98, and the low-res logits
@@ -294,8 +312,9 @@ def test_app_flag_reaches_the_engine_and_its_report(tmp_path):
     engine = engine_from_args(build_parser().parse_args(["--model-dir", str(tmp_path), "--device", "cpu", "--precision", "bf16"]))
     assert engine.settings.precision == "bf16"
     stats = engine.stats()
+    # The note is empty on a CPU with bf16 instructions, and says the price on one without.
     assert (stats["dtype"], stats["decoder_dtype"], stats["precision"], stats["precision_note"]) == (
-        "bfloat16", "float32", "bf16", "")
+        "bfloat16", "float32", "bf16", devices.resolve_precision("bf16", CPU)[1])
     engine.set_device("cpu")  # a device switch keeps the precision
     assert engine.stats()["dtype"] == "bfloat16"
 

@@ -28,6 +28,8 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from sd_webui_sam import devices
+
 SMOKE_ENV = "SAM_BENCH_GPU_SMOKE"
 NO_CUDA_LINE = "no CUDA device: GPU figures not measured"
 LABEL_WIDTH = 60
@@ -67,9 +69,13 @@ def _scale(smoke: bool) -> Scale:
 
 
 def ours_dtype(device: torch.device) -> torch.dtype:
-    """What "auto" precision means for the encoders here: bf16, or fp16 on a GPU without bf16."""
+    """What "auto" precision means for the encoders here: bf16, or fp16 on a GPU without bf16. The
+    CPU smoke run uses bf16 too, unless the CPU emulates it (no bf16 instructions): fp32 then, since
+    it checks that every row runs, and emulated bf16 made it take about 5 minutes instead of 1."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
+    if device.type == "cpu" and devices.cpu_bf16_slowdown() >= devices.SLOW_BF16_FACTOR:
+        return torch.float32
     return torch.bfloat16
 
 
@@ -410,7 +416,8 @@ def run(smoke: Optional[bool] = None) -> None:
     scale = _scale(smoke)
     torch.set_grad_enabled(False)
     if smoke:
-        print(f"SMOKE RUN ({SMOKE_ENV}): CPU, reduced models; these numbers are not GPU figures")
+        print(f"SMOKE RUN ({SMOKE_ENV}): CPU, reduced models, ours {_dtype_name(ours_dtype(scale.device))}; "
+              "these numbers are not GPU figures")
     else:
         print(f"{torch.cuda.get_device_name(scale.device)}, torch {torch.__version__}; ours "
               f"{_dtype_name(ours_dtype(scale.device))} encoders, the references fp32; random weights")
