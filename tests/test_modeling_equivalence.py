@@ -166,6 +166,39 @@ def test_decoder_fast_paths_equal_the_plain_computation(models, monkeypatch, pix
         torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
 
 
+def test_prepared_image_is_the_plain_pass_and_never_stale(tiny_sam):
+    """Every prompt on one image reuses the first block's prepared image side: the tokens are the
+    plain pass's, for each new image, after the weights change in place, and with a mask input
+    (which is not prepared)."""
+    path, _ = tiny_sam
+    decoder = load_ours(path).mask_decoder  # its own copy: the weights are changed below
+    generator = torch.Generator().manual_seed(5)
+    pe = torch.randn((1, 256, 64, 64), generator=generator)
+    tokens = torch.randn((2, 7, 256), generator=generator)
+    no_mask = torch.randn((1, 256, 1, 1), generator=generator).expand(2, -1, 64, 64)
+
+    def check(image, dense):
+        with torch.inference_mode():
+            got = decoder.run_transformer_tokens(image, pe, dense, tokens)
+            plain = decoder.transformer(image + dense[:1] if dense.stride(0) == 0 else image + dense, pe, tokens)
+        for ours, expected in zip(got, plain):
+            torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+        return got
+
+    first, second = (torch.randn((1, 256, 64, 64), generator=generator) for _ in range(2))
+    answer = check(first, no_mask)
+    assert decoder._prepared_image is not None
+    again = check(first, no_mask)
+    assert all(torch.equal(a, b) for a, b in zip(answer, again))  # the same answer whether kept or made
+    check(second, no_mask)
+    check(first, no_mask)
+    with torch.no_grad():
+        decoder.transformer.layers[0].cross_attn_token_to_image.v_proj.weight.mul_(1.5)
+    changed = check(first, no_mask)
+    assert not torch.allclose(changed[0], answer[0])
+    check(first, torch.randn((2, 256, 64, 64), generator=generator))
+
+
 def test_dense_positional_encoding_follows_weight_changes(models):
     ours, reference = models
     with torch.inference_mode():

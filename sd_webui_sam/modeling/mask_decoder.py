@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLP, LayerNorm2d
+from .transformer import PreparedImage, TwoWayTransformer
 
 # Upscaled pixels processed per step on the CPU: one prompt at SAM's 256x256 (8 MB of 32-channel
 # features), which measured faster than a quarter prompt or 2-4 prompts. Other devices take
@@ -52,6 +53,9 @@ class MaskDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        # The last image's prepared transformer input, with what it was made from (see prepared_image):
+        # one image's worth (about 14 MB for SAM), replaced by the next image's.
+        self._prepared_image: Optional[Tuple[Tensor, Tensor, Tensor, tuple, PreparedImage]] = None
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -80,8 +84,38 @@ class MaskDecoder(nn.Module):
         """
         if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
             dense_prompt_embeddings = dense_prompt_embeddings[:1]  # an expanded single embedding
+        prepared = self.prepared_image(image_embeddings, image_pe, dense_prompt_embeddings)
+        if prepared is not None:
+            return self.transformer.forward_prepared(prepared, tokens)
         src = image_embeddings + dense_prompt_embeddings
         return self.transformer(src, image_pe[:1], tokens)
+
+    def prepared_image(self, image_embeddings: Tensor, image_pe: Tensor, dense_prompt_embeddings: Tensor) -> Optional[PreparedImage]:
+        """The transformer's prompt-independent first step for one image with no mask input, kept
+        for the next prompts on the same embeddings (each click on a picture), or None where it
+        does not apply: several images, a mask input, or gradients being recorded.
+
+        Every prompt of such an image takes this path, the first one included, so an answer never
+        depends on what was asked before. The kept step is reused while the embeddings and the
+        positional encoding are the same tensors, the "no mask" embedding has the same values and
+        the first block's weights were not replaced or changed in place.
+        """
+        dense = dense_prompt_embeddings
+        if (torch.is_grad_enabled() or not isinstance(self.transformer, TwoWayTransformer)
+                or image_embeddings.shape[0] != 1 or dense.shape[0] != 1
+                or dense.stride(-1) != 0 or dense.stride(-2) != 0):
+            return None
+        no_mask = dense[0, :, 0, 0]  # spatially constant: the learned "no mask" embedding
+        first_block = self.transformer.layers[0]
+        weights = tuple((p.data_ptr(), p._version) for p in first_block.parameters())
+        kept = self._prepared_image
+        if kept is not None:
+            embeddings, pe, kept_no_mask, kept_weights, prepared = kept
+            if embeddings is image_embeddings and pe is image_pe and kept_weights == weights and torch.equal(kept_no_mask, no_mask):
+                return prepared
+        prepared = self.transformer.prepare(image_embeddings + dense, image_pe[:1])
+        self._prepared_image = (image_embeddings, image_pe, no_mask.clone(), weights, prepared)
+        return prepared
 
     def run_transformer(
         self,
