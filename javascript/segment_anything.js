@@ -353,6 +353,11 @@
         return ((colour[3] << 24) | (colour[2] << 16) | (colour[1] << 8) | colour[0]) >>> 0;
     }
 
+    // Pixels of the last tinted layer: putImageData copies them into the canvas, so one buffer
+    // serves every layer of a size (a click tints up to three masks of up to 4 MB each, and
+    // fresh buffers each time kept the garbage collector busy between a click and its mask).
+    let tintScratch = null;
+
     // The mask (one byte per pixel, 1 inside) as a canvas of its size: translucent fill inside,
     // opaque outline on its edge pixels, transparent outside. `reuse`: a canvas of an answer no
     // longer shown, drawn over instead of a new one. This runs on every click, on up to 1024x1024
@@ -362,18 +367,27 @@
     function tintedLayer(inside, width, height, fill, outline, reuse) {
         const fillWord = pixelWord(fill || MASK_FILL);
         const outlineWord = pixelWord(outline || MASK_OUTLINE);
-        const out = new Uint32Array(width * height);  // zero: transparent
+        if (!tintScratch || tintScratch.length !== width * height) {
+            tintScratch = new Uint32Array(width * height);
+        } else {
+            tintScratch.fill(0);  // transparent
+        }
+        const out = tintScratch;
         const last = width - 1;
-        for (let y = 0, i = 0; y < height; y++) {
-            const up = y > 0 ? -width : 0;
-            const down = y < height - 1 ? width : 0;
-            for (let x = 0; x < width; x++, i++) {
-                if (inside[i] === 0) {
-                    continue;
+        for (let y = 0; y < height; y++) {
+            const row = y * width;
+            const up = y > 0 ? row - width : row;
+            const down = y < height - 1 ? row + width : row;
+            // the row's left neighbour, pixel and right neighbour, carried along the row
+            let left = inside[row];
+            let pixel = left;
+            for (let x = 0; x < width; x++) {
+                const right = x < last ? inside[row + x + 1] : pixel;
+                if (pixel !== 0) {
+                    out[row + x] = (left & right & inside[up + x] & inside[down + x]) ? fillWord : outlineWord;
                 }
-                const interior = inside[i - (x > 0 ? 1 : 0)] & inside[i + (x < last ? 1 : 0)] & inside[i + up]
-                    & inside[i + down];
-                out[i] = interior ? fillWord : outlineWord;
+                left = pixel;
+                pixel = right;
             }
         }
         let layer = reuse;
