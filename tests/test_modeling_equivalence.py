@@ -197,6 +197,9 @@ def test_prepared_image_is_the_plain_pass_and_never_stale(tiny_sam):
     changed = check(first, no_mask)
     assert not torch.allclose(changed[0], answer[0])
     check(first, torch.randn((2, 256, 64, 64), generator=generator))
+    check(first, no_mask)
+    decoder.to("cpu")  # a move lets go of the kept step (it would hold memory on the old device)
+    assert decoder._prepared_image is None
 
 
 def test_dense_positional_encoding_follows_weight_changes(models):

@@ -90,6 +90,12 @@ class MaskDecoder(nn.Module):
         src = image_embeddings + dense_prompt_embeddings
         return self.transformer(src, image_pe[:1], tokens)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cpu(), .half() and the like: the kept step holds tensors of the old placement
+        # (moving a model off the GPU must free its memory there too).
+        self._prepared_image = None
+        return super()._apply(fn, *args, **kwargs)
+
     def prepared_image(self, image_embeddings: Tensor, image_pe: Tensor, dense_prompt_embeddings: Tensor) -> Optional[PreparedImage]:
         """The transformer's prompt-independent first step for one image with no mask input, kept
         for the next prompts on the same embeddings (each click on a picture), or None where it
