@@ -202,6 +202,25 @@ def test_prepared_image_is_the_plain_pass_and_never_stale(tiny_sam):
     assert decoder._prepared_image is None
 
 
+def test_prepared_image_with_weights_made_under_inference_mode(tiny_sam):
+    """Forge builds its models under torch.inference_mode: their weights are inference tensors,
+    which keep no version count. A click on such a model still gets the plain pass's answer."""
+    path, _ = tiny_sam
+    with torch.inference_mode():
+        decoder = load_ours(path).mask_decoder
+        assert decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.is_inference()
+        generator = torch.Generator().manual_seed(6)
+        image, pe = (torch.randn((1, 256, 64, 64), generator=generator) for _ in range(2))
+        tokens = torch.randn((1, 7, 256), generator=generator)
+        no_mask = torch.randn((1, 256, 1, 1), generator=generator).expand(1, -1, 64, 64)
+        for _ in range(2):  # made, then kept
+            got = decoder.run_transformer_tokens(image, pe, no_mask, tokens)
+            plain = decoder.transformer(image + no_mask, pe, tokens)
+            for ours, expected in zip(got, plain):
+                torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+        assert decoder._prepared_image is not None
+
+
 def test_dense_positional_encoding_follows_weight_changes(models):
     ours, reference = models
     with torch.inference_mode():

@@ -23,6 +23,14 @@ from .transformer import PreparedImage, TwoWayTransformer
 CPU_UPSCALE_PIXELS_PER_STEP = 256 * 256
 
 
+def _weights_state(module: nn.Module) -> tuple:
+    """What tells ``module``'s weights apart from what they were: where each lives and, for
+    ordinary tensors, how often it was changed in place (load_state_dict copies in place).
+    Inference tensors (a host may build its models under torch.inference_mode, as Forge does)
+    keep no such count; they can only be changed inside inference mode, which nothing here does."""
+    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in module.parameters())
+
+
 class MaskDecoder(nn.Module):
     def __init__(
         self,
@@ -112,8 +120,7 @@ class MaskDecoder(nn.Module):
                 or dense.stride(-1) != 0 or dense.stride(-2) != 0):
             return None
         no_mask = dense[0, :, 0, 0]  # spatially constant: the learned "no mask" embedding
-        first_block = self.transformer.layers[0]
-        weights = tuple((p.data_ptr(), p._version) for p in first_block.parameters())
+        weights = _weights_state(self.transformer.layers[0])
         kept = self._prepared_image
         if kept is not None:
             embeddings, pe, kept_no_mask, kept_weights, prepared = kept
