@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from modules import infotext_utils, shared
@@ -241,9 +242,22 @@ def process_images(p):
         p.scripts.before_process(p)
     if p.scripts is not None:
         p.scripts.process(p)
-    p.init([p.prompt], [p.seed], [p.subseed])
     from modules import images as images_module, scripts
 
+    # As the hosts: Forge runs init and the batches (postprocess_image included) under
+    # torch.inference_mode, so a model first loaded there has inference tensors for weights;
+    # A1111 under torch.no_grad.
+    forge = scripts.PostprocessImageArgs is getattr(scripts, "_ForgePostprocessImageArgs", None)
+    with torch.inference_mode() if forge else torch.no_grad():
+        images, infotexts = _init_and_batches(p, images_module, scripts)
+    processed = Processed(p, images, p.seed, infotexts[0] if infotexts else "", infotexts=infotexts)
+    if p.scripts is not None:
+        p.scripts.postprocess(p, processed)
+    return processed
+
+
+def _init_and_batches(p, images_module, scripts):
+    p.init([p.prompt], [p.seed], [p.subseed])
     images = []
     infotexts = []
     for n in range(p.n_iter):
@@ -275,7 +289,4 @@ def process_images(p):
                                          shared.opts.samples_format, info=text, p=p)
             infotexts.append(text)
             images.append(image)
-    processed = Processed(p, images, p.seed, infotexts[0] if infotexts else "", infotexts=infotexts)
-    if p.scripts is not None:
-        p.scripts.postprocess(p, processed)
-    return processed
+    return images, infotexts
