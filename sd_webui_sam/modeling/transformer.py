@@ -88,21 +88,23 @@ class Attention(nn.Module):
         """One image's queries for :meth:`image_to_tokens` (``projected_queries``)."""
         return self._image_heads(self.q_proj, image_queries)
 
-    def tokens_to_image(self, queries: Tensor, image_keys: Optional[Tensor], image_values: Optional[Tensor],
+    def tokens_to_image(self, queries: Tensor, image_keys: Tensor, image_values: Tensor,
                         projected: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
         """Prompt tokens (B, T, C) attend over image tokens (S, N, C), S = 1 (one image for all
-        B prompts) or B; ``projected``: one image's already projected (:meth:`project_image`),
-        in place of the image tokens. Returns (B, T, C)."""
+        B prompts) or B; ``projected``: that one image's keys and values already projected
+        (:meth:`project_image`), used instead of projecting them. Returns (B, T, C)."""
         batch, count, width = queries.shape
         heads, head_dim = self.num_heads, self.head_dim
         q = self.q_proj(queries)
-        shared = projected is not None or (image_keys.shape[0] == 1 and image_values.shape[0] == 1)
+        shared = image_keys.shape[0] == 1 and image_values.shape[0] == 1
         # Projecting the N image tokens costs about 2*N*C*D multiply-adds (D: the attention width);
         # folding the B*T queries into image space (below) costs 2*B*H*T*N*C instead, which is less
         # while B*T*(H*C - D) < C*D: up to about 17 tokens for SAM, as a click's one prompt has.
-        if projected is not None or (shared and batch * count * (heads * width - self.internal_dim) >= width * self.internal_dim):
+        if projected is None and shared and batch * count * (heads * width - self.internal_dim) >= width * self.internal_dim:
+            projected = self.project_image(image_keys, image_values)
+        if projected is not None:
             # The shared image projected once; every prompt's tokens become rows of one product.
-            k, v = projected if projected is not None else self.project_image(image_keys, image_values)
+            k, v = projected
             q = q.view(batch * count, heads, head_dim).transpose(0, 1)
             attn = torch.softmax((q @ k.transpose(1, 2)) / math.sqrt(head_dim), dim=-1)
             mixed = (attn @ v).transpose(0, 1).reshape(batch, count, -1)
@@ -117,11 +119,11 @@ class Attention(nn.Module):
         values = torch.einsum("bhtc,hdc->bthd", mixed, self._per_head(self.v_proj)).reshape(batch, count, -1)
         return self.out_proj(values + self.v_proj.bias)
 
-    def image_to_tokens(self, image_queries: Optional[Tensor], token_keys: Tensor, token_values: Tensor, residual: Tensor,
+    def image_to_tokens(self, image_queries: Tensor, token_keys: Tensor, token_values: Tensor, residual: Tensor,
                         projected_queries: Optional[Tensor] = None) -> Tensor:
         """Image tokens (S, N, C), S = 1 or B, attend over each prompt's tokens (B, T, C);
-        ``projected_queries``: one image's already projected (:meth:`project_image_queries`), in
-        place of ``image_queries``.
+        ``projected_queries``: that one image's queries already projected
+        (:meth:`project_image_queries`), used instead of folding the projection into the keys.
 
         Returns ``residual`` (broadcastable to (B, N, C)) plus the attention output, (B, N, C).
         """
