@@ -561,7 +561,14 @@
         drawMask(st);
         st.masksDrawn += 1;
         // Click (the prompt change) -> its masks drawn into the canvas, as the page saw it.
-        st.lastDrawnMs = st.changedAt ? performance.now() - st.changedAt : null;
+        const drawnAt = performance.now();
+        st.lastDrawnMs = st.changedAt ? drawnAt - st.changedAt : null;
+        // Where that time went: the click until gradio sends its request, the request until the
+        // answer reaches this script (server + transfer + gradio's own updates), the drawing.
+        st.lastSplit = st.changedAt && st.requestAt >= st.changedAt && st.answeredAt >= st.requestAt
+            ? {beforeRequest: st.requestAt - st.changedAt, request: st.answeredAt - st.requestAt,
+               drawing: drawnAt - st.answeredAt, serverMs: data.serverMs || null}
+            : null;
         setTimeout(function () {
             if (token !== st.drawToken) {
                 return;
@@ -1074,6 +1081,7 @@
             // A new picture: prompts of the old one mean nothing on it.
             st.src = src;
             st.srcSince = Date.now();
+            st.pictures = (st.pictures || 0) + 1;
             st.width = 0;
             releaseIfOnServer(st);
             resetPrompts(st);
@@ -1211,6 +1219,7 @@
             st.sentEncoded = st.encodedSrc === st.src;
             showEncoding(st, !st.sentEncoded);
             await imageOnServer(st);
+            st.requestAt = performance.now();
             values[promptIndex] = promptsJson(st);
             st.sentPrompts = values[promptIndex];
             st.previewsSent = (st.previewsSent || 0) + 1;
@@ -1272,6 +1281,7 @@
         previewDone: function (prefix, data) {
             const st = panelState(prefix);
             const sent = st.sentPrompts;
+            st.answeredAt = performance.now();
             if (st.sentAt) {
                 st.lastClickMs = Date.now() - st.sentAt;
             }
@@ -1324,7 +1334,7 @@
             return {width: st.width, height: st.height, points: st.points.slice(), boxes: st.boxes.slice(),
                     previewsSent: st.previewsSent || 0, previewsAnswered: st.previewsAnswered || 0,
                     masksDrawn: st.masksDrawn, hoversDrawn: st.hoversDrawn, encodingShown: st.encodingShown, lastClickMs: st.lastClickMs,
-                    lastDrawnMs: st.lastDrawnMs, sentEncoded: Boolean(st.sentEncoded), selected: st.data ? st.selected : null,
+                    pictures: st.pictures || 0, lastDrawnMs: st.lastDrawnMs, lastSplit: st.lastSplit || null, sentEncoded: Boolean(st.sentEncoded), selected: st.data ? st.selected : null,
                     token: st.data ? st.data.token : null, name: pictureStem(st)};
         },
         // For tests: the candidates on screen (their masks as the server sent them).

@@ -29,6 +29,13 @@ from tools import browser_driver as driver
 IMAGE_SIZE = (1024, 768)  # width, height
 IMAGE_SIZES = (IMAGE_SIZE, (4000, 3000))
 TARGETS_MS = {IMAGE_SIZE: 150, (4000, 3000): 300}
+#: The page's split of a warm click (the script's ``lastSplit``), in the order they happen.
+SPLIT_STEPS = {
+    "beforeRequest": "click -> gradio sends the request (page)",
+    "request": "request -> answer in the script (server, transfer, gradio's updates)",
+    "serverMs": "  of which the server's decoder and reply",
+    "drawing": "answer -> mask drawn on the canvas (page)",
+}
 #: Between one warm click's answer and the next click (a person's is longer).
 PAUSE_MS = 600
 
@@ -64,7 +71,11 @@ def _timed_click(page, x: int, y: int, *, button_preview: bool, timeout_ms: int 
                            timeout=timeout_ms, polling=50)
     total = time.perf_counter() - start
     state = page.evaluate(f"() => window.samPanel.prompts('{driver.PREFIX}')")
-    return {"total": total, "answered": state["lastClickMs"] / 1000, "in_page": state["lastDrawnMs"] / 1000}
+    figures = {"total": total, "answered": state["lastClickMs"] / 1000, "in_page": state["lastDrawnMs"] / 1000}
+    for step, value in (state.get("lastSplit") or {}).items():
+        if value is not None:
+            figures[step] = value / 1000
+    return figures
 
 
 def _measure(page, picture: Path, size, repeats: int) -> Dict[str, float]:
@@ -109,6 +120,10 @@ def _measure(page, picture: Path, size, repeats: int) -> Dict[str, float]:
             statistics.median(c["answered"] for c in clicks)
         results[f"{label}:   the same click seen from this script (its round trips and polling included)"] = \
             statistics.median(c["total"] for c in clicks)
+        for step, words in SPLIT_STEPS.items():
+            values = [c[step] for c in clicks if step in c]
+            if values:
+                results[f"{label}:   split: {words} (median)"] = statistics.median(values)
     page.click(f"#{driver.PREFIX}_clear")
     return results
 

@@ -436,10 +436,11 @@ def packed_mask(mask: np.ndarray, size: Tuple[int, int]) -> str:
     return base64.b64encode(zlib.compress(np.packbits(small).tobytes(), 1)).decode("ascii")
 
 
-def candidates_payload(candidates: Candidates, token: Any = "") -> str:
+def candidates_payload(candidates: Candidates, token: Any = "", server_ms: Optional[float] = None) -> str:
     """The JSON the panel's script reads to draw the candidates on the canvas and in the strip.
 
-    ``token`` tells one answer from the next even when the masks are identical.
+    ``token`` tells one answer from the next even when the masks are identical. ``server_ms``:
+    how long the server took to find them, which the script reports with its own timings.
     """
     height, width = candidates.image.shape[:2]
     size = display_size(width, height)
@@ -453,6 +454,7 @@ def candidates_payload(candidates: Candidates, token: Any = "") -> str:
         "best": candidates.best,
         "name": candidates.picture_name,
         "masks": [packed_mask(mask, size) for mask in candidates.masks],
+        "serverMs": None if server_ms is None else round(server_ms, 1),
     })
 
 

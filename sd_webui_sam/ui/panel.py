@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -422,10 +423,11 @@ def _wire(panel: Panel, refresh: Any, undo: Any, clear: Any) -> None:
     # when downloaded (the script asks for them), sent to inpaint, or while the mask is handed to
     # the next generation (``handoff_flags`` below).
     def preview_masks(model_name, image, prompts_json):
+        started = time.perf_counter()
         if isinstance(image, handlers.SessionImage):
             image.answered["attempts"] += 1
         found = handlers.segment(engine(), model_name, image, prompts_json)
-        payload = handlers.candidates_payload(found, token=next(answers))
+        payload = handlers.candidates_payload(found, token=next(answers), server_ms=1000 * (time.perf_counter() - started))
         return payload, grc.update(value=CHOICES[found.best]), found, status_html(handlers.candidates_status(found, None))
 
     def show_failure(message: str):

@@ -472,6 +472,10 @@ def test_the_first_click_on_a_new_picture_says_it_is_encoding(app_url, tmp_path,
             wait_drawn(page, drawn)
             assert page.evaluate("() => window.__encodingSeen") == []
             assert page.evaluate(f"() => window.samPanel.prompts('{P}').encodingShown") == shown
+            # The page can say where that click's time went (./benchmark.sh click prints it).
+            split = page.evaluate(f"() => window.samPanel.prompts('{P}').lastSplit")
+            assert split and all(split[step] >= 0 for step in ("beforeRequest", "request", "drawing"))
+            assert 0 < split["serverMs"] <= split["request"]
         except Exception:
             shot(page, f"failed_{request.node.name}")
             raise
