@@ -15,6 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "sam"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -75,8 +78,6 @@ def browser_page(url: str, viewport: Tuple[int, int] = (1280, 1000), *, ready: O
                  timeout_ms: int = 60_000, console: Optional[list] = None):
     """A page at ``url``; ``console`` (a list) collects the browser console's messages and page errors
     as ``(type, text)`` from before the first request."""
-    from playwright.sync_api import sync_playwright
-
     executable = chromium_path()
     if executable is None:
         raise RuntimeError("Debian's chromium is not installed (apt-get install chromium)")
@@ -98,15 +99,28 @@ def browser_page(url: str, viewport: Tuple[int, int] = (1280, 1000), *, ready: O
 
 
 def upload(page, image_path: Path, *, prefix: str = PREFIX) -> None:
+    """Upload ``image_path`` and wait until the panel has taken it as its picture.
+
+    Waiting for any picture is not enough after the first upload: the old one is still shown for
+    a moment, and a click then lands on it and is dropped when the new picture arrives. The
+    same picture uploaded again (gradio may show it without a change) ends the wait after 30 s.
+    """
+    shown = f"window.samPanel.prompts('{prefix}')"
+    pictures_before = page.evaluate(f"() => {shown}.pictures")
     page.set_input_files(f"#{prefix}_input_image input[type=file]", str(image_path))
-    page.wait_for_function(
-        f"""() => {{
-            const svg = document.querySelector('#{prefix}_overlay_svg');
-            const st = window.samPanel.prompts('{prefix}');
-            return svg && st.width > 0 && svg.getBoundingClientRect().width > 0;
-        }}""",
-        timeout=30_000,
-    )
+    try:
+        page.wait_for_function(
+            f"""(before) => {{
+                const svg = document.querySelector('#{prefix}_overlay_svg');
+                const st = {shown};
+                return svg && st.pictures > before && st.width > 0 && svg.getBoundingClientRect().width > 0;
+            }}""",
+            arg=pictures_before,
+            timeout=30_000,
+        )
+    except PlaywrightTimeout:
+        if not page.evaluate(f"() => {shown}.width > 0"):
+            raise
 
 
 def set_auto_preview(page, enabled: bool, *, prefix: str = PREFIX) -> None:

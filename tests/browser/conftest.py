@@ -12,7 +12,6 @@ from tools import browser_driver as driver
 def app_url(tiny_sam, tmp_path_factory):
     if driver.chromium_path() is None:
         pytest.skip("Debian's chromium is not installed")
-    pytest.importorskip("playwright")
     model_dir = tmp_path_factory.mktemp("browser_models")
     shutil.copy(tiny_sam[0], model_dir / "tiny_sam.pth")
     log = tmp_path_factory.mktemp("browser_logs") / "app.log"
