@@ -247,8 +247,7 @@ def process_images(p):
     # As the hosts: Forge runs init and the batches (postprocess_image included) under
     # torch.inference_mode, so a model first loaded there has inference tensors for weights;
     # A1111 under torch.no_grad.
-    forge = scripts.PostprocessImageArgs is getattr(scripts, "_ForgePostprocessImageArgs", None)
-    with torch.inference_mode() if forge else torch.no_grad():
+    with torch.inference_mode() if scripts.PLAYING_FORGE else torch.no_grad():
         images, infotexts = _init_and_batches(p, images_module, scripts)
     processed = Processed(p, images, p.seed, infotexts[0] if infotexts else "", infotexts=infotexts)
     if p.scripts is not None:
@@ -277,10 +276,10 @@ def _init_and_batches(p, images_module, scripts):
             else:
                 image = Image.new("RGB", (p.width, p.height), (40 * i, 90, 160))
             if p.scripts is not None:
-                if scripts.PostprocessImageArgs is not getattr(scripts, "_ForgePostprocessImageArgs", None):
-                    pp = scripts.PostprocessImageArgs(image)
-                else:
+                if scripts.PLAYING_FORGE:
                     pp = scripts.PostprocessImageArgs(image, i + p.iteration * p.batch_size)
+                else:
+                    pp = scripts.PostprocessImageArgs(image)
                 p.scripts.postprocess_image(p, pp)
                 image = pp.image
             text = create_infotext(p, i)

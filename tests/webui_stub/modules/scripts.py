@@ -23,7 +23,9 @@ class _ForgePostprocessImageArgs:
         self.index = index
 
 
-if importlib.util.find_spec("modules_forge") is not None:  # the stand-in is playing Forge
+#: The stand-in is playing Forge (its modules_forge is importable), not A1111.
+PLAYING_FORGE = importlib.util.find_spec("modules_forge") is not None
+if PLAYING_FORGE:
     PostprocessImageArgs = _ForgePostprocessImageArgs  # noqa: F811
 
 
