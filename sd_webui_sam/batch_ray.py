@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import hashlib
 import json
 import logging
@@ -446,10 +445,6 @@ class _Cluster:
         """Disconnect (a LOCAL cluster stops); the job's actors and tasks end with the connection."""
         if self.owned:
             self.owned = False
-            # A stopped stream's dataset, executor and actor handles can sit in reference cycles;
-            # freed by the collector after ray.shutdown, they would call into Ray's shut-down core
-            # worker, which ends the process with exit status 1 (a Ctrl-C's 130 lost).
-            gc.collect()
             self.ray.shutdown()
 
 
