@@ -51,4 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    ray_driver = sys.modules.get("sd_webui_sam.batch_ray")
+    if ray_driver is not None:  # a Ray driver's status must not be Ray's finalisation's (see there)
+        ray_driver.exit_process(status)
+    sys.exit(status)

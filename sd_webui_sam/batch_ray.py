@@ -760,6 +760,20 @@ def _remove_temporaries(output_dir: Path) -> None:
 # ---------------------------------------------------------------------------- command line
 
 
+def exit_process(code: int) -> None:
+    """End a driver process with ``code``, its output flushed, without the interpreter's
+    finalisation: Ray objects freed then (by Ray Data's threads or the collector) can call into
+    Ray's shut-down core worker, which ends the process with status 1 instead, so a Ctrl-C's 130
+    or a failure's 1 would not be the run's own. Everything of the run is written by now."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be told
+            pass
+    os._exit(code)
+
+
 def build_ray_parser() -> argparse.ArgumentParser:
     """batch's parser plus the Ray options."""
     parser = build_parser()
@@ -795,4 +809,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
